@@ -1,0 +1,44 @@
+"""Thin wrappers over Google's dp-accounting: PLD for the reported epsilon, RDP as a check."""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
+
+#: PLD discretisation. 1e-4 keeps calibration well inside the 1% target at the epsilons
+#: this project uses (0.1 .. 16) while a calibration still takes well under a second.
+PLD_DISCRETIZATION = 1e-4
+
+
+def pld_epsilon(event: dp_accounting.DpEvent, delta: float) -> float:
+    """Epsilon at ``delta`` of ``event`` by the privacy-loss-distribution accountant."""
+    accountant = pld_privacy_accountant.PLDAccountant(
+        value_discretization_interval=PLD_DISCRETIZATION
+    )
+    accountant.compose(event)
+    return float(accountant.get_epsilon(delta))
+
+
+def rdp_epsilon(event: dp_accounting.DpEvent, delta: float) -> float:
+    """Epsilon at ``delta`` of ``event`` by the Renyi accountant (an upper bound)."""
+    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant.compose(event)
+    return float(accountant.get_epsilon(delta))
+
+
+def gaussian_epsilon_closed_form(noise_multiplier: float, delta: float) -> float:
+    """Exact epsilon of one Gaussian mechanism (Balle & Wang 2018, analytic Gaussian)."""
+    if noise_multiplier == 0:
+        return math.inf
+    return float(dp_accounting.get_epsilon_gaussian(noise_multiplier, delta))
+
+
+def gaussian_event(noise_multiplier: float, repetitions: int = 1) -> dp_accounting.DpEvent:
+    """``repetitions`` adaptive uses of a Gaussian mechanism with this noise multiplier."""
+    if noise_multiplier == 0:
+        return dp_accounting.NonPrivateDpEvent()
+    single = dp_accounting.GaussianDpEvent(noise_multiplier)
+    return single if repetitions == 1 else dp_accounting.SelfComposedDpEvent(single, repetitions)
