@@ -1,0 +1,197 @@
+"""Per-component mixture release, parameter repair and sampling.
+
+For every component j (of every class) the release is:
+
+* ``component_counts`` (or ``class_counts`` when there is one component per class):
+  noisy n_j. Each record is in one component: L2 sensitivity 1.
+* ``component_sums`` (or ``class_sums``): noisy sum of the full-dimensional records,
+  L2 sensitivity R.
+* ``second_moments``: per component, depending on ``covariance``, with x = V z + r
+  (z = V^T x in the shared subspace, r the residual orthogonal to it):
+
+  - ``spherical``: sum of ||x||^2. Sensitivity R^2.
+  - ``diagonal``: [sum of z*z (elementwise), sum of ||r||^2]. The record's contribution
+    has L2 norm sqrt(sum z_i^4 + ||r||^4) <= ||z||^2 + ||r||^2 = ||x||^2 <= R^2.
+  - ``lowrank``: [upper triangle of sum z z^T, sum of ||r||^2]. The contribution has
+    norm^2 = (||z||^4 + sum z_i^4)/2 + ||r||^4 <= (||z||^2 + ||r||^2)^2, so again R^2.
+    Releasing both parts jointly costs one release instead of two.
+
+The covariance model is ``V C V^T + s^2 (I - V V^T)``: full (lowrank) or diagonal C in
+the subspace plus an isotropic residual, i.e. a low-rank + diagonal covariance whose
+diagonal part is constant off the subspace. Repair (post-processing): components whose
+noisy count is under the public threshold are dropped, eigenvalues are floored so
+covariances are PSD, residual variances are floored at zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dpsynth.clustering.stats import GroupSums, project_to_ball
+from dpsynth.preprocessing import bound_norms
+from dpsynth.privacy import NoiseSource, PrivacyPlan
+
+COVARIANCE_TYPES = ("spherical", "diagonal", "lowrank")
+
+
+class SecondOrderStats:
+    """Exact per-component count, full sum and second-order statistic (mergeable)."""
+
+    def __init__(self, n_components: int, dim: int, sub_dim: int, covariance: str) -> None:
+        self.covariance = covariance
+        self.first = GroupSums.zeros(n_components, dim)
+        shape = {"spherical": (n_components,), "diagonal": (n_components, sub_dim),
+                 "lowrank": (n_components, sub_dim, sub_dim)}[covariance]
+        self.second = np.zeros(shape)
+        self.residual = np.zeros(n_components)
+
+    def add(self, X: np.ndarray, Z: np.ndarray, component: np.ndarray) -> None:
+        """X: bounded records; Z: their subspace coordinates; component: global ids."""
+        self.first.add(X, component)
+        sq_norm = np.einsum("ij,ij->i", X, X)
+        if self.covariance == "spherical":
+            self.second += np.bincount(component, sq_norm, minlength=len(self.second))
+            return
+        self.residual += np.bincount(
+            component, np.maximum(sq_norm - np.einsum("ij,ij->i", Z, Z), 0.0),
+            minlength=len(self.residual))
+        for j in np.unique(component):
+            Zj = Z[component == j]
+            self.second[j] += (Zj * Zj).sum(0) if self.covariance == "diagonal" else Zj.T @ Zj
+
+    def __iadd__(self, other: SecondOrderStats) -> SecondOrderStats:
+        self.first += other.first
+        self.second += other.second
+        self.residual += other.residual
+        return self
+
+
+@dataclass
+class MixtureParams:
+    """Released, repaired mixture over all classes (components flattened)."""
+
+    component_class: np.ndarray  # (K,) class index of each component
+    weights: np.ndarray  # (K,) noisy counts, > 0 after repair
+    means: np.ndarray  # (K, d)
+    covariances: np.ndarray  # (K,), (K, r) or (K, r, r)
+    residual_var: np.ndarray  # (K,) variance per residual dimension
+    class_totals: np.ndarray  # (C,) noisy class counts, >= 0
+
+
+def release_mixture(
+    stats: SecondOrderStats,
+    component_class: np.ndarray,
+    plan: PrivacyPlan,
+    noise: NoiseSource,
+    *,
+    count_name: str,
+    sum_name: str,
+    basis: np.ndarray | None,
+    min_count: float,
+    radius: float,
+    covariance_floor: float,
+    released_first: tuple[np.ndarray, np.ndarray] | None = None,
+) -> MixtureParams:
+    """Add the plan's noise to ``stats`` and repair into mixture parameters.
+
+    ``released_first``: (noisy counts, noisy sums) already released under ``count_name`` /
+    ``sum_name`` (one component per class reuses the class release); then only the
+    second-order statistic is released here.
+    """
+    K, d = stats.first.sums.shape
+    second_release = plan.release("second_moments")
+    if released_first is None:
+        noisy_counts = stats.first.counts + noise.gaussian(plan.release(count_name), K)
+        noisy_sums = stats.first.sums + noise.gaussian(plan.release(sum_name), (K, d))
+    else:
+        noisy_counts, noisy_sums = released_first
+    if stats.covariance == "lowrank":
+        r = stats.second.shape[1]
+        noisy_second = stats.second + np.stack(
+            [noise.symmetric_gaussian(second_release, r) for _ in range(K)])
+    else:
+        noisy_second = stats.second + noise.gaussian(second_release, stats.second.shape)
+    noisy_residual = (stats.residual + noise.gaussian(second_release, K)
+                      if stats.covariance != "spherical" else np.zeros(K))
+
+    keep = noisy_counts >= min_count
+    n = noisy_counts[keep]
+    means = project_to_ball(noisy_sums[keep] / n[:, None], radius)
+    second = noisy_second[keep] / n.reshape((-1,) + (1,) * (noisy_second.ndim - 1))
+    if stats.covariance == "spherical":
+        covs = np.maximum((second - np.einsum("ij,ij->i", means, means)) / d,
+                          covariance_floor)
+        residual_var = np.zeros(len(n))
+    else:
+        mz = means @ basis if basis is not None else means
+        res_energy = noisy_residual[keep] / n - (
+            np.einsum("ij,ij->i", means, means) - np.einsum("ij,ij->i", mz, mz))
+        free_dims = d - mz.shape[1]
+        residual_var = (np.maximum(res_energy, 0.0) / free_dims if free_dims > 0
+                        else np.zeros(len(n)))
+        if stats.covariance == "diagonal":
+            covs = np.maximum(second - mz**2, covariance_floor)
+        else:
+            covs = np.stack([_psd_repair(S - np.outer(m, m), covariance_floor)
+                             for S, m in zip(second, mz, strict=True)])
+    return MixtureParams(component_class[keep], n, means, covs, residual_var,
+                         class_totals=np.zeros(0))
+
+
+def _psd_repair(cov: np.ndarray, floor: float) -> np.ndarray:
+    sym = (cov + cov.T) / 2.0
+    vals, vecs = np.linalg.eigh(sym)
+    return (vecs * np.maximum(vals, floor)) @ vecs.T
+
+
+def sample_mixture(
+    params: MixtureParams,
+    basis: np.ndarray | None,
+    counts_per_class: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    normalize: bool,
+    radius: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``counts_per_class[c]`` samples of class c; returns (X, class indices)."""
+    d = params.means.shape[1]
+    X_parts, y_parts = [], []
+    for c, n_c in enumerate(counts_per_class):
+        comps = np.flatnonzero(params.component_class == c)
+        if n_c == 0 or len(comps) == 0:
+            continue
+        w = params.weights[comps] / params.weights[comps].sum()
+        picks = rng.choice(comps, size=int(n_c), p=w)
+        for j in np.unique(picks):
+            m = int((picks == j).sum())
+            X_parts.append(_sample_component(params, j, m, basis, rng, d))
+            y_parts.append(np.full(m, c))
+    if not X_parts:
+        return np.zeros((0, d)), np.zeros(0, dtype=np.int64)
+    X = np.concatenate(X_parts)
+    y = np.concatenate(y_parts)
+    X = bound_norms(X, radius, normalize)
+    order = rng.permutation(len(X))
+    return X[order], y[order]
+
+
+def _sample_component(params: MixtureParams, j: int, m: int, basis: np.ndarray | None,
+                      rng: np.random.Generator, d: int) -> np.ndarray:
+    mean = params.means[j]
+    cov = params.covariances[j]
+    if cov.ndim == 0:
+        return mean + np.sqrt(cov) * rng.standard_normal((m, d))
+    r = cov.shape[0]
+    g = rng.standard_normal((m, r))
+    if cov.ndim == 1:
+        low = g * np.sqrt(cov)
+    else:
+        vals, vecs = np.linalg.eigh(cov)
+        low = (g * np.sqrt(np.maximum(vals, 0.0))) @ vecs.T
+    if basis is None:
+        return mean + low
+    h = rng.standard_normal((m, d))
+    h -= (h @ basis) @ basis.T  # keep only the part orthogonal to the subspace
+    return mean + low @ basis.T + np.sqrt(params.residual_var[j]) * h

@@ -1,0 +1,404 @@
+"""DPSynthesizer: DP Gaussian-mixture synthesis of labelled embeddings (DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dpsynth.clustering import DPKMeans, GroupSums, assign_components
+from dpsynth.gmm.budget import release_specs
+from dpsynth.gmm.mixture import (
+    COVARIANCE_TYPES,
+    MixtureParams,
+    SecondOrderStats,
+    release_mixture,
+    sample_mixture,
+)
+from dpsynth.gmm.subspace import GramAccumulator, release_subspace
+from dpsynth.preprocessing import Shard, bound_norms, iter_chunks
+from dpsynth.privacy import NoiseSource, PrivacyPlan, build_plan, validate_epsilon_delta
+
+FORMAT_VERSION = 1
+
+
+class NotFittedError(RuntimeError):
+    """Raised when sample/save is called before fit."""
+
+
+class DPSynthesizer:
+    """Differentially private synthetic embeddings from a per-class Gaussian mixture.
+
+    Parameters
+    ----------
+    epsilon, delta:
+        The (epsilon, delta)-DP guarantee for the whole fit (add/remove one record).
+        ``epsilon=float('inf')`` is the explicit non-private mode: no noise, and every
+        output says ``private: false``.
+    components_per_class:
+        Mixture components per class. 1 releases one Gaussian per class; more runs DP
+        k-means (LSH coreset + DP Lloyd) first and spends budget on it.
+    covariance:
+        ``"lowrank"`` (full covariance in the shared DP subspace + isotropic residual),
+        ``"diagonal"`` (diagonal in the subspace + isotropic residual) or ``"spherical"``.
+    subspace_dim:
+        Dimension r of the shared DP subspace (ignored by ``spherical``). ``None`` uses the
+        full embedding space (no subspace release).
+    clip_norm:
+        Public bound R on each record's L2 norm (records are clipped, or scaled to it).
+    normalize:
+        L2-normalise each record to ``clip_norm`` (CLIP-style embeddings) and re-normalise
+        samples. ``False`` clips instead.
+    lsh_depth, lloyd_rounds:
+        Maximum LSH tree depth and DP Lloyd rounds (used when components_per_class > 1).
+    budget_weights:
+        Overrides of the relative noise multipliers in :data:`dpsynth.gmm.budget.DEFAULT_WEIGHTS`.
+    covariance_floor:
+        Smallest variance kept after repair.
+    random_state:
+        Seed of data-independent randomness only (hash directions, k-means++ on the
+        released coreset, sampling). Never seeds DP noise.
+    noise_seed:
+        Test-only. Seeds the DP noise; the result is then marked NOT private everywhere.
+    chunk_rows:
+        Rows per streamed chunk; bounds memory independently of n.
+    """
+
+    def __init__(
+        self,
+        epsilon: float,
+        delta: float,
+        *,
+        components_per_class: int = 1,
+        covariance: str = "lowrank",
+        subspace_dim: int | None = 64,
+        clip_norm: float = 1.0,
+        normalize: bool = True,
+        lsh_depth: int = 8,
+        lloyd_rounds: int = 3,
+        budget_weights: dict[str, float] | None = None,
+        covariance_floor: float = 1e-6,
+        random_state: int | None = None,
+        noise_seed: int | None = None,
+        chunk_rows: int = 16384,
+    ) -> None:
+        self.epsilon = epsilon
+        self.delta = delta
+        self.components_per_class = components_per_class
+        self.covariance = covariance
+        self.subspace_dim = subspace_dim
+        self.clip_norm = clip_norm
+        self.normalize = normalize
+        self.lsh_depth = lsh_depth
+        self.lloyd_rounds = lloyd_rounds
+        self.budget_weights = budget_weights
+        self.covariance_floor = covariance_floor
+        self.random_state = random_state
+        self.noise_seed = noise_seed
+        self.chunk_rows = chunk_rows
+
+    # ----------------------------------------------------------------- parameters
+    def get_params(self) -> dict[str, object]:
+        return {
+            "epsilon": _json_float(float(self.epsilon)), "delta": self.delta,
+            "components_per_class": self.components_per_class, "covariance": self.covariance,
+            "subspace_dim": self.subspace_dim, "clip_norm": self.clip_norm,
+            "normalize": self.normalize, "lsh_depth": self.lsh_depth,
+            "lloyd_rounds": self.lloyd_rounds, "budget_weights": self.budget_weights,
+            "covariance_floor": self.covariance_floor, "random_state": self.random_state,
+            "noise_seed": self.noise_seed, "chunk_rows": self.chunk_rows,
+        }
+
+    def _validate_params(self) -> None:
+        validate_epsilon_delta(self.epsilon, self.delta)
+        if not isinstance(self.components_per_class, int | np.integer) or \
+                self.components_per_class < 1:
+            raise ValueError(f"components_per_class must be an integer >= 1, "
+                             f"got {self.components_per_class!r}")
+        if self.covariance not in COVARIANCE_TYPES:
+            raise ValueError(f"covariance must be one of {COVARIANCE_TYPES}, "
+                             f"got {self.covariance!r}")
+        if self.subspace_dim is not None and (
+                not isinstance(self.subspace_dim, int | np.integer) or self.subspace_dim < 1):
+            raise ValueError(f"subspace_dim must be a positive integer or None, "
+                             f"got {self.subspace_dim!r}")
+        if not (isinstance(self.clip_norm, int | float) and math.isfinite(self.clip_norm)
+                and self.clip_norm > 0):
+            raise ValueError(f"clip_norm must be a finite number > 0, got {self.clip_norm!r}")
+        for name in ("lsh_depth", "lloyd_rounds"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or value < (1 if name == "lsh_depth"
+                                                                     else 0):
+                raise ValueError(f"{name} must be a non-negative integer "
+                                 f"(lsh_depth >= 1), got {value!r}")
+        if not (self.covariance_floor > 0):
+            raise ValueError(f"covariance_floor must be > 0, got {self.covariance_floor!r}")
+        if not isinstance(self.chunk_rows, int | np.integer) or self.chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive integer, got {self.chunk_rows!r}")
+
+    def _uses_subspace(self, dim: int) -> bool:
+        return (self.covariance != "spherical" and self.subspace_dim is not None
+                and self.subspace_dim < dim)
+
+    def make_plan(self, dim: int) -> PrivacyPlan:
+        """The privacy plan this configuration uses for embeddings of dimension ``dim``.
+
+        Depends only on public configuration: it can be shown before any data is read.
+        """
+        self._validate_params()
+        specs = release_specs(
+            covariance=self.covariance, uses_subspace=self._uses_subspace(dim),
+            components_per_class=self.components_per_class, radius=float(self.clip_norm),
+            lsh_depth=self.lsh_depth, lloyd_rounds=self.lloyd_rounds,
+            weights=self.budget_weights)
+        return build_plan(specs, self.epsilon, self.delta,
+                          noise_seeded=self.noise_seed is not None,
+                          metadata={"embedding_dim": dim, **{
+                              k: v for k, v in self.get_params().items()
+                              if k not in ("epsilon", "delta", "chunk_rows")}})
+
+    # ----------------------------------------------------------------------- fit
+    def fit(self, X, y, *, classes: Sequence | None = None) -> DPSynthesizer:
+        """Fit on float embeddings ``X`` (n, d) and integer labels ``y`` (n,)."""
+        return self.fit_shards([(X, y)], classes=classes)
+
+    def fit_shards(self, shards: Sequence[Shard], *,
+                   classes: Sequence | None = None) -> DPSynthesizer:
+        """Fit on a sequence of (X, y) shards (e.g. memory-mapped), streamed in chunks.
+
+        Statistics are summed over shards before any noise is added, so this equals
+        ``fit`` on the concatenation given the same noise draws.
+        """
+        self._validate_params()
+        shards = [_check_shard(i, X, y) for i, (X, y) in enumerate(shards)]
+        if not shards or sum(len(X) for X, _ in shards) == 0:
+            raise ValueError("X is empty: need at least one record to fit")
+        dim = shards[0][0].shape[1]
+        for i, (X, _) in enumerate(shards):
+            if X.shape[1] != dim:
+                raise ValueError(f"shard {i} has dimension {X.shape[1]}, shard 0 has {dim}")
+        self.classes_ = _resolve_classes(shards, classes)
+        if self.subspace_dim is not None and self.covariance != "spherical" \
+                and self.subspace_dim > dim:
+            raise ValueError(f"subspace_dim={self.subspace_dim} exceeds the embedding "
+                             f"dimension {dim}")
+        plan = self.make_plan(dim)
+        noise = NoiseSource(self.noise_seed)
+        if self.noise_seed is not None:
+            warnings.warn("noise_seed is set: the DP noise is reproducible and this fit is "
+                          "NOT private (test use only)", stacklevel=2)
+        self._fit_released(shards, plan, noise, dim)
+        self.privacy_plan_ = plan
+        self.epsilon_ = plan.epsilon_pld
+        self.delta_ = plan.delta
+        self.private_ = plan.private
+        self.n_features_in_ = dim
+        return self
+
+    def _chunks(self, shards: Sequence[Shard]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Bounded records and class indices, chunk by chunk."""
+        lookup = {c: i for i, c in enumerate(self.classes_.tolist())}
+        for X, y in iter_chunks(shards, int(self.chunk_rows)):
+            if not np.isfinite(X).all():
+                raise ValueError("X contains NaN or infinite values")
+            idx = np.fromiter((lookup.get(v, -1) for v in y.tolist()), np.int64, len(y))
+            if (idx < 0).any():
+                bad = sorted(set(y[idx < 0].tolist()))[:5]
+                raise ValueError(f"labels {bad} are not in classes={self.classes_.tolist()}")
+            yield bound_norms(X, self.clip_norm, self.normalize), idx
+
+    def _fit_released(self, shards, plan: PrivacyPlan, noise: NoiseSource, dim: int) -> None:
+        R = float(self.clip_norm)
+        C = len(self.classes_)
+        uses_subspace = self._uses_subspace(dim)
+        # Pass 1: global second moment (for the subspace), class counts and sums.
+        gram = GramAccumulator(dim) if uses_subspace else None
+        class_stats = GroupSums.zeros(C, dim)
+        for Xb, idx in self._chunks(shards):
+            if gram is not None:
+                gram.add(Xb.astype(np.float32) if Xb.shape[0] > 4096 else Xb)
+            class_stats.add(Xb, idx)
+        basis = None
+        if gram is not None:
+            basis, _ = release_subspace(gram, int(self.subspace_dim),
+                                        plan.release("subspace_second_moment"), noise)
+        class_counts = class_stats.counts + noise.gaussian(plan.release("class_counts"), C)
+        class_sums = class_stats.sums + noise.gaussian(plan.release("class_sums"), (C, dim))
+        del class_stats  # exact statistics never outlive the release
+        self.class_totals_ = np.maximum(class_counts, 0.0)
+        self.subspace_ = basis
+
+        def project(Xb: np.ndarray) -> np.ndarray:
+            return Xb @ basis if basis is not None else Xb
+
+        k = int(self.components_per_class)
+        min_count = max(3.0 * plan.release(
+            "class_counts" if k == 1 else "component_counts").sigma, 2.0)
+        if k == 1:
+            component_class = np.arange(C)
+            offsets = np.arange(C + 1)
+            centres = None
+        else:
+            safe = np.maximum(class_counts, 1.0)[:, None]
+            class_centres = project(class_sums / safe)
+            self.kmeans_ = DPKMeans(k, plan, noise, radius=R, depth=int(self.lsh_depth),
+                                    rounds=int(self.lloyd_rounds),
+                                    random_state=self.random_state)
+            self.kmeans_.fit(lambda: ((project(Xb), idx) for Xb, idx in self._chunks(shards)),
+                             class_centres, class_counts)
+            centres = self.kmeans_.centres_
+            offsets = np.cumsum([0] + [len(c) for c in centres])
+            component_class = np.repeat(np.arange(C), [len(c) for c in centres])
+        sub_dim = basis.shape[1] if basis is not None else dim
+        stats = SecondOrderStats(len(component_class), dim, sub_dim, self.covariance)
+        for Xb, idx in self._chunks(shards):
+            Z = project(Xb)
+            comp = idx if centres is None else assign_components(Z, idx, centres, offsets)
+            stats.add(Xb, Z, comp)
+        # One component per class: its count and sum are the class release already made,
+        # so only the second-order statistic is new (re-releasing would spend budget twice).
+        params = release_mixture(
+            stats, component_class, plan, noise,
+            count_name="class_counts" if k == 1 else "component_counts",
+            sum_name="class_sums" if k == 1 else "component_sums",
+            basis=basis, min_count=min_count, radius=R, covariance_floor=self.covariance_floor,
+            released_first=(class_counts, class_sums) if k == 1 else None)
+        params.class_totals = self.class_totals_
+        self.mixture_ = params
+        empty = [self.classes_[c] for c in range(C) if c not in set(params.component_class)]
+        if empty:
+            warnings.warn(f"classes {empty} have no component above the noise threshold "
+                          f"({min_count:.1f} records) and will get no samples", stacklevel=3)
+
+    # -------------------------------------------------------------------- sample
+    def sample(self, n: int, *, class_balance: str = "proportional",
+               random_state: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n`` synthetic records: (X_syn float32 (n, d), y_syn labels (n,)).
+
+        class_balance: ``"proportional"`` to the noisy class totals, or ``"balanced"``.
+        Sampling is post-processing: it spends no privacy budget.
+        """
+        self._check_fitted()
+        if not isinstance(n, int | np.integer) or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        if class_balance not in ("proportional", "balanced"):
+            raise ValueError(f"class_balance must be 'proportional' or 'balanced', "
+                             f"got {class_balance!r}")
+        params = self.mixture_
+        C = len(self.classes_)
+        has = np.isin(np.arange(C), params.component_class)
+        share = (params.class_totals if class_balance == "proportional"
+                 else np.ones(C)) * has
+        if share.sum() <= 0:
+            raise RuntimeError("no class has a released component to sample from")
+        seed = self.random_state if random_state is None else random_state
+        rng = np.random.default_rng(seed)
+        per_class = _apportion(int(n), share / share.sum())
+        X, cls = sample_mixture(params, self.subspace_, per_class, rng,
+                                normalize=self.normalize, radius=float(self.clip_norm))
+        return X.astype(np.float32), self.classes_[cls]
+
+    # --------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write ``params.json`` + ``arrays.npz`` (no pickle) into directory ``path``."""
+        self._check_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        p = self.mixture_
+        arrays = {"component_class": p.component_class, "weights": p.weights,
+                  "means": p.means, "covariances": p.covariances,
+                  "residual_var": p.residual_var, "class_totals": p.class_totals,
+                  "classes": self.classes_}
+        if self.subspace_ is not None:
+            arrays["subspace"] = self.subspace_
+        if self.classes_.dtype.kind not in "iub":
+            raise TypeError("only integer class labels can be saved")
+        tmp = path / "arrays.tmp.npz"
+        np.savez(tmp, **arrays)
+        tmp.replace(path / "arrays.npz")
+        meta = {"format_version": FORMAT_VERSION, "params": self.get_params(),
+                "n_features_in": self.n_features_in_,
+                "privacy_plan": self.privacy_plan_.to_dict()}
+        (path / "params.json").write_text(json.dumps(meta, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> DPSynthesizer:
+        path = Path(path)
+        if not (path / "params.json").exists() or not (path / "arrays.npz").exists():
+            raise FileNotFoundError(f"{path} is not a saved DPSynthesizer "
+                                    "(expected params.json and arrays.npz)")
+        meta = json.loads((path / "params.json").read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported format_version {meta.get('format_version')!r}")
+        params = dict(meta["params"])
+        params["epsilon"] = _from_json_float(params["epsilon"])
+        obj = cls(**params)
+        with np.load(path / "arrays.npz", allow_pickle=False) as z:
+            a = {k: z[k] for k in z.files}
+        obj.classes_ = a["classes"]
+        obj.subspace_ = a.get("subspace")
+        obj.mixture_ = MixtureParams(a["component_class"], a["weights"], a["means"],
+                                     a["covariances"], a["residual_var"], a["class_totals"])
+        obj.class_totals_ = a["class_totals"]
+        obj.privacy_plan_ = PrivacyPlan.from_dict(meta["privacy_plan"])
+        obj.epsilon_ = obj.privacy_plan_.epsilon_pld
+        obj.delta_ = obj.privacy_plan_.delta
+        obj.private_ = obj.privacy_plan_.private
+        obj.n_features_in_ = int(meta["n_features_in"])
+        return obj
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "mixture_"):
+            raise NotFittedError("this DPSynthesizer is not fitted yet; call fit first")
+
+
+def _check_shard(i: int, X, y) -> Shard:
+    X = X if isinstance(X, np.ndarray) else np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}"
+                         + (f" in shard {i}" if i else ""))
+    if X.dtype.kind not in "fiu":
+        raise ValueError(f"X must hold numbers, got dtype {X.dtype}")
+    if y.ndim != 1 or len(y) != len(X):
+        raise ValueError(f"y must be 1-D with one label per row of X: X has {len(X)} rows, "
+                         f"y has shape {y.shape}")
+    if len(y) and y.dtype.kind not in "iu":
+        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+    return X, y
+
+
+def _resolve_classes(shards: Sequence[Shard], classes: Sequence | None) -> np.ndarray:
+    if classes is not None:
+        arr = np.asarray(classes)
+        if arr.ndim != 1 or len(arr) == 0 or arr.dtype.kind not in "iu":
+            raise ValueError(f"classes must be a non-empty 1-D list of integer labels, "
+                             f"got {classes!r}")
+        if len(np.unique(arr)) != len(arr):
+            raise ValueError(f"classes has duplicates: {arr.tolist()}")
+        return arr
+    warnings.warn("classes were read from the labels: the set of labels present is treated "
+                  "as public. Pass classes= to keep the class list data-independent.",
+                  stacklevel=3)
+    return np.unique(np.concatenate([np.unique(y) for _, y in shards]))
+
+
+def _apportion(n: int, p: np.ndarray) -> np.ndarray:
+    """Largest-remainder split of n into integer parts proportional to p."""
+    raw = n * p
+    out = np.floor(raw).astype(np.int64)
+    out[np.argsort(raw - out)[::-1][: n - out.sum()]] += 1
+    return out
+
+
+def _json_float(x: float) -> float | str:
+    return "inf" if math.isinf(x) else x
+
+
+def _from_json_float(x: float | str) -> float:
+    return math.inf if x == "inf" else float(x)
