@@ -1,0 +1,106 @@
+"""The two-layer MLP (one hidden layer) that measures the utility of synthetic embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def make_mlp(dim: int, n_classes: int, hidden: int) -> nn.Module:
+    """Linear -> ReLU -> Linear; ``hidden=0`` gives a linear (softmax) classifier."""
+    if hidden == 0:
+        return nn.Linear(dim, n_classes)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+
+
+class TwoLayerMLP:
+    """scikit-learn-style classifier: ``fit(X, y)``, ``predict``, ``score``.
+
+    Labels are mapped to indices of ``classes`` (given, or sorted unique of ``y``).
+    """
+
+    def __init__(self, hidden: int = 256, epochs: int = 15, lr: float = 1e-3,
+                 batch_size: int = 256, weight_decay: float = 1e-4,
+                 random_state: int | None = 0) -> None:
+        self.hidden = hidden
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.weight_decay = weight_decay
+        self.random_state = random_state
+
+    def fit(self, X: np.ndarray, y: np.ndarray, classes: np.ndarray | None = None):
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y)
+        if X.ndim != 2 or len(X) != len(y) or len(X) == 0:
+            raise ValueError(f"need X (n, d) and y (n,) with n > 0; got {X.shape}, {y.shape}")
+        self.classes_ = np.unique(y) if classes is None else np.asarray(classes)
+        target = np.searchsorted(self.classes_, y)
+        if (target >= len(self.classes_)).any() or (self.classes_[target] != y).any():
+            raise ValueError("y has labels that are not in classes")
+        gen = torch.Generator().manual_seed(self.random_state or 0)
+        if self.random_state is not None:
+            torch.manual_seed(self.random_state)
+        self.model_ = make_mlp(X.shape[1], len(self.classes_), self.hidden)
+        opt = torch.optim.AdamW(self.model_.parameters(), lr=self.lr,
+                                weight_decay=self.weight_decay)
+        steps = self.epochs * -(-len(X) // self.batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps)
+        Xt, yt = torch.from_numpy(X), torch.from_numpy(target.astype(np.int64))
+        loss_fn = nn.CrossEntropyLoss()
+        self.model_.train()
+        for _ in range(self.epochs):
+            order = torch.randperm(len(Xt), generator=gen)
+            for start in range(0, len(Xt), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                opt.zero_grad()
+                loss_fn(self.model_(Xt[idx]), yt[idx]).backward()
+                opt.step()
+                sched.step()
+        self.model_.eval()
+        return self
+
+    @torch.inference_mode()
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        logits = self.model_(torch.from_numpy(np.asarray(X, dtype=np.float32)))
+        return self.classes_[logits.argmax(1).numpy()]
+
+    def score(self, X: np.ndarray, y: np.ndarray) -> float:
+        return float((self.predict(X) == np.asarray(y)).mean())
+
+
+@dataclass
+class ClassificationReport:
+    accuracy: float
+    per_class_accuracy: dict[int, float]
+    confusion: np.ndarray  # rows: true class, columns: predicted
+    classes: np.ndarray
+
+    def to_dict(self) -> dict[str, object]:
+        return {"accuracy": self.accuracy,
+                "per_class_accuracy": {str(k): v for k, v in self.per_class_accuracy.items()},
+                "confusion_matrix": self.confusion.tolist(),
+                "classes": self.classes.tolist()}
+
+
+def classification_report(y_true: np.ndarray, y_pred: np.ndarray,
+                          classes: np.ndarray) -> ClassificationReport:
+    from sklearn.metrics import confusion_matrix
+
+    cm = confusion_matrix(y_true, y_pred, labels=classes)
+    totals = cm.sum(1)
+    per_class = {int(c): float(cm[i, i] / totals[i]) if totals[i] else float("nan")
+                 for i, c in enumerate(classes)}
+    return ClassificationReport(float((np.asarray(y_true) == np.asarray(y_pred)).mean()),
+                                per_class, cm, np.asarray(classes))
+
+
+def evaluate_synthetic(X_syn: np.ndarray, y_syn: np.ndarray, X_test: np.ndarray,
+                       y_test: np.ndarray, classes: np.ndarray, **mlp_params
+                       ) -> ClassificationReport:
+    """Train the MLP only on synthetic data; score on real test embeddings."""
+    clf = TwoLayerMLP(**mlp_params).fit(X_syn, y_syn, classes=classes)
+    return classification_report(y_test, clf.predict(X_test), clf.classes_)
