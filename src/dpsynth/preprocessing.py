@@ -16,9 +16,11 @@ Shard = tuple[np.ndarray, np.ndarray]
 def bound_norms(X: np.ndarray, radius: float, normalize: bool) -> np.ndarray:
     """Rows scaled to norm ``radius`` (normalize) or clipped to norm <= ``radius``.
 
-    A zero row stays zero under normalisation (it has no direction to keep).
+    A zero row stays zero under normalisation (it has no direction to keep). float32 input
+    stays float32 (half the memory traffic); anything else becomes float64.
     """
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X)
+    X = X if X.dtype == np.float32 else X.astype(np.float64)
     norms = np.linalg.norm(X, axis=1, keepdims=True)
     safe = np.where(norms > 0, norms, 1.0)
     if normalize:

@@ -220,7 +220,7 @@ class DPSynthesizer:
         class_stats = GroupSums.zeros(C, dim)
         for Xb, idx in self._chunks(shards):
             if gram is not None:
-                gram.add(Xb.astype(np.float32) if Xb.shape[0] > 4096 else Xb)
+                gram.add(Xb)
             class_stats.add(Xb, idx)
         basis = None
         if gram is not None:

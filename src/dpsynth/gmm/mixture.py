@@ -134,8 +134,12 @@ def release_mixture(
         if stats.covariance == "diagonal":
             covs = np.maximum(second - mz**2, covariance_floor)
         else:
-            covs = np.stack([_psd_repair(S - np.outer(m, m), covariance_floor)
-                             for S, m in zip(second, mz, strict=True)])
+            # Floor the subspace eigenvalues at the residual variance: the subspace holds
+            # the top directions of the data, so no direction in it should carry less
+            # variance than a direction outside it; noise pushes small eigenvalues below.
+            floors = np.maximum(residual_var, covariance_floor)
+            covs = np.stack([_psd_repair(S - np.outer(m, m), f)
+                             for S, m, f in zip(second, mz, floors, strict=True)])
     return MixtureParams(component_class[keep], n, means, covs, residual_var,
                          class_totals=np.zeros(0))
 

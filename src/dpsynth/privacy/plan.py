@@ -191,12 +191,12 @@ def calibrate_scale(specs: Sequence[ReleaseSpec], epsilon: float, delta: float) 
     # step asks the PLD accountant about a nearly noiseless (and very expensive) mechanism.
     total = sum(s.repetitions / s.weight**2 for s in specs)
     gdp_scale = dp_accounting.get_sigma_gaussian(epsilon, delta) * math.sqrt(total)
-    lower, upper = 0.5 * gdp_scale, 2.0 * gdp_scale
+    lower, upper = 0.8 * gdp_scale, 1.25 * gdp_scale
     return float(
         dp_accounting.calibrate_dp_mechanism(
             fresh, event, epsilon, delta,
             bracket_interval=ExplicitBracketInterval(lower, upper),
-            tol=gdp_scale * 1e-4,
+            tol=gdp_scale * 5e-4,
         )
     )
 

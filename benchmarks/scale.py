@@ -1,0 +1,134 @@
+"""Scale benchmark: fit time and peak memory against n (issue 2).
+
+    .venv/bin/python benchmarks/scale.py [--sizes 10000 100000 1000000]
+
+Data: a synthetic 10-class mixture in d = 1280 (L2-normalised rows), written once as a
+float32 memory-mapped .npy under benchmarks/cache/ (1M rows = 5.1 GB) and streamed by
+``DPSynthesizer.fit_shards``. Each measurement runs in a fresh subprocess:
+  * seconds: wall time of fit;
+  * heap_peak_mb: peak of Python/numpy heap allocations (tracemalloc) - the memory a fit
+    allocates itself, excluding the memory-mapped input's page cache;
+  * rss_peak_mb: peak resident set size (includes mapped input pages that were touched).
+Baselines: sklearn KMeans and GaussianMixture(covariance_type="diag") with the same
+number of components (10 classes x 1), which need the data in memory.
+Writes benchmarks/results/scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "benchmarks" / "cache"
+D, CLASSES = 1280, 10
+#: sklearn baselines are skipped above this many bytes of float64 input (24 GiB machine).
+SKLEARN_MAX_BYTES = 6 * 2**30
+
+
+def data_path(n: int) -> Path:
+    return CACHE / f"scale_{n}x{D}.npy"
+
+
+def make_data(n: int) -> None:
+    X_path, y_path = data_path(n), data_path(n).with_suffix(".labels.npy")
+    if X_path.exists() and y_path.exists():
+        return
+    CACHE.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((CLASSES, D)).astype(np.float32)
+    X = np.lib.format.open_memmap(X_path.with_suffix(".tmp.npy"), mode="w+",
+                                  dtype=np.float32, shape=(n, D))
+    y = rng.integers(0, CLASSES, n)
+    for start in range(0, n, 65536):
+        yb = y[start : start + 65536]
+        block = centres[yb] + 2.0 * rng.standard_normal((len(yb), D), dtype=np.float32)
+        X[start : start + len(yb)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    X.flush()
+    del X
+    np.save(y_path, y)
+    X_path.with_suffix(".tmp.npy").replace(X_path)
+
+
+def measure(method: str, n: int) -> dict:
+    """Run in this (fresh) process: fit once, report time and memory."""
+    X = np.load(data_path(n), mmap_mode="r")
+    y = np.load(data_path(n).with_suffix(".labels.npy"))
+    tracemalloc.start()
+    start = time.perf_counter()
+    if method == "dpsynth":
+        from dpsynth import DPSynthesizer
+
+        DPSynthesizer(1.0, 1e-5, random_state=0).fit_shards([(X, y)], classes=range(CLASSES))
+    elif method == "dpsynth-k3":
+        from dpsynth import DPSynthesizer
+
+        DPSynthesizer(1.0, 1e-5, components_per_class=3, random_state=0).fit_shards(
+            [(X, y)], classes=range(CLASSES))
+    elif method == "sklearn-kmeans":
+        from sklearn.cluster import KMeans
+
+        KMeans(n_clusters=CLASSES, n_init=1, max_iter=20, random_state=0).fit(np.asarray(X))
+    elif method == "sklearn-gmm-diag":
+        from sklearn.mixture import GaussianMixture
+
+        GaussianMixture(n_components=CLASSES, covariance_type="diag", max_iter=20,
+                        random_state=0).fit(np.asarray(X))
+    seconds = time.perf_counter() - start
+    _, heap_peak = tracemalloc.get_traced_memory()
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"method": method, "n": n, "d": D, "classes": CLASSES,
+            "seconds": round(seconds, 2), "heap_peak_mb": round(heap_peak / 2**20, 1),
+            "rss_peak_mb": round(rss_kb / 1024, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--methods", nargs="+",
+                    default=["dpsynth", "dpsynth-k3", "sklearn-kmeans", "sklearn-gmm-diag"])
+    ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/scale.json"))
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one[0], int(args.one[1]))))
+        return
+    rows = []
+    for n in args.sizes:
+        make_data(n)
+        for method in args.methods:
+            if method.startswith("sklearn") and n * D * 8 > SKLEARN_MAX_BYTES:
+                rows.append({"method": method, "n": n, "d": D, "skipped":
+                             f"needs the {n * D * 8 / 2**30:.0f} GiB float64 input in memory"})
+                print(rows[-1], flush=True)
+                continue
+            out = subprocess.run([sys.executable, __file__, "--one", method, str(n)],
+                                 capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(rows[-1], flush=True)
+    result = {"rows": rows, "setup": {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
+        "dpsynth_config": "eps=1, delta=1e-5, defaults (lowrank, subspace_dim=64, k=1); "
+                          "dpsynth-k3: components_per_class=3",
+        "sklearn": "KMeans(n_clusters=10, n_init=1, max_iter=20); "
+                   "GaussianMixture(10, 'diag', max_iter=20)",
+        "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
+    }}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
