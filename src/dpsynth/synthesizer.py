@@ -24,6 +24,8 @@ from dpsynth.preprocessing import Shard, bound_norms, iter_chunks
 from dpsynth.privacy import NoiseSource, PrivacyPlan, build_plan, validate_epsilon_delta
 
 FORMAT_VERSION = 1
+_FITTED_ATTRIBUTES = ("classes_", "mixture_", "subspace_", "class_totals_", "kmeans_",
+                      "privacy_plan_", "epsilon_", "delta_", "private_", "n_features_in_")
 
 
 class NotFittedError(RuntimeError):
@@ -171,9 +173,14 @@ class DPSynthesizer:
         """Fit on a sequence of (X, y) shards (e.g. memory-mapped), streamed in chunks.
 
         Statistics are summed over shards before any noise is added, so this equals
-        ``fit`` on the concatenation given the same noise draws.
+        ``fit`` on the concatenation given the same noise draws: exactly up to float64
+        rounding for float64 input; float32 input is summed in float32 within a chunk (half
+        the memory traffic), so results then agree to float32 rounding (~1e-5 relative).
         """
         self._validate_params()
+        # A failed (re)fit must not leave a model that mixes old parameters and new classes.
+        for attr in _FITTED_ATTRIBUTES:
+            self.__dict__.pop(attr, None)
         shards = [_check_shard(i, X, y) for i, (X, y) in enumerate(shards)]
         if not shards or sum(len(X) for X, _ in shards) == 0:
             raise ValueError("X is empty: need at least one record to fit")
@@ -269,7 +276,8 @@ class DPSynthesizer:
             released_first=(class_counts, class_sums) if k == 1 else None)
         params.class_totals = self.class_totals_
         self.mixture_ = params
-        empty = [self.classes_[c] for c in range(C) if c not in set(params.component_class)]
+        empty = [self.classes_[c].item() for c in range(C)
+                 if c not in set(params.component_class)]
         if empty:
             warnings.warn(f"classes {empty} have no component above the noise threshold "
                           f"({min_count:.1f} records) and will get no samples", stacklevel=3)

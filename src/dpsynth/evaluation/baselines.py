@@ -31,7 +31,11 @@ def dp_class_means(X: np.ndarray, y: np.ndarray, classes: np.ndarray, epsilon: f
                       epsilon, delta, noise_seeded=noise_seed is not None)
     noise = NoiseSource(noise_seed)
     Xb = bound_norms(X, 1.0, normalize=True)
-    idx = np.searchsorted(classes, y)
+    lookup = {c: i for i, c in enumerate(np.asarray(classes).tolist())}
+    idx = np.array([lookup.get(v, -1) for v in np.asarray(y).tolist()], dtype=np.int64)
+    if (idx < 0).any():
+        raise ValueError(f"labels {sorted(set(np.asarray(y)[idx < 0].tolist()))[:5]} are not "
+                         f"in classes={list(lookup)}")
     counts = np.bincount(idx, minlength=len(classes)).astype(float)
     sums = np.zeros((len(classes), X.shape[1]))
     np.add.at(sums, idx, Xb)

@@ -138,8 +138,9 @@ def release_mixture(
             # the top directions of the data, so no direction in it should carry less
             # variance than a direction outside it; noise pushes small eigenvalues below.
             floors = np.maximum(residual_var, covariance_floor)
-            covs = np.stack([_psd_repair(S - np.outer(m, m), f)
-                             for S, m, f in zip(second, mz, floors, strict=True)])
+            covs = np.array([_psd_repair(S - np.outer(m, m), f)
+                             for S, m, f in zip(second, mz, floors, strict=True)]
+                            ).reshape((len(n), *second.shape[1:]))
     return MixtureParams(component_class[keep], n, means, covs, residual_var,
                          class_totals=np.zeros(0))
 
@@ -189,11 +190,10 @@ def _sample_component(params: MixtureParams, j: int, m: int, basis: np.ndarray |
         return mean + np.sqrt(cov) * rng.standard_normal((m, d))
     r = cov.shape[0]
     g = rng.standard_normal((m, r))
-    if cov.ndim == 1:
-        low = g * np.sqrt(cov)
-    else:
-        vals, vecs = np.linalg.eigh(cov)
-        low = (g * np.sqrt(np.maximum(vals, 0.0))) @ vecs.T
+    # Cholesky, not an eigenbasis: repaired covariances are positive definite, and the
+    # factor is a continuous function of the covariance (eigenvectors of repeated, floored
+    # eigenvalues are not), so equal fits give equal samples.
+    low = g * np.sqrt(cov) if cov.ndim == 1 else g @ np.linalg.cholesky(cov).T
     if basis is None:
         return mean + low
     h = rng.standard_normal((m, d))

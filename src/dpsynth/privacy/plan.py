@@ -20,6 +20,7 @@ Calibration
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -175,7 +176,16 @@ def _with_scale(specs: Sequence[ReleaseSpec], scale: float) -> tuple[Release, ..
 
 
 def calibrate_scale(specs: Sequence[ReleaseSpec], epsilon: float, delta: float) -> float:
-    """The noise scale at which the composed specs are (epsilon, delta)-DP by PLD."""
+    """The noise scale at which the composed specs are (epsilon, delta)-DP by PLD.
+
+    Deterministic in its (public) inputs, so results are cached: refitting the same
+    configuration does not pay for the bisection again.
+    """
+    return _calibrate_cached(tuple(specs), float(epsilon), float(delta))
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrate_cached(specs: tuple[ReleaseSpec, ...], epsilon: float, delta: float) -> float:
 
     def fresh() -> pld_privacy_accountant.PLDAccountant:
         return pld_privacy_accountant.PLDAccountant(

@@ -1,0 +1,494 @@
+"""DPSynthesizer end to end: recovery, sharding, persistence, input validation, modes."""
+
+from __future__ import annotations
+
+import collections
+import copy
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from dpsynth import DPSynthesizer, NotFittedError
+from dpsynth.privacy import NoiseSource
+
+DELTA = 1e-5
+INF = float("inf")
+SEEDED = pytest.mark.filterwarnings("ignore:noise_seed is set:UserWarning")
+
+# ---------------------------------------------------------------------------- recovery
+# 3 classes in d = 16, each a 0.3/0.7 mixture of two isotropic Gaussians. Means are random
+# directions scaled to norm 0.6, std 0.04 per coordinate. We fit with normalize=False and
+# clip_norm=1: rows are then used as they are (no row reaches norm 1, checked below), so the
+# generating means and weights are exactly what the mixture should recover.
+REC_DIM = 16
+REC_CLASSES = np.array([3, 7, 11])  # non-contiguous labels catch index/label mix-ups
+REC_SIZES = (24_000, 30_000, 36_000)
+REC_WEIGHTS = (0.3, 0.7)
+REC_STD = 0.04
+
+
+@pytest.fixture(scope="module")
+def mixture_data():
+    rng = np.random.default_rng(1234)
+    dirs = rng.standard_normal((2 * len(REC_CLASSES), REC_DIM))
+    means = 0.6 * dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    X_parts, y_parts = [], []
+    for c, label in enumerate(REC_CLASSES):
+        n_first = round(REC_WEIGHTS[0] * REC_SIZES[c])
+        for j, n_j in enumerate((n_first, REC_SIZES[c] - n_first)):
+            X_parts.append(means[2 * c + j] + REC_STD * rng.standard_normal((n_j, REC_DIM)))
+            y_parts.append(np.full(n_j, label))
+    order = rng.permutation(sum(REC_SIZES))
+    X, y = np.concatenate(X_parts)[order], np.concatenate(y_parts)[order]
+    # Preconditions: no row is clipped, and components are far apart compared to their spread
+    # (radius ~ 0.04 * sqrt(16) = 0.16), so nearest-mean matching is unambiguous.
+    assert np.linalg.norm(X, axis=1).max() < 1.0
+    gaps = np.linalg.norm(means[:, None] - means[None], axis=-1)[~np.eye(len(means), dtype=bool)]
+    assert gaps.min() > 0.4
+    return X, y, means
+
+
+def _fit_mixture(data, eps, k, covariance="diagonal", subspace_dim=None):
+    X, y, _ = data
+    synth = DPSynthesizer(eps, DELTA, components_per_class=k, covariance=covariance,
+                          subspace_dim=subspace_dim, normalize=False, clip_norm=1.0,
+                          random_state=0, noise_seed=None if eps == INF else 3)
+    if eps == INF:
+        return synth.fit(X, y, classes=REC_CLASSES)
+    with pytest.warns(UserWarning, match="NOT private"):
+        return synth.fit(X, y, classes=REC_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def fit_inf_k2(mixture_data):
+    return _fit_mixture(mixture_data, INF, 2)
+
+
+@pytest.fixture(scope="module")
+def fit_eps1_k2(mixture_data):
+    return _fit_mixture(mixture_data, 1.0, 2, covariance="lowrank", subspace_dim=8)
+
+
+@pytest.fixture(scope="module")
+def fit_eps1_k1(mixture_data):
+    return _fit_mixture(mixture_data, 1.0, 1)
+
+
+def _match_components(synth, c, true_means):
+    """(fitted means, normalised weights) of class index c, ordered like ``true_means``."""
+    m = synth.mixture_
+    sel = m.component_class == c
+    means, weights = m.means[sel], m.weights[sel] / m.weights[sel].sum()
+    assert len(means) == len(true_means)
+    nearest = np.linalg.norm(true_means[:, None] - means[None], axis=-1).argmin(1)
+    assert sorted(nearest) == list(range(len(true_means))), "matching is not one-to-one"
+    return means[nearest], weights[nearest]
+
+
+def test_non_private_fit_recovers_means_weights_and_variances(mixture_data, fit_inf_k2):
+    _, _, true_means = mixture_data
+    synth = fit_inf_k2
+    assert synth.private_ is False
+    for c in range(len(REC_CLASSES)):
+        means, weights = _match_components(synth, c, true_means[2 * c:2 * c + 2])
+        # Sampling error of a component mean: 0.04 * sqrt(16 / 7,200) ~ 0.002 in L2; 0.01 is
+        # 5 standard errors.
+        assert np.linalg.norm(means - true_means[2 * c:2 * c + 2], axis=1).max() < 0.01
+        # Exact counts were 30% / 70%; with no noise only misclustering could move them.
+        np.testing.assert_allclose(weights, REC_WEIGHTS, atol=0.02)
+    # No subspace (subspace_dim=None): diagonal covariances are per coordinate, 0.04^2. The
+    # relative std error of a variance from >= 7,200 points is sqrt(2/7200) ~ 1.7%: allow 10%.
+    assert synth.subspace_ is None
+    np.testing.assert_allclose(synth.mixture_.covariances, REC_STD**2, rtol=0.10)
+
+
+@SEEDED
+def test_private_fit_recovers_means_and_weights(mixture_data, fit_eps1_k2):
+    _, _, true_means = mixture_data
+    synth = fit_eps1_k2
+    plan = synth.privacy_plan_
+    # Noise on a component mean is ~ sigma_sums * sqrt(d) / n_j (n_j >= 7,200 records) and on
+    # a weight sigma_counts / n_class: both far below the stated tolerances (asserted).
+    n_min = REC_WEIGHTS[0] * min(REC_SIZES)
+    assert 5 * plan.release("component_sums").sigma * np.sqrt(REC_DIM) / n_min < 0.05
+    assert 5 * plan.release("component_counts").sigma / min(REC_SIZES) < 0.05
+    for c in range(len(REC_CLASSES)):
+        means, weights = _match_components(synth, c, true_means[2 * c:2 * c + 2])
+        assert np.linalg.norm(means - true_means[2 * c:2 * c + 2], axis=1).max() < 0.05
+        np.testing.assert_allclose(weights, REC_WEIGHTS, atol=0.05)
+
+
+@SEEDED
+def test_private_single_component_recovers_class_means(mixture_data, fit_eps1_k1):
+    _, _, true_means = mixture_data
+    synth = fit_eps1_k1
+    m = synth.mixture_
+    assert list(m.component_class) == [0, 1, 2]
+    for c in range(len(REC_CLASSES)):
+        expected = REC_WEIGHTS[0] * true_means[2 * c] + REC_WEIGHTS[1] * true_means[2 * c + 1]
+        # Sampling error ~ 0.04 * 4 / sqrt(24,000) ~ 0.001, noise ~ sigma_sums * 4 / 24,000.
+        assert np.linalg.norm(m.means[c] - expected) < 0.02
+    # Released class totals are the class sizes up to the class-count noise (5 sigma).
+    sigma = synth.privacy_plan_.release("class_counts").sigma
+    np.testing.assert_allclose(synth.class_totals_, REC_SIZES, atol=5 * sigma)
+
+
+@SEEDED
+@pytest.mark.parametrize("which", ["fit_inf_k2", "fit_eps1_k2", "fit_eps1_k1"])
+def test_samples_reproduce_class_proportions(request, which):
+    synth = request.getfixturevalue(which)
+    n = 20_000
+    X_syn, y_syn = synth.sample(n, random_state=0)
+    assert X_syn.shape == (n, REC_DIM) and X_syn.dtype == np.float32
+    assert y_syn.shape == (n,)
+    assert set(np.unique(y_syn)) <= set(REC_CLASSES.tolist())
+    proportions = np.array([(y_syn == label).mean() for label in REC_CLASSES])
+    np.testing.assert_allclose(proportions, np.array(REC_SIZES) / sum(REC_SIZES), atol=0.02)
+    # normalize=False, clip_norm=1: samples are clipped to the ball, not normalised.
+    assert np.linalg.norm(X_syn.astype(np.float64), axis=1).max() <= 1.0 + 1e-6
+
+
+def test_samples_follow_their_class_distribution(mixture_data, fit_inf_k2):
+    _, _, true_means = mixture_data
+    X_syn, y_syn = fit_inf_k2.sample(20_000, random_state=1)
+    for c, label in enumerate(REC_CLASSES):
+        expected = REC_WEIGHTS[0] * true_means[2 * c] + REC_WEIGHTS[1] * true_means[2 * c + 1]
+        got = X_syn[y_syn == label].astype(np.float64).mean(0)
+        # >= 5,000 samples a class; a class's L2 spread is <~ 0.6 (0.3/0.7 mix of means ~1
+        # apart, plus 0.16 within), so its sample mean is within ~0.01; allow 0.03.
+        assert np.linalg.norm(got - expected) < 0.03
+
+
+def test_sampling_is_reproducible_and_zero_rows_work(fit_inf_k2):
+    a = fit_inf_k2.sample(500, random_state=7)
+    b = fit_inf_k2.sample(500, random_state=7)
+    c = fit_inf_k2.sample(500, random_state=8)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    X0, y0 = fit_inf_k2.sample(0)
+    assert X0.shape == (0, REC_DIM) and y0.shape == (0,)
+
+
+# ----------------------------------------------------------------- sharded == in memory
+SHARD_CLASSES = [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def shard_data():
+    # float64 data: float32 input agrees only to float32 rounding (tested separately).
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(3, 16))
+    y = rng.integers(0, 3, 3000)
+    X = centres[y] + 0.5 * rng.normal(size=(3000, 16))
+    return X, y
+
+
+def _shard_synth(k, **kwargs):
+    return DPSynthesizer(1.0, DELTA, components_per_class=k, covariance="lowrank",
+                         subspace_dim=4, random_state=0, noise_seed=11, **kwargs)
+
+
+def _assert_same_fit(a, b, *, compare_sample_values=True):
+    for field in ("component_class", "weights", "means", "covariances", "residual_var",
+                  "class_totals"):
+        x, z = getattr(a.mixture_, field), getattr(b.mixture_, field)
+        assert x.shape == z.shape, field
+        np.testing.assert_allclose(x, z, rtol=1e-6, atol=1e-8, err_msg=field)
+    np.testing.assert_allclose(a.subspace_, b.subspace_, rtol=1e-6, atol=1e-8)
+    Xa, ya = a.sample(2000, random_state=3)
+    Xb, yb = b.sample(2000, random_state=3)
+    assert np.array_equal(ya, yb)
+    if compare_sample_values:
+        np.testing.assert_allclose(Xa, Xb, rtol=1e-6, atol=1e-8)
+
+
+def _sharded_fits(X, y, tmp_path, k):
+    """The same fit four ways: in memory, 3 shards, 3 shards in 333-row chunks, memmaps."""
+    a, b = 1000, 2200
+    whole = _shard_synth(k).fit(X, y, classes=SHARD_CLASSES)
+    shards = [(X[:a], y[:a]), (X[a:b], y[a:b]), (X[b:], y[b:])]
+    sharded = _shard_synth(k).fit_shards(shards, classes=SHARD_CLASSES)
+    chunked = _shard_synth(k, chunk_rows=333).fit_shards(shards, classes=SHARD_CLASSES)
+    mapped = []
+    for i, (Xs, ys) in enumerate(shards):
+        mx = np.memmap(tmp_path / f"x{i}.dat", dtype=np.float64, mode="w+", shape=Xs.shape)
+        my = np.memmap(tmp_path / f"y{i}.dat", dtype=np.int64, mode="w+", shape=ys.shape)
+        mx[:], my[:] = Xs, ys
+        mx.flush()
+        my.flush()
+        mapped.append((np.memmap(tmp_path / f"x{i}.dat", dtype=np.float64, mode="r",
+                                 shape=Xs.shape),
+                       np.memmap(tmp_path / f"y{i}.dat", dtype=np.int64, mode="r",
+                                 shape=ys.shape)))
+    memmapped = _shard_synth(k, chunk_rows=333).fit_shards(mapped, classes=SHARD_CLASSES)
+    assert isinstance(mapped[0][0], np.memmap)
+    return whole, [sharded, chunked, memmapped]
+
+
+@SEEDED
+@pytest.mark.parametrize("k", [1, 3])
+def test_sharded_and_streamed_fits_equal_the_in_memory_fit(fast_plans, shard_data, tmp_path, k):
+    X, y = shard_data
+    whole, others = _sharded_fits(X, y, tmp_path, k)
+    assert len(whole.mixture_.weights) >= (3 if k == 1 else 4)
+    for other in others:
+        _assert_same_fit(whole, other)
+
+
+def _large_fits(dtype):
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(3, 16))
+    y = rng.integers(0, 3, 20_000)
+    X = (centres[y] + 0.5 * rng.normal(size=(20_000, 16))).astype(dtype)
+    return [DPSynthesizer(INF, DELTA, subspace_dim=4, random_state=0, chunk_rows=rows)
+            .fit(X, y, classes=SHARD_CLASSES) for rows in (16384, 1000)]
+
+
+def _assert_same_subspace_and_mixture(fits, rtol=1e-6, atol=1e-8):
+    # Compare the projectors V V^T (independent of the eigenvectors' signs).
+    P0, P1 = (f.subspace_ @ f.subspace_.T for f in fits)
+    np.testing.assert_allclose(P0, P1, rtol=rtol, atol=atol)
+    for field in ("means", "covariances", "residual_var", "weights"):
+        np.testing.assert_allclose(getattr(fits[0].mixture_, field),
+                                   getattr(fits[1].mixture_, field), rtol=rtol, atol=atol,
+                                   err_msg=field)
+
+
+def test_fit_does_not_depend_on_chunk_size_for_large_chunks():
+    # 16,384-row chunks vs 1,000-row chunks of float64 data (no noise: eps = inf).
+    _assert_same_subspace_and_mixture(_large_fits(np.float64))
+
+
+def test_float32_fit_depends_on_chunk_size_only_through_float32_rounding():
+    # float32 input is summed in float32 within a chunk (documented in fit_shards), so two
+    # chunkings agree to float32 rounding: ~1e-7 per operation, a few 1e-6 on O(1) projector
+    # entries after 20k-row sums; an error in the statistics would be orders larger.
+    _assert_same_subspace_and_mixture(_large_fits(np.float32), rtol=1e-4, atol=2e-5)
+
+
+def test_noise_draws_match_the_plan(fast_plans, monkeypatch):
+    """Every noisy release the fit makes is in the plan, as often as the plan accounts for:
+    per-class releases once per class (parallel composition) times their repetitions."""
+    calls = collections.Counter()
+
+    class CountingNoise(NoiseSource):
+        def gaussian(self, release, shape):
+            calls[release.name] += 1
+            return super().gaussian(release, shape)
+
+    monkeypatch.setattr("dpsynth.synthesizer.NoiseSource", CountingNoise)
+    rng = np.random.default_rng(8)
+    n_classes, depth, rounds = 3, 4, 2
+    y = np.repeat(np.arange(n_classes), 1000)
+    X = rng.normal(size=(len(y), 16)) + 2.0 * np.eye(16)[y]
+    synth = DPSynthesizer(1.0, DELTA, components_per_class=3, subspace_dim=4, lsh_depth=depth,
+                          lloyd_rounds=rounds, random_state=0)
+    synth.fit(X, y, classes=list(range(n_classes)))
+    plan = synth.privacy_plan_
+    assert set(calls) <= {r.name for r in plan.releases}
+    assert plan.release("lsh_level_counts").repetitions == depth
+    assert plan.release("lloyd_counts").repetitions == rounds
+    assert plan.release("lloyd_sums").repetitions == rounds
+    # Global and all-classes-at-once releases: one draw each.
+    for name in ("subspace_second_moment", "class_counts", "class_sums", "component_counts",
+                 "component_sums"):
+        assert calls[name] == 1, name
+    # DP k-means draws per class: one LSH level release per level, one Lloyd release a round.
+    assert calls["lsh_level_counts"] == n_classes * depth
+    assert calls["lloyd_counts"] == calls["lloyd_sums"] == n_classes * rounds
+    assert 1 <= calls["lsh_leaf_sums"] <= n_classes
+    # Second moments: one (joint) draw per component plus the residual energies.
+    n_components = sum(len(c) for c in synth.kmeans_.centres_)
+    assert calls["second_moments"] == n_components + 1
+
+
+# ---------------------------------------------------------------------------- save/load
+@SEEDED
+def test_save_load_round_trip(fast_plans, shard_data, tmp_path):
+    X, y = shard_data
+    synth = _shard_synth(3).fit(X, y, classes=SHARD_CLASSES)
+    path = synth.save(tmp_path / "model")
+    meta = json.loads((path / "params.json").read_text())
+    assert meta["privacy_plan"] == synth.privacy_plan_.to_dict()
+    with np.load(path / "arrays.npz", allow_pickle=False) as z:
+        arrays = {key: z[key] for key in z.files}
+    np.testing.assert_array_equal(arrays["means"], synth.mixture_.means)
+    np.testing.assert_array_equal(arrays["subspace"], synth.subspace_)
+
+    loaded = DPSynthesizer.load(path)
+    assert loaded.privacy_plan_.to_dict() == synth.privacy_plan_.to_dict()
+    assert loaded.privacy_plan_ == synth.privacy_plan_
+    assert loaded.private_ is False and loaded.epsilon_ == synth.epsilon_
+    assert loaded.get_params() == synth.get_params()
+    np.testing.assert_array_equal(loaded.classes_, synth.classes_)
+    Xa, ya = synth.sample(700, random_state=5)
+    Xb, yb = loaded.sample(700, random_state=5)
+    np.testing.assert_array_equal(Xa, Xb)
+    np.testing.assert_array_equal(ya, yb)
+    # Without random_state both use the saved random_state.
+    np.testing.assert_array_equal(synth.sample(50)[0], loaded.sample(50)[0])
+
+
+def test_save_load_non_private_model_writes_strict_json(fast_plans, shard_data, tmp_path):
+    X, y = shard_data
+    synth = DPSynthesizer(INF, DELTA, subspace_dim=None, covariance="diagonal",
+                          random_state=2).fit(X, y, classes=SHARD_CLASSES)
+    path = synth.save(tmp_path / "m")
+
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON constant {token}")
+
+    meta = json.loads((path / "params.json").read_text(), parse_constant=refuse)
+    assert meta["privacy_plan"]["private"] is False
+    loaded = DPSynthesizer.load(path)
+    assert loaded.epsilon == INF and loaded.private_ is False and loaded.subspace_ is None
+    np.testing.assert_array_equal(synth.sample(100)[0], loaded.sample(100)[0])
+
+
+def test_load_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        DPSynthesizer.load(tmp_path / "does-not-exist")
+
+
+def test_save_before_fit():
+    with pytest.raises(NotFittedError):
+        DPSynthesizer(1.0, DELTA).save("unused")
+
+
+# ----------------------------------------------------------------------- invalid input
+def _xy(n=40, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)), np.repeat([0, 1], n // 2)
+
+
+def _with(X, i, j, value):
+    X = X.copy()
+    X[i, j] = value
+    return X
+
+
+X_OK, Y_OK = _xy()
+INVALID_FITS = [
+    # (constructor kwargs, X, y, classes, message)
+    ({}, X_OK[:, 0], Y_OK, [0, 1], "2-D"),
+    ({}, _with(X_OK, 3, 2, np.nan), Y_OK, [0, 1], "NaN"),
+    ({}, _with(X_OK, 3, 2, np.inf), Y_OK, [0, 1], "infinite"),
+    ({}, X_OK, Y_OK[:-1], [0, 1], "one label per row"),
+    ({}, X_OK, Y_OK.astype(float), [0, 1], "integer class labels"),
+    ({}, np.zeros((0, 6)), np.zeros(0, dtype=np.int64), [0, 1], "empty"),
+    ({}, X_OK, Y_OK + 1, [0, 1], r"not in classes"),
+    ({}, X_OK, Y_OK, [0, 1, 1], "duplicates"),
+    ({"components_per_class": 0}, X_OK, Y_OK, [0, 1], "components_per_class"),
+    ({"covariance": "full"}, X_OK, Y_OK, [0, 1], "covariance must be one of"),
+    ({"subspace_dim": 7}, X_OK, Y_OK, [0, 1], "exceeds the embedding dimension"),
+    ({"subspace_dim": 0}, X_OK, Y_OK, [0, 1], "subspace_dim must be a positive integer"),
+    ({"clip_norm": 0.0}, X_OK, Y_OK, [0, 1], "clip_norm"),
+    ({"clip_norm": -1.0}, X_OK, Y_OK, [0, 1], "clip_norm"),
+    ({"budget_weights": {"class_countz": 2.0}}, X_OK, Y_OK, [0, 1], "unknown budget_weights"),
+]
+
+
+@pytest.mark.parametrize("kwargs, X, y, classes, match", INVALID_FITS,
+                         ids=[case[-1] for case in INVALID_FITS])
+def test_invalid_fit_inputs_are_refused(fast_plans, kwargs, X, y, classes, match):
+    params = {"subspace_dim": 3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        DPSynthesizer(1.0, DELTA, **params).fit(X, y, classes=classes)
+
+
+def test_sample_before_fit():
+    with pytest.raises(NotFittedError, match="not fitted"):
+        DPSynthesizer(1.0, DELTA).sample(10)
+
+
+@pytest.fixture(scope="module")
+def small_fit():
+    X, y = _xy(n=400, d=6)
+    return DPSynthesizer(INF, DELTA, subspace_dim=3, random_state=0).fit(X, y, classes=[0, 1])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n": -1}, "non-negative integer"),
+    ({"n": 2.5}, "non-negative integer"),
+    ({"n": 10, "class_balance": "x"}, "class_balance"),
+])
+def test_invalid_sample_arguments(small_fit, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        small_fit.sample(**kwargs)
+
+
+# -------------------------------------------------------------------------- modes
+def test_infinite_epsilon_fit_is_marked_not_private(small_fit):
+    assert small_fit.private_ is False
+    plan = small_fit.privacy_plan_.to_dict()
+    assert plan["private"] is False
+    assert plan["epsilon"] == "inf"
+    assert all(r["sigma"] == 0.0 for r in plan["releases"])
+
+
+def test_default_private_fit_is_marked_private(fast_plans):
+    X, y = _xy(n=600, d=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "NOT private" or class-inference warning
+        synth = DPSynthesizer(1.0, DELTA, subspace_dim=3).fit(X, y, classes=[0, 1])
+    assert synth.private_ is True
+    assert synth.privacy_plan_.to_dict()["private"] is True
+    assert synth.privacy_plan_.to_dict()["noise_seeded"] is False
+    assert abs(synth.epsilon_ - 1.0) <= 0.01
+
+
+def test_classes_inferred_from_labels_warn(fast_plans):
+    X, _ = _xy(n=300, d=6)
+    y = np.repeat([4, 9, 2], 100)
+    with pytest.warns(UserWarning, match="classes were read from the labels"):
+        synth = DPSynthesizer(INF, DELTA, subspace_dim=3).fit(X, y)
+    np.testing.assert_array_equal(synth.classes_, [2, 4, 9])
+
+
+def test_balanced_sampling_gives_equal_class_counts():
+    # Unequal classes (100 / 300 / 600), so proportional sampling would not be balanced.
+    rng = np.random.default_rng(3)
+    y = np.repeat([5, 6, 7], [100, 300, 600])
+    X = rng.normal(size=(len(y), 6)) + 2.0 * np.eye(6)[y - 5]
+    synth = DPSynthesizer(INF, DELTA, subspace_dim=3, random_state=0).fit(X, y, classes=[5, 6, 7])
+    _, y_bal = synth.sample(300, class_balance="balanced", random_state=0)
+    assert [int((y_bal == c).sum()) for c in (5, 6, 7)] == [100, 100, 100]
+    _, y_odd = synth.sample(301, class_balance="balanced", random_state=0)
+    counts = [int((y_odd == c).sum()) for c in (5, 6, 7)]
+    assert sum(counts) == 301 and max(counts) - min(counts) == 1
+    _, y_prop = synth.sample(1000, random_state=0)
+    assert [int((y_prop == c).sum()) for c in (5, 6, 7)] == [100, 300, 600]
+
+
+def test_diagonal_fit_with_no_component_above_threshold_warns():
+    # One record of class 0, none of class 1: with eps = inf the threshold is 2 records.
+    X = np.random.default_rng(0).normal(size=(1, 6))
+    synth = DPSynthesizer(INF, DELTA, covariance="diagonal", subspace_dim=None)
+    with pytest.warns(UserWarning, match="no component above the noise threshold"):
+        synth.fit(X, np.array([0]), classes=[0, 1])
+    with pytest.raises(RuntimeError, match="no class has a released component"):
+        synth.sample(5)
+
+
+# ---------------------------------------------------------------- reported src bugs
+def test_lowrank_fit_with_no_component_above_threshold_warns():
+    X = np.random.default_rng(0).normal(size=(1, 6))
+    synth = DPSynthesizer(INF, DELTA, covariance="lowrank", subspace_dim=None)
+    with pytest.warns(UserWarning, match="no component above the noise threshold"):
+        synth.fit(X, np.array([0]), classes=[0, 1])
+    with pytest.raises(RuntimeError, match="no class has a released component"):
+        synth.sample(5)
+
+
+def test_failed_refit_does_not_relabel_the_previous_model(small_fit):
+    synth = copy.deepcopy(small_fit)
+    X, y = _xy(n=400, d=6)
+    with pytest.raises(ValueError, match="NaN"):
+        synth.fit(_with(X, 0, 0, np.nan), y + 5, classes=[5, 6])
+    try:
+        _, labels = synth.sample(50, random_state=0)
+    except NotFittedError:
+        return  # also acceptable: the failed fit invalidated the model
+    assert set(labels.tolist()) <= {0, 1}
