@@ -54,27 +54,19 @@ ROOT = Path(__file__).resolve().parents[1]
 EPSILONS = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, math.inf]
 DELTA = 1e-5
 MLP = {"hidden": 512, "epochs": 10, "lr": 1e-3, "batch_size": 256}
-DPSYNTH_DEFAULT: dict = {}
-DPSYNTH_GRID = [
-    {"subspace_dim": 64},
+#: The first grid entry is the default configuration: its test accuracy is the "dpsynth" row.
+DPSYNTH_GRID: list[dict] = [
+    {},
     {"subspace_dim": 128},
-    {"subspace_dim": 64, "components_per_class": 3},
+    {"second_moment_clip": 0.8},
+    {"components_per_class": 3},
 ]
 DPSGD_GRID = [
     DPSGDConfig(hidden=0, lr=1.0), DPSGDConfig(hidden=0, lr=2.0), DPSGDConfig(hidden=0, lr=4.0),
-    DPSGDConfig(hidden=512, lr=1.0),
+    DPSGDConfig(hidden=MLP["hidden"], lr=1.0),
 ]
 #: Noise std, in validation records, of the noisy-max selection among the DP-SGD grid.
 SELECTION_SIGMA_RECORDS = 30.0
-
-
-def dpsynth_accuracy(config: dict, eps: float, X: np.ndarray, y: np.ndarray,
-                     X_eval: np.ndarray, y_eval: np.ndarray, classes: np.ndarray,
-                     seed: int) -> float:
-    synth = DPSynthesizer(eps, DELTA, random_state=seed, **config).fit(X, y, classes=classes)
-    X_syn, y_syn = synth.sample(len(X))
-    clf = TwoLayerMLP(random_state=seed, **MLP).fit(X_syn, y_syn, classes=classes)
-    return clf.score(X_eval, y_eval)
 
 
 def dpsgd_accounted(eps: float, X, y, X_val, y_val, X_test, y_test, n_classes: int) -> float:
@@ -128,11 +120,10 @@ def main() -> None:
     clf = TwoLayerMLP(random_state=0, **MLP).fit(X_tr, y_tr, classes=classes)
     add("nonprivate-mlp", math.inf, clf.score(X_test, y_test))
     for eps in epsilons:
-        add("dpsynth", eps, dpsynth_accuracy(DPSYNTH_DEFAULT, eps, X_tr, y_tr, X_test, y_test,
-                                             classes, seed=0))
-        # Tuned: each grid point fitted once; validation picks; report its test accuracy.
+        # Each grid point is fitted once; the first is the default ("dpsynth"); validation
+        # picks "dpsynth-tuned". Both report the test accuracy of that very fit.
         best = None
-        for config in DPSYNTH_GRID:
+        for i, config in enumerate(DPSYNTH_GRID):
             synth = DPSynthesizer(eps, DELTA, random_state=0, **config).fit(
                 X_tr, y_tr, classes=classes)
             X_syn, y_syn = synth.sample(len(X_tr))
@@ -140,6 +131,8 @@ def main() -> None:
             val = model.score(X_val, y_val)
             grid_log.append({"method": "dpsynth", "epsilon": str(eps), "config": config,
                              "val_accuracy": round(val, 4)})
+            if i == 0:
+                add("dpsynth", eps, model.score(X_test, y_test))
             if best is None or val > best[0]:
                 best = (val, config, model)
         add("dpsynth-tuned", eps, best[2].score(X_test, y_test), config=best[1],
@@ -170,7 +163,9 @@ def main() -> None:
             "data": "Fashion-MNIST (Debian dataset-fashion-mnist)",
             "encoder": "efficientnet-lite0, 64 px, L2-normalised, 1280-d",
             "train": len(X_tr), "validation": len(X_val), "test": len(X_test),
-            "delta": DELTA, "mlp": MLP, "dpsynth_default": DPSynthesizer(1, DELTA).get_params(),
+            "delta": DELTA, "mlp": MLP,
+            "dpsynth_default": {k: v for k, v in DPSynthesizer(1, DELTA).get_params().items()
+                                if k not in ("epsilon", "delta")},
             "dpsynth_grid": DPSYNTH_GRID, "dpsgd_grid": [c.label() for c in DPSGD_GRID],
             "selection_sigma_records": SELECTION_SIGMA_RECORDS, "quick": args.quick,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "

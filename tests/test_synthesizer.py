@@ -387,6 +387,8 @@ INVALID_FITS = [
     ({"clip_norm": 0.0}, X_OK, Y_OK, [0, 1], "clip_norm"),
     ({"clip_norm": -1.0}, X_OK, Y_OK, [0, 1], "clip_norm"),
     ({"budget_weights": {"class_countz": 2.0}}, X_OK, Y_OK, [0, 1], "unknown budget_weights"),
+    ({"second_moment_clip": 0.0}, X_OK, Y_OK, [0, 1], "second_moment_clip"),
+    ({"second_moment_clip": float("nan")}, X_OK, Y_OK, [0, 1], "second_moment_clip"),
 ]
 
 
@@ -492,3 +494,46 @@ def test_failed_refit_does_not_relabel_the_previous_model(small_fit):
     except NotFittedError:
         return  # also acceptable: the failed fit invalidated the model
     assert set(labels.tolist()) <= {0, 1}
+
+
+# ------------------------------------------------------------------ centred clipping
+def test_centred_clipping_sets_the_second_moment_sensitivity():
+    plain = DPSynthesizer(1.0, DELTA).make_plan(32).release("second_moments")
+    clipped = DPSynthesizer(1.0, DELTA, second_moment_clip=0.5).make_plan(32)
+    release = clipped.release("second_moments")
+    assert plain.sensitivity == 1.0
+    assert release.sensitivity == pytest.approx(0.25)
+    # Same noise multiplier, quarter of the sensitivity: a quarter of the noise.
+    assert release.sigma == pytest.approx(plain.sigma / 4, rel=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_centred_clipping_recovers_covariances_without_noise(mixture_data, k):
+    # Records lie within ~0.16 * 3 of their component mean and components of a class are
+    # <= 1.2 apart, so a clip of 2 never binds: centred statistics must give the same
+    # covariances as uncentred ones (up to float rounding), for one and two components.
+    X, y, _ = mixture_data
+    fits = [DPSynthesizer(INF, DELTA, components_per_class=k, covariance="lowrank",
+                          subspace_dim=8, normalize=False, random_state=0,
+                          second_moment_clip=clip).fit(X, y, classes=REC_CLASSES)
+            for clip in (None, 2.0)]
+    for field in ("means", "covariances", "residual_var", "weights"):
+        np.testing.assert_allclose(getattr(fits[0].mixture_, field),
+                                   getattr(fits[1].mixture_, field), rtol=1e-6, atol=1e-9,
+                                   err_msg=field)
+
+
+def test_centred_clipping_shrinks_spread_beyond_the_clip(mixture_data):
+    # A clip well under the within-class spread (two components 0.4+ apart) must bound the
+    # released second moment: total variance per class <= clip^2, plus what the repair adds
+    # (subspace eigenvalues floored at the residual variance: at most r * residual_var).
+    X, y, _ = mixture_data
+    synth = DPSynthesizer(INF, DELTA, covariance="lowrank", subspace_dim=8, normalize=False,
+                          second_moment_clip=0.1, random_state=0).fit(X, y, classes=REC_CLASSES)
+    m = synth.mixture_
+    d, r = X.shape[1], synth.subspace_.shape[1]
+    total = np.trace(m.covariances, axis1=1, axis2=2) + m.residual_var * (d - r)
+    assert (total <= 0.1**2 + r * m.residual_var + 1e-9).all()
+    unclipped = DPSynthesizer(INF, DELTA, covariance="lowrank", subspace_dim=8,
+                              normalize=False, random_state=0).fit(X, y, classes=REC_CLASSES)
+    assert (np.trace(unclipped.mixture_.covariances, axis1=1, axis2=2) > 0.05).all()

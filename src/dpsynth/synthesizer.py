@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpsynth.clustering import DPKMeans, GroupSums, assign_components
+from dpsynth.clustering import DPKMeans, GroupSums, assign_components, project_to_ball
 from dpsynth.gmm.budget import release_specs
 from dpsynth.gmm.mixture import (
     COVARIANCE_TYPES,
@@ -59,6 +59,10 @@ class DPSynthesizer:
         Maximum LSH tree depth and DP Lloyd rounds (used when components_per_class > 1).
     budget_weights:
         Overrides of the relative noise multipliers in :data:`dpsynth.gmm.budget.DEFAULT_WEIGHTS`.
+    second_moment_clip:
+        Centred clipping of the second-order release: records are centred at their
+        class's released mean and clipped to this norm C, so the release's sensitivity is
+        C^2 instead of clip_norm^2. ``None`` releases uncentred second moments.
     covariance_floor:
         Smallest variance kept after repair.
     random_state:
@@ -83,6 +87,7 @@ class DPSynthesizer:
         lsh_depth: int = 8,
         lloyd_rounds: int = 3,
         budget_weights: dict[str, float] | None = None,
+        second_moment_clip: float | None = None,
         covariance_floor: float = 1e-6,
         random_state: int | None = None,
         noise_seed: int | None = None,
@@ -98,6 +103,7 @@ class DPSynthesizer:
         self.lsh_depth = lsh_depth
         self.lloyd_rounds = lloyd_rounds
         self.budget_weights = budget_weights
+        self.second_moment_clip = second_moment_clip
         self.covariance_floor = covariance_floor
         self.random_state = random_state
         self.noise_seed = noise_seed
@@ -111,6 +117,7 @@ class DPSynthesizer:
             "subspace_dim": self.subspace_dim, "clip_norm": self.clip_norm,
             "normalize": self.normalize, "lsh_depth": self.lsh_depth,
             "lloyd_rounds": self.lloyd_rounds, "budget_weights": self.budget_weights,
+            "second_moment_clip": self.second_moment_clip,
             "covariance_floor": self.covariance_floor, "random_state": self.random_state,
             "noise_seed": self.noise_seed, "chunk_rows": self.chunk_rows,
         }
@@ -137,6 +144,11 @@ class DPSynthesizer:
                                                                      else 0):
                 raise ValueError(f"{name} must be a non-negative integer "
                                  f"(lsh_depth >= 1), got {value!r}")
+        clip = self.second_moment_clip
+        if clip is not None and not (isinstance(clip, int | float) and math.isfinite(clip)
+                                     and clip > 0):
+            raise ValueError(f"second_moment_clip must be a finite number > 0 or None, "
+                             f"got {clip!r}")
         if not (self.covariance_floor > 0):
             raise ValueError(f"covariance_floor must be > 0, got {self.covariance_floor!r}")
         if not isinstance(self.chunk_rows, int | np.integer) or self.chunk_rows < 1:
@@ -156,7 +168,7 @@ class DPSynthesizer:
             covariance=self.covariance, uses_subspace=self._uses_subspace(dim),
             components_per_class=self.components_per_class, radius=float(self.clip_norm),
             lsh_depth=self.lsh_depth, lloyd_rounds=self.lloyd_rounds,
-            weights=self.budget_weights)
+            weights=self.budget_weights, second_moment_clip=self.second_moment_clip)
         return build_plan(specs, self.epsilon, self.delta,
                           noise_seeded=self.noise_seed is not None,
                           metadata={"embedding_dim": dim, **{
@@ -261,11 +273,16 @@ class DPSynthesizer:
             offsets = np.cumsum([0] + [len(c) for c in centres])
             component_class = np.repeat(np.arange(C), [len(c) for c in centres])
         sub_dim = basis.shape[1] if basis is not None else dim
-        stats = SecondOrderStats(len(component_class), dim, sub_dim, self.covariance)
+        anchors = None
+        if self.second_moment_clip is not None:
+            released_means = class_sums / np.maximum(class_counts, 1.0)[:, None]
+            anchors = project_to_ball(released_means, R)[component_class]
+        stats = SecondOrderStats(len(component_class), dim, sub_dim, self.covariance,
+                                 anchors=anchors, clip=self.second_moment_clip)
         for Xb, idx in self._chunks(shards):
-            Z = project(Xb)
-            comp = idx if centres is None else assign_components(Z, idx, centres, offsets)
-            stats.add(Xb, Z, comp)
+            comp = (idx if centres is None
+                    else assign_components(project(Xb), idx, centres, offsets))
+            stats.add(Xb, comp, basis)
         # One component per class: its count and sum are the class release already made,
         # so only the second-order statistic is new (re-releasing would spend budget twice).
         params = release_mixture(

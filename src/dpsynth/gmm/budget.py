@@ -33,6 +33,7 @@ def release_specs(
     lsh_depth: int,
     lloyd_rounds: int,
     weights: dict[str, float] | None = None,
+    second_moment_clip: float | None = None,
 ) -> list[ReleaseSpec]:
     """The releases of one fit, in the order they are made."""
     unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
@@ -70,6 +71,10 @@ def release_specs(
             ReleaseSpec("component_sums", R, w["component_sums"],
                         description="sum of records per mixture component"),
         ]
-    specs.append(ReleaseSpec("second_moments", R2, w["second_moments"],
-                             description=f"per-component second-order statistic ({covariance})"))
+    centred = second_moment_clip is not None
+    specs.append(ReleaseSpec(
+        "second_moments", second_moment_clip**2 if centred else R2, w["second_moments"],
+        description=f"per-component second-order statistic ({covariance})"
+                    + (f", centred at the released class mean, clipped to {second_moment_clip}"
+                       if centred else "")))
     return specs

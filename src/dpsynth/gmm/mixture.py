@@ -16,6 +16,13 @@ For every component j (of every class) the release is:
     norm^2 = (||z||^4 + sum z_i^4)/2 + ||r||^4 <= (||z||^2 + ||r||^2)^2, so again R^2.
     Releasing both parts jointly costs one release instead of two.
 
+Centred clipping (``second_moment_clip = C``): the second-order statistic is computed on
+e = clip_C(x - a), where a is the record's class mean *as already released* by
+``class_sums / class_counts`` (public by then) and clip_C scales e to norm <= C. The
+formulas above hold with e in place of x, so the sensitivity becomes C^2 instead of R^2.
+For embeddings concentrated around their class mean (||x - a|| well under R) this cuts the
+noise of the noisiest release by R^2 / C^2 at a small clipping bias.
+
 The covariance model is ``V C V^T + s^2 (I - V V^T)``: full (lowrank) or diagonal C in
 the subspace plus an isotropic residual, i.e. a low-rank + diagonal covariance whose
 diagonal part is constant off the subspace. Repair (post-processing): components whose
@@ -37,19 +44,31 @@ COVARIANCE_TYPES = ("spherical", "diagonal", "lowrank")
 
 
 class SecondOrderStats:
-    """Exact per-component count, full sum and second-order statistic (mergeable)."""
+    """Exact per-component count, full sum and second-order statistic (mergeable).
 
-    def __init__(self, n_components: int, dim: int, sub_dim: int, covariance: str) -> None:
+    ``anchors`` (n_components, d): the released class mean of each component's class
+    (centred clipping) or ``None`` (uncentred, no clipping beyond the record bound R).
+    """
+
+    def __init__(self, n_components: int, dim: int, sub_dim: int, covariance: str, *,
+                 anchors: np.ndarray | None = None, clip: float | None = None) -> None:
+        if (anchors is None) != (clip is None):
+            raise ValueError("anchors and clip go together (centred clipping) or not at all")
         self.covariance = covariance
+        self.anchors = anchors
+        self.clip = clip
         self.first = GroupSums.zeros(n_components, dim)
         shape = {"spherical": (n_components,), "diagonal": (n_components, sub_dim),
                  "lowrank": (n_components, sub_dim, sub_dim)}[covariance]
         self.second = np.zeros(shape)
         self.residual = np.zeros(n_components)
 
-    def add(self, X: np.ndarray, Z: np.ndarray, component: np.ndarray) -> None:
-        """X: bounded records; Z: their subspace coordinates; component: global ids."""
+    def add(self, X: np.ndarray, component: np.ndarray, basis: np.ndarray | None) -> None:
+        """X: bounded records; component: global ids; basis: the subspace V or None."""
         self.first.add(X, component)
+        if self.anchors is not None:
+            X = bound_norms(X - self.anchors[component], self.clip, normalize=False)
+        Z = X @ basis if basis is not None else X
         sq_norm = np.einsum("ij,ij->i", X, X)
         if self.covariance == "spherical":
             self.second += np.bincount(component, sq_norm, minlength=len(self.second))
@@ -120,14 +139,16 @@ def release_mixture(
     n = noisy_counts[keep]
     means = project_to_ball(noisy_sums[keep] / n[:, None], radius)
     second = noisy_second[keep] / n.reshape((-1,) + (1,) * (noisy_second.ndim - 1))
+    # Second moments are about the anchor (0 when uncentred): subtract the mean's offset.
+    offset = means - stats.anchors[keep] if stats.anchors is not None else means
     if stats.covariance == "spherical":
-        covs = np.maximum((second - np.einsum("ij,ij->i", means, means)) / d,
+        covs = np.maximum((second - np.einsum("ij,ij->i", offset, offset)) / d,
                           covariance_floor)
         residual_var = np.zeros(len(n))
     else:
-        mz = means @ basis if basis is not None else means
+        mz = offset @ basis if basis is not None else offset
         res_energy = noisy_residual[keep] / n - (
-            np.einsum("ij,ij->i", means, means) - np.einsum("ij,ij->i", mz, mz))
+            np.einsum("ij,ij->i", offset, offset) - np.einsum("ij,ij->i", mz, mz))
         free_dims = d - mz.shape[1]
         residual_var = (np.maximum(res_energy, 0.0) / free_dims if free_dims > 0
                         else np.zeros(len(n)))
