@@ -537,3 +537,31 @@ def test_centred_clipping_shrinks_spread_beyond_the_clip(mixture_data):
     unclipped = DPSynthesizer(INF, DELTA, covariance="lowrank", subspace_dim=8,
                               normalize=False, random_state=0).fit(X, y, classes=REC_CLASSES)
     assert (np.trace(unclipped.mixture_.covariances, axis1=1, axis2=2) > 0.05).all()
+
+
+# ------------------------------------------------------------------------ tied covariance
+def test_tied_covariance_spends_no_budget_on_second_moments():
+    plan = DPSynthesizer(1.0, DELTA, covariance="tied", subspace_dim=8).make_plan(32)
+    assert [r.name for r in plan.releases] == ["subspace_second_moment", "class_counts",
+                                               "class_sums"]
+    with pytest.raises(ValueError, match="tied"):
+        DPSynthesizer(1.0, DELTA, covariance="tied", components_per_class=2).make_plan(32)
+
+
+def test_tied_covariance_recovers_the_pooled_within_class_covariance():
+    # Three classes sharing one anisotropic covariance; with eps = inf the tied model must
+    # recover it in the subspace (the top directions) and the residual variance outside.
+    rng = np.random.default_rng(11)
+    d, n = 12, 60_000
+    scales = np.array([0.2, 0.1, 0.05] + [0.01] * (d - 3))
+    means = np.zeros((3, d))
+    means[:, 3:6] = 0.5 * np.eye(3)  # means differ only in low-variance coordinates
+    y = rng.integers(0, 3, n)
+    X = means[y] + scales * rng.standard_normal((n, d))
+    synth = DPSynthesizer(INF, DELTA, covariance="tied", subspace_dim=6, normalize=False,
+                          clip_norm=10.0).fit(X, y, classes=[0, 1, 2])
+    V = synth.subspace_
+    cov = V @ synth.mixture_.covariances[0] @ V.T
+    np.testing.assert_allclose(np.diag(cov)[:3], scales[:3] ** 2, rtol=0.05)
+    np.testing.assert_allclose(synth.mixture_.residual_var, 0.01**2, rtol=0.05)
+    np.testing.assert_allclose(synth.mixture_.means, means, atol=0.01)

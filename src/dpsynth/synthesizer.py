@@ -16,6 +16,7 @@ from dpsynth.gmm.mixture import (
     COVARIANCE_TYPES,
     MixtureParams,
     SecondOrderStats,
+    pooled_mixture,
     release_mixture,
     sample_mixture,
 )
@@ -46,7 +47,9 @@ class DPSynthesizer:
         k-means (LSH coreset + DP Lloyd) first and spends budget on it.
     covariance:
         ``"lowrank"`` (full covariance in the shared DP subspace + isotropic residual),
-        ``"diagonal"`` (diagonal in the subspace + isotropic residual) or ``"spherical"``.
+        ``"diagonal"`` (diagonal in the subspace + isotropic residual), ``"spherical"``, or
+        ``"tied"`` (one shared covariance derived from the subspace release at no extra
+        privacy cost; needs components_per_class=1 and a subspace).
     subspace_dim:
         Dimension r of the shared DP subspace (ignored by ``spherical``). ``None`` uses the
         full embedding space (no subspace release).
@@ -131,6 +134,10 @@ class DPSynthesizer:
         if self.covariance not in COVARIANCE_TYPES:
             raise ValueError(f"covariance must be one of {COVARIANCE_TYPES}, "
                              f"got {self.covariance!r}")
+        if self.covariance == "tied" and (self.components_per_class != 1
+                                          or self.subspace_dim is None):
+            raise ValueError("covariance='tied' needs components_per_class=1 and a "
+                             "subspace_dim")
         if self.subspace_dim is not None and (
                 not isinstance(self.subspace_dim, int | np.integer) or self.subspace_dim < 1):
             raise ValueError(f"subspace_dim must be a positive integer or None, "
@@ -243,8 +250,8 @@ class DPSynthesizer:
             class_stats.add(Xb, idx)
         basis = None
         if gram is not None:
-            basis, _ = release_subspace(gram, int(self.subspace_dim),
-                                        plan.release("subspace_second_moment"), noise)
+            basis, eigenvalues, trace = release_subspace(
+                gram, int(self.subspace_dim), plan.release("subspace_second_moment"), noise)
         class_counts = class_stats.counts + noise.gaussian(plan.release("class_counts"), C)
         class_sums = class_stats.sums + noise.gaussian(plan.release("class_sums"), (C, dim))
         del class_stats  # exact statistics never outlive the release
@@ -257,6 +264,12 @@ class DPSynthesizer:
         k = int(self.components_per_class)
         min_count = max(3.0 * plan.release(
             "class_counts" if k == 1 else "component_counts").sigma, 2.0)
+        if self.covariance == "tied":
+            params = pooled_mixture(class_counts, class_sums, basis, eigenvalues, trace,
+                                    min_count=min_count, radius=R,
+                                    covariance_floor=self.covariance_floor)
+            self._finish(params, min_count)
+            return
         if k == 1:
             component_class = np.arange(C)
             offsets = np.arange(C + 1)
@@ -291,6 +304,10 @@ class DPSynthesizer:
             sum_name="class_sums" if k == 1 else "component_sums",
             basis=basis, min_count=min_count, radius=R, covariance_floor=self.covariance_floor,
             released_first=(class_counts, class_sums) if k == 1 else None)
+        self._finish(params, min_count)
+
+    def _finish(self, params: MixtureParams, min_count: float) -> None:
+        C = len(self.classes_)
         params.class_totals = self.class_totals_
         self.mixture_ = params
         empty = [self.classes_[c].item() for c in range(C)

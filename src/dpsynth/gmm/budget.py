@@ -71,6 +71,8 @@ def release_specs(
             ReleaseSpec("component_sums", R, w["component_sums"],
                         description="sum of records per mixture component"),
         ]
+    if covariance == "tied":
+        return specs  # the shared covariance is post-processing of the subspace release
     centred = second_moment_clip is not None
     specs.append(ReleaseSpec(
         "second_moments", second_moment_clip**2 if centred else R2, w["second_moments"],

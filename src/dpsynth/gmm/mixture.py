@@ -40,7 +40,7 @@ from dpsynth.clustering.stats import GroupSums, project_to_ball
 from dpsynth.preprocessing import bound_norms
 from dpsynth.privacy import NoiseSource, PrivacyPlan
 
-COVARIANCE_TYPES = ("spherical", "diagonal", "lowrank")
+COVARIANCE_TYPES = ("spherical", "diagonal", "lowrank", "tied")
 
 
 class SecondOrderStats:
@@ -164,6 +164,43 @@ def release_mixture(
                             ).reshape((len(n), *second.shape[1:]))
     return MixtureParams(component_class[keep], n, means, covs, residual_var,
                          class_totals=np.zeros(0))
+
+
+def pooled_mixture(
+    class_counts: np.ndarray,
+    class_sums: np.ndarray,
+    basis: np.ndarray,
+    eigenvalues: np.ndarray,
+    trace: float,
+    *,
+    min_count: float,
+    radius: float,
+    covariance_floor: float,
+) -> MixtureParams:
+    """One Gaussian per class with a shared ("tied") covariance, from releases already made.
+
+    Post-processing only: the noisy global second moment M (whose top eigenpairs give V and
+    V^T M V = diag(eigenvalues)), the noisy class counts N_c and sums. The pooled within-class
+    covariance in the subspace is diag(eigenvalues)/N - sum_c (N_c/N) mu_c mu_c^T (mu_c =
+    V^T mean_c), and the residual variance is what trace(M)/N leaves outside the subspace
+    after the class means. No per-class second moment is released, so the budget goes to
+    the subspace, the counts and the sums; the price is one covariance for all classes.
+    """
+    keep = class_counts >= min_count
+    n = class_counts[keep]
+    means = project_to_ball(class_sums[keep] / n[:, None], radius)
+    total = n.sum()
+    w = n / total
+    mz = means @ basis
+    within = np.diag(eigenvalues / total) - (w[:, None] * mz).T @ mz
+    res_means = np.einsum("ij,ij->i", means, means) - np.einsum("ij,ij->i", mz, mz)
+    res_energy = (trace - eigenvalues.sum()) / total - w @ res_means
+    free_dims = means.shape[1] - basis.shape[1]
+    residual_var = max(res_energy, 0.0) / free_dims if free_dims > 0 else 0.0
+    cov = _psd_repair(within, max(residual_var, covariance_floor))
+    K = len(n)
+    return MixtureParams(np.flatnonzero(keep), n, means, np.repeat(cov[None], K, axis=0),
+                         np.full(K, residual_var), class_totals=np.zeros(0))
 
 
 def _psd_repair(cov: np.ndarray, floor: float) -> np.ndarray:

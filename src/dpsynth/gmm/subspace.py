@@ -36,11 +36,15 @@ class GramAccumulator:
 
 
 def release_subspace(gram: GramAccumulator, dim: int, release: Release,
-                     noise: NoiseSource) -> tuple[np.ndarray, np.ndarray]:
-    """Noisy second moment -> (V, eigenvalues): V is ``(d, dim)`` with orthonormal columns."""
+                     noise: NoiseSource) -> tuple[np.ndarray, np.ndarray, float]:
+    """Noisy second moment -> (V, top eigenvalues, trace), all post-processing of it.
+
+    V is ``(d, dim)`` with orthonormal columns; V^T M V = diag(eigenvalues) for the noisy M.
+    """
     noisy = gram.symmetric() + noise.symmetric_gaussian(release, gram.gram.shape[0])
+    trace = float(np.trace(noisy))
     d = noisy.shape[0]
     # Only the top ``dim`` eigenpairs are needed: a partial decomposition is much cheaper.
     eigvals, eigvecs = linalg.eigh(noisy, subset_by_index=[d - dim, d - 1])
     order = np.argsort(eigvals)[::-1]
-    return eigvecs[:, order], eigvals[order]
+    return eigvecs[:, order], eigvals[order], trace
