@@ -98,8 +98,14 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+",
                     default=["dpsynth", "dpsynth-k3", "sklearn-kmeans", "sklearn-gmm-diag"])
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/scale.json"))
+    ap.add_argument("--quick", action="store_true", help="10k and 100k rows only")
+    ap.add_argument("--out", default=None,
+                    help="default: benchmarks/results/scale.json (scale-quick.json with --quick)")
     args = ap.parse_args()
+    if args.quick:
+        args.sizes = [s for s in args.sizes if s <= 100_000]
+    args.out = args.out or str(ROOT / "benchmarks/results" /
+                               ("scale-quick.json" if args.quick else "scale.json"))
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]))))
         return

@@ -96,8 +96,12 @@ def dpsgd_accounted(eps: float, X, y, X_val, y_val, X_test, y_test, n_classes: i
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="subset smoke run")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/utility.json"))
+    ap.add_argument("--out", default=None,
+                    help="default: benchmarks/results/utility.json (utility-quick.json with "
+                         "--quick, so a smoke run never overwrites the committed results)")
     args = ap.parse_args()
+    args.out = args.out or str(ROOT / "benchmarks/results" /
+                               ("utility-quick.json" if args.quick else "utility.json"))
     torch.set_num_threads(2)
     X_all, y_all = load_embeddings("train")
     X_test, y_test = load_embeddings("test")

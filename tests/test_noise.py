@@ -73,7 +73,7 @@ def test_default_source_reads_os_entropy(plan):
     assert a.seed is None
     # Two independent 16-value draws from a continuous distribution never coincide.
     assert not np.array_equal(a.gaussian(release, 16), b.gaussian(release, 16))
-    assert a.spawn_key() == {"noise_seeded": False, "noise_seed": None}
+    assert a.provenance() == {"noise_seeded": False, "noise_seed": None}
 
 
 def test_seeded_source_is_reproducible_and_not_private(plan):
@@ -83,7 +83,7 @@ def test_seeded_source_is_reproducible_and_not_private(plan):
     assert np.array_equal(a.gaussian(release, 16), b.gaussian(release, 16))
     assert not np.array_equal(NoiseSource(seed=1).gaussian(release, 16),
                               NoiseSource(seed=2).gaussian(release, 16))
-    assert a.spawn_key() == {"noise_seeded": True, "noise_seed": 1}
+    assert a.provenance() == {"noise_seeded": True, "noise_seed": 1}
 
 
 # ---------------------------------------------------------- end-to-end calibration

@@ -44,6 +44,6 @@ class NoiseSource:
         upper = np.triu(self.gaussian(release, (dim, dim)))
         return upper + np.triu(upper, 1).T
 
-    def spawn_key(self) -> dict[str, object]:
+    def provenance(self) -> dict[str, object]:
         """What the run records about its noise: never the entropy itself."""
         return {"noise_seeded": not self.is_private, "noise_seed": self.seed}

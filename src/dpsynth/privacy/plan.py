@@ -123,10 +123,6 @@ class PrivacyPlan:
     def dp_event(self) -> dp_accounting.DpEvent:
         return compose_events(self.releases)
 
-    def with_noise_seeded(self, seeded: bool) -> PrivacyPlan:
-        return PrivacyPlan(self.epsilon, self.delta, self.releases, self.scale,
-                           self.epsilon_pld, self.epsilon_rdp, seeded, dict(self.metadata))
-
     def to_dict(self) -> dict[str, object]:
         return {
             "private": self.private,
