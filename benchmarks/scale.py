@@ -4,11 +4,12 @@
 
 Data: a synthetic 10-class mixture in d = 1280 (L2-normalised rows), written once as a
 float32 memory-mapped .npy under benchmarks/cache/ (1M rows = 5.1 GB) and streamed by
-``DPSynthesizer.fit_shards``. Each measurement runs in a fresh subprocess:
-  * seconds: wall time of fit;
-  * heap_peak_mb: peak of Python/numpy heap allocations (tracemalloc) - the memory a fit
-    allocates itself, excluding the memory-mapped input's page cache;
-  * rss_peak_mb: peak resident set size (includes mapped input pages that were touched).
+``DPSynthesizer.fit_shards``. Each point runs twice, each time in a fresh subprocess:
+  * seconds, rss_peak_mb: wall time of fit and peak resident set size (which includes the
+    memory-mapped input pages that were touched), without tracing;
+  * heap_peak_mb: peak of Python/numpy heap allocations under tracemalloc - the memory a
+    fit allocates itself, excluding the mapped input. Tracing slows small allocations a
+    lot (10x on the privacy calibration), so it never runs in the timed process.
 Baselines: sklearn KMeans and GaussianMixture(covariance_type="diag") with the same
 number of components (10 classes x 1), which need the data in memory.
 Writes benchmarks/results/scale.json.
@@ -60,11 +61,12 @@ def make_data(n: int) -> None:
     X_path.with_suffix(".tmp.npy").replace(X_path)
 
 
-def measure(method: str, n: int) -> dict:
-    """Run in this (fresh) process: fit once, report time and memory."""
+def measure(method: str, n: int, trace: bool) -> dict:
+    """Run in this (fresh) process: fit once; time and RSS, or (trace) the heap peak."""
     X = np.load(data_path(n), mmap_mode="r")
     y = np.load(data_path(n).with_suffix(".labels.npy"))
-    tracemalloc.start()
+    if trace:
+        tracemalloc.start()
     start = time.perf_counter()
     if method == "dpsynth":
         from dpsynth import DPSynthesizer
@@ -85,11 +87,18 @@ def measure(method: str, n: int) -> dict:
         GaussianMixture(n_components=CLASSES, covariance_type="diag", max_iter=20,
                         random_state=0).fit(np.asarray(X))
     seconds = time.perf_counter() - start
-    _, heap_peak = tracemalloc.get_traced_memory()
+    if trace:
+        return {"heap_peak_mb": round(tracemalloc.get_traced_memory()[1] / 2**20, 1)}
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"method": method, "n": n, "d": D, "classes": CLASSES,
-            "seconds": round(seconds, 2), "heap_peak_mb": round(heap_peak / 2**20, 1),
-            "rss_peak_mb": round(rss_kb / 1024, 1)}
+            "seconds": round(seconds, 2), "rss_peak_mb": round(rss_kb / 1024, 1)}
+
+
+def run_one(method: str, n: int, trace: bool) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", method, str(n)]
+                         + (["--trace"] if trace else []),
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -98,6 +107,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+",
                     default=["dpsynth", "dpsynth-k3", "sklearn-kmeans", "sklearn-gmm-diag"])
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="10k and 100k rows only")
     ap.add_argument("--out", default=None,
                     help="default: benchmarks/results/scale.json (scale-quick.json with --quick)")
@@ -107,7 +117,7 @@ def main() -> None:
     args.out = args.out or str(ROOT / "benchmarks/results" /
                                ("scale-quick.json" if args.quick else "scale.json"))
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]))))
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.trace)))
         return
     rows = []
     for n in args.sizes:
@@ -118,9 +128,7 @@ def main() -> None:
                              f"needs the {n * D * 8 / 2**30:.0f} GiB float64 input in memory"})
                 print(rows[-1], flush=True)
                 continue
-            out = subprocess.run([sys.executable, __file__, "--one", method, str(n)],
-                                 capture_output=True, text=True, check=True)
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.append({**run_one(method, n, trace=False), **run_one(method, n, trace=True)})
             print(rows[-1], flush=True)
     result = {"rows": rows, "setup": {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
