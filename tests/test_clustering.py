@@ -114,7 +114,7 @@ def test_dp_kmeans_without_noise_recovers_separated_centres():
     assert dist.min(1).max() < 0.05
 
 
-def test_tree_thresholds_grow_as_epsilon_shrinks(fast_plans):
+def test_tree_thresholds_grow_as_epsilon_shrinks():
     # Thresholds from the synthesizer's own k = 3 plan (LSH and Lloyd releases included).
     def thresholds(eps):
         plan = DPSynthesizer(eps, DELTA, components_per_class=3, covariance="lowrank",

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import cached_build_plan
 
 from dpsynth import DPSynthesizer
-from dpsynth.privacy import NoiseSource, ReleaseSpec
+from dpsynth.privacy import NoiseSource, ReleaseSpec, build_plan
 
 DELTA = 1e-5
 SPECS = (
@@ -25,7 +24,7 @@ STD_RTOL = 0.05
 
 @pytest.fixture(scope="module")
 def plan():
-    return cached_build_plan(SPECS, 1.0, DELTA)
+    return build_plan(SPECS, 1.0, DELTA)
 
 
 @pytest.mark.parametrize("index, name", list(enumerate(s.name for s in SPECS)))
@@ -58,7 +57,7 @@ def test_symmetric_gaussian_is_symmetric_with_the_release_sigma(plan, index, nam
 
 
 def test_zero_sigma_release_adds_no_noise():
-    plan = cached_build_plan(SPECS, float("inf"), DELTA)
+    plan = build_plan(SPECS, float("inf"), DELTA)
     noise = NoiseSource()
     for release in plan.releases:
         assert np.array_equal(noise.gaussian(release, (4, 3)), np.zeros((4, 3)))
@@ -88,7 +87,7 @@ def test_seeded_source_is_reproducible_and_not_private(plan):
 
 # ---------------------------------------------------------- end-to-end calibration
 @pytest.mark.filterwarnings("ignore:noise_seed is set:UserWarning")
-def test_released_class_counts_have_the_planned_noise(fast_plans):
+def test_released_class_counts_have_the_planned_noise():
     """Fit the same data many times with different noise seeds; the spread of the released
     class counts must be the plan's class_counts sigma (the noise actually added in a fit)."""
     n_classes, per_class, dim, n_fits = 4, 500, 8, 300

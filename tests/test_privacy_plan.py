@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-from conftest import cached_build_plan
 
 from dpsynth import DPSynthesizer
 from dpsynth.privacy import (
@@ -42,7 +41,7 @@ def _gdp_equivalent_epsilon(plan: PrivacyPlan, delta: float) -> float:
 # ------------------------------------------------------------------ single Gaussian release
 @pytest.mark.parametrize("eps", [0.5, 1.0, 4.0])
 def test_single_release_pld_matches_analytic_gaussian(eps):
-    plan = cached_build_plan([ReleaseSpec("a", 1.0)], eps, DELTA)
+    plan = build_plan([ReleaseSpec("a", 1.0)], eps, DELTA)
     closed = gaussian_epsilon_closed_form(plan.release("a").noise_multiplier, DELTA)
     # PLD with discretisation 1e-4 is exact up to well under 1% at these epsilons.
     assert abs(plan.epsilon_pld - closed) <= 0.01 * closed
@@ -51,7 +50,7 @@ def test_single_release_pld_matches_analytic_gaussian(eps):
 
 
 def test_sigma_is_noise_multiplier_times_sensitivity():
-    plan = cached_build_plan([ReleaseSpec("one", 1.0), ReleaseSpec("two", 2.0)], 1.0, DELTA)
+    plan = build_plan([ReleaseSpec("one", 1.0), ReleaseSpec("two", 2.0)], 1.0, DELTA)
     one, two = plan.release("one"), plan.release("two")
     # Equal weights: equal multipliers, whatever the sensitivity (privacy is in its units).
     assert one.noise_multiplier == pytest.approx(two.noise_multiplier, rel=1e-12)
@@ -63,7 +62,7 @@ def test_sigma_is_noise_multiplier_times_sensitivity():
 # ------------------------------------------------------------------------- PLD vs RDP
 @pytest.mark.parametrize("eps", [1.0, 4.0])
 def test_pld_and_rdp_agree_within_ten_percent(eps):
-    plan = cached_build_plan(MULTI_SPECS, eps, DELTA)
+    plan = build_plan(MULTI_SPECS, eps, DELTA)
     pld, rdp = plan.epsilon_pld, plan.epsilon_rdp
     assert math.isfinite(pld) and math.isfinite(rdp)
     # RDP is an upper bound on the (near-exact) PLD epsilon; 0.1% slack for PLD discretisation.
@@ -74,7 +73,7 @@ def test_pld_and_rdp_agree_within_ten_percent(eps):
 # ------------------------------------------------------------------------ calibration
 @pytest.mark.parametrize("eps", [0.25, 1.0, 8.0])
 def test_calibration_hits_target(eps):
-    plan = cached_build_plan(MULTI_SPECS, eps, DELTA)
+    plan = build_plan(MULTI_SPECS, eps, DELTA)
     assert abs(plan.epsilon_pld - eps) <= 0.01 * eps
     # Never over budget: the calibrated noise errs on the private side of the target.
     assert plan.epsilon_pld <= eps * (1 + 1e-9)
@@ -88,8 +87,8 @@ def test_calibration_hits_target(eps):
 
 
 def test_smaller_epsilon_means_more_noise():
-    loose = cached_build_plan(MULTI_SPECS, 1.0, DELTA)
-    tight = cached_build_plan(MULTI_SPECS, 0.25, DELTA)
+    loose = build_plan(MULTI_SPECS, 1.0, DELTA)
+    tight = build_plan(MULTI_SPECS, 0.25, DELTA)
     for spec in MULTI_SPECS:
         assert tight.release(spec.name).sigma > loose.release(spec.name).sigma
 
@@ -103,7 +102,7 @@ def _labelled(n_classes: int, per_class: int = 300, dim: int = 8, seed: int = 0)
     return X, y
 
 
-def test_number_of_classes_does_not_change_the_plan(fast_plans):
+def test_number_of_classes_does_not_change_the_plan():
     dim = 8
     plans = []
     for n_classes in (2, 7):
@@ -183,16 +182,16 @@ def test_infinite_epsilon_is_the_explicit_non_private_mode():
 
 
 def test_noise_seed_marks_the_plan_not_private():
-    seeded = cached_build_plan(MULTI_SPECS, 1.0, DELTA, noise_seeded=True)
+    seeded = build_plan(MULTI_SPECS, 1.0, DELTA, noise_seeded=True)
     assert seeded.private is False
     assert seeded.to_dict()["noise_seeded"] is True
     assert seeded.to_dict()["private"] is False
-    unseeded = cached_build_plan(MULTI_SPECS, 1.0, DELTA)
+    unseeded = build_plan(MULTI_SPECS, 1.0, DELTA)
     assert unseeded.private is True
     assert unseeded.to_dict()["noise_seeded"] is False
 
 
-def test_noise_seed_on_the_synthesizer_marks_the_fit_not_private(fast_plans):
+def test_noise_seed_on_the_synthesizer_marks_the_fit_not_private():
     X, y = _labelled(2)
     synth = DPSynthesizer(1.0, DELTA, subspace_dim=4, noise_seed=3)
     with pytest.warns(UserWarning, match="NOT private"):
@@ -225,7 +224,7 @@ def test_build_plan_refuses_duplicate_or_no_releases():
 
 # ---------------------------------------------------------------------- serialisation
 def test_plan_dict_round_trip_through_json():
-    plan = cached_build_plan(MULTI_SPECS, 1.0, DELTA,
+    plan = build_plan(MULTI_SPECS, 1.0, DELTA,
                              metadata={"embedding_dim": 16, "covariance": "lowrank"})
     back = PrivacyPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert back == plan
@@ -248,7 +247,7 @@ def test_infinite_plan_round_trips_as_strict_json():
 
 
 def test_unknown_release_name_lists_the_known_ones():
-    plan = cached_build_plan(MULTI_SPECS, 1.0, DELTA)
+    plan = build_plan(MULTI_SPECS, 1.0, DELTA)
     with pytest.raises(KeyError, match="nope") as info:
         plan.release("nope")
     for spec in MULTI_SPECS:

@@ -229,7 +229,7 @@ def _sharded_fits(X, y, tmp_path, k):
 
 @SEEDED
 @pytest.mark.parametrize("k", [1, 3])
-def test_sharded_and_streamed_fits_equal_the_in_memory_fit(fast_plans, shard_data, tmp_path, k):
+def test_sharded_and_streamed_fits_equal_the_in_memory_fit(shard_data, tmp_path, k):
     X, y = shard_data
     whole, others = _sharded_fits(X, y, tmp_path, k)
     assert len(whole.mixture_.weights) >= (3 if k == 1 else 4)
@@ -268,7 +268,7 @@ def test_float32_fit_depends_on_chunk_size_only_through_float32_rounding():
     _assert_same_subspace_and_mixture(_large_fits(np.float32), rtol=1e-4, atol=2e-5)
 
 
-def test_noise_draws_match_the_plan(fast_plans, monkeypatch):
+def test_noise_draws_match_the_plan(monkeypatch):
     """Every noisy release the fit makes is in the plan, as often as the plan accounts for:
     per-class releases once per class (parallel composition) times their repetitions."""
     calls = collections.Counter()
@@ -306,7 +306,7 @@ def test_noise_draws_match_the_plan(fast_plans, monkeypatch):
 
 # ---------------------------------------------------------------------------- save/load
 @SEEDED
-def test_save_load_round_trip(fast_plans, shard_data, tmp_path):
+def test_save_load_round_trip(shard_data, tmp_path):
     X, y = shard_data
     synth = _shard_synth(3).fit(X, y, classes=SHARD_CLASSES)
     path = synth.save(tmp_path / "model")
@@ -331,7 +331,7 @@ def test_save_load_round_trip(fast_plans, shard_data, tmp_path):
     np.testing.assert_array_equal(synth.sample(50)[0], loaded.sample(50)[0])
 
 
-def test_save_load_non_private_model_writes_strict_json(fast_plans, shard_data, tmp_path):
+def test_save_load_non_private_model_writes_strict_json(shard_data, tmp_path):
     X, y = shard_data
     synth = DPSynthesizer(INF, DELTA, subspace_dim=None, covariance="diagonal",
                           random_state=2).fit(X, y, classes=SHARD_CLASSES)
@@ -394,7 +394,7 @@ INVALID_FITS = [
 
 @pytest.mark.parametrize("kwargs, X, y, classes, match", INVALID_FITS,
                          ids=[case[-1] for case in INVALID_FITS])
-def test_invalid_fit_inputs_are_refused(fast_plans, kwargs, X, y, classes, match):
+def test_invalid_fit_inputs_are_refused(kwargs, X, y, classes, match):
     params = {"subspace_dim": 3, **kwargs}
     with pytest.raises(ValueError, match=match):
         DPSynthesizer(1.0, DELTA, **params).fit(X, y, classes=classes)
@@ -430,7 +430,7 @@ def test_infinite_epsilon_fit_is_marked_not_private(small_fit):
     assert all(r["sigma"] == 0.0 for r in plan["releases"])
 
 
-def test_default_private_fit_is_marked_private(fast_plans):
+def test_default_private_fit_is_marked_private():
     X, y = _xy(n=600, d=6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "NOT private" or class-inference warning
@@ -441,7 +441,7 @@ def test_default_private_fit_is_marked_private(fast_plans):
     assert abs(synth.epsilon_ - 1.0) <= 0.01
 
 
-def test_classes_inferred_from_labels_warn(fast_plans):
+def test_classes_inferred_from_labels_warn():
     X, _ = _xy(n=300, d=6)
     y = np.repeat([4, 9, 2], 100)
     with pytest.warns(UserWarning, match="classes were read from the labels"):

@@ -228,14 +228,16 @@ def build_plan(
                            noise_seeded, dict(metadata or {}))
     scale = calibrate_scale(specs, epsilon, delta)
     releases = _with_scale(specs, scale)
+    eps_pld, eps_rdp = _account(releases, delta)
+    return PrivacyPlan(epsilon, delta, releases, scale, eps_pld, eps_rdp, noise_seeded,
+                       dict(metadata or {}))
+
+
+@functools.lru_cache(maxsize=256)
+def _account(releases: tuple[Release, ...], delta: float) -> tuple[float, float]:
+    """(PLD, RDP) epsilon of the composed releases; cached like the calibration."""
     event = compose_events(releases)
-    return PrivacyPlan(
-        epsilon, delta, releases, scale,
-        epsilon_pld=pld_epsilon(event, delta),
-        epsilon_rdp=rdp_epsilon(event, delta),
-        noise_seeded=noise_seeded,
-        metadata=dict(metadata or {}),
-    )
+    return pld_epsilon(event, delta), rdp_epsilon(event, delta)
 
 
 def _json_float(x: float) -> float | str:
