@@ -464,20 +464,11 @@ def test_balanced_sampling_gives_equal_class_counts():
     assert [int((y_prop == c).sum()) for c in (5, 6, 7)] == [100, 300, 600]
 
 
-def test_diagonal_fit_with_no_component_above_threshold_warns():
+@pytest.mark.parametrize("covariance", ["diagonal", "lowrank"])
+def test_fit_with_no_component_above_threshold_warns(covariance):
     # One record of class 0, none of class 1: with eps = inf the threshold is 2 records.
     X = np.random.default_rng(0).normal(size=(1, 6))
-    synth = DPSynthesizer(INF, DELTA, covariance="diagonal", subspace_dim=None)
-    with pytest.warns(UserWarning, match="no component above the noise threshold"):
-        synth.fit(X, np.array([0]), classes=[0, 1])
-    with pytest.raises(RuntimeError, match="no class has a released component"):
-        synth.sample(5)
-
-
-# ---------------------------------------------------------------- reported src bugs
-def test_lowrank_fit_with_no_component_above_threshold_warns():
-    X = np.random.default_rng(0).normal(size=(1, 6))
-    synth = DPSynthesizer(INF, DELTA, covariance="lowrank", subspace_dim=None)
+    synth = DPSynthesizer(INF, DELTA, covariance=covariance, subspace_dim=None)
     with pytest.warns(UserWarning, match="no component above the noise threshold"):
         synth.fit(X, np.array([0]), classes=[0, 1])
     with pytest.raises(RuntimeError, match="no class has a released component"):
