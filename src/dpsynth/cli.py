@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import typer
 
@@ -40,7 +39,7 @@ def plan(
     except (PrivacyParameterError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(json.dumps(result, indent=2, default=lambda x: "inf" if math.isinf(x) else x))
+    typer.echo(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover

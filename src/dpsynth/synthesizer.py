@@ -23,6 +23,7 @@ from dpsynth.gmm.mixture import (
 from dpsynth.gmm.subspace import GramAccumulator, release_subspace
 from dpsynth.preprocessing import Shard, bound_norms, iter_chunks
 from dpsynth.privacy import NoiseSource, PrivacyPlan, build_plan, validate_epsilon_delta
+from dpsynth.privacy.plan import epsilon_from_json, epsilon_to_json
 
 FORMAT_VERSION = 1
 _FITTED_ATTRIBUTES = ("classes_", "mixture_", "subspace_", "class_totals_", "kmeans_",
@@ -115,7 +116,7 @@ class DPSynthesizer:
     # ----------------------------------------------------------------- parameters
     def get_params(self) -> dict[str, object]:
         return {
-            "epsilon": _json_float(float(self.epsilon)), "delta": self.delta,
+            "epsilon": epsilon_to_json(float(self.epsilon)), "delta": self.delta,
             "components_per_class": self.components_per_class, "covariance": self.covariance,
             "subspace_dim": self.subspace_dim, "clip_norm": self.clip_norm,
             "normalize": self.normalize, "lsh_depth": self.lsh_depth,
@@ -378,7 +379,7 @@ class DPSynthesizer:
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unsupported format_version {meta.get('format_version')!r}")
         params = dict(meta["params"])
-        params["epsilon"] = _from_json_float(params["epsilon"])
+        params["epsilon"] = epsilon_from_json(params["epsilon"])
         obj = cls(**params)
         with np.load(path / "arrays.npz", allow_pickle=False) as z:
             a = {k: z[k] for k in z.files}
@@ -436,11 +437,3 @@ def _apportion(n: int, p: np.ndarray) -> np.ndarray:
     out = np.floor(raw).astype(np.int64)
     out[np.argsort(raw - out)[::-1][: n - out.sum()]] += 1
     return out
-
-
-def _json_float(x: float) -> float | str:
-    return "inf" if math.isinf(x) else x
-
-
-def _from_json_float(x: float | str) -> float:
-    return math.inf if x == "inf" else float(x)

@@ -127,10 +127,10 @@ class PrivacyPlan:
         return {
             "private": self.private,
             "noise_seeded": self.noise_seeded,
-            "target_epsilon": _json_float(self.epsilon),
+            "target_epsilon": epsilon_to_json(self.epsilon),
             "delta": self.delta,
-            "epsilon": _json_float(self.epsilon_pld),
-            "epsilon_rdp": _json_float(self.epsilon_rdp),
+            "epsilon": epsilon_to_json(self.epsilon_pld),
+            "epsilon_rdp": epsilon_to_json(self.epsilon_rdp),
             "accountant": "dp_accounting PLD (add/remove one record); RDP cross-check",
             "composition": "sequential over releases; per_class releases compose in parallel "
                            "across classes (classes partition the records)",
@@ -149,12 +149,12 @@ class PrivacyPlan:
             for r in data["releases"]
         )
         return cls(
-            epsilon=_from_json_float(data["target_epsilon"]),
+            epsilon=epsilon_from_json(data["target_epsilon"]),
             delta=float(data["delta"]),
             releases=releases,
             scale=float(data["noise_scale"]),
-            epsilon_pld=_from_json_float(data["epsilon"]),
-            epsilon_rdp=_from_json_float(data["epsilon_rdp"]),
+            epsilon_pld=epsilon_from_json(data["epsilon"]),
+            epsilon_rdp=epsilon_from_json(data["epsilon_rdp"]),
             noise_seeded=bool(data["noise_seeded"]),
             metadata=dict(data.get("metadata", {})),
         )
@@ -240,9 +240,10 @@ def _account(releases: tuple[Release, ...], delta: float) -> tuple[float, float]
     return pld_epsilon(event, delta), rdp_epsilon(event, delta)
 
 
-def _json_float(x: float) -> float | str:
+def epsilon_to_json(x: float) -> float | str:
+    """Strict JSON has no Infinity: the non-private epsilon is written as the string inf."""
     return "inf" if math.isinf(x) else x
 
 
-def _from_json_float(x: float | str) -> float:
+def epsilon_from_json(x: float | str) -> float:
     return math.inf if x == "inf" else float(x)
