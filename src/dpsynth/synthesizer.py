@@ -256,6 +256,7 @@ class DPSynthesizer:
         class_counts = class_stats.counts + noise.gaussian(plan.release("class_counts"), C)
         class_sums = class_stats.sums + noise.gaussian(plan.release("class_sums"), (C, dim))
         del class_stats  # exact statistics never outlive the release
+        class_means = class_sums / np.maximum(class_counts, 1.0)[:, None]
         self.class_totals_ = np.maximum(class_counts, 0.0)
         self.subspace_ = basis
 
@@ -276,8 +277,7 @@ class DPSynthesizer:
             offsets = np.arange(C + 1)
             centres = None
         else:
-            safe = np.maximum(class_counts, 1.0)[:, None]
-            class_centres = project(class_sums / safe)
+            class_centres = project(class_means)
             self.kmeans_ = DPKMeans(k, plan, noise, radius=R, depth=int(self.lsh_depth),
                                     rounds=int(self.lloyd_rounds),
                                     random_state=self.random_state)
@@ -289,10 +289,10 @@ class DPSynthesizer:
         sub_dim = basis.shape[1] if basis is not None else dim
         anchors = None
         if self.second_moment_clip is not None:
-            released_means = class_sums / np.maximum(class_counts, 1.0)[:, None]
-            anchors = project_to_ball(released_means, R)[component_class]
+            anchors = project_to_ball(class_means, R)[component_class]
         stats = SecondOrderStats(len(component_class), dim, sub_dim, self.covariance,
-                                 anchors=anchors, clip=self.second_moment_clip)
+                                 anchors=anchors, clip=self.second_moment_clip,
+                                 first_order=k > 1)
         for Xb, idx in self._chunks(shards):
             comp = (idx if centres is None
                     else assign_components(project(Xb), idx, centres, offsets))

@@ -48,16 +48,20 @@ class SecondOrderStats:
 
     ``anchors`` (n_components, d): the released class mean of each component's class
     (centred clipping) or ``None`` (uncentred, no clipping beyond the record bound R).
+    ``first_order=False`` skips the counts and sums (one component per class reuses the
+    class release, so accumulating them again would be wasted work on every record).
     """
 
     def __init__(self, n_components: int, dim: int, sub_dim: int, covariance: str, *,
-                 anchors: np.ndarray | None = None, clip: float | None = None) -> None:
+                 anchors: np.ndarray | None = None, clip: float | None = None,
+                 first_order: bool = True) -> None:
         if (anchors is None) != (clip is None):
             raise ValueError("anchors and clip go together (centred clipping) or not at all")
         self.covariance = covariance
         self.anchors = anchors
         self.clip = clip
-        self.first = GroupSums.zeros(n_components, dim)
+        self.dim = dim
+        self.first = GroupSums.zeros(n_components, dim) if first_order else None
         shape = {"spherical": (n_components,), "diagonal": (n_components, sub_dim),
                  "lowrank": (n_components, sub_dim, sub_dim)}[covariance]
         self.second = np.zeros(shape)
@@ -65,7 +69,8 @@ class SecondOrderStats:
 
     def add(self, X: np.ndarray, component: np.ndarray, basis: np.ndarray | None) -> None:
         """X: bounded records; component: global ids; basis: the subspace V or None."""
-        self.first.add(X, component)
+        if self.first is not None:
+            self.first.add(X, component)
         if self.anchors is not None:
             X = bound_norms(X - self.anchors[component], self.clip, normalize=False)
         Z = X @ basis if basis is not None else X
@@ -81,7 +86,8 @@ class SecondOrderStats:
             self.second[j] += (Zj * Zj).sum(0) if self.covariance == "diagonal" else Zj.T @ Zj
 
     def __iadd__(self, other: SecondOrderStats) -> SecondOrderStats:
-        self.first += other.first
+        if self.first is not None:
+            self.first += other.first
         self.second += other.second
         self.residual += other.residual
         return self
@@ -119,9 +125,12 @@ def release_mixture(
     ``sum_name`` (one component per class reuses the class release); then only the
     second-order statistic is released here.
     """
-    K, d = stats.first.sums.shape
+    K, d = len(component_class), stats.dim
     second_release = plan.release("second_moments")
     if released_first is None:
+        if stats.first is None:
+            raise ValueError("stats were accumulated without first-order statistics; pass "
+                             "the released counts and sums as released_first")
         noisy_counts = stats.first.counts + noise.gaussian(plan.release(count_name), K)
         noisy_sums = stats.first.sums + noise.gaussian(plan.release(sum_name), (K, d))
     else:
