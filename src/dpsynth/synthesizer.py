@@ -6,6 +6,7 @@ import json
 import math
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,51 @@ _FITTED_ATTRIBUTES = ("classes_", "mixture_", "subspace_", "class_totals_", "kme
 
 class NotFittedError(RuntimeError):
     """Raised when sample/save is called before fit."""
+
+
+@dataclass
+class ClusterRelease:
+    """What the first half of the fit releases (every array here is a DP release).
+
+    class_counts (C,), class_sums (C, d); subspace (d, r) with the released Gram
+    eigenvalues (r,) and trace, or None; centres: per class (k_c, r) DP k-means centres in
+    the subspace coordinates, or None for one component per class.
+    """
+
+    class_counts: np.ndarray
+    class_sums: np.ndarray
+    subspace: np.ndarray | None
+    eigenvalues: np.ndarray | None
+    trace: float
+    centres: list[np.ndarray] | None = None
+
+    @property
+    def class_means(self) -> np.ndarray:
+        return self.class_sums / np.maximum(self.class_counts, 1.0)[:, None]
+
+    def project(self, X: np.ndarray) -> np.ndarray:
+        return X @ self.subspace if self.subspace is not None else X
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {"cluster_class_counts": self.class_counts,
+               "cluster_class_sums": self.class_sums,
+               "cluster_trace": np.asarray(self.trace)}
+        if self.eigenvalues is not None:
+            out["cluster_eigenvalues"] = self.eigenvalues
+        if self.centres is not None:
+            out["cluster_centres"] = np.concatenate(self.centres)
+            out["cluster_centre_counts"] = np.array([len(c) for c in self.centres])
+        return out
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray],
+                    subspace: np.ndarray | None) -> ClusterRelease:
+        centres = None
+        if "cluster_centres" in a:
+            bounds = np.cumsum(a["cluster_centre_counts"])[:-1]
+            centres = np.split(a["cluster_centres"], bounds)
+        return cls(a["cluster_class_counts"], a["cluster_class_sums"], subspace,
+                   a.get("cluster_eigenvalues"), float(a["cluster_trace"]), centres)
 
 
 class DPSynthesizer:
@@ -196,35 +242,67 @@ class DPSynthesizer:
         ``fit`` on the concatenation given the same noise draws: exactly up to float64
         rounding for float64 input; float32 input is summed in float32 within a chunk (half
         the memory traffic), so results then agree to float32 rounding (~1e-5 relative).
+
+        Equivalent to :meth:`fit_clusters` followed by :meth:`fit_mixture` on the same
+        shards: the pipeline runs those two halves as separate steps.
+        """
+        return self.fit_clusters(shards, classes=classes).fit_mixture(shards)
+
+    def fit_clusters(self, shards: Sequence[Shard], *,
+                     classes: Sequence | None = None) -> DPSynthesizer:
+        """First half of the fit: the shared subspace, the class counts and sums, and (for
+        more than one component per class) the DP k-means centres. Sets ``clusters_``.
+
+        Every value kept is a release of the plan; the exact statistics are dropped here.
         """
         self._validate_params()
         # A failed (re)fit must not leave a model that mixes old parameters and new classes.
-        for attr in _FITTED_ATTRIBUTES:
+        for attr in (*_FITTED_ATTRIBUTES, "clusters_"):
             self.__dict__.pop(attr, None)
-        shards = [_check_shard(i, X, y) for i, (X, y) in enumerate(shards)]
-        if not shards or sum(len(X) for X, _ in shards) == 0:
-            raise ValueError("X is empty: need at least one record to fit")
+        shards = _check_shards(shards)
         dim = shards[0][0].shape[1]
-        for i, (X, _) in enumerate(shards):
-            if X.shape[1] != dim:
-                raise ValueError(f"shard {i} has dimension {X.shape[1]}, shard 0 has {dim}")
         self.classes_ = _resolve_classes(shards, classes)
         if self.subspace_dim is not None and self.covariance != "spherical" \
                 and self.subspace_dim > dim:
             raise ValueError(f"subspace_dim={self.subspace_dim} exceeds the embedding "
                              f"dimension {dim}")
         plan = self.make_plan(dim)
-        noise = NoiseSource(self.noise_seed)
-        if self.noise_seed is not None:
-            warnings.warn("noise_seed is set: the DP noise is reproducible and this fit is "
-                          "NOT private (test use only)", stacklevel=2)
-        self._fit_released(shards, plan, noise, dim)
+        self._warn_if_seeded()
+        self.clusters_ = self._release_clusters(shards, plan, self._noise(0), dim)
+        self.subspace_ = self.clusters_.subspace
+        self.class_totals_ = np.maximum(self.clusters_.class_counts, 0.0)
         self.privacy_plan_ = plan
         self.epsilon_ = plan.epsilon_pld
         self.delta_ = plan.delta
         self.private_ = plan.private
         self.n_features_in_ = dim
         return self
+
+    def fit_mixture(self, shards: Sequence[Shard]) -> DPSynthesizer:
+        """Second half of the fit: per-component weights, means and covariances, given
+        the releases of :meth:`fit_clusters` (made here or loaded from disk)."""
+        if not hasattr(self, "clusters_"):
+            raise NotFittedError("fit_mixture needs the cluster releases: call fit_clusters "
+                                 "first (or load a model saved after it)")
+        self.__dict__.pop("mixture_", None)
+        shards = _check_shards(shards)
+        dim = shards[0][0].shape[1]
+        if dim != self.n_features_in_:
+            raise ValueError(f"the clusters were fitted on dimension {self.n_features_in_}, "
+                             f"these shards have dimension {dim}")
+        self._warn_if_seeded()
+        self._release_mixture(shards, self.privacy_plan_, self._noise(1), self.clusters_)
+        return self
+
+    def _noise(self, stage: int) -> NoiseSource:
+        """Independent noise per fit stage, so the two halves can run in separate steps
+        (with a test seed, stage 1 must not replay stage 0's draws)."""
+        return NoiseSource(self.noise_seed, stream=stage)
+
+    def _warn_if_seeded(self) -> None:
+        if self.noise_seed is not None:
+            warnings.warn("noise_seed is set: the DP noise is reproducible and this fit is "
+                          "NOT private (test use only)", stacklevel=3)
 
     def _chunks(self, shards: Sequence[Shard]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Bounded records and class indices, chunk by chunk."""
@@ -238,64 +316,70 @@ class DPSynthesizer:
                 raise ValueError(f"labels {bad} are not in classes={self.classes_.tolist()}")
             yield bound_norms(X, self.clip_norm, self.normalize), idx
 
-    def _fit_released(self, shards, plan: PrivacyPlan, noise: NoiseSource, dim: int) -> None:
+    def _release_clusters(self, shards, plan: PrivacyPlan, noise: NoiseSource,
+                          dim: int) -> ClusterRelease:
         R = float(self.clip_norm)
         C = len(self.classes_)
-        uses_subspace = self._uses_subspace(dim)
         # Pass 1: global second moment (for the subspace), class counts and sums.
-        gram = GramAccumulator(dim) if uses_subspace else None
+        gram = GramAccumulator(dim) if self._uses_subspace(dim) else None
         class_stats = GroupSums.zeros(C, dim)
         for Xb, idx in self._chunks(shards):
             if gram is not None:
                 gram.add(Xb)
             class_stats.add(Xb, idx)
-        basis = None
+        basis = eigenvalues = None
+        trace = 0.0
         if gram is not None:
             basis, eigenvalues, trace = release_subspace(
                 gram, int(self.subspace_dim), plan.release("subspace_second_moment"), noise)
         class_counts = class_stats.counts + noise.gaussian(plan.release("class_counts"), C)
         class_sums = class_stats.sums + noise.gaussian(plan.release("class_sums"), (C, dim))
         del class_stats  # exact statistics never outlive the release
-        class_means = class_sums / np.maximum(class_counts, 1.0)[:, None]
-        self.class_totals_ = np.maximum(class_counts, 0.0)
-        self.subspace_ = basis
+        released = ClusterRelease(class_counts, class_sums, basis, eigenvalues, float(trace))
+        k = int(self.components_per_class)
+        if k > 1 and self.covariance != "tied":
+            class_centres = released.project(released.class_means)
+            self.kmeans_ = DPKMeans(k, plan, noise, radius=R, depth=int(self.lsh_depth),
+                                    rounds=int(self.lloyd_rounds),
+                                    random_state=self.random_state)
+            self.kmeans_.fit(
+                lambda: ((released.project(Xb), idx) for Xb, idx in self._chunks(shards)),
+                class_centres, class_counts)
+            released.centres = self.kmeans_.centres_
+        return released
 
-        def project(Xb: np.ndarray) -> np.ndarray:
-            return Xb @ basis if basis is not None else Xb
-
+    def _release_mixture(self, shards, plan: PrivacyPlan, noise: NoiseSource,
+                         released: ClusterRelease) -> None:
+        R = float(self.clip_norm)
+        C = len(self.classes_)
+        basis = released.subspace
+        dim = int(self.n_features_in_)
         k = int(self.components_per_class)
         min_count = max(3.0 * plan.release(
             "class_counts" if k == 1 else "component_counts").sigma, 2.0)
         if self.covariance == "tied":
-            params = pooled_mixture(class_counts, class_sums, basis, eigenvalues, trace,
+            params = pooled_mixture(released.class_counts, released.class_sums, basis,
+                                    released.eigenvalues, released.trace,
                                     min_count=min_count, radius=R,
                                     covariance_floor=self.covariance_floor)
             self._finish(params, min_count)
             return
-        if k == 1:
+        centres = released.centres
+        if centres is None:
             component_class = np.arange(C)
-            offsets = np.arange(C + 1)
-            centres = None
         else:
-            class_centres = project(class_means)
-            self.kmeans_ = DPKMeans(k, plan, noise, radius=R, depth=int(self.lsh_depth),
-                                    rounds=int(self.lloyd_rounds),
-                                    random_state=self.random_state)
-            self.kmeans_.fit(lambda: ((project(Xb), idx) for Xb, idx in self._chunks(shards)),
-                             class_centres, class_counts)
-            centres = self.kmeans_.centres_
             offsets = np.cumsum([0] + [len(c) for c in centres])
             component_class = np.repeat(np.arange(C), [len(c) for c in centres])
         sub_dim = basis.shape[1] if basis is not None else dim
         anchors = None
         if self.second_moment_clip is not None:
-            anchors = project_to_ball(class_means, R)[component_class]
+            anchors = project_to_ball(released.class_means, R)[component_class]
         stats = SecondOrderStats(len(component_class), dim, sub_dim, self.covariance,
                                  anchors=anchors, clip=self.second_moment_clip,
                                  first_order=k > 1)
         for Xb, idx in self._chunks(shards):
             comp = (idx if centres is None
-                    else assign_components(project(Xb), idx, centres, offsets))
+                    else assign_components(released.project(Xb), idx, centres, offsets))
             stats.add(Xb, comp, basis)
         # One component per class: its count and sum are the class release already made,
         # so only the second-order statistic is new (re-releasing would spend budget twice).
@@ -304,7 +388,7 @@ class DPSynthesizer:
             count_name="class_counts" if k == 1 else "component_counts",
             sum_name="class_sums" if k == 1 else "component_sums",
             basis=basis, min_count=min_count, radius=R, covariance_floor=self.covariance_floor,
-            released_first=(class_counts, class_sums) if k == 1 else None)
+            released_first=(released.class_counts, released.class_sums) if k == 1 else None)
         self._finish(params, min_count)
 
     def _finish(self, params: MixtureParams, min_count: float) -> None:
@@ -347,26 +431,39 @@ class DPSynthesizer:
 
     # --------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
-        """Write ``params.json`` + ``arrays.npz`` (no pickle) into directory ``path``."""
-        self._check_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        p = self.mixture_
-        arrays = {"component_class": p.component_class, "weights": p.weights,
-                  "means": p.means, "covariances": p.covariances,
-                  "residual_var": p.residual_var, "class_totals": p.class_totals,
-                  "classes": self.classes_}
-        if self.subspace_ is not None:
-            arrays["subspace"] = self.subspace_
+        """Write ``params.json`` + ``arrays.npz`` (no pickle) into directory ``path``.
+
+        Works after :meth:`fit_clusters` alone too (``stage: "clusters"``), so the two
+        halves of the fit can run as separate pipeline steps. Every array written is a
+        DP release or public; files are replaced atomically.
+        """
+        if not hasattr(self, "clusters_") and not hasattr(self, "mixture_"):
+            raise NotFittedError("this DPSynthesizer is not fitted yet; call fit first")
         if self.classes_.dtype.kind not in "iub":
             raise TypeError("only integer class labels can be saved")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {"classes": self.classes_,
+                                         "class_totals": self.class_totals_}
+        if self.subspace_ is not None:
+            arrays["subspace"] = self.subspace_
+        if hasattr(self, "clusters_"):
+            arrays.update(self.clusters_.to_arrays())
+        if hasattr(self, "mixture_"):
+            p = self.mixture_
+            arrays.update({"component_class": p.component_class, "weights": p.weights,
+                           "means": p.means, "covariances": p.covariances,
+                           "residual_var": p.residual_var})
         tmp = path / "arrays.tmp.npz"
         np.savez(tmp, **arrays)
         tmp.replace(path / "arrays.npz")
-        meta = {"format_version": FORMAT_VERSION, "params": self.get_params(),
-                "n_features_in": self.n_features_in_,
+        meta = {"format_version": FORMAT_VERSION,
+                "stage": "mixture" if hasattr(self, "mixture_") else "clusters",
+                "params": self.get_params(), "n_features_in": self.n_features_in_,
                 "privacy_plan": self.privacy_plan_.to_dict()}
-        (path / "params.json").write_text(json.dumps(meta, indent=2))
+        tmp_json = path / "params.tmp.json"
+        tmp_json.write_text(json.dumps(meta, indent=2))
+        tmp_json.replace(path / "params.json")
         return path
 
     @classmethod
@@ -385,9 +482,13 @@ class DPSynthesizer:
             a = {k: z[k] for k in z.files}
         obj.classes_ = a["classes"]
         obj.subspace_ = a.get("subspace")
-        obj.mixture_ = MixtureParams(a["component_class"], a["weights"], a["means"],
-                                     a["covariances"], a["residual_var"], a["class_totals"])
         obj.class_totals_ = a["class_totals"]
+        if "cluster_class_counts" in a:
+            obj.clusters_ = ClusterRelease.from_arrays(a, obj.subspace_)
+        if meta.get("stage", "mixture") == "mixture":
+            obj.mixture_ = MixtureParams(a["component_class"], a["weights"], a["means"],
+                                         a["covariances"], a["residual_var"],
+                                         a["class_totals"])
         obj.privacy_plan_ = PrivacyPlan.from_dict(meta["privacy_plan"])
         obj.epsilon_ = obj.privacy_plan_.epsilon_pld
         obj.delta_ = obj.privacy_plan_.delta
@@ -395,9 +496,28 @@ class DPSynthesizer:
         obj.n_features_in_ = int(meta["n_features_in"])
         return obj
 
+    @classmethod
+    def from_plan(cls, plan: PrivacyPlan) -> DPSynthesizer:
+        """The synthesizer a plan was made for (its metadata holds every parameter), so a
+        pipeline step given only ``privacy_plan.json`` fits exactly what was planned."""
+        meta = dict(plan.metadata)
+        meta.pop("embedding_dim", None)
+        return cls(plan.epsilon, plan.delta, **meta)
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "mixture_"):
             raise NotFittedError("this DPSynthesizer is not fitted yet; call fit first")
+
+
+def _check_shards(shards: Sequence[Shard]) -> list[Shard]:
+    shards = [_check_shard(i, X, y) for i, (X, y) in enumerate(shards)]
+    if not shards or sum(len(X) for X, _ in shards) == 0:
+        raise ValueError("X is empty: need at least one record to fit")
+    dim = shards[0][0].shape[1]
+    for i, (X, _) in enumerate(shards):
+        if X.shape[1] != dim:
+            raise ValueError(f"shard {i} has dimension {X.shape[1]}, shard 0 has {dim}")
+    return shards
 
 
 def _check_shard(i: int, X, y) -> Shard:

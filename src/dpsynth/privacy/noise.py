@@ -21,12 +21,16 @@ class NoiseSource:
     seed:
         ``None`` (the default and the only private choice) seeds from OS entropy.
         An integer makes the draws reproducible and marks the source ``is_private=False``.
+    stream:
+        Independent stream number for the same seed (one per fit stage, so stages run as
+        separate processes never replay each other's draws). Stream 0 is the plain seed.
     """
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: int | None = None, stream: int = 0) -> None:
         self.seed = seed
         self.is_private = seed is None
-        self._rng = np.random.default_rng(np.random.SeedSequence(seed))
+        spawn_key = (stream,) if stream else ()
+        self._rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=spawn_key))
 
     def gaussian(self, release: Release, shape: tuple[int, ...] | int) -> np.ndarray:
         """Draw noise of the release's ``sigma`` (zero when the release is non-private)."""
