@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from dpsynth.privacy import PrivacyParameterError
+
+DEFAULT_OUT = Path("dpsynth-out")
 
 app = typer.Typer(help="dpsynth: differentially private synthetic embeddings.",
                   no_args_is_help=True)
@@ -40,6 +44,39 @@ def plan(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Run configuration YAML (default: Fashion-MNIST, "
+        "EfficientNet-Lite0, eps=1).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a config key, e.g. --set privacy.epsilon=2 (repeatable; the "
+        "value is YAML).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = DEFAULT_OUT,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run every step in-process: plan, encode, DP cluster, DP mixture, synthesize,
+    decode (when the encoder has a decoder), evaluate; track it all in MLflow."""
+    from dpsynth.config import ConfigError, load_config
+    from dpsynth.data.datasets import DatasetNotFoundError
+    from dpsynth.data.store import EmbeddingSetError
+    from dpsynth.privacy.ledger import BudgetExceededError
+    from dpsynth.runner import run as run_all
+    from dpsynth.runner import summary
+    from dpsynth.steps import StepInputError
+    from dpsynth.tracking import TrackingUnavailableError
+
+    try:
+        cfg = load_config(config, set_ or [])
+        result = run_all(cfg, out, progress=progress, echo=typer.echo)
+    except (ConfigError, PrivacyParameterError, BudgetExceededError, TrackingUnavailableError,
+            DatasetNotFoundError, EmbeddingSetError, StepInputError, FileNotFoundError,
+            FileExistsError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(summary(result))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,23 @@
+"""``pixels`` decoder: the exact inverse of the ``pixels`` encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dpsynth.decoders.base import Decoder, register_decoder
+from dpsynth.encoders.pixels import PixelEncoder
+
+
+class PixelDecoder(Decoder):
+    name = "pixels"
+
+    def __init__(self, image_shape: tuple[int, ...] = (28, 28)) -> None:
+        self._encoder = PixelEncoder(image_shape)
+
+    def decode(self, embeddings: np.ndarray) -> np.ndarray:
+        return self._encoder.decode(embeddings)
+
+
+@register_decoder("pixels", inverts="pixels")
+def _make_pixels(**kwargs) -> PixelDecoder:
+    return PixelDecoder(**kwargs)

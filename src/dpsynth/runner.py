@@ -1,0 +1,214 @@
+"""``dpsynth run``: every step in-process, tracked in MLflow, behind the budget ledger.
+
+Order matters for privacy: the configuration is validated and the plan built (no data),
+then the ledger is read and the budget checked, then the run is charged in MLflow, and
+only then is any private record read. Any failure before the charge leaves the data
+untouched; after it, tracking failures never stop the run (see :mod:`dpsynth.tracking`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dpsynth import steps
+from dpsynth.config import RunConfig
+from dpsynth.data.store import write_json_atomic
+from dpsynth.privacy.ledger import BudgetCheck, BudgetExceededError, LedgerEntry, check_budget
+from dpsynth.tracking import Tracker, flatten, resolve_tracking_uri
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    metrics: dict[str, Any]
+    budget: BudgetCheck
+    tracking_uri: str
+    run_id: str | None
+    not_logged: list[str] = field(default_factory=list)
+    tracking_error: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _data_independent_seeds(config: RunConfig) -> dict[str, Any]:
+    return {"seed.model_random_state": config.model.random_state,
+            "seed.synthesize_random_state": config.synthesize.random_state,
+            "seed.evaluate_random_state": config.evaluate.random_state,
+            "seed.noise_seed": config.privacy.noise_seed}
+
+
+def run(config: RunConfig, out_dir: Path, *, progress: bool = True,
+        echo: Callable[[str], None] = print) -> RunResult:
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"--out {out_dir} exists and is not a directory")
+    plan = steps.make_plan(config)
+    dataset_id = config.data.ledger_id()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    uri = resolve_tracking_uri(config.tracking.uri, out_dir)
+    tracker = Tracker(uri, config.tracking.experiment, artifact_root=out_dir / "mlartifacts")
+    tracker.open()
+    charge = LedgerEntry.from_plan(plan, dataset_id)
+    budget = check_budget(tracker.ledger_entries(dataset_id), charge,
+                          config.privacy.budget.epsilon, config.privacy.budget.delta)
+    if not budget.ok:
+        # Nothing is written: a refused run leaves an earlier run's outputs as they were.
+        raise BudgetExceededError(budget.message())
+    echo(budget.message())
+    write_json_atomic(out_dir / "privacy_ledger.json", budget.to_dict())
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))
+    plan_path = out_dir / steps.PLAN_FILE
+    write_json_atomic(plan_path, plan.to_dict())
+    run_id = tracker.start_run(config.name, {
+        "dpsynth.dataset_id": dataset_id, "dpsynth.encoder": config.encoder.name,
+        "dpsynth.private": str(plan.private).lower(),
+        "dpsynth.noise_seeded": str(plan.noise_seeded).lower()}, ledger_entry=charge)
+    tracker.log_params(run_id, {**flatten(config.to_yaml_dict(), "config."),
+                                **_data_independent_seeds(config),
+                                "dataset_id": dataset_id, "encoder": config.encoder.name},
+                       what="run parameters")
+    tracker.log_params(run_id, _plan_params(plan.to_dict()), what="privacy plan parameters")
+    for name in ("config.yaml", "privacy_ledger.json", steps.PLAN_FILE):
+        tracker.log_artifact(run_id, out_dir / name)
+    # ----- the run is charged: from here on private data may be read -----
+    status = "FAILED"
+    try:
+        metrics, outputs = _run_steps(config, out_dir, plan_path, tracker, progress)
+        status = "FINISHED"
+        tracker.log_metrics(run_id, _numeric(metrics), what="metrics")
+        tracker.log_artifact(run_id, out_dir / "metrics.json")
+    finally:
+        tracker.end_run(run_id, status)
+    res = RunResult(out_dir, metrics, budget, uri, run_id, list(tracker.not_logged),
+                    tracker.error or "; ".join(tracker.rejected) or None, outputs,
+                    time.monotonic() - started)
+    write_json_atomic(out_dir / "run.json", {
+        "tracking_uri": uri, "experiment": config.tracking.experiment, "run_id": run_id,
+        "not_logged": res.not_logged, "tracking_error": res.tracking_error,
+        "budget": budget.to_dict(), "outputs": outputs, "seconds": res.seconds})
+    return res
+
+
+def _plan_params(plan: dict[str, Any]) -> dict[str, Any]:
+    out = {f"plan.{k}": plan[k] for k in ("target_epsilon", "epsilon", "epsilon_rdp", "delta",
+                                           "noise_scale", "private", "noise_seeded")}
+    for r in plan["releases"]:
+        out[f"plan.{r['name']}.sigma"] = r["sigma"]
+        out[f"plan.{r['name']}.sensitivity"] = r["sensitivity"]
+        out[f"plan.{r['name']}.repetitions"] = r["repetitions"]
+    return out
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {k: v for k, v in metrics.items() if isinstance(v, int | float)
+           and not isinstance(v, bool)}
+    for prefix in ("per_class_accuracy", "nonprivate_per_class_accuracy"):
+        for c, v in (metrics.get(prefix) or {}).items():
+            out[f"{prefix}.{c}"] = v
+    return out
+
+
+@contextlib.contextmanager
+def _step(tracker: Tracker, name: str) -> Iterator[str | None]:
+    with tracker.step(name) as run_id, warnings.catch_warnings():
+        # A seeded-noise warning is already in every output; keep the terminal readable.
+        warnings.filterwarnings("ignore", message="noise_seed is set")
+        yield run_id
+
+
+def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
+               progress: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    outputs: dict[str, str] = {"privacy_plan": str(plan_path)}
+    with _step(tracker, "plan") as rid:
+        tracker.log_artifact(rid, plan_path)
+    with _step(tracker, "encode") as rid:
+        private_dir = None if config.encoder.cache else out / "private" / "train-embeddings"
+        test_dir = None if config.encoder.cache else out / "private" / "test-embeddings"
+        train = steps.encode(config, "train", private_dir, progress=progress)
+        test = steps.encode(config, "test", test_dir, progress=progress)
+        tracker.log_params(rid, {"encoder": train.encoder, "embedding_dim": train.dim,
+                                 "dataset_id": train.manifest["dataset_id"],
+                                 "test_dataset_id": test.manifest["dataset_id"],
+                                 "n_test": test.count}, what="encode parameters")
+        outputs["train_embeddings (private)"] = str(train.path)
+        outputs["test_embeddings"] = str(test.path)
+    with _step(tracker, "dp_cluster") as rid:
+        clusters = steps.dp_cluster(train.path, plan_path, out / "clusters")
+        tracker.log_artifact(rid, clusters, "clusters")
+    with _step(tracker, "fit_gmm") as rid:
+        mixture = steps.fit_gmm(train.path, clusters, plan_path, out / "mixture")
+        tracker.log_artifact(rid, mixture, "mixture")
+        outputs["mixture"] = str(mixture)
+    s = config.synthesize
+    with _step(tracker, "synthesize") as rid:
+        synthetic = steps.synthesize(mixture, out / "synthetic", n=s.n,
+                                     class_balance=s.class_balance,
+                                     random_state=s.random_state, shard_rows=s.shard_rows)
+        tracker.log_params(rid, {"n": s.n, "class_balance": s.class_balance,
+                                 "random_state": s.random_state}, what="synthesize parameters")
+        outputs["synthetic_embeddings"] = str(synthetic.path)
+    decoded = None
+    if config.decode.enabled is not False:
+        with _step(tracker, "decode") as rid:
+            decoded = steps.decode(synthetic.path, out / "decoded",
+                                   per_class=config.decode.per_class)
+            if decoded is None and config.decode.enabled:
+                raise ValueError(f"decode.enabled is true but encoder {synthetic.encoder!r} "
+                                 "has no decoder")
+            if decoded is not None:
+                tracker.log_artifact(rid, decoded / "grid.png", "decoded")
+                outputs["decoded_grid"] = str(decoded / "grid.png")
+    with _step(tracker, "evaluate") as rid:
+        ev_dir = out / "evaluation"
+        metrics = steps.evaluate(
+            synthetic.path, test.path, ev_dir, settings=config.evaluate,
+            train_dir=train.path if config.evaluate.nonprivate_baseline else None,
+            plan_path=plan_path, decoded_dir=decoded, progress=progress)
+        tracker.log_metrics(rid, _numeric(metrics), what="evaluate metrics")
+        tracker.log_artifact(rid, ev_dir, "evaluation")
+        outputs.update(metrics=str(ev_dir / "metrics.json"), report=str(ev_dir / "report.html"),
+                       plots=str(ev_dir / "plots"))
+    # metrics.json at the top of the output too: the one file a script reads.
+    write_json_atomic(out / "metrics.json", metrics)
+    outputs["metrics"] = str(out / "metrics.json")
+    return metrics, outputs
+
+
+def summary(result: RunResult) -> str:
+    m = result.metrics
+    private = m.get("private")
+    lines = [
+        "",
+        f"dpsynth run finished in {result.seconds:.0f} s",
+        f"  guarantee     : (eps = {m['epsilon']:.3g}, delta = {m['delta']:.2g})-DP"
+        if private else "  guarantee     : NOT PRIVATE (eps = inf or a fixed noise seed)",
+        f"  accuracy      : {100 * m['accuracy']:.1f}% (MLP trained only on synthetic data, "
+        "real test set)",
+    ]
+    if m.get("nonprivate_accuracy") is not None:
+        lines.append(f"  non-private   : {100 * m['nonprivate_accuracy']:.1f}% (same MLP on the "
+                     "real private data; not covered by the guarantee)")
+    b = result.budget
+    lines.append(f"  budget        : eps {b.total:.3g} of {b.limit:.3g} "
+                 f"used on {b.dataset_id!r} (delta {b.delta:g})")
+    lines.append(f"  outputs       : {result.out_dir}")
+    for key in ("report", "metrics", "synthetic_embeddings", "decoded_grid", "privacy_plan"):
+        if key in result.outputs:
+            lines.append(f"    {key:<20}: {result.outputs[key]}")
+    lines.append(f"  mlflow        : {result.tracking_uri} (run {result.run_id})")
+    if result.not_logged:
+        lines.append(f"  NOT LOGGED to MLflow ({result.tracking_error}): "
+                     + ", ".join(dict.fromkeys(result.not_logged))
+                     + ". Every output above is on disk; re-log it from there.")
+    return "\n".join(lines)
+

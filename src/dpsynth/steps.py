@@ -1,0 +1,346 @@
+"""The pipeline steps: plain functions, files in, files out (DESIGN.md's table).
+
+This is the only module where steps meet files. Each step reads what earlier steps wrote
+(the EmbeddingSet format, ``privacy_plan.json``, a saved mixture) and writes its own
+outputs; none reaches into another's internals, so the Kubeflow components call exactly
+these functions and a step can be swapped for anything that reads and writes the formats.
+
+============  ==========================================  ===============================
+step          reads                                       writes
+============  ==========================================  ===============================
+plan          RunConfig                                   privacy_plan.json
+encode        images (RunConfig.data)                     EmbeddingSet (cached by key)
+dp_cluster    EmbeddingSet, privacy_plan.json             clusters/ (DP releases)
+fit_gmm       EmbeddingSet, clusters/, privacy_plan.json  mixture/ (DP releases)
+synthesize    mixture/                                    synthetic EmbeddingSet
+decode        synthetic EmbeddingSet                      images.npy, labels.npy, grid.png
+evaluate      synthetic + test EmbeddingSet               metrics.json, plots, report.html
+============  ==========================================  ===============================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from dpsynth.config import EvaluateConfig, RunConfig
+from dpsynth.data.sources import make_source
+from dpsynth.data.store import (
+    EmbeddingSet,
+    EmbeddingSetWriter,
+    write_embedding_set,
+    write_json_atomic,
+)
+from dpsynth.privacy import PrivacyPlan
+from dpsynth.privacy.plan import epsilon_to_json
+from dpsynth.synthesizer import DPSynthesizer
+
+PLAN_FILE = "privacy_plan.json"
+EMBEDDING_INFO = "embedding_info.json"
+#: Bump when an encoder's output changes for the same weights, to invalidate caches.
+ENCODING_VERSION = 1
+
+
+class StepInputError(ValueError):
+    """A step's inputs do not fit together (wrong plan, dimension, or artifact)."""
+
+
+# ----------------------------------------------------------------------------- plan
+def build_synthesizer(config: RunConfig, normalized_encoder: bool) -> DPSynthesizer:
+    m = config.model
+    return DPSynthesizer(
+        config.privacy.epsilon, config.privacy.delta,
+        components_per_class=m.components_per_class, covariance=m.covariance,
+        subspace_dim=m.subspace_dim, clip_norm=m.clip_norm,
+        normalize=normalized_encoder if m.normalize is None else m.normalize,
+        lsh_depth=m.lsh_depth, lloyd_rounds=m.lloyd_rounds, budget_weights=m.budget_weights,
+        second_moment_clip=m.second_moment_clip, covariance_floor=m.covariance_floor,
+        random_state=m.random_state, noise_seed=config.privacy.noise_seed,
+        chunk_rows=m.chunk_rows)
+
+
+def make_encoder(config: RunConfig):
+    from dpsynth.encoders import get_encoder
+
+    return get_encoder(config.encoder.name, **config.encoder.options)
+
+
+def make_plan(config: RunConfig) -> PrivacyPlan:
+    """The privacy plan of ``config``. Touches no data: the plan depends only on public
+    configuration (the encoder's dimension included)."""
+    encoder = make_encoder(config)
+    return build_synthesizer(config, encoder.normalized).make_plan(encoder.dim)
+
+
+def plan(config: RunConfig, out: Path) -> PrivacyPlan:
+    """Write ``privacy_plan.json`` for ``config`` (see :func:`make_plan`)."""
+    result = make_plan(config)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, result.to_dict())
+    return result
+
+
+def read_plan(path: Path) -> PrivacyPlan:
+    path = Path(path)
+    if not path.is_file():
+        raise StepInputError(f"privacy plan {path} does not exist (run the plan step first)")
+    return PrivacyPlan.from_dict(json.loads(path.read_text()))
+
+
+# --------------------------------------------------------------------------- encode
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60]
+
+
+def encoding_key(config: RunConfig, split: str) -> tuple[dict[str, Any], Any]:
+    """The cache key of a split's embeddings and the source it describes."""
+    source = make_source(config.data, split)
+    key = {"dataset": source.dataset_id, "source": source.fingerprint(),
+           "encoder": config.encoder.name, "encoder_options": config.encoder.options,
+           "encoding_version": ENCODING_VERSION}
+    return key, source
+
+
+def cache_path(config: RunConfig, key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
+    name = f"{_slug(key['dataset'])}-{_slug(key['encoder'])}-{digest.hexdigest()[:12]}"
+    return Path(config.encoder.cache_dir).expanduser() / name
+
+
+def encode(config: RunConfig, split: str, out_dir: Path | None = None, *,
+           progress: bool = True) -> EmbeddingSet:
+    """Encode a split into an EmbeddingSet, shard by shard.
+
+    ``out_dir=None`` uses the embedding cache (``encoder.cache_dir``, keyed by dataset,
+    source fingerprint, encoder and its options): a complete cached set is returned
+    without encoding, a partial one is resumed. With ``encoder.cache: false`` the set is
+    written afresh to ``out_dir``. Shards already written under the same key are never
+    redone, so a crashed encode resumes where it stopped.
+    """
+    key, source = encoding_key(config, split)
+    if out_dir is None:
+        out_dir = cache_path(config, key)
+    out_dir = Path(out_dir)
+    if not config.encoder.cache and out_dir.exists():
+        shutil.rmtree(out_dir)
+    encoder = make_encoder(config)
+    writer = EmbeddingSetWriter(
+        out_dir, encoder=encoder.name, encoder_options=config.encoder.options,
+        dim=encoder.dim, normalized=encoder.normalized, classes=source.classes,
+        class_names=source.class_names, dataset_id=source.dataset_id, key=key)
+    if writer.complete:
+        return EmbeddingSet.open(out_dir)
+    rows = config.encoder.shard_rows
+    n = len(source)
+    n_shards = max(1, -(-n // rows))
+    done_rows = sum(min(rows, n - i * rows) for i in range(n_shards) if writer.has_shard(i))
+    with tqdm(total=n, initial=done_rows, disable=not progress, unit="img",
+              desc=f"encode {split} ({encoder.name})") as bar:
+        for i in range(n_shards):
+            if writer.has_shard(i):
+                continue
+            images, labels = source.read(i * rows, min(n, (i + 1) * rows))
+            X = np.empty((len(images), encoder.dim), dtype=np.float32)
+            for start, batch in encoder.batches(images, config.encoder.batch_size):
+                X[start:start + len(batch)] = encoder.encode_batch(batch)
+                bar.update(len(batch))
+            writer.write_shard(i, X, labels)
+    return writer.finish(n_shards)
+
+
+# ---------------------------------------------------------------- dp_cluster, fit_gmm
+def _check_plan_fits(plan_: PrivacyPlan, embeddings: EmbeddingSet) -> None:
+    dim = plan_.metadata.get("embedding_dim")
+    if dim != embeddings.dim:
+        raise StepInputError(f"the privacy plan was made for dimension {dim}, the "
+                             f"embeddings at {embeddings.path} have dimension "
+                             f"{embeddings.dim}")
+    if embeddings.manifest.get("synthetic"):
+        raise StepInputError(f"{embeddings.path} is synthetic; the DP steps take the "
+                             "private training embeddings")
+
+
+def _check_same_noise(expected: PrivacyPlan, used: PrivacyPlan) -> None:
+    """The noise actually drawn must be the plan file's (the single source of truth)."""
+    want = {r.name: (r.sigma, r.repetitions) for r in expected.releases}
+    got = {r.name: (r.sigma, r.repetitions) for r in used.releases}
+    if want.keys() != got.keys() or any(
+            not math.isclose(want[k][0], got[k][0], rel_tol=1e-9) or want[k][1] != got[k][1]
+            for k in want):
+        raise StepInputError("the privacy plan file does not match the releases this step "
+                             "would make; re-run the plan step with the same configuration")
+
+
+def _embedding_info(embeddings: EmbeddingSet) -> dict[str, Any]:
+    m = embeddings.manifest
+    return {k: m[k] for k in ("encoder", "encoder_options", "dim", "normalized", "classes",
+                              "class_names", "dataset_id")}
+
+
+def dp_cluster(embeddings_dir: Path, plan_path: Path, out_dir: Path) -> Path:
+    """DP releases of the first half of the fit: shared subspace, class counts and sums,
+    and DP k-means centres. Writes a saved (clusters-stage) synthesizer to ``out_dir``."""
+    embeddings = EmbeddingSet.open(embeddings_dir)
+    plan_ = read_plan(plan_path)
+    _check_plan_fits(plan_, embeddings)
+    synth = DPSynthesizer.from_plan(plan_)
+    synth.fit_clusters(embeddings.shards(), classes=embeddings.classes)
+    _check_same_noise(plan_, synth.privacy_plan_)
+    synth.save(out_dir)
+    write_json_atomic(Path(out_dir) / EMBEDDING_INFO, _embedding_info(embeddings))
+    return Path(out_dir)
+
+
+def fit_gmm(embeddings_dir: Path, clusters_dir: Path, plan_path: Path, out_dir: Path) -> Path:
+    """DP mixture release (weights, means, covariances per component) given the clusters."""
+    embeddings = EmbeddingSet.open(embeddings_dir)
+    plan_ = read_plan(plan_path)
+    _check_plan_fits(plan_, embeddings)
+    synth = DPSynthesizer.load(clusters_dir)
+    if not hasattr(synth, "clusters_"):
+        raise StepInputError(f"{clusters_dir} holds no cluster releases (not a dp_cluster "
+                             "output)")
+    _check_same_noise(plan_, synth.privacy_plan_)
+    synth.fit_mixture(embeddings.shards())
+    synth.save(out_dir)
+    shutil.copyfile(Path(clusters_dir) / EMBEDDING_INFO, Path(out_dir) / EMBEDDING_INFO)
+    return Path(out_dir)
+
+
+# ------------------------------------------------------------------------ synthesize
+def synthesize(mixture_dir: Path, out_dir: Path, *, n: int, class_balance: str = "proportional",
+               random_state: int | None = 0, shard_rows: int = 65536) -> EmbeddingSet:
+    """Sample ``n`` synthetic records into an EmbeddingSet (post-processing: no budget)."""
+    mixture_dir = Path(mixture_dir)
+    synth = DPSynthesizer.load(mixture_dir)
+    info = json.loads((mixture_dir / EMBEDDING_INFO).read_text())
+    X, y = synth.sample(n, class_balance=class_balance, random_state=random_state)
+    plan_ = synth.privacy_plan_
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # a resample replaces the set; nothing private lives here
+    return write_embedding_set(
+        out_dir, X, y, shard_rows=shard_rows, encoder=info["encoder"],
+        encoder_options=info["encoder_options"], normalized=synth.normalize,
+        classes=info["classes"], class_names=info["class_names"],
+        dataset_id=f"synthetic:{info['dataset_id']}", synthetic=True,
+        key={"synthetic_of": info["dataset_id"], "n": n, "class_balance": class_balance,
+             "random_state": random_state},
+        provenance={"private": plan_.private, "epsilon": epsilon_to_json(plan_.epsilon_pld),
+                    "delta": plan_.delta, "noise_seeded": plan_.noise_seeded})
+
+
+# ---------------------------------------------------------------------------- decode
+def decode(synthetic_dir: Path, out_dir: Path, *, per_class: int = 10) -> Path | None:
+    """Decode ``per_class`` synthetic samples per class with the decoder that inverts the
+    set's encoder; ``None`` (and nothing written) when the encoder has none."""
+    from dpsynth.decoders import decoder_for
+    from dpsynth.evaluation.plots import save_image_grid
+
+    synthetic = EmbeddingSet.open(synthetic_dir)
+    decoder = decoder_for(synthetic.encoder, **synthetic.manifest.get("encoder_options", {}))
+    if decoder is None:
+        return None
+    X, y = synthetic.load()
+    rows = np.concatenate([np.flatnonzero(y == c)[:per_class] for c in synthetic.classes])
+    rows = np.sort(rows)
+    images = decoder.decode(X[rows])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / "images.npy", images, allow_pickle=False)
+    np.save(out_dir / "labels.npy", y[rows], allow_pickle=False)
+    save_image_grid(images, y[rows], synthetic.classes.tolist(), synthetic.class_names,
+                    per_class, out_dir / "grid.png")
+    return out_dir
+
+
+# -------------------------------------------------------------------------- evaluate
+def evaluate(synthetic_dir: Path, test_dir: Path, out_dir: Path, *,
+             settings: EvaluateConfig | None = None, train_dir: Path | None = None,
+             plan_path: Path | None = None, decoded_dir: Path | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Train the MLP on synthetic embeddings, score on the real test set; plots + report.
+
+    ``train_dir`` (the private embeddings) adds the non-private ceiling: the same MLP
+    trained on real data. That number is NOT covered by the DP guarantee and is labelled
+    ``nonprivate_*`` everywhere; leave ``train_dir`` out to release only DP results.
+    """
+    from dpsynth.evaluation.fidelity import frechet_distance
+    from dpsynth.evaluation.mlp import TwoLayerMLP, classification_report
+    from dpsynth.evaluation.plots import (
+        plot_confusion,
+        plot_per_class_accuracy,
+        plot_projection,
+    )
+    from dpsynth.evaluation.report import write_html_report
+
+    settings = settings or EvaluateConfig()
+    synthetic = EmbeddingSet.open(synthetic_dir)
+    test = EmbeddingSet.open(test_dir)
+    if synthetic.dim != test.dim or synthetic.encoder != test.encoder:
+        raise StepInputError(f"synthetic ({synthetic.encoder}, {synthetic.dim}-d) and test "
+                             f"({test.encoder}, {test.dim}-d) embeddings do not match")
+    if test.manifest.get("synthetic"):
+        raise StepInputError(f"{test_dir} is synthetic; evaluate needs real test embeddings")
+    classes = synthetic.classes
+    mlp = {"hidden": settings.hidden, "epochs": settings.epochs, "lr": settings.lr,
+           "batch_size": settings.batch_size, "random_state": settings.random_state}
+    Xs, ys = synthetic.load()
+    Xt, yt = test.load()
+    stages = ["MLP on synthetic"] + (["MLP on real (non-private)"] if train_dir else [])
+    with tqdm(stages, disable=not progress, desc="evaluate", unit="model") as bar:
+        syn_report = classification_report(
+            yt, TwoLayerMLP(**mlp).fit(Xs, ys, classes=classes).predict(Xt), classes)
+        bar.update(1)
+        real_report = None
+        if train_dir is not None:
+            Xr, yr = EmbeddingSet.open(train_dir).load()
+            real_report = classification_report(
+                yt, TwoLayerMLP(**mlp).fit(Xr, yr, classes=classes).predict(Xt), classes)
+            del Xr, yr
+            bar.update(1)
+    prov = synthetic.manifest.get("provenance", {})
+    metrics: dict[str, Any] = {
+        "accuracy": syn_report.accuracy,
+        "nonprivate_accuracy": real_report.accuracy if real_report else None,
+        "epsilon": prov.get("epsilon"), "delta": prov.get("delta"),
+        "private": prov.get("private"), "noise_seeded": prov.get("noise_seeded"),
+        "frechet_distance_to_test": frechet_distance(Xt, Xs),
+        "n_synthetic": synthetic.count, "n_test": test.count,
+        "per_class_accuracy": syn_report.to_dict()["per_class_accuracy"],
+        "nonprivate_per_class_accuracy": (real_report.to_dict()["per_class_accuracy"]
+                                          if real_report else None),
+        "confusion_matrix": syn_report.confusion.tolist(),
+        "classes": classes.tolist(), "class_names": synthetic.class_names,
+        "encoder": synthetic.encoder,
+        "note": "accuracy: MLP trained only on DP synthetic embeddings, scored on the real "
+                "test split. nonprivate_*: the same MLP trained on the real private data; "
+                "a ceiling for the data owner, NOT covered by the DP guarantee.",
+    }
+    out_dir = Path(out_dir)
+    plots = out_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    images = {
+        "projection": plot_projection(Xs, ys, Xt, yt, synthetic.class_names,
+                                      plots / "projection.png"),
+        "per_class_accuracy": plot_per_class_accuracy(
+            metrics["per_class_accuracy"], metrics["nonprivate_per_class_accuracy"],
+            synthetic.class_names, plots / "per_class_accuracy.png"),
+        "confusion_matrix": plot_confusion(syn_report.confusion, synthetic.class_names,
+                                           plots / "confusion_matrix.png"),
+    }
+    if decoded_dir is not None and (Path(decoded_dir) / "grid.png").is_file():
+        images["decoded_samples"] = Path(decoded_dir) / "grid.png"
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    plan_dict = json.loads(Path(plan_path).read_text()) if plan_path else None
+    write_html_report(out_dir / "report.html", metrics, plan_dict, images)
+    return metrics

@@ -1,0 +1,213 @@
+"""MLflow tracking of a run, and the privacy budget ledger stored in MLflow.
+
+One parent run per ``dpsynth run``, a nested run per step. What is logged is public
+configuration, the privacy plan, DP releases and metrics; never raw embeddings, private
+images or exact statistics (tests/test_tracking.py scans the artifacts).
+
+Two failure policies:
+- Before any data is read (:meth:`Tracker.open`, :meth:`Tracker.ledger_entries`,
+  :meth:`Tracker.start_run`), a tracking failure is fatal: without the ledger the budget
+  cannot be checked, so the run must not start.
+- After the run is charged, logging is best effort: the first failure marks the tracker
+  down, later calls are skipped at once (no retry storm against a dead server), and every
+  skipped item is listed in :attr:`Tracker.not_logged` so the run can say what is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dpsynth.privacy.ledger import LedgerEntry
+
+LEDGER_DATASET_TAG = "dpsynth.ledger.dataset_id"
+LEDGER_ENTRY_TAG = "dpsynth.ledger.entry"
+MAX_PARAM_LENGTH = 6000
+#: MLflow error codes meaning "the server is up but refused this item".
+_REJECTED_ITEM_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS"}
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking store cannot be reached when it must be (before data is read)."""
+
+
+def resolve_tracking_uri(configured: str | None, out_dir: Path) -> str:
+    """Config, then $MLFLOW_TRACKING_URI, then an embedded sqlite store under ``out_dir``."""
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(Path(out_dir).resolve() / 'mlflow.db')}"
+
+
+def _quiet_retries() -> None:
+    # MLflow's default HTTP retry policy waits minutes on a dead server; a run that lost
+    # its server should notice within seconds and carry on. Users may still override.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"privacy.epsilon": "1.0", ...} (MLflow params are flat strings)."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)[:MAX_PARAM_LENGTH]
+    return out
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.artifact_root = artifact_root
+        self.not_logged: list[str] = []
+        self.rejected: list[str] = []
+        self.error: str | None = None
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self._client = None
+
+    # ------------------------------------------------------- must-succeed (pre-data)
+    def open(self) -> Tracker:
+        """Connect and get or create the experiment; raises TrackingUnavailableError."""
+        _quiet_retries()
+        from mlflow.tracking import MlflowClient
+
+        try:
+            self._client = MlflowClient(tracking_uri=self.uri)
+            found = self._client.get_experiment_by_name(self.experiment)
+            if found is None:
+                location = (self.artifact_root.resolve().as_uri()
+                            if self.artifact_root and self.uri.startswith("sqlite:") else None)
+                self.experiment_id = self._client.create_experiment(
+                    self.experiment, artifact_location=location)
+            else:
+                self.experiment_id = found.experiment_id
+        except Exception as exc:  # noqa: BLE001 - any client failure means unreachable
+            raise TrackingUnavailableError(
+                f"cannot reach the MLflow tracking store at {self.uri}: "
+                f"{type(exc).__name__}: {str(exc)[:300]}") from None
+        return self
+
+    def ledger_entries(self, dataset_id: str) -> list[LedgerEntry]:
+        """Every recorded charge on ``dataset_id`` in *all* experiments, deleted runs
+        included (deleting a run does not refund the privacy it spent)."""
+        from mlflow.entities import ViewType
+
+        escaped = dataset_id.replace("'", "\\'")
+        query = f"tags.`{LEDGER_DATASET_TAG}` = '{escaped}'"
+        entries: list[LedgerEntry] = []
+        try:
+            experiments = self._client.search_experiments(view_type=ViewType.ALL)
+            ids = [e.experiment_id for e in experiments]
+            token = None
+            while ids:
+                page = self._client.search_runs(ids, query, run_view_type=ViewType.ALL,
+                                                max_results=1000, page_token=token)
+                for run in page:
+                    text = run.data.tags.get(LEDGER_ENTRY_TAG)
+                    if text:
+                        entries.append(LedgerEntry.from_json(text, run.info.run_id))
+                token = page.token
+                if not token:
+                    break
+        except Exception as exc:  # noqa: BLE001
+            raise TrackingUnavailableError(
+                f"cannot read the privacy budget ledger from {self.uri}: "
+                f"{type(exc).__name__}: {str(exc)[:300]}") from None
+        return entries
+
+    def start_run(self, name: str, tags: dict[str, str],
+                  ledger_entry: LedgerEntry | None = None) -> str:
+        """Create the parent run carrying the ledger charge; raises if it cannot."""
+        all_tags = dict(tags)
+        if ledger_entry is not None:
+            all_tags[LEDGER_DATASET_TAG] = ledger_entry.dataset_id
+            all_tags[LEDGER_ENTRY_TAG] = ledger_entry.to_json()
+        try:
+            run = self._client.create_run(self.experiment_id, tags=all_tags, run_name=name)
+        except Exception as exc:  # noqa: BLE001
+            raise TrackingUnavailableError(
+                f"cannot create the MLflow run (and so cannot charge the privacy budget) at "
+                f"{self.uri}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    # ------------------------------------------------------------ best effort (post)
+    def _call(self, what: str, fn, *args, **kwargs) -> Any:
+        if self.error is not None:
+            self.not_logged.append(what)
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - logging must never kill a charged run
+            message = f"{type(exc).__name__}: {str(exc)[:300]}"
+            self.not_logged.append(what)
+            if getattr(exc, "error_code", None) in _REJECTED_ITEM_CODES:
+                # The server answered and refused this one item: keep logging the rest.
+                self.rejected.append(f"{what}: {message}")
+            else:
+                self.error = message
+            return None
+
+    def log_params(self, run_id: str | None, params: dict[str, Any], what: str = "params"
+                   ) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self._call(what, self._client.log_batch, run_id or self.run_id,
+                       params=items[start:start + 100])
+
+    def log_metrics(self, run_id: str | None, metrics: dict[str, float],
+                    what: str = "metrics") -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+        self._call(what, self._client.log_batch, run_id or self.run_id, metrics=items)
+
+    def set_tags(self, run_id: str | None, tags: dict[str, str], what: str = "tags") -> None:
+        from mlflow.entities import RunTag
+
+        self._call(what, self._client.log_batch, run_id or self.run_id,
+                   tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str | None, path: Path, artifact_path: str | None = None
+                     ) -> None:
+        path = Path(path)
+        fn = self._client.log_artifacts if path.is_dir() else self._client.log_artifact
+        self._call(f"artifact {path.name}", fn, run_id or self.run_id, str(path),
+                   artifact_path)
+
+    def end_run(self, run_id: str | None, status: str) -> None:
+        self._call(f"run status {status}", self._client.set_terminated,
+                   run_id or self.run_id, status)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[str | None]:
+        """A nested run for one step; FAILED if the step raises."""
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        run = self._call(f"step run {name}", self._client.create_run, self.experiment_id,
+                         tags={MLFLOW_PARENT_RUN_ID: self.run_id, "dpsynth.step": name},
+                         run_name=name)
+        run_id = run.info.run_id if run is not None else None
+        try:
+            yield run_id
+        except BaseException:
+            if run_id:
+                self.end_run(run_id, "FAILED")
+            raise
+        if run_id:
+            self.end_run(run_id, "FINISHED")
