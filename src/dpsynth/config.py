@@ -163,7 +163,6 @@ class TrackingConfig(_Section):
     #: MLflow tracking URI; ``None``: $MLFLOW_TRACKING_URI, else sqlite under the output.
     uri: str | None = None
     experiment: str = "dpsynth"
-    enabled: bool = True
 
 
 class RunConfig(_Section):

@@ -43,12 +43,14 @@ def resolve_tracking_uri(configured: str | None, out_dir: Path) -> str:
     return f"sqlite:///{(Path(out_dir).resolve() / 'mlflow.db')}"
 
 
-def _quiet_retries() -> None:
+def _quiet_client() -> None:
     # MLflow's default HTTP retry policy waits minutes on a dead server; a run that lost
     # its server should notice within seconds and carry on. Users may still override.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # dpsynth's summary names the run once; MLflow would print a URL per nested run.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -78,7 +80,7 @@ class Tracker:
     # ------------------------------------------------------- must-succeed (pre-data)
     def open(self) -> Tracker:
         """Connect and get or create the experiment; raises TrackingUnavailableError."""
-        _quiet_retries()
+        _quiet_client()
         from mlflow.tracking import MlflowClient
 
         try:

@@ -68,7 +68,8 @@ def plot_per_class_accuracy(synthetic: dict[str, float], nonprivate: dict[str, f
     ax.set_xticks(x, class_names, rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("test accuracy")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8,
+              frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

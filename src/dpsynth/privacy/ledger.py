@@ -90,9 +90,9 @@ class BudgetCheck:
 
     def message(self) -> str:
         head = (f"privacy budget of dataset {self.dataset_id!r} (delta = {self.delta:g}): "
-                f"spent eps = {self.spent:.4g} over {self.previous_runs} earlier run(s), "
-                f"this run requests eps = {self.requested:.4g}, together eps = "
-                f"{self.total:.4g}, limit eps = {self.limit:.4g}")
+                f"spent eps = {self.spent:.3g} over {self.previous_runs} earlier run(s), "
+                f"this run requests eps = {self.requested:.3g}, together eps = "
+                f"{self.total:.3g}, limit eps = {self.limit:.3g}")
         if self.ok:
             return head
         return (head + ". Refusing to start: nothing was read. Lower privacy.epsilon, use "
