@@ -44,7 +44,19 @@ def scale_table() -> str:
     return "\n".join(lines)
 
 
+def run_time_table() -> str:
+    data = json.loads((RESULTS / "run_time.json").read_text())
+    lines = ["| embedding cache | seconds | target | accuracy | non-private accuracy |",
+             "|---|---|---|---|---|"]
+    for key, label in (("cold_cache", "empty (encodes 70k images)"), ("warm_cache", "warm")):
+        r = data[key]
+        lines.append(f"| {label} | {r['seconds']} | {data['targets_seconds'][key]} | "
+                     f"{100 * r['accuracy']:.1f}% | {100 * r['nonprivate_accuracy']:.1f}% |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    for name, fn in (("utility", utility_table), ("scale", scale_table)):
+    for name, fn in (("utility", utility_table), ("scale", scale_table),
+                     ("run_time", run_time_table)):
         if (RESULTS / f"{name}.json").exists():
             print(f"## {name}\n\n{fn()}\n")
