@@ -79,5 +79,22 @@ def run(
     typer.echo(summary(result))
 
 
+def _add_plugin_commands() -> None:
+    """Command groups that other packages declare in the ``dpsynth.cli`` entry point
+    group (``dpsynth pipeline`` comes from ``dpsynth_kfp`` this way)."""
+    import sys
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="dpsynth.cli"):
+        try:
+            app.add_typer(ep.load(), name=ep.name)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
+            print(f"warning: dpsynth command plugin {ep.name!r} ({ep.value}) failed to "
+                  f"load: {exc}", file=sys.stderr)
+
+
+_add_plugin_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -223,21 +223,29 @@ def _format_errors(exc: ValidationError, source: str) -> str:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None
                 ) -> RunConfig:
     """Defaults, then the YAML file (if any), then ``key=value`` overrides; validated."""
+    if path is None:
+        return load_config_text(None, overrides)
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    return load_config_text(path.read_text(), overrides, source=str(path))
+
+
+def load_config_text(text: str | None, overrides: list[str] | None = None, *,
+                     source: str = "config text") -> RunConfig:
+    """Like :func:`load_config` for YAML given as a string (``None``/empty: defaults)."""
     data: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+    if text and text.strip():
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"{source} is not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections, got "
+            raise ConfigError(f"{source} must hold a mapping of sections, got "
                               f"{type(loaded).__name__}")
         data = loaded or {}
-        source = str(path)
+    else:
+        source = "defaults"
     if overrides:
         data = apply_overrides(data, overrides)
         source += " + --set"

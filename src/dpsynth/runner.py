@@ -45,9 +45,25 @@ def _data_independent_seeds(config: RunConfig) -> dict[str, Any]:
             "seed.noise_seed": config.privacy.noise_seed}
 
 
-def run(config: RunConfig, out_dir: Path, *, progress: bool = True,
-        echo: Callable[[str], None] = print) -> RunResult:
-    started = time.monotonic()
+@dataclass
+class ChargedRun:
+    """A run that passed the budget check and is charged in the ledger: data may be read."""
+
+    tracker: Tracker
+    run_id: str
+    budget: BudgetCheck
+    plan_path: Path
+
+
+def charge_run(config: RunConfig, out_dir: Path, *,
+               echo: Callable[[str], None] = print) -> ChargedRun:
+    """Plan, check the budget against the ledger, and charge the run in MLflow.
+
+    Reads no private data. Refuses (BudgetExceededError, TrackingUnavailableError) before
+    writing anything into ``out_dir``; on success writes ``config.yaml``,
+    ``privacy_plan.json`` and ``privacy_ledger.json`` there and logs them with every
+    parameter. ``dpsynth run`` and the pipeline's plan step both start here.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"--out {out_dir} exists and is not a directory")
@@ -80,21 +96,37 @@ def run(config: RunConfig, out_dir: Path, *, progress: bool = True,
     tracker.log_params(run_id, _plan_params(plan.to_dict()), what="privacy plan parameters")
     for name in ("config.yaml", "privacy_ledger.json", steps.PLAN_FILE):
         tracker.log_artifact(run_id, out_dir / name)
-    # ----- the run is charged: from here on private data may be read -----
-    status = "FAILED"
-    try:
-        metrics, outputs = _run_steps(config, out_dir, plan_path, tracker, progress)
-        status = "FINISHED"
+    return ChargedRun(tracker, run_id, budget, plan_path)
+
+
+def finish_run(tracker: Tracker, run_id: str, metrics: dict[str, Any] | None,
+               metrics_file: Path | None) -> None:
+    """Log the final metrics to the parent run and close it (best effort)."""
+    if metrics is not None:
         tracker.log_metrics(run_id, _numeric(metrics), what="metrics")
-        tracker.log_artifact(run_id, out_dir / "metrics.json")
+    if metrics_file is not None:
+        tracker.log_artifact(run_id, metrics_file)
+    tracker.end_run(run_id, "FINISHED" if metrics is not None else "FAILED")
+
+
+def run(config: RunConfig, out_dir: Path, *, progress: bool = True,
+        echo: Callable[[str], None] = print) -> RunResult:
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    charged = charge_run(config, out_dir, echo=echo)
+    tracker, run_id, budget = charged.tracker, charged.run_id, charged.budget
+    # ----- the run is charged: from here on private data may be read -----
+    metrics = None
+    try:
+        metrics, outputs = _run_steps(config, out_dir, charged.plan_path, tracker, progress)
     finally:
-        tracker.end_run(run_id, status)
-    res = RunResult(out_dir, metrics, budget, uri, run_id, list(tracker.not_logged),
+        finish_run(tracker, run_id, metrics, out_dir / "metrics.json" if metrics else None)
+    res = RunResult(out_dir, metrics, budget, tracker.uri, run_id, list(tracker.not_logged),
                     tracker.error or "; ".join(tracker.rejected) or None, outputs,
                     time.monotonic() - started)
     write_json_atomic(out_dir / "run.json", {
-        "tracking_uri": uri, "experiment": config.tracking.experiment, "run_id": run_id,
-        "not_logged": res.not_logged, "tracking_error": res.tracking_error,
+        "tracking_uri": tracker.uri, "experiment": config.tracking.experiment,
+        "run_id": run_id, "not_logged": res.not_logged, "tracking_error": res.tracking_error,
         "budget": budget.to_dict(), "outputs": outputs, "seconds": res.seconds})
     return res
 

@@ -34,8 +34,10 @@ from tqdm.auto import tqdm
 from dpsynth.config import EvaluateConfig, RunConfig
 from dpsynth.data.sources import make_source
 from dpsynth.data.store import (
+    EmbeddingParts,
     EmbeddingSet,
     EmbeddingSetWriter,
+    open_embeddings,
     write_embedding_set,
     write_json_atomic,
 )
@@ -101,12 +103,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60]
 
 
-def encoding_key(config: RunConfig, split: str) -> tuple[dict[str, Any], Any]:
-    """The cache key of a split's embeddings and the source it describes."""
+def encoding_key(config: RunConfig, split: str, part: int = 0,
+                 parts: int = 1) -> tuple[dict[str, Any], Any]:
+    """The cache key of a split's embeddings (or one part of them) and its source."""
     source = make_source(config.data, split)
     key = {"dataset": source.dataset_id, "source": source.fingerprint(),
            "encoder": config.encoder.name, "encoder_options": config.encoder.options,
-           "encoding_version": ENCODING_VERSION}
+           "shard_rows": config.encoder.shard_rows, "encoding_version": ENCODING_VERSION}
+    if parts > 1:
+        key["part"] = [part, parts]
     return key, source
 
 
@@ -116,8 +121,8 @@ def cache_path(config: RunConfig, key: dict[str, Any]) -> Path:
     return Path(config.encoder.cache_dir).expanduser() / name
 
 
-def encode(config: RunConfig, split: str, out_dir: Path | None = None, *,
-           progress: bool = True) -> EmbeddingSet:
+def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: int = 0,
+           parts: int = 1, progress: bool = True) -> EmbeddingSet:
     """Encode a split into an EmbeddingSet, shard by shard.
 
     ``out_dir=None`` uses the embedding cache (``encoder.cache_dir``, keyed by dataset,
@@ -125,8 +130,14 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *,
     without encoding, a partial one is resumed. With ``encoder.cache: false`` the set is
     written afresh to ``out_dir``. Shards already written under the same key are never
     redone, so a crashed encode resumes where it stopped.
+
+    ``part``/``parts`` encode one of ``parts`` contiguous groups of whole shards (the
+    pipeline's fan-out). The parts, read in order with :func:`open_embeddings`, hold
+    exactly the shards of the unsplit set, so every later step gives the same result.
     """
-    key, source = encoding_key(config, split)
+    if not 0 <= part < parts:
+        raise ValueError(f"part must be in [0, {parts}), got {part}")
+    key, source = encoding_key(config, split, part, parts)
     if out_dir is None:
         out_dir = cache_path(config, key)
     out_dir = Path(out_dir)
@@ -141,24 +152,29 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *,
         return EmbeddingSet.open(out_dir)
     rows = config.encoder.shard_rows
     n = len(source)
-    n_shards = max(1, -(-n // rows))
-    done_rows = sum(min(rows, n - i * rows) for i in range(n_shards) if writer.has_shard(i))
-    with tqdm(total=n, initial=done_rows, disable=not progress, unit="img",
-              desc=f"encode {split} ({encoder.name})") as bar:
-        for i in range(n_shards):
-            if writer.has_shard(i):
+    mine = np.array_split(np.arange(max(1, -(-n // rows))), parts)[part]
+    spans = [(local, int(g) * rows, min(n, (int(g) + 1) * rows)) for local, g in enumerate(mine)]
+    done_rows = sum(stop - start for local, start, stop in spans if writer.has_shard(local))
+    label = f"encode {split}" + (f" part {part + 1}/{parts}" if parts > 1 else "")
+    with tqdm(total=sum(stop - start for _, start, stop in spans), initial=done_rows,
+              disable=not progress, unit="img", desc=f"{label} ({encoder.name})") as bar:
+        for local, start, stop in spans:
+            if writer.has_shard(local):
                 continue
-            images, labels = source.read(i * rows, min(n, (i + 1) * rows))
+            images, labels = source.read(start, stop)
             X = np.empty((len(images), encoder.dim), dtype=np.float32)
-            for start, batch in encoder.batches(images, config.encoder.batch_size):
-                X[start:start + len(batch)] = encoder.encode_batch(batch)
+            for offset, batch in encoder.batches(images, config.encoder.batch_size):
+                X[offset:offset + len(batch)] = encoder.encode_batch(batch)
                 bar.update(len(batch))
-            writer.write_shard(i, X, labels)
-    return writer.finish(n_shards)
+            writer.write_shard(local, X, labels)
+    return writer.finish(len(spans))
 
 
 # ---------------------------------------------------------------- dp_cluster, fit_gmm
-def _check_plan_fits(plan_: PrivacyPlan, embeddings: EmbeddingSet) -> None:
+Embeddings = Path | str | list[Path] | list[str]
+
+
+def _check_plan_fits(plan_: PrivacyPlan, embeddings: EmbeddingSet | EmbeddingParts) -> None:
     dim = plan_.metadata.get("embedding_dim")
     if dim != embeddings.dim:
         raise StepInputError(f"the privacy plan was made for dimension {dim}, the "
@@ -180,16 +196,18 @@ def _check_same_noise(expected: PrivacyPlan, used: PrivacyPlan) -> None:
                              "would make; re-run the plan step with the same configuration")
 
 
-def _embedding_info(embeddings: EmbeddingSet) -> dict[str, Any]:
+def _embedding_info(embeddings: EmbeddingSet | EmbeddingParts) -> dict[str, Any]:
     m = embeddings.manifest
     return {k: m[k] for k in ("encoder", "encoder_options", "dim", "normalized", "classes",
                               "class_names", "dataset_id")}
 
 
-def dp_cluster(embeddings_dir: Path, plan_path: Path, out_dir: Path) -> Path:
+def dp_cluster(embeddings_dir: Embeddings, plan_path: Path, out_dir: Path) -> Path:
     """DP releases of the first half of the fit: shared subspace, class counts and sums,
-    and DP k-means centres. Writes a saved (clusters-stage) synthesizer to ``out_dir``."""
-    embeddings = EmbeddingSet.open(embeddings_dir)
+    and DP k-means centres. Writes a saved (clusters-stage) synthesizer to ``out_dir``.
+
+    ``embeddings_dir``: the private training EmbeddingSet, or the list of its parts."""
+    embeddings = open_embeddings(embeddings_dir)
     plan_ = read_plan(plan_path)
     _check_plan_fits(plan_, embeddings)
     synth = DPSynthesizer.from_plan(plan_)
@@ -200,9 +218,10 @@ def dp_cluster(embeddings_dir: Path, plan_path: Path, out_dir: Path) -> Path:
     return Path(out_dir)
 
 
-def fit_gmm(embeddings_dir: Path, clusters_dir: Path, plan_path: Path, out_dir: Path) -> Path:
+def fit_gmm(embeddings_dir: Embeddings, clusters_dir: Path, plan_path: Path,
+            out_dir: Path) -> Path:
     """DP mixture release (weights, means, covariances per component) given the clusters."""
-    embeddings = EmbeddingSet.open(embeddings_dir)
+    embeddings = open_embeddings(embeddings_dir)
     plan_ = read_plan(plan_path)
     _check_plan_fits(plan_, embeddings)
     synth = DPSynthesizer.load(clusters_dir)
@@ -264,8 +283,8 @@ def decode(synthetic_dir: Path, out_dir: Path, *, per_class: int = 10) -> Path |
 
 
 # -------------------------------------------------------------------------- evaluate
-def evaluate(synthetic_dir: Path, test_dir: Path, out_dir: Path, *,
-             settings: EvaluateConfig | None = None, train_dir: Path | None = None,
+def evaluate(synthetic_dir: Path, test_dir: Embeddings, out_dir: Path, *,
+             settings: EvaluateConfig | None = None, train_dir: Embeddings | None = None,
              plan_path: Path | None = None, decoded_dir: Path | None = None,
              progress: bool = True) -> dict[str, Any]:
     """Train the MLP on synthetic embeddings, score on the real test set; plots + report.
@@ -285,7 +304,7 @@ def evaluate(synthetic_dir: Path, test_dir: Path, out_dir: Path, *,
 
     settings = settings or EvaluateConfig()
     synthetic = EmbeddingSet.open(synthetic_dir)
-    test = EmbeddingSet.open(test_dir)
+    test = open_embeddings(test_dir)
     if synthetic.dim != test.dim or synthetic.encoder != test.encoder:
         raise StepInputError(f"synthetic ({synthetic.encoder}, {synthetic.dim}-d) and test "
                              f"({test.encoder}, {test.dim}-d) embeddings do not match")
@@ -303,7 +322,7 @@ def evaluate(synthetic_dir: Path, test_dir: Path, out_dir: Path, *,
         bar.update(1)
         real_report = None
         if train_dir is not None:
-            Xr, yr = EmbeddingSet.open(train_dir).load()
+            Xr, yr = open_embeddings(train_dir).load()
             real_report = classification_report(
                 yt, TwoLayerMLP(**mlp).fit(Xr, yr, classes=classes).predict(Xt), classes)
             del Xr, yr

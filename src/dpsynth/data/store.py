@@ -132,6 +132,66 @@ class EmbeddingSet:
                 np.concatenate([np.asarray(y) for _, y in shards]).astype(np.int64))
 
 
+#: Manifest keys on which the parts of one split must agree.
+_SAME_IN_EVERY_PART = ("encoder", "encoder_options", "dim", "dtype", "normalized", "classes",
+                       "class_names", "dataset_id", "synthetic")
+
+
+@dataclass(frozen=True)
+class EmbeddingParts:
+    """Several EmbeddingSets that together are one split (a fanned-out encode), read as one:
+    the shards of every part in order. Same interface as :class:`EmbeddingSet`."""
+
+    parts: tuple[EmbeddingSet, ...]
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            raise EmbeddingSetError("no EmbeddingSet parts given")
+        first = self.parts[0].manifest
+        for part in self.parts[1:]:
+            for key in _SAME_IN_EVERY_PART:
+                if part.manifest.get(key) != first.get(key) and part.count and self.parts[0].count:
+                    raise EmbeddingSetError(
+                        f"{part.path} and {self.parts[0].path} are not parts of one set: "
+                        f"{key} differs ({part.manifest.get(key)!r} vs {first.get(key)!r})")
+
+    @property
+    def path(self) -> Path:
+        return self.parts[0].path
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return {**self.parts[0].manifest, "count": self.count}
+
+    @property
+    def count(self) -> int:
+        return sum(p.count for p in self.parts)
+
+    dim = property(lambda self: self.parts[0].dim)
+    classes = property(lambda self: self.parts[0].classes)
+    class_names = property(lambda self: self.parts[0].class_names)
+    encoder = property(lambda self: self.parts[0].encoder)
+    normalized = property(lambda self: self.parts[0].normalized)
+
+    def shards(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [shard for part in self.parts for shard in part.shards()]
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        loaded = [p.load() for p in self.parts]
+        return (np.concatenate([X for X, _ in loaded]),
+                np.concatenate([y for _, y in loaded]))
+
+
+def open_embeddings(paths: str | Path | Sequence[str | Path]) -> EmbeddingSet | EmbeddingParts:
+    """One EmbeddingSet directory, or a list of part directories read as one set."""
+    if isinstance(paths, str | Path):
+        return EmbeddingSet.open(paths)
+    sets = [EmbeddingSet.open(p) for p in paths]
+    # A fan-out may hand the parts over in any order; the key says where each belongs.
+    sets.sort(key=lambda s: (s.manifest.get("key") or {}).get("part", [0])[0])
+    return sets[0] if len(sets) == 1 else EmbeddingParts(tuple(sets))
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     file = Path(path) / MANIFEST
     if not file.is_file():

@@ -40,11 +40,24 @@ def register_decoder(name: str, *, inverts: str | None = None
     return deco
 
 
+def _load_plugins() -> None:
+    """Decoders other packages declare in the ``dpsynth.decoders`` entry point group:
+    ``name = "package.module:factory"``, registered on first lookup."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="dpsynth.decoders"):
+        if ep.name not in _REGISTRY:
+            _REGISTRY[ep.name] = ep.load()
+
+
 def available_decoders() -> list[str]:
+    _load_plugins()
     return sorted(_REGISTRY)
 
 
 def get_decoder(name: str, **kwargs: Any) -> Decoder:
+    if name not in _REGISTRY:
+        _load_plugins()
     if name not in _REGISTRY:
         raise KeyError(f"unknown decoder {name!r}; available: {', '.join(available_decoders())}")
     return _REGISTRY[name](**kwargs)

@@ -69,12 +69,25 @@ def register_encoder(name: str) -> Callable[[Callable[..., Encoder]], Callable[.
     return deco
 
 
+def _load_plugins() -> None:
+    """Encoders other packages declare in the ``dpsynth.encoders`` entry point group:
+    ``name = "package.module:factory"``, registered on first lookup."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="dpsynth.encoders"):
+        if ep.name not in _REGISTRY:
+            _REGISTRY[ep.name] = ep.load()
+
+
 def available_encoders() -> list[str]:
+    _load_plugins()
     return sorted(_REGISTRY)
 
 
 def get_encoder(name: str, **kwargs) -> Encoder:
     """Build the encoder registered under ``name``."""
+    if name not in _REGISTRY:
+        _load_plugins()
     if name not in _REGISTRY:
         raise KeyError(f"unknown encoder {name!r}; available: {', '.join(available_encoders())}")
     return _REGISTRY[name](**kwargs)
