@@ -300,7 +300,7 @@ def test_noise_draws_match_the_plan(monkeypatch):
     assert calls["lloyd_counts"] == calls["lloyd_sums"] == n_classes * rounds
     assert 1 <= calls["lsh_leaf_sums"] <= n_classes
     # Second moments: one (joint) draw per component plus the residual energies.
-    n_components = sum(len(c) for c in synth.kmeans_.centres_)
+    n_components = sum(len(c) for c in synth.clusterer_.centres_)
     assert calls["second_moments"] == n_components + 1
 
 

@@ -124,8 +124,11 @@ class ModelConfig(_Section):
     clip_norm: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     #: ``None``: normalise exactly when the encoder's embeddings are normalised.
     normalize: bool | None = None
+    #: DP clusterer for components_per_class > 1 (registry name; plugins by entry point).
+    clusterer: str = "dp-kmeans"
     lsh_depth: int = Field(default=8, ge=1)
     lloyd_rounds: int = Field(default=3, ge=0)
+    clusterer_options: dict[str, Any] | None = None
     budget_weights: dict[str, float] | None = None
     second_moment_clip: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     covariance_floor: float = Field(default=1e-6, gt=0)

@@ -63,7 +63,8 @@ def build_synthesizer(config: RunConfig, normalized_encoder: bool) -> DPSynthesi
         components_per_class=m.components_per_class, covariance=m.covariance,
         subspace_dim=m.subspace_dim, clip_norm=m.clip_norm,
         normalize=normalized_encoder if m.normalize is None else m.normalize,
-        lsh_depth=m.lsh_depth, lloyd_rounds=m.lloyd_rounds, budget_weights=m.budget_weights,
+        clusterer=m.clusterer, lsh_depth=m.lsh_depth, lloyd_rounds=m.lloyd_rounds,
+        clusterer_options=m.clusterer_options, budget_weights=m.budget_weights,
         second_moment_clip=m.second_moment_clip, covariance_floor=m.covariance_floor,
         random_state=m.random_state, noise_seed=config.privacy.noise_seed,
         chunk_rows=m.chunk_rows)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dpsynth.clustering import DPKMeans, GroupSums, assign_components, project_to_ball
-from dpsynth.gmm.budget import release_specs
+from dpsynth.clustering import GroupSums, assign_components, get_clusterer, project_to_ball
+from dpsynth.gmm.budget import release_specs, resolve_weights
 from dpsynth.gmm.mixture import (
     COVARIANCE_TYPES,
     MixtureParams,
@@ -27,7 +27,7 @@ from dpsynth.privacy import NoiseSource, PrivacyPlan, build_plan, validate_epsil
 from dpsynth.privacy.plan import epsilon_from_json, epsilon_to_json
 
 FORMAT_VERSION = 1
-_FITTED_ATTRIBUTES = ("classes_", "mixture_", "subspace_", "class_totals_", "kmeans_",
+_FITTED_ATTRIBUTES = ("classes_", "mixture_", "subspace_", "class_totals_", "clusterer_",
                       "privacy_plan_", "epsilon_", "delta_", "private_", "n_features_in_")
 
 
@@ -105,8 +105,15 @@ class DPSynthesizer:
     normalize:
         L2-normalise each record to ``clip_norm`` (CLIP-style embeddings) and re-normalise
         samples. ``False`` clips instead.
+    clusterer:
+        Registry name of the DP clusterer that places the components of a class when
+        components_per_class > 1 (:mod:`dpsynth.clustering.registry`; built in:
+        ``"dp-kmeans"``, LSH coreset + DP Lloyd rounds).
     lsh_depth, lloyd_rounds:
-        Maximum LSH tree depth and DP Lloyd rounds (used when components_per_class > 1).
+        ``dp-kmeans`` options: maximum LSH tree depth and DP Lloyd rounds.
+    clusterer_options:
+        Keyword options of another clusterer (for ``dp-kmeans``, overrides of ``depth``
+        and ``rounds``).
     budget_weights:
         Overrides of the relative noise multipliers in :data:`dpsynth.gmm.budget.DEFAULT_WEIGHTS`.
     second_moment_clip:
@@ -134,8 +141,10 @@ class DPSynthesizer:
         subspace_dim: int | None = 64,
         clip_norm: float = 1.0,
         normalize: bool = True,
+        clusterer: str = "dp-kmeans",
         lsh_depth: int = 8,
         lloyd_rounds: int = 3,
+        clusterer_options: dict[str, object] | None = None,
         budget_weights: dict[str, float] | None = None,
         second_moment_clip: float | None = None,
         covariance_floor: float = 1e-6,
@@ -150,8 +159,10 @@ class DPSynthesizer:
         self.subspace_dim = subspace_dim
         self.clip_norm = clip_norm
         self.normalize = normalize
+        self.clusterer = clusterer
         self.lsh_depth = lsh_depth
         self.lloyd_rounds = lloyd_rounds
+        self.clusterer_options = clusterer_options
         self.budget_weights = budget_weights
         self.second_moment_clip = second_moment_clip
         self.covariance_floor = covariance_floor
@@ -165,8 +176,9 @@ class DPSynthesizer:
             "epsilon": epsilon_to_json(float(self.epsilon)), "delta": self.delta,
             "components_per_class": self.components_per_class, "covariance": self.covariance,
             "subspace_dim": self.subspace_dim, "clip_norm": self.clip_norm,
-            "normalize": self.normalize, "lsh_depth": self.lsh_depth,
-            "lloyd_rounds": self.lloyd_rounds, "budget_weights": self.budget_weights,
+            "normalize": self.normalize, "clusterer": self.clusterer,
+            "lsh_depth": self.lsh_depth, "lloyd_rounds": self.lloyd_rounds,
+            "clusterer_options": self.clusterer_options, "budget_weights": self.budget_weights,
             "second_moment_clip": self.second_moment_clip,
             "covariance_floor": self.covariance_floor, "random_state": self.random_state,
             "noise_seed": self.noise_seed, "chunk_rows": self.chunk_rows,
@@ -205,8 +217,18 @@ class DPSynthesizer:
                              f"got {clip!r}")
         if not (self.covariance_floor > 0):
             raise ValueError(f"covariance_floor must be > 0, got {self.covariance_floor!r}")
+        if self.components_per_class > 1:
+            try:
+                get_clusterer(self.clusterer)
+            except KeyError as exc:
+                raise ValueError(exc.args[0]) from None
         if not isinstance(self.chunk_rows, int | np.integer) or self.chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive integer, got {self.chunk_rows!r}")
+
+    def _clusterer_options(self) -> dict[str, object]:
+        builtin = ({"depth": int(self.lsh_depth), "rounds": int(self.lloyd_rounds)}
+                   if self.clusterer == "dp-kmeans" else {})
+        return {**builtin, **(self.clusterer_options or {})}
 
     def _uses_subspace(self, dim: int) -> bool:
         return (self.covariance != "spherical" and self.subspace_dim is not None
@@ -218,11 +240,16 @@ class DPSynthesizer:
         Depends only on public configuration: it can be shown before any data is read.
         """
         self._validate_params()
+        clustering = None
+        if self.components_per_class > 1:
+            clustering = get_clusterer(self.clusterer).release_specs(
+                float(self.clip_norm), resolve_weights(self.budget_weights),
+                **self._clusterer_options())
         specs = release_specs(
             covariance=self.covariance, uses_subspace=self._uses_subspace(dim),
             components_per_class=self.components_per_class, radius=float(self.clip_norm),
-            lsh_depth=self.lsh_depth, lloyd_rounds=self.lloyd_rounds,
-            weights=self.budget_weights, second_moment_clip=self.second_moment_clip)
+            clustering=clustering, weights=self.budget_weights,
+            second_moment_clip=self.second_moment_clip)
         return build_plan(specs, self.epsilon, self.delta,
                           noise_seeded=self.noise_seed is not None,
                           metadata={"embedding_dim": dim, **{
@@ -339,13 +366,13 @@ class DPSynthesizer:
         k = int(self.components_per_class)
         if k > 1 and self.covariance != "tied":
             class_centres = released.project(released.class_means)
-            self.kmeans_ = DPKMeans(k, plan, noise, radius=R, depth=int(self.lsh_depth),
-                                    rounds=int(self.lloyd_rounds),
-                                    random_state=self.random_state)
-            self.kmeans_.fit(
+            self.clusterer_ = get_clusterer(self.clusterer)(
+                k, plan, noise, radius=R, random_state=self.random_state,
+                **self._clusterer_options())
+            self.clusterer_.fit(
                 lambda: ((released.project(Xb), idx) for Xb, idx in self._chunks(shards)),
                 class_centres, class_counts)
-            released.centres = self.kmeans_.centres_
+            released.centres = self.clusterer_.centres_
         return released
 
     def _release_mixture(self, shards, plan: PrivacyPlan, noise: NoiseSource,

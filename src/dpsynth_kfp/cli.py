@@ -87,10 +87,15 @@ def _parse_params(params: list[str] | None, config: Path | None) -> dict[str, ob
 
 
 def _client(host: str):
+    import warnings
+
     import kfp
 
     try:
-        return kfp.Client(host=host)
+        with warnings.catch_warnings():
+            # Documented in docs/pipeline.md: KFP 2.x servers only.
+            warnings.filterwarnings("ignore", message="This client only works with Kubeflow")
+            return kfp.Client(host=host)
     except Exception as exc:  # noqa: BLE001 - any connection failure
         _fail(f"cannot reach the Kubeflow Pipelines API at {host}: {exc}")
 

@@ -2,6 +2,7 @@
 
 from dpsynth.clustering.kmeans import DPKMeans, assign_components, weighted_kmeans_pp
 from dpsynth.clustering.lsh_coreset import PrefixTreeStats, TreeThresholds, release_coreset
+from dpsynth.clustering.registry import available_clusterers, get_clusterer, register_clusterer
 from dpsynth.clustering.stats import GroupSums, nearest_centre, project_to_ball
 
 __all__ = [
@@ -10,6 +11,9 @@ __all__ = [
     "PrefixTreeStats",
     "TreeThresholds",
     "assign_components",
+    "available_clusterers",
+    "get_clusterer",
+    "register_clusterer",
     "nearest_centre",
     "project_to_ball",
     "release_coreset",

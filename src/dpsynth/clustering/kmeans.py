@@ -16,8 +16,9 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from dpsynth.clustering.lsh_coreset import PrefixTreeStats, TreeThresholds, release_coreset
+from dpsynth.clustering.registry import register_clusterer
 from dpsynth.clustering.stats import GroupSums, nearest_centre, project_to_ball
-from dpsynth.privacy import NoiseSource, PrivacyPlan
+from dpsynth.privacy import NoiseSource, PrivacyPlan, ReleaseSpec
 
 #: A data source yields chunks of (Z, class ids); it can be iterated once per call.
 DataSource = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
@@ -35,6 +36,7 @@ def weighted_kmeans_pp(points: np.ndarray, weights: np.ndarray, k: int,
     return km.cluster_centers_
 
 
+@register_clusterer("dp-kmeans")
 class DPKMeans:
     """DP k-means on every class at once.
 
@@ -62,6 +64,26 @@ class DPKMeans:
         self.depth = depth
         self.rounds = rounds
         self.random_state = random_state
+
+    @classmethod
+    def release_specs(cls, radius: float, weights: dict[str, float], *, depth: int = 8,
+                      rounds: int = 3) -> list[ReleaseSpec]:
+        """LSH level counts (one per level: each record is in one node a level), leaf
+        sums (sensitivity R), then per Lloyd round the counts and sums per centre."""
+        specs = [
+            ReleaseSpec("lsh_level_counts", 1.0, weights["lsh_level_counts"], repetitions=depth,
+                        description="LSH tree: counts of the kept nodes, one release a level"),
+            ReleaseSpec("lsh_leaf_sums", radius, weights["lsh_leaf_sums"],
+                        description="LSH tree: sums of subspace coordinates per leaf"),
+        ]
+        if rounds > 0:
+            specs += [
+                ReleaseSpec("lloyd_counts", 1.0, weights["lloyd_counts"], repetitions=rounds,
+                            description="DP Lloyd: records per centre, one release a round"),
+                ReleaseSpec("lloyd_sums", radius, weights["lloyd_sums"], repetitions=rounds,
+                            description="DP Lloyd: sum of subspace coordinates per centre"),
+            ]
+        return specs
 
     def fit(self, source: DataSource, class_centres: np.ndarray,
             class_counts: np.ndarray) -> DPKMeans:

@@ -24,23 +24,28 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 
 
+def resolve_weights(weights: dict[str, float] | None) -> dict[str, float]:
+    """DEFAULT_WEIGHTS with the overrides; unknown names are refused."""
+    unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
+    if unknown:
+        raise ValueError(f"unknown budget_weights keys {sorted(unknown)}; "
+                         f"known: {sorted(DEFAULT_WEIGHTS)}")
+    return {**DEFAULT_WEIGHTS, **(weights or {})}
+
+
 def release_specs(
     *,
     covariance: str,
     uses_subspace: bool,
     components_per_class: int,
     radius: float,
-    lsh_depth: int,
-    lloyd_rounds: int,
+    clustering: list[ReleaseSpec] | None = None,
     weights: dict[str, float] | None = None,
     second_moment_clip: float | None = None,
 ) -> list[ReleaseSpec]:
-    """The releases of one fit, in the order they are made."""
-    unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
-    if unknown:
-        raise ValueError(f"unknown budget_weights keys {sorted(unknown)}; "
-                         f"known: {sorted(DEFAULT_WEIGHTS)}")
-    w = {**DEFAULT_WEIGHTS, **(weights or {})}
+    """The releases of one fit, in the order they are made. ``clustering``: the releases
+    of the clusterer (used when components_per_class > 1)."""
+    w = resolve_weights(weights)
     R, R2 = radius, radius**2
     specs: list[ReleaseSpec] = []
     if uses_subspace:
@@ -52,19 +57,7 @@ def release_specs(
         ReleaseSpec("class_sums", R, w["class_sums"], description="sum of records per class"),
     ]
     if components_per_class > 1:
-        specs += [
-            ReleaseSpec("lsh_level_counts", 1.0, w["lsh_level_counts"], repetitions=lsh_depth,
-                        description="LSH tree: counts of the kept nodes, one release a level"),
-            ReleaseSpec("lsh_leaf_sums", R, w["lsh_leaf_sums"],
-                        description="LSH tree: sums of subspace coordinates per leaf"),
-        ]
-        if lloyd_rounds > 0:
-            specs += [
-                ReleaseSpec("lloyd_counts", 1.0, w["lloyd_counts"], repetitions=lloyd_rounds,
-                            description="DP Lloyd: records per centre, one release a round"),
-                ReleaseSpec("lloyd_sums", R, w["lloyd_sums"], repetitions=lloyd_rounds,
-                            description="DP Lloyd: sum of subspace coordinates per centre"),
-            ]
+        specs += list(clustering or [])
         specs += [
             ReleaseSpec("component_counts", 1.0, w["component_counts"],
                         description="records per mixture component"),
