@@ -88,6 +88,10 @@ def get_encoder(name: str, **kwargs) -> Encoder:
     """Build the encoder registered under ``name``."""
     if name not in _REGISTRY:
         _load_plugins()
+    prefix, sep, spec = name.partition(":")
+    if name not in _REGISTRY and sep and prefix in _REGISTRY:
+        # Parametrised names: "open_clip:ViT-H-14:laion2b_s32b_b79k" -> factory(spec=...).
+        return _REGISTRY[prefix](spec=spec, **kwargs)
     if name not in _REGISTRY:
         raise KeyError(f"unknown encoder {name!r}; available: {', '.join(available_encoders())}")
     return _REGISTRY[name](**kwargs)
