@@ -50,6 +50,7 @@ def test_overrides_are_typed_yaml_and_nested():
     ("model.components_per_class=0", "model.components_per_class"),
     ("encoder.batch_size=zero", "encoder.batch_size"),
     ("data.source=image-folder", "needs train_dir, test_dir, image_size"),
+    ("data.source=webdataset", "needs train_urls, test_urls, image_size, class_names"),
     ("privacy=3", "privacy"),
 ])
 def test_invalid_values_are_refused_with_the_key(override, message):

@@ -79,3 +79,88 @@ def test_image_folder_runs_through_encode_with_the_training_class_list(tmp_path)
     assert train.class_names == test.class_names == ["a", "b", "c"]
     assert test.load()[1].tolist() == [0, 0, 2, 2]
     assert cfg.data.ledger_id().startswith("image-folder:")
+
+
+def test_unreadable_images_are_skipped_and_reported_when_asked(tmp_path):
+    root = _folder(tmp_path / "t")
+    (root / "dog" / "broken.png").write_bytes(b"not a png")
+    (root / "cat" / "empty.jpg").write_bytes(b"")
+    src = ImageFolderSource(root, 8, on_bad_image="skip", workers=2)
+    with pytest.warns(UserWarning) as record:
+        images, labels = src.read(0, len(src))
+    messages = sorted(str(w.message) for w in record)
+    assert len(messages) == 2 and all(m.startswith("skipped: cannot read image") for m in messages)
+    assert len(src) == 8 and len(images) == 6 and labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert sorted(p.rsplit("/", 1)[1] for p in src.skipped) == ["broken.png", "empty.jpg"]
+
+
+def test_skipped_files_are_recorded_in_the_private_manifest(tmp_path):
+    _folder(tmp_path / "train")
+    _folder(tmp_path / "test")
+    (tmp_path / "train" / "cat" / "zz-broken.png").write_bytes(b"\x89PNG broken")
+    cfg = load_config(None, [
+        "data.source=image-folder", f"data.train_dir={tmp_path / 'train'}",
+        f"data.test_dir={tmp_path / 'test'}", "data.image_size=8", "data.on_bad_image=skip",
+        "encoder.name=pixels", "encoder.options={image_shape: [8, 8, 3]}",
+        f"encoder.cache_dir={tmp_path / 'cache'}"])
+    with pytest.warns(UserWarning, match="zz-broken.png"):
+        train = steps.encode(cfg, "train", progress=False)
+    assert train.count == 6
+    assert train.manifest["provenance"]["skipped_unreadable"][0].endswith("zz-broken.png")
+
+
+def _tar_shards(root, n_shards=2, per_shard=4, size=10, broken=None):
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    for s in range(n_shards):
+        with tarfile.open(root / f"train-{s:06d}.tar", "w") as tar:
+            for i in range(per_shard):
+                key = f"s{s}-{i:03d}"
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                    buf, format="PNG")
+                payload = b"broken" if key == broken else buf.getvalue()
+                for name, data in ((f"{key}.png", payload), (f"{key}.cls", str(i % 3).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return str(root) + "/train-{000000..%06d}.tar" % (n_shards - 1)
+
+
+def test_webdataset_shards_are_indexed_and_read_by_slice(tmp_path):
+    from dpsynth.data.sources import WebDatasetSource
+
+    urls = _tar_shards(tmp_path / "wds")
+    src = WebDatasetSource(urls, 8, ["a", "b", "c"], color="gray")
+    assert len(src) == 8 and src.labels.tolist() == [0, 1, 2, 0] * 2
+    images, labels = src.read(3, 6)  # spans both shards
+    assert images.shape == (3, 8, 8) and labels.tolist() == [0, 0, 1]
+    with pytest.raises(FileNotFoundError, match="not found"):
+        WebDatasetSource(str(tmp_path / "missing-{0..1}.tar"), 8, ["a"])
+
+
+def test_webdataset_bad_images_fail_or_skip(tmp_path):
+    from dpsynth.data.sources import WebDatasetSource
+
+    urls = _tar_shards(tmp_path / "wds", broken="s1-002")
+    with pytest.raises(ValueError, match=r"train-000001.tar:s1-002.png"):
+        WebDatasetSource(urls, 8, ["a", "b", "c"]).read(0, 8)
+    skipping = WebDatasetSource(urls, 8, ["a", "b", "c"], on_bad_image="skip")
+    with pytest.warns(UserWarning, match="s1-002"):
+        images, labels = skipping.read(0, 8)
+    assert len(images) == 7 and len(labels) == 7
+
+
+def test_webdataset_config_runs_through_encode(tmp_path):
+    urls = _tar_shards(tmp_path / "wds")
+    cfg = load_config(None, [
+        "data.source=webdataset", f"data.train_urls={urls}", f"data.test_urls={urls}",
+        "data.image_size=8", "data.color=gray", "data.class_names=[a, b, c]",
+        "encoder.name=pixels", "encoder.options={image_shape: [8, 8]}",
+        f"encoder.cache_dir={tmp_path / 'cache'}", "encoder.shard_rows=3"])
+    es = steps.encode(cfg, "train", progress=False)
+    assert es.count == 8 and es.class_names == ["a", "b", "c"]
+    assert cfg.data.ledger_id() == f"webdataset:{urls}"

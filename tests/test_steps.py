@@ -54,6 +54,21 @@ def test_full_chain_writes_the_documented_outputs(digits, tmp_path):
     images = np.load(decoded / "images.npy")
     assert images.shape[1:] == (8, 8) and images.dtype == np.uint8
     assert (decoded / "grid.png").stat().st_size > 1000
+    import csv
+
+    from PIL import Image
+
+    with open(decoded / "index.csv") as f:
+        index = list(csv.DictReader(f))
+    assert len(index) == len(images) == 40
+    first = index[0]
+    assert np.array_equal(np.asarray(Image.open(decoded / first["file"])), images[0])
+    assert {r["class"] for r in index} == {str(i) for i in range(10)}
+    image_level = steps.evaluate_images(synthetic.path, test.path, config, progress=False)
+    # pixels: decode then re-encode is the identity up to 8-bit rounding, so the image-level
+    # classifier learns the digits like the embedding-level one.
+    assert image_level["image_level_accuracy"] > 0.5
+    assert 0 < image_level["image_level_n"] <= 3000
     metrics = steps.evaluate(synthetic.path, test.path, tmp_path / "eval",
                              settings=config.evaluate, train_dir=train.path,
                              plan_path=plan_path, decoded_dir=decoded, progress=False)

@@ -35,17 +35,26 @@ def _epsilon(value: Any) -> float:
 class DataConfig(_Section):
     """Where the private training images and the public test images come from."""
 
-    source: Literal["fashion-mnist", "digits", "image-folder"] = "fashion-mnist"
+    source: Literal["fashion-mnist", "digits", "image-folder", "webdataset"] = "fashion-mnist"
     #: fashion-mnist: folder with the IDX files (default: Debian's dataset-fashion-mnist).
     root: Path | None = None
     #: image-folder: ``train_dir/<class name>/*.png|jpg`` (private) and the same for test.
     train_dir: Path | None = None
     test_dir: Path | None = None
-    #: image-folder: the public class list, in label order (default: train_dir's folders).
+    #: webdataset: tar shards, brace-expanded ("/data/train-{000000..000099}.tar").
+    train_urls: str | None = None
+    test_urls: str | None = None
+    #: The public class list, in label order (image-folder default: train_dir's folders;
+    #: required for webdataset, whose .cls labels index it).
     class_names: list[str] | None = None
     #: image-folder: images are resized to image_size x image_size.
     image_size: int | None = Field(default=None, ge=8, le=4096)
     color: Literal["gray", "rgb"] = "rgb"
+    #: image-folder: an image that cannot be decoded stops the run ("fail", naming the
+    #: file) or is left out and reported ("skip").
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    #: image-folder: threads decoding image files in parallel.
+    workers: int = Field(default=4, ge=1, le=64)
     #: Use only the first ``limit`` training records (a quick run); selection by position.
     limit: int | None = Field(default=None, ge=1)
     #: The key of the privacy budget ledger (default: derived from the source).
@@ -53,11 +62,11 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _folder_needs_paths(self) -> DataConfig:
-        if self.source == "image-folder":
-            missing = [k for k in ("train_dir", "test_dir", "image_size")
-                       if getattr(self, k) is None]
-            if missing:
-                raise ValueError(f"source 'image-folder' needs {', '.join(missing)}")
+        needs = {"image-folder": ("train_dir", "test_dir", "image_size"),
+                 "webdataset": ("train_urls", "test_urls", "image_size", "class_names")}
+        missing = [k for k in needs.get(self.source, ()) if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"source {self.source!r} needs {', '.join(missing)}")
         return self
 
     def ledger_id(self) -> str:
@@ -66,6 +75,8 @@ class DataConfig(_Section):
             return self.dataset_id
         if self.source == "image-folder":
             return f"image-folder:{Path(self.train_dir).resolve()}"
+        if self.source == "webdataset":
+            return f"webdataset:{self.train_urls}"
         return {"fashion-mnist": "fashion-mnist/train", "digits": "sklearn-digits"}[self.source]
 
 
@@ -160,6 +171,10 @@ class EvaluateConfig(_Section):
     #: Train the same MLP on the real private embeddings as a ceiling. NOT covered by the
     #: DP guarantee: the number is for the data owner and is labelled so everywhere.
     nonprivate_baseline: bool = True
+    #: Also decode synthetic samples, re-encode the images and score an MLP trained on
+    #: them (needs an encoder with a decoder).
+    image_level: bool = False
+    image_level_max: int = Field(default=10000, ge=10)
 
 
 class TrackingConfig(_Section):

@@ -206,6 +206,11 @@ def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
             synthetic.path, test.path, ev_dir, settings=config.evaluate,
             train_dir=train.path if config.evaluate.nonprivate_baseline else None,
             plan_path=plan_path, decoded_dir=decoded, progress=progress)
+        if config.evaluate.image_level:
+            metrics.update(steps.evaluate_images(
+                synthetic.path, test.path, config, max_images=config.evaluate.image_level_max,
+                progress=progress))
+            write_json_atomic(ev_dir / "metrics.json", metrics)
         tracker.log_metrics(rid, _numeric(metrics), what="evaluate metrics")
         tracker.log_artifact(rid, ev_dir, "evaluation")
         outputs.update(metrics=str(ev_dir / "metrics.json"), report=str(ev_dir / "report.html"),
@@ -227,6 +232,9 @@ def summary(result: RunResult) -> str:
         f"  accuracy      : {100 * m['accuracy']:.1f}% (MLP trained only on synthetic data, "
         "real test set)",
     ]
+    if m.get("image_level_accuracy") is not None:
+        lines.append(f"  image level   : {100 * m['image_level_accuracy']:.1f}% (MLP trained on "
+                     f"{m['image_level_n']} decoded, re-encoded synthetic images)")
     if m.get("nonprivate_accuracy") is not None:
         lines.append(f"  non-private   : {100 * m['nonprivate_accuracy']:.1f}% (same MLP on the "
                      "real private data; not covered by the guarantee)")

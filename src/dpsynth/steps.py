@@ -168,6 +168,10 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: 
                 X[offset:offset + len(batch)] = encoder.encode_batch(batch)
                 bar.update(len(batch))
             writer.write_shard(local, X, labels)
+    skipped = getattr(source, "skipped", [])
+    if skipped:
+        # Inside the private boundary (the embedding set is private): which files were left.
+        writer.manifest["provenance"]["skipped_unreadable"] = skipped
     return writer.finish(len(spans))
 
 
@@ -278,9 +282,70 @@ def decode(synthetic_dir: Path, out_dir: Path, *, per_class: int = 10) -> Path |
     out_dir.mkdir(parents=True, exist_ok=True)
     np.save(out_dir / "images.npy", images, allow_pickle=False)
     np.save(out_dir / "labels.npy", y[rows], allow_pickle=False)
+    write_png_index(images, y[rows], synthetic.classes.tolist(), synthetic.class_names,
+                    out_dir)
     save_image_grid(images, y[rows], synthetic.classes.tolist(), synthetic.class_names,
                     per_class, out_dir / "grid.png")
     return out_dir
+
+
+def write_png_index(images: np.ndarray, labels: np.ndarray, classes: list[int],
+                    class_names: list[str], out_dir: Path) -> Path:
+    """``png/<class>/<n>.png`` for every image and ``index.csv`` (file, label, class)."""
+    import csv
+
+    from PIL import Image
+
+    names = dict(zip(classes, class_names, strict=True))
+    rows = []
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        rel = Path("png") / _slug(f"{int(label)}-{names[int(label)]}") / f"{i:06d}.png"
+        (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(out_dir / rel)
+        rows.append((rel.as_posix(), int(label), names[int(label)]))
+    with open(out_dir / "index.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "label", "class"])
+        writer.writerows(rows)
+    return out_dir / "index.csv"
+
+
+def evaluate_images(synthetic_dir: Path, test_dir: Embeddings, config: RunConfig, *,
+                    max_images: int = 10000, progress: bool = True) -> dict[str, Any]:
+    """Image-level utility: decode synthetic samples, re-encode the *images* with the
+    run's encoder, train the same MLP on those embeddings, score on the real test set.
+
+    Post-processing of the DP release (decoder and encoder are public), so it is covered
+    by the guarantee. ``max_images`` bounds the work, balanced over classes.
+    """
+    from dpsynth.decoders import decoder_for
+    from dpsynth.evaluation.mlp import TwoLayerMLP
+
+    synthetic = EmbeddingSet.open(synthetic_dir)
+    test = open_embeddings(test_dir)
+    decoder = decoder_for(synthetic.encoder, **synthetic.manifest.get("encoder_options", {}))
+    if decoder is None:
+        raise StepInputError(f"encoder {synthetic.encoder!r} has no decoder: there are no "
+                             "images to evaluate")
+    encoder = make_encoder(config)
+    if encoder.name != synthetic.encoder:
+        raise StepInputError(f"the run's encoder {encoder.name!r} is not the one that made "
+                             f"the synthetic set ({synthetic.encoder!r})")
+    X, y = synthetic.load()
+    per_class = max(1, max_images // len(synthetic.classes))
+    rows = np.sort(np.concatenate([np.flatnonzero(y == c)[:per_class]
+                                   for c in synthetic.classes]))
+    Z = np.empty((len(rows), encoder.dim), np.float32)
+    batch = config.encoder.batch_size
+    for start in tqdm(range(0, len(rows), batch), disable=not progress, unit="batch",
+                      desc="decode + re-encode"):
+        idx = rows[start:start + batch]
+        Z[start:start + len(idx)] = encoder.encode_batch(decoder.decode(X[idx]))
+    e = config.evaluate
+    Xt, yt = test.load()
+    clf = TwoLayerMLP(hidden=e.hidden, epochs=e.epochs, lr=e.lr, batch_size=e.batch_size,
+                      random_state=e.random_state).fit(Z, y[rows], classes=synthetic.classes)
+    return {"image_level_accuracy": clf.score(Xt, yt), "image_level_n": int(len(rows))}
 
 
 # -------------------------------------------------------------------------- evaluate

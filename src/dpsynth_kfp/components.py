@@ -167,6 +167,7 @@ def define_components() -> dict[str, object]:
                  report: Output[HTML], summary: Output[Markdown]):
         """MLP on synthetic data, scored on the real test set; metrics to the KFP UI and
         to the MLflow run that the plan step charged."""
+        import json
         import shutil
         from pathlib import Path
 
@@ -181,7 +182,12 @@ def define_components() -> dict[str, object]:
             synthetic.path, test.path, out, settings=cfg.evaluate,
             train_dir=[t.path for t in train] if cfg.evaluate.nonprivate_baseline else None,
             plan_path=privacy_plan.path, progress=False)
-        for key in ("accuracy", "nonprivate_accuracy", "frechet_distance_to_test"):
+        if cfg.evaluate.image_level:
+            m.update(steps.evaluate_images(synthetic.path, test.path, cfg, progress=False,
+                                           max_images=cfg.evaluate.image_level_max))
+            (out / "metrics.json").write_text(json.dumps(m, indent=2))
+        for key in ("accuracy", "nonprivate_accuracy", "frechet_distance_to_test",
+                    "image_level_accuracy"):
             if m.get(key) is not None:
                 metrics.log_metric(key, m[key])
         metrics.log_metric("epsilon", float(m["epsilon"]) if m["private"] else -1.0)

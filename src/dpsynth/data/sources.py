@@ -79,12 +79,20 @@ class ImageFolderSource(ImageSource):
     """``root/<class name>/<image>``: one folder per class, in ``class_names`` order.
 
     Images are converted to ``color`` and resized to ``image_size`` squared with PIL
-    (bicubic); both are public preprocessing. A file that cannot be decoded is an error
-    naming the file (a silently skipped record would be a surprise in a private dataset).
+    (bicubic); both are public preprocessing. Files are decoded by ``workers`` threads
+    (PIL releases the GIL while decoding). A file that cannot be decoded is an error naming
+    it (``on_bad_image="fail"``), or is left out, reported by a warning and listed in
+    :attr:`skipped` (``"skip"``); never silently dropped.
     """
 
     def __init__(self, root: str | Path, image_size: int, color: str = "rgb",
-                 class_names: list[str] | None = None, dataset_id: str | None = None) -> None:
+                 class_names: list[str] | None = None, dataset_id: str | None = None,
+                 on_bad_image: str = "fail", workers: int = 4) -> None:
+        if on_bad_image not in ("fail", "skip"):
+            raise ValueError(f"on_bad_image must be 'fail' or 'skip', got {on_bad_image!r}")
+        self.on_bad_image = on_bad_image
+        self.workers = workers
+        self.skipped: list[str] = []
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist")
@@ -117,20 +125,36 @@ class ImageFolderSource(ImageSource):
     def __len__(self) -> int:
         return len(self.files)
 
-    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    def _load(self, path: Path) -> np.ndarray | str:
         from PIL import Image, UnidentifiedImageError
 
         mode = "L" if self.color == "gray" else "RGB"
-        out = []
-        for path in self.files[start:stop]:
-            try:
-                with Image.open(path) as img:
-                    img = img.convert(mode).resize((self.image_size, self.image_size),
-                                                   Image.Resampling.BICUBIC)
-                    out.append(np.asarray(img, dtype=np.uint8))
-            except (UnidentifiedImageError, OSError) as exc:
-                raise ValueError(f"cannot read image {path}: {exc}") from None
-        return np.stack(out), self.labels[start:stop]
+        try:
+            with Image.open(path) as img:
+                img = img.convert(mode).resize((self.image_size, self.image_size),
+                                               Image.Resampling.BICUBIC)
+                return np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            return f"cannot read image {path}: {exc}"
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        import warnings
+        from concurrent.futures import ThreadPoolExecutor
+
+        paths = self.files[start:stop]
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            loaded = list(pool.map(self._load, paths))
+        keep = [i for i, x in enumerate(loaded) if not isinstance(x, str)]
+        for i, x in enumerate(loaded):
+            if isinstance(x, str):
+                if self.on_bad_image == "fail":
+                    raise ValueError(x + " (set data.on_bad_image: skip to leave such "
+                                         "files out)")
+                warnings.warn(f"skipped: {x}", stacklevel=2)
+                self.skipped.append(str(paths[i]))
+        shape = (0, self.image_size, self.image_size) + (() if self.color == "gray" else (3,))
+        images = np.stack([loaded[i] for i in keep]) if keep else np.empty(shape, np.uint8)
+        return images, self.labels[start:stop][keep]
 
     def fingerprint(self) -> dict[str, Any]:
         listing = "\n".join(f"{p.relative_to(self.root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
@@ -138,6 +162,98 @@ class ImageFolderSource(ImageSource):
         return {"root": str(self.root.resolve()), "image_size": self.image_size,
                 "color": self.color, "class_names": list(self.class_names),
                 "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()[:16]}
+
+
+class WebDatasetSource(ImageSource):
+    """WebDataset tar shards (``"/data/train-{000000..000099}.tar"``, brace-expanded as in
+    webdataset): samples are files sharing a key, an image (``.png``/``.jpg``/...) and an
+    integer label (``.cls``). Uncompressed tars are indexed once (member offsets), so a
+    slice of rows reads only its members: encoding resumes and fans out by row ranges,
+    which webdataset's streaming reader does not offer, so only its naming conventions and
+    brace expansion (``braceexpand``) are used. Unreadable images follow ``on_bad_image`` like
+    :class:`ImageFolderSource`; a sample without a label or an image is an error.
+    """
+
+    def __init__(self, urls: str, image_size: int, class_names: list[str], color: str = "rgb",
+                 dataset_id: str | None = None, on_bad_image: str = "fail") -> None:
+        import tarfile
+
+        from braceexpand import braceexpand
+
+        if not class_names:
+            raise ValueError("a WebDataset source needs data.class_names (labels are ints)")
+        self.paths = [Path(p) for p in braceexpand(str(urls))]
+        missing = [str(p) for p in self.paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"WebDataset shards not found: {missing[:5]}")
+        self.image_size, self.color = int(image_size), color
+        self.class_names = tuple(class_names)
+        self.dataset_id = dataset_id or f"webdataset:{urls}"
+        self.on_bad_image = on_bad_image
+        self.skipped: list[str] = []
+        self.samples: list[tuple[int, tarfile.TarInfo]] = []
+        labels = []
+        for shard, path in enumerate(self.paths):
+            with tarfile.open(path, "r:") as tar:
+                members: dict[str, dict[str, tarfile.TarInfo]] = {}
+                for m in tar.getmembers():
+                    if m.isfile():
+                        key, _, ext = m.name.partition(".")
+                        members.setdefault(key, {})[ext.lower()] = m
+                for key in sorted(members):
+                    parts = members[key]
+                    image = next((parts[e] for e in ("png", "jpg", "jpeg", "webp", "bmp")
+                                  if e in parts), None)
+                    if image is None or "cls" not in parts:
+                        raise ValueError(f"{path}: sample {key!r} needs an image and a .cls "
+                                         f"label, has {sorted(parts)}")
+                    label = int(tar.extractfile(parts["cls"]).read().decode().strip())
+                    if not 0 <= label < len(class_names):
+                        raise ValueError(f"{path}: sample {key!r} has label {label}, outside "
+                                         f"the {len(class_names)} class_names")
+                    self.samples.append((shard, image))
+                    labels.append(label)
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        import contextlib
+        import io
+        import tarfile
+        import warnings
+
+        from PIL import Image, UnidentifiedImageError
+
+        mode = "L" if self.color == "gray" else "RGB"
+        out, keep, handles = [], [], {}
+        with contextlib.ExitStack() as stack:
+            for row in range(start, min(stop, len(self.samples))):
+                shard, member = self.samples[row]
+                if shard not in handles:
+                    handles[shard] = stack.enter_context(tarfile.open(self.paths[shard], "r:"))
+                data = handles[shard].extractfile(member).read()
+                try:
+                    with Image.open(io.BytesIO(data)) as img:
+                        out.append(np.asarray(img.convert(mode).resize(
+                            (self.image_size, self.image_size), Image.Resampling.BICUBIC),
+                            dtype=np.uint8))
+                    keep.append(row)
+                except (UnidentifiedImageError, OSError, ValueError) as exc:
+                    where = f"{self.paths[shard]}:{member.name}"
+                    if self.on_bad_image == "fail":
+                        raise ValueError(f"cannot read image {where}: {exc}") from None
+                    warnings.warn(f"skipped: cannot read image {where}: {exc}", stacklevel=2)
+                    self.skipped.append(where)
+        shape = (0, self.image_size, self.image_size) + (() if self.color == "gray" else (3,))
+        images = np.stack(out) if out else np.empty(shape, np.uint8)
+        return images, self.labels[keep]
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"shards": [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                           for p in self.paths], "image_size": self.image_size,
+                "color": self.color, "class_names": list(self.class_names)}
 
 
 def make_source(data_config, split: str) -> ImageSource:
@@ -157,13 +273,24 @@ def make_source(data_config, split: str) -> ImageSource:
                                        full.class_names, f"sklearn-digits/{split}"), limit)
         return ArraySource(data, {"dataset": data.dataset_id, "rows": len(data.labels),
                                   "sha256": _digest(data.images, data.labels)})
+    if data_config.source == "webdataset":
+        urls = data_config.train_urls if split == "train" else data_config.test_urls
+        source = WebDatasetSource(urls, data_config.image_size, data_config.class_names,
+                                  data_config.color,
+                                  dataset_id=f"{data_config.ledger_id()}/{split}",
+                                  on_bad_image=data_config.on_bad_image)
+        if limit is not None and limit < len(source):
+            source.samples, source.labels = source.samples[:limit], source.labels[:limit]
+        return source
     root = data_config.train_dir if split == "train" else data_config.test_dir
     # Test folders use the training class list so that label i means the same class.
     names = data_config.class_names or (
         None if split == "train" else list(ImageFolderSource(
             data_config.train_dir, data_config.image_size).class_names))
     source = ImageFolderSource(root, data_config.image_size, data_config.color, names,
-                               dataset_id=f"{data_config.ledger_id()}/{split}")
+                               dataset_id=f"{data_config.ledger_id()}/{split}",
+                               on_bad_image=data_config.on_bad_image,
+                               workers=data_config.workers)
     if limit is not None and limit < len(source):
         source.files, source.labels = source.files[:limit], source.labels[:limit]
     return source
