@@ -127,7 +127,7 @@ def _tar_shards(root, n_shards=2, per_shard=4, size=10, broken=None):
                     info = tarfile.TarInfo(name)
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-    return str(root) + "/train-{000000..%06d}.tar" % (n_shards - 1)
+    return f"{root}/train-{{000000..{n_shards - 1:06d}}}.tar"
 
 
 def test_webdataset_shards_are_indexed_and_read_by_slice(tmp_path):
