@@ -157,9 +157,14 @@ class SynthesizeConfig(_Section):
 
 
 class DecodeConfig(_Section):
-    #: ``None``: decode whenever the encoder has a decoder.
+    #: ``None``: decode whenever there is a decoder (``decoder`` or one that inverts the
+    #: encoder).
     enabled: bool | None = None
     per_class: int = Field(default=10, ge=1, le=100)
+    #: Decoder registry name (e.g. ``unclip``); ``None``: the one that inverts the encoder.
+    decoder: str | None = None
+    #: Keyword arguments of the decoder (for unclip: model, steps, guidance_scale, ...).
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class EvaluateConfig(_Section):

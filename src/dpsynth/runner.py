@@ -193,7 +193,8 @@ def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
     if config.decode.enabled is not False:
         with _step(tracker, "decode") as rid:
             decoded = steps.decode(synthetic.path, out / "decoded",
-                                   per_class=config.decode.per_class)
+                                   per_class=config.decode.per_class,
+                                   decoder=config.decode.decoder, options=config.decode.options)
             if decoded is None and config.decode.enabled:
                 raise ValueError(f"decode.enabled is true but encoder {synthetic.encoder!r} "
                                  "has no decoder")

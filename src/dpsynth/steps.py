@@ -264,14 +264,25 @@ def synthesize(mixture_dir: Path, out_dir: Path, *, n: int, class_balance: str =
 
 
 # ---------------------------------------------------------------------------- decode
-def decode(synthetic_dir: Path, out_dir: Path, *, per_class: int = 10) -> Path | None:
-    """Decode ``per_class`` synthetic samples per class with the decoder that inverts the
-    set's encoder; ``None`` (and nothing written) when the encoder has none."""
-    from dpsynth.decoders import decoder_for
+def make_decoder(synthetic: EmbeddingSet, decoder: str | None = None,
+                 options: dict[str, Any] | None = None):
+    """The named decoder, or else the one that inverts the set's encoder (or None)."""
+    from dpsynth.decoders import decoder_for, get_decoder
+
+    if decoder:
+        return get_decoder(decoder, **(options or {}))
+    return decoder_for(synthetic.encoder, **synthetic.manifest.get("encoder_options", {}))
+
+
+def decode(synthetic_dir: Path, out_dir: Path, *, per_class: int = 10,
+           decoder: str | None = None, options: dict[str, Any] | None = None) -> Path | None:
+    """Decode ``per_class`` synthetic samples per class with ``decoder`` (registry name and
+    options) or the decoder that inverts the set's encoder; ``None`` (and nothing
+    written) when there is none."""
     from dpsynth.evaluation.plots import save_image_grid
 
     synthetic = EmbeddingSet.open(synthetic_dir)
-    decoder = decoder_for(synthetic.encoder, **synthetic.manifest.get("encoder_options", {}))
+    decoder = make_decoder(synthetic, decoder, options)
     if decoder is None:
         return None
     X, y = synthetic.load()
@@ -318,12 +329,11 @@ def evaluate_images(synthetic_dir: Path, test_dir: Embeddings, config: RunConfig
     Post-processing of the DP release (decoder and encoder are public), so it is covered
     by the guarantee. ``max_images`` bounds the work, balanced over classes.
     """
-    from dpsynth.decoders import decoder_for
     from dpsynth.evaluation.mlp import TwoLayerMLP
 
     synthetic = EmbeddingSet.open(synthetic_dir)
     test = open_embeddings(test_dir)
-    decoder = decoder_for(synthetic.encoder, **synthetic.manifest.get("encoder_options", {}))
+    decoder = make_decoder(synthetic, config.decode.decoder, config.decode.options)
     if decoder is None:
         raise StepInputError(f"encoder {synthetic.encoder!r} has no decoder: there are no "
                              "images to evaluate")

@@ -127,8 +127,9 @@ def define_components() -> dict[str, object]:
         from dpsynth import steps
         from dpsynth.config import load_config
 
-        out = steps.decode(synthetic.path, decoded.path,
-                           per_class=load_config(config.path).decode.per_class)
+        d = load_config(config.path).decode
+        out = steps.decode(synthetic.path, decoded.path, per_class=d.per_class,
+                           decoder=d.decoder, options=d.options)
         if out is None:
             Path(preview.path).write_text("<p>This encoder has no decoder.</p>")
             return

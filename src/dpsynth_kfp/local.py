@@ -19,7 +19,8 @@ def pipeline_arguments(config: RunConfig) -> dict[str, Any]:
 
     decode = config.decode.enabled
     if decode is None:
-        decode = decoder_for(config.encoder.name, **config.encoder.options) is not None
+        decode = bool(config.decode.decoder) or decoder_for(
+            config.encoder.name, **config.encoder.options) is not None
     data = config.data
     return {
         "config_yaml": yaml.safe_dump(config.to_yaml_dict(), sort_keys=False),

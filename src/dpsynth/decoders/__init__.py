@@ -1,6 +1,7 @@
 """Decoders: public maps from embeddings back to images, registered by name."""
 
 from dpsynth.decoders import pixels as _pixels  # noqa: F401  (registers)
+from dpsynth.decoders import unclip as _unclip  # noqa: F401  (registers)
 from dpsynth.decoders.base import (
     Decoder,
     available_decoders,
@@ -9,6 +10,7 @@ from dpsynth.decoders.base import (
     register_decoder,
 )
 from dpsynth.decoders.pixels import PixelDecoder
+from dpsynth.decoders.unclip import DecoderLoadError, UnclipDecoder
 
-__all__ = ["Decoder", "PixelDecoder", "available_decoders", "decoder_for", "get_decoder",
-           "register_decoder"]
+__all__ = ["Decoder", "DecoderLoadError", "PixelDecoder", "UnclipDecoder",
+           "available_decoders", "decoder_for", "get_decoder", "register_decoder"]
