@@ -48,7 +48,8 @@ from dpsynth.synthesizer import DPSynthesizer
 PLAN_FILE = "privacy_plan.json"
 EMBEDDING_INFO = "embedding_info.json"
 #: Bump when an encoder's output changes for the same weights, to invalidate caches.
-ENCODING_VERSION = 1
+#: 2: EfficientNet-Lite0 resizes before repeating grey to RGB (float rounding differs).
+ENCODING_VERSION = 2
 
 
 class StepInputError(ValueError):

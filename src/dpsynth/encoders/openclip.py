@@ -118,13 +118,12 @@ class OpenClipEncoder(Encoder):
         return self._dim
 
     def preprocess(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        x = x.unsqueeze(-1) if x.ndim == 3 else x
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        if x.shape[1] == 1:
+        x = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(self.device)
+        x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        x = F.interpolate(x.float().div_(255.0), size=self.image_size, mode="bicubic",
+                          align_corners=False, antialias=True).clamp_(0, 1)
+        if x.shape[1] == 1:  # grey: resized once, then repeated to RGB
             x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False,
-                          antialias=True).clamp_(0, 1)
         x = (x - self._mean) / self._std
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
