@@ -14,7 +14,8 @@ CONFIGS = sorted(Path("configs").glob("*.yaml"))
 
 def test_there_are_configs():
     names = {p.name for p in CONFIGS}
-    assert {"fashion-mnist.yaml", "fashion-mnist-pixels.yaml", "digits-quick.yaml"} <= names
+    assert {"fashion-mnist.yaml", "fashion-mnist-pixels.yaml", "digits-quick.yaml",
+            "clip-unclip.example.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

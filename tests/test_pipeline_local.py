@@ -85,7 +85,7 @@ def flipped_pixels_encode(config: Input[Artifact], split: str, part: int, parts:
 
 @SEEDED
 def test_a_custom_encoder_component_replaces_the_built_in(tmp_path):
-    config = _config(tmp_path, "swap")
+    config = _config(tmp_path, "swap", "evaluate.image_level=false")  # no decoder for it
     result = run_pipeline_locally(config, tmp_path / "kfp", encode_parts=2,
                                   components={"encode": flipped_pixels_encode})
     synthetic = EmbeddingSet.open(result["run_dir"] / "synthesize" / "synthetic")

@@ -227,3 +227,11 @@ def test_cli_refuses_invalid_privacy_before_any_work(tmp_path, override, message
     result = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "o"), "--set", override])
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_decoding_without_a_decoder_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(steps, "encode", lambda *a, **k: pytest.fail("data was read"))
+    config = load_config(None, ["evaluate.image_level=true", "tracking.uri=sqlite:///x.db"])
+    with pytest.raises(steps.StepInputError, match="evaluate.image_level need a decoder"):
+        runner.run(config, tmp_path / "out", progress=False, echo=lambda _: None)
+    assert not (tmp_path / "out").exists()

@@ -68,6 +68,7 @@ def charge_run(config: RunConfig, out_dir: Path, *,
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"--out {out_dir} exists and is not a directory")
     plan = steps.make_plan(config)
+    _check_decoding(config)
     dataset_id = config.data.ledger_id()
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -97,6 +98,19 @@ def charge_run(config: RunConfig, out_dir: Path, *,
     for name in ("config.yaml", "privacy_ledger.json", steps.PLAN_FILE):
         tracker.log_artifact(run_id, out_dir / name)
     return ChargedRun(tracker, run_id, budget, plan_path)
+
+
+def _check_decoding(config: RunConfig) -> None:
+    """A run that must decode needs a decoder: say so before any work is done."""
+    from dpsynth.decoders import decoder_for
+
+    wants = [k for k, on in (("decode.enabled", config.decode.enabled is True),
+                             ("evaluate.image_level", config.evaluate.image_level)) if on]
+    if wants and not config.decode.decoder and decoder_for(
+            config.encoder.name, **config.encoder.options) is None:
+        raise steps.StepInputError(
+            f"{' and '.join(wants)} need a decoder, and encoder {config.encoder.name!r} has "
+            "none that inverts it: set decode.decoder (e.g. unclip) or turn them off")
 
 
 def finish_run(tracker: Tracker, run_id: str, metrics: dict[str, Any] | None,

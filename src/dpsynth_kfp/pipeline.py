@@ -53,8 +53,8 @@ def _on_cluster(task, step: str, settings: ClusterSettings):
     if settings.model_cache_pvc and step in GPU_STEPS:
         kubernetes.mount_pvc(task, pvc_name=settings.model_cache_pvc,
                              mount_path=settings.model_cache_mount)
-        for var, sub in (("DPSYNTH_CACHE_DIR", "embeddings"), ("HF_HOME", "huggingface"),
-                         ("TORCH_HOME", "torch")):
+        for var, sub in (("DPSYNTH_CACHE_DIR", "embeddings"), ("DPSYNTH_MODEL_CACHE", "models"),
+                         ("HF_HOME", "huggingface"), ("TORCH_HOME", "torch")):
             task.set_env_variable(var, f"{settings.model_cache_mount}/{sub}")
     if step in GPU_STEPS:
         if settings.accelerator_type:
