@@ -44,8 +44,8 @@ def plugin_entry_points(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "entry_points",
                         lambda group=None: declared.get(group, []))
     yield
-    encoder_base._REGISTRY.pop("row-means", None)
-    decoder_base._REGISTRY.pop("pixels-again", None)
+    encoder_base.ENCODERS.unregister("row-means")
+    decoder_base.DECODERS.unregister("pixels-again")
 
 
 def test_an_encoder_declared_by_entry_point_is_found_by_name(plugin_entry_points):
@@ -112,7 +112,7 @@ def test_a_clusterer_declared_by_entry_point_places_the_components(monkeypatch):
                                               "dpsynth.clusterers")]
     monkeypatch.setattr(importlib.metadata, "entry_points",
                         lambda group=None: declared if group == "dpsynth.clusterers" else [])
-    monkeypatch.delitem(registry._REGISTRY, "offsets", raising=False)
+    registry.CLUSTERERS.unregister("offsets")
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 500)
     X = rng.normal(size=(1000, 6)) + 3 * np.eye(6)[y]
@@ -124,6 +124,6 @@ def test_a_clusterer_declared_by_entry_point_places_the_components(monkeypatch):
     assert {"component_counts", "component_sums"} <= names
     assert isinstance(synth.clusterer_, OffsetClusterer)
     assert len(synth.mixture_.component_class) == 4
-    registry._REGISTRY.pop("offsets", None)
+    registry.CLUSTERERS.unregister("offsets")
     with pytest.raises(ValueError, match="unknown clusterer 'nope'"):
         DPSynthesizer(1.0, 1e-5, components_per_class=2, clusterer="nope").make_plan(6)

@@ -14,7 +14,7 @@ import torch
 from dpsynth import steps
 from dpsynth.config import load_config
 from dpsynth.decoders import DecoderLoadError, UnclipDecoder, get_decoder
-from dpsynth.decoders.base import _REGISTRY, register_decoder
+from dpsynth.decoders.base import DECODERS, register_decoder
 
 EMBED = 32  # open_clip tiny embed_dim == unCLIP image embedding size
 
@@ -154,4 +154,4 @@ def test_a_ready_pipeline_object_can_be_registered_under_a_name(tmp_path):
             np.zeros((1, EMBED), np.float32))
         assert out.shape == (1, 16, 16, 3)
     finally:
-        _REGISTRY.pop("unclip-test")
+        DECODERS.unregister("unclip-test")

@@ -97,33 +97,34 @@ class EncoderConfig(_Section):
     cache_dir: Path = Field(default_factory=default_cache_dir)
 
 
-class BudgetConfig(_Section):
+class _EpsilonDelta(_Section):
+    """An (epsilon, delta) pair: ``inf`` accepted for epsilon, refused (never clamped)
+    when invalid."""
+
+    epsilon: float
+    delta: float
+
+    _parse_eps = field_validator("epsilon", mode="before")(_epsilon)
+
+    @model_validator(mode="after")
+    def _valid(self) -> _EpsilonDelta:
+        validate_epsilon_delta(self.epsilon, self.delta)
+        return self
+
+
+class BudgetConfig(_EpsilonDelta):
     """Lifetime (epsilon, delta) of a dataset across all runs recorded in the ledger."""
 
     epsilon: float = 10.0
     delta: float = 1e-4
 
-    _parse_eps = field_validator("epsilon", mode="before")(_epsilon)
 
-    @model_validator(mode="after")
-    def _valid(self) -> BudgetConfig:
-        validate_epsilon_delta(self.epsilon, self.delta)
-        return self
-
-
-class PrivacyConfig(_Section):
+class PrivacyConfig(_EpsilonDelta):
     epsilon: float = 1.0
     delta: float = 1e-5
     #: Test only: seeds the DP noise and marks every output NOT private.
     noise_seed: int | None = None
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
-
-    _parse_eps = field_validator("epsilon", mode="before")(_epsilon)
-
-    @model_validator(mode="after")
-    def _valid(self) -> PrivacyConfig:
-        validate_epsilon_delta(self.epsilon, self.delta)
-        return self
 
 
 class ModelConfig(_Section):

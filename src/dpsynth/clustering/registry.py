@@ -16,37 +16,9 @@ the ``dpsynth.clusterers`` entry point group (``name = "package.module:Class"``)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from dpsynth.registry import Registry
 
-_REGISTRY: dict[str, Any] = {}
-
-
-def register_clusterer(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def _load_plugins() -> None:
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="dpsynth.clusterers"):
-        if ep.name not in _REGISTRY:
-            _REGISTRY[ep.name] = ep.load()
-
-
-def available_clusterers() -> list[str]:
-    _load_plugins()
-    return sorted(_REGISTRY)
-
-
-def get_clusterer(name: str) -> Any:
-    if name not in _REGISTRY:
-        _load_plugins()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown clusterer {name!r}; available: "
-                       f"{', '.join(available_clusterers())}")
-    return _REGISTRY[name]
+CLUSTERERS = Registry("clusterer", "dpsynth.clusterers")
+register_clusterer = CLUSTERERS.register
+available_clusterers = CLUSTERERS.names
+get_clusterer = CLUSTERERS.get

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from dpsynth.registry import Registry
+
 
 class Decoder(ABC):
     name: str = ""
@@ -22,7 +24,8 @@ class Decoder(ABC):
         """(n, dim) embeddings -> (n, H, W) or (n, H, W, 3) uint8 images."""
 
 
-_REGISTRY: dict[str, Callable[..., Decoder]] = {}
+DECODERS = Registry("decoder", "dpsynth.decoders")
+available_decoders = DECODERS.names
 #: encoder name -> decoder name that inverts it (options are passed through).
 _FOR_ENCODER: dict[str, str] = {}
 
@@ -30,37 +33,13 @@ _FOR_ENCODER: dict[str, str] = {}
 def register_decoder(name: str, *, inverts: str | None = None
                      ) -> Callable[[Callable[..., Decoder]], Callable[..., Decoder]]:
     """Decorator: register a decoder factory; ``inverts`` names the encoder it inverts."""
-
-    def deco(factory: Callable[..., Decoder]) -> Callable[..., Decoder]:
-        _REGISTRY[name] = factory
-        if inverts:
-            _FOR_ENCODER[inverts] = name
-        return factory
-
-    return deco
-
-
-def _load_plugins() -> None:
-    """Decoders other packages declare in the ``dpsynth.decoders`` entry point group:
-    ``name = "package.module:factory"``, registered on first lookup."""
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="dpsynth.decoders"):
-        if ep.name not in _REGISTRY:
-            _REGISTRY[ep.name] = ep.load()
-
-
-def available_decoders() -> list[str]:
-    _load_plugins()
-    return sorted(_REGISTRY)
+    if inverts:
+        _FOR_ENCODER[inverts] = name
+    return DECODERS.register(name)
 
 
 def get_decoder(name: str, **kwargs: Any) -> Decoder:
-    if name not in _REGISTRY:
-        _load_plugins()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown decoder {name!r}; available: {', '.join(available_decoders())}")
-    return _REGISTRY[name](**kwargs)
+    return DECODERS.get(name)(**kwargs)
 
 
 def decoder_for(encoder_name: str, **encoder_options: Any) -> Decoder | None:

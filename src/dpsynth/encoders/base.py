@@ -7,10 +7,12 @@ set, so encoding is a per-record transform, not a release.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from dpsynth.registry import Registry
 
 
 class Encoder(ABC):
@@ -56,42 +58,20 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
-_REGISTRY: dict[str, Callable[..., Encoder]] = {}
-
-
-def register_encoder(name: str) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:
-    """Decorator: make an encoder factory available to :func:`get_encoder` by ``name``."""
-
-    def deco(factory: Callable[..., Encoder]) -> Callable[..., Encoder]:
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
-def _load_plugins() -> None:
-    """Encoders other packages declare in the ``dpsynth.encoders`` entry point group:
-    ``name = "package.module:factory"``, registered on first lookup."""
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="dpsynth.encoders"):
-        if ep.name not in _REGISTRY:
-            _REGISTRY[ep.name] = ep.load()
-
-
-def available_encoders() -> list[str]:
-    _load_plugins()
-    return sorted(_REGISTRY)
+ENCODERS = Registry("encoder", "dpsynth.encoders")
+#: Decorator: make an encoder factory available to :func:`get_encoder` by name.
+register_encoder = ENCODERS.register
+available_encoders = ENCODERS.names
 
 
 def get_encoder(name: str, **kwargs) -> Encoder:
-    """Build the encoder registered under ``name``."""
-    if name not in _REGISTRY:
-        _load_plugins()
+    """Build the encoder registered under ``name``.
+
+    Parametrised names call the prefix's factory with the rest as ``spec``:
+    ``"open_clip:ViT-H-14:laion2b_s32b_b79k"`` -> ``open_clip`` factory, spec
+    ``"ViT-H-14:laion2b_s32b_b79k"``.
+    """
     prefix, sep, spec = name.partition(":")
-    if name not in _REGISTRY and sep and prefix in _REGISTRY:
-        # Parametrised names: "open_clip:ViT-H-14:laion2b_s32b_b79k" -> factory(spec=...).
-        return _REGISTRY[prefix](spec=spec, **kwargs)
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown encoder {name!r}; available: {', '.join(available_encoders())}")
-    return _REGISTRY[name](**kwargs)
+    if sep and name not in ENCODERS and prefix in ENCODERS.names():
+        return ENCODERS.get(prefix)(spec=spec, **kwargs)
+    return ENCODERS.get(name)(**kwargs)
