@@ -97,10 +97,21 @@ def test_a_custom_encoder_component_replaces_the_built_in(tmp_path):
 
 
 def test_the_plan_step_refuses_an_exhausted_budget_before_any_encode(tmp_path):
-    config = _config(tmp_path, "refuse", "privacy.budget.epsilon=1")
-    with pytest.raises(RuntimeError):
-        run_pipeline_locally(config, tmp_path / "kfp", encode_parts=2)
+    """Through the CLI: `dpsynth pipeline run-local` fails with a clear error, and no
+    encode task ever ran."""
+    from typer.testing import CliRunner
+
+    from dpsynth.cli import app
+
+    result = CliRunner().invoke(app, [
+        "pipeline", "run-local", "--config", "configs/digits-quick.yaml",
+        "--pipeline-root", str(tmp_path / "kfp"), "--encode-parts", "2",
+        "--set", f"encoder.cache_dir={tmp_path / 'cache'}",
+        "--set", "privacy.budget.epsilon=1", "--set", "data.dataset_id=digits-refuse"])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "Inner task failed" in result.output
     run_dirs = [p for p in (tmp_path / "kfp").iterdir() if p.is_dir()]
     assert run_dirs
     tasks = {p.name for d in run_dirs for p in d.iterdir()}
+    assert "plan" in tasks
     assert not any(name.startswith(("encode", "for-loop")) for name in tasks), tasks

@@ -64,7 +64,10 @@ def run_local(
         cfg = load_config(config, set_ or [])
     except ConfigError as exc:
         _fail(str(exc))
-    result = run_pipeline_locally(cfg, pipeline_root, encode_parts=encode_parts)
+    try:
+        result = run_pipeline_locally(cfg, pipeline_root, encode_parts=encode_parts)
+    except RuntimeError as exc:  # kfp.local: a task failed; its log is printed above
+        _fail(f"{exc} (each task's log is above; outputs under {pipeline_root})")
     typer.echo(json.dumps({k: result["metrics"][k] for k in
                            ("accuracy", "nonprivate_accuracy", "epsilon", "delta")}, indent=2))
     typer.echo(f"outputs under {result['run_dir']}")
