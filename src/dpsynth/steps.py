@@ -164,10 +164,7 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: 
             if writer.has_shard(local):
                 continue
             images, labels = source.read(start, stop)
-            X = np.empty((len(images), encoder.dim), dtype=np.float32)
-            for offset, batch in encoder.batches(images, config.encoder.batch_size):
-                X[offset:offset + len(batch)] = encoder.encode_batch(batch)
-                bar.update(len(batch))
+            X = encoder.encode(images, config.encoder.batch_size, on_batch=bar.update)
             writer.write_shard(local, X, labels)
     skipped = getattr(source, "skipped", [])
     if skipped:
@@ -287,8 +284,7 @@ def decode(synthetic_dir: Path, out_dir: Path, *, per_class: int = 10,
     if decoder is None:
         return None
     X, y = synthetic.load()
-    rows = np.concatenate([np.flatnonzero(y == c)[:per_class] for c in synthetic.classes])
-    rows = np.sort(rows)
+    rows = _first_per_class(y, synthetic.classes, per_class)
     images = decoder.decode(X[rows])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -299,6 +295,17 @@ def decode(synthetic_dir: Path, out_dir: Path, *, per_class: int = 10,
     save_image_grid(images, y[rows], synthetic.classes.tolist(), synthetic.class_names,
                     per_class, out_dir / "grid.png")
     return out_dir
+
+
+def _first_per_class(y: np.ndarray, classes: np.ndarray, per_class: int) -> np.ndarray:
+    """Row indices of the first ``per_class`` records of every class, in row order."""
+    return np.sort(np.concatenate([np.flatnonzero(y == c)[:per_class] for c in classes]))
+
+
+def _mlp_params(settings: EvaluateConfig) -> dict[str, Any]:
+    """The evaluation MLP's settings, the same for every model a run trains."""
+    return {"hidden": settings.hidden, "epochs": settings.epochs, "lr": settings.lr,
+            "batch_size": settings.batch_size, "random_state": settings.random_state}
 
 
 def write_png_index(images: np.ndarray, labels: np.ndarray, classes: list[int],
@@ -343,19 +350,16 @@ def evaluate_images(synthetic_dir: Path, test_dir: Embeddings, config: RunConfig
         raise StepInputError(f"the run's encoder {encoder.name!r} is not the one that made "
                              f"the synthetic set ({synthetic.encoder!r})")
     X, y = synthetic.load()
-    per_class = max(1, max_images // len(synthetic.classes))
-    rows = np.sort(np.concatenate([np.flatnonzero(y == c)[:per_class]
-                                   for c in synthetic.classes]))
+    rows = _first_per_class(y, synthetic.classes, max(1, max_images // len(synthetic.classes)))
     Z = np.empty((len(rows), encoder.dim), np.float32)
     batch = config.encoder.batch_size
     for start in tqdm(range(0, len(rows), batch), disable=not progress, unit="batch",
                       desc="decode + re-encode"):
         idx = rows[start:start + batch]
         Z[start:start + len(idx)] = encoder.encode_batch(decoder.decode(X[idx]))
-    e = config.evaluate
     Xt, yt = test.load()
-    clf = TwoLayerMLP(hidden=e.hidden, epochs=e.epochs, lr=e.lr, batch_size=e.batch_size,
-                      random_state=e.random_state).fit(Z, y[rows], classes=synthetic.classes)
+    clf = TwoLayerMLP(**_mlp_params(config.evaluate)).fit(Z, y[rows],
+                                                          classes=synthetic.classes)
     return {"image_level_accuracy": clf.score(Xt, yt), "image_level_n": int(len(rows))}
 
 
@@ -388,8 +392,7 @@ def evaluate(synthetic_dir: Path, test_dir: Embeddings, out_dir: Path, *,
     if test.manifest.get("synthetic"):
         raise StepInputError(f"{test_dir} is synthetic; evaluate needs real test embeddings")
     classes = synthetic.classes
-    mlp = {"hidden": settings.hidden, "epochs": settings.epochs, "lr": settings.lr,
-           "batch_size": settings.batch_size, "random_state": settings.random_state}
+    mlp = _mlp_params(settings)
     Xs, ys = synthetic.load()
     Xt, yt = test.load()
     stages = ["MLP on synthetic"] + (["MLP on real (non-private)"] if train_dir else [])

@@ -179,12 +179,6 @@ class Tracker:
         items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
         self._call(what, self._client.log_batch, run_id or self.run_id, metrics=items)
 
-    def set_tags(self, run_id: str | None, tags: dict[str, str], what: str = "tags") -> None:
-        from mlflow.entities import RunTag
-
-        self._call(what, self._client.log_batch, run_id or self.run_id,
-                   tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
     def log_artifact(self, run_id: str | None, path: Path, artifact_path: str | None = None
                      ) -> None:
         path = Path(path)

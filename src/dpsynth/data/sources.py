@@ -22,6 +22,41 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 DIGITS_SPLIT_SEED = 0
 
 
+def decode_image(file: Any, image_size: int, color: str, where: str) -> np.ndarray | str:
+    """One image file (a path or a binary file object) as uint8, converted to ``color``
+    and resized to ``image_size`` squared (bicubic); or the reason it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as img:
+            img = img.convert("L" if color == "gray" else "RGB").resize(
+                (image_size, image_size), Image.Resampling.BICUBIC)
+            return np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        return f"cannot read image {where}: {exc}"
+
+
+def keep_readable(decoded: list[np.ndarray | str], wheres: list[str], labels: np.ndarray,
+                  image_size: int, color: str, on_bad_image: str, skipped: list[str]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Stack the images that decoded. An unreadable one stops the read (``"fail"``) or is
+    left out, warned about and appended to ``skipped`` (``"skip"``)."""
+    import warnings
+
+    keep = []
+    for i, x in enumerate(decoded):
+        if not isinstance(x, str):
+            keep.append(i)
+        elif on_bad_image == "fail":
+            raise ValueError(x + " (set data.on_bad_image: skip to leave such files out)")
+        else:
+            warnings.warn(f"skipped: {x}", stacklevel=3)
+            skipped.append(wheres[i])
+    shape = (0, image_size, image_size) + (() if color == "gray" else (3,))
+    images = np.stack([decoded[i] for i in keep]) if keep else np.empty(shape, np.uint8)
+    return images, labels[keep]
+
+
 class ImageSource(ABC):
     dataset_id: str
     class_names: tuple[str, ...]
@@ -125,36 +160,16 @@ class ImageFolderSource(ImageSource):
     def __len__(self) -> int:
         return len(self.files)
 
-    def _load(self, path: Path) -> np.ndarray | str:
-        from PIL import Image, UnidentifiedImageError
-
-        mode = "L" if self.color == "gray" else "RGB"
-        try:
-            with Image.open(path) as img:
-                img = img.convert(mode).resize((self.image_size, self.image_size),
-                                               Image.Resampling.BICUBIC)
-                return np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            return f"cannot read image {path}: {exc}"
-
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        import warnings
         from concurrent.futures import ThreadPoolExecutor
 
         paths = self.files[start:stop]
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            loaded = list(pool.map(self._load, paths))
-        keep = [i for i, x in enumerate(loaded) if not isinstance(x, str)]
-        for i, x in enumerate(loaded):
-            if isinstance(x, str):
-                if self.on_bad_image == "fail":
-                    raise ValueError(x + " (set data.on_bad_image: skip to leave such "
-                                         "files out)")
-                warnings.warn(f"skipped: {x}", stacklevel=2)
-                self.skipped.append(str(paths[i]))
-        shape = (0, self.image_size, self.image_size) + (() if self.color == "gray" else (3,))
-        images = np.stack([loaded[i] for i in keep]) if keep else np.empty(shape, np.uint8)
-        return images, self.labels[start:stop][keep]
+            decoded = list(pool.map(
+                lambda path: decode_image(path, self.image_size, self.color, str(path)),
+                paths))
+        return keep_readable(decoded, [str(p) for p in paths], self.labels[start:stop],
+                             self.image_size, self.color, self.on_bad_image, self.skipped)
 
     def fingerprint(self) -> dict[str, Any]:
         listing = "\n".join(f"{p.relative_to(self.root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
@@ -222,33 +237,21 @@ class WebDatasetSource(ImageSource):
         import contextlib
         import io
         import tarfile
-        import warnings
 
-        from PIL import Image, UnidentifiedImageError
-
-        mode = "L" if self.color == "gray" else "RGB"
-        out, keep, handles = [], [], {}
+        rows = range(start, min(stop, len(self.samples)))
+        decoded, wheres, handles = [], [], {}
         with contextlib.ExitStack() as stack:
-            for row in range(start, min(stop, len(self.samples))):
+            for row in rows:
                 shard, member = self.samples[row]
                 if shard not in handles:
                     handles[shard] = stack.enter_context(tarfile.open(self.paths[shard], "r:"))
+                where = f"{self.paths[shard]}:{member.name}"
                 data = handles[shard].extractfile(member).read()
-                try:
-                    with Image.open(io.BytesIO(data)) as img:
-                        out.append(np.asarray(img.convert(mode).resize(
-                            (self.image_size, self.image_size), Image.Resampling.BICUBIC),
-                            dtype=np.uint8))
-                    keep.append(row)
-                except (UnidentifiedImageError, OSError, ValueError) as exc:
-                    where = f"{self.paths[shard]}:{member.name}"
-                    if self.on_bad_image == "fail":
-                        raise ValueError(f"cannot read image {where}: {exc}") from None
-                    warnings.warn(f"skipped: cannot read image {where}: {exc}", stacklevel=2)
-                    self.skipped.append(where)
-        shape = (0, self.image_size, self.image_size) + (() if self.color == "gray" else (3,))
-        images = np.stack(out) if out else np.empty(shape, np.uint8)
-        return images, self.labels[keep]
+                decoded.append(decode_image(io.BytesIO(data), self.image_size, self.color,
+                                            where))
+                wheres.append(where)
+        return keep_readable(decoded, wheres, self.labels[rows.start:rows.stop],
+                             self.image_size, self.color, self.on_bad_image, self.skipped)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"shards": [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}"

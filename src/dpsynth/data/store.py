@@ -49,8 +49,39 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+class _ManifestView:
+    """What a set says about itself, read from its ``manifest`` (a single set's, or the
+    merged manifest of several parts)."""
+
+    manifest: dict[str, Any]
+
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def classes(self) -> np.ndarray:
+        return np.asarray(self.manifest["classes"], dtype=np.int64)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    @property
+    def encoder(self) -> str:
+        return str(self.manifest["encoder"])
+
+    @property
+    def normalized(self) -> bool:
+        return bool(self.manifest["normalized"])
+
+
 @dataclass(frozen=True)
-class EmbeddingSet:
+class EmbeddingSet(_ManifestView):
     """A complete EmbeddingSet opened for reading (shards memory-mapped on access).
 
     ``manifest`` fields: ``format``, ``format_version``, ``encoder`` (registry name) and
@@ -83,30 +114,6 @@ class EmbeddingSet:
                                     f"{manifest['count']}")
         return cls(path, manifest)
 
-    @property
-    def count(self) -> int:
-        return int(self.manifest["count"])
-
-    @property
-    def dim(self) -> int:
-        return int(self.manifest["dim"])
-
-    @property
-    def classes(self) -> np.ndarray:
-        return np.asarray(self.manifest["classes"], dtype=np.int64)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.manifest["class_names"])
-
-    @property
-    def encoder(self) -> str:
-        return str(self.manifest["encoder"])
-
-    @property
-    def normalized(self) -> bool:
-        return bool(self.manifest["normalized"])
-
     def shards(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Every shard as memory-mapped (embeddings, labels), checked against the manifest."""
         out = []
@@ -138,7 +145,7 @@ _SAME_IN_EVERY_PART = ("encoder", "encoder_options", "dim", "dtype", "normalized
 
 
 @dataclass(frozen=True)
-class EmbeddingParts:
+class EmbeddingParts(_ManifestView):
     """Several EmbeddingSets that together are one split (a fanned-out encode), read as one:
     the shards of every part in order. Same interface as :class:`EmbeddingSet`."""
 
@@ -161,17 +168,7 @@ class EmbeddingParts:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        return {**self.parts[0].manifest, "count": self.count}
-
-    @property
-    def count(self) -> int:
-        return sum(p.count for p in self.parts)
-
-    dim = property(lambda self: self.parts[0].dim)
-    classes = property(lambda self: self.parts[0].classes)
-    class_names = property(lambda self: self.parts[0].class_names)
-    encoder = property(lambda self: self.parts[0].encoder)
-    normalized = property(lambda self: self.parts[0].normalized)
+        return {**self.parts[0].manifest, "count": sum(p.count for p in self.parts)}
 
     def shards(self) -> list[tuple[np.ndarray, np.ndarray]]:
         return [shard for part in self.parts for shard in part.shards()]

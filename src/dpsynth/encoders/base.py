@@ -7,7 +7,7 @@ set, so encoding is a per-record transform, not a release.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -32,15 +32,18 @@ class Encoder(ABC):
     def encode_batch(self, images: np.ndarray) -> np.ndarray:
         """Encode one batch; the whole batch fits in memory."""
 
-    def encode(self, images: np.ndarray, batch_size: int = 256,
-               progress: bool = False) -> np.ndarray:
-        """Encode all images in batches (optionally with a progress bar)."""
+    def encode(self, images: np.ndarray, batch_size: int = 256, progress: bool = False,
+               on_batch: Callable[[int], object] | None = None) -> np.ndarray:
+        """Encode all images in batches, optionally with a progress bar of its own or an
+        ``on_batch(n_images)`` callback (e.g. a caller's progress bar)."""
         images = _check_images(images)
         out = np.empty((len(images), self.dim), dtype=np.float32)
         for start, batch in tqdm(self.batches(images, batch_size), disable=not progress,
                                  total=-(-len(images) // batch_size), desc=f"encode {self.name}",
                                  unit="batch"):
             out[start : start + len(batch)] = self.encode_batch(batch)
+            if on_batch is not None:
+                on_batch(len(batch))
         return out
 
     @staticmethod
