@@ -55,8 +55,45 @@ def run_time_table() -> str:
     return "\n".join(lines)
 
 
+def oracle_bound_table() -> str:
+    data = json.loads((RESULTS / "oracle_bound.json").read_text())
+    summary = data["summary"]
+    eps = list(dict.fromkeys(str(r["epsilon"]) for r in summary))
+    cell = {(r["method"], str(r["epsilon"])): r for r in summary}
+    lines = ["| method | " + " | ".join(f"eps={e}" for e in eps) + " |",
+             "|---|" + "---|" * len(eps)]
+    for m in dict.fromkeys(r["method"] for r in summary):
+        cells = []
+        for e in eps:
+            r = cell[(m, e)]
+            spread = f" ({100 * r['min']:.1f}-{100 * r['max']:.1f})" if r["min"] != r["max"] else ""
+            cells.append(f"{100 * r['accuracy']:.1f}{spread}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    dpsgd = [f"{100 * cell[(summary[0]['method'], e)]['dp_sgd']:.1f}"
+             if cell[(summary[0]["method"], e)]["dp_sgd"] is not None else "-" for e in eps]
+    lines.append("| dp-sgd (utility.json) | " + " | ".join(dpsgd) + " |")
+    return "\n".join(lines)
+
+
+def covariance_variants_table() -> str:
+    data = json.loads((RESULTS / "covariance_variants.json").read_text())
+    rows = data["rows"]
+    eps = list(dict.fromkeys(str(r["epsilon"]) for r in rows))
+    lines = ["| method | " + " | ".join(f"eps={e}" for e in eps) + " |",
+             "|---|" + "---|" * len(eps)]
+    for m in dict.fromkeys(r["method"] for r in rows):
+        cells = []
+        for e in eps:
+            accs = [r["val_accuracy"] for r in rows
+                    if r["method"] == m and str(r["epsilon"]) == e]
+            cells.append(" / ".join(f"{100 * a:.1f}" for a in accs) if accs else "-")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     for name, fn in (("utility", utility_table), ("scale", scale_table),
-                     ("run_time", run_time_table)):
+                     ("run_time", run_time_table), ("oracle_bound", oracle_bound_table),
+                     ("covariance_variants", covariance_variants_table)):
         if (RESULTS / f"{name}.json").exists():
             print(f"## {name}\n\n{fn()}\n")
