@@ -165,6 +165,49 @@ def test_ledger_is_shared_across_experiments_and_refuses_before_reading(
     assert third.budget.previous_runs == 1 and 4 < third.budget.total < 5.5
 
 
+def test_a_concurrent_charge_between_check_and_charge_is_caught_and_refunded(
+        server, cache, tmp_path, monkeypatch):
+    """Two runs pass the check together; the one that re-checks and finds the sum over
+    budget withdraws its charge and refuses before reading anything."""
+    from dpsynth.privacy.ledger import LedgerEntry
+    from dpsynth.tracking import Tracker
+
+    dataset = f"digits-race-{uuid.uuid4().hex[:8]}"
+    common = [f"tracking.uri={server.uri}", f"data.dataset_id={dataset}",
+              "privacy.epsilon=4", "privacy.budget.epsilon=5.5", "privacy.budget.delta=1e-5"]
+    config = _config(cache, *common, "tracking.experiment=race")
+    real_start_run = Tracker.start_run
+    rival_ids = []
+
+    def start_run_after_a_rival_charged(self, name, tags, ledger_entry=None):
+        if not rival_ids:  # the rival passed its check too, and charges first
+            rival = Tracker(server.uri, "race-rival").open()
+            rival_entry = LedgerEntry.from_plan(steps.make_plan(config), dataset)
+            rival_ids.append(real_start_run(rival, "rival", {}, ledger_entry=rival_entry))
+        return real_start_run(self, name, tags, ledger_entry=ledger_entry)
+
+    monkeypatch.setattr(Tracker, "start_run", start_run_after_a_rival_charged)
+    monkeypatch.setattr(steps, "encode", lambda *a, **k: pytest.fail("data was read"))
+    out = tmp_path / "out"
+    with pytest.raises(BudgetExceededError, match="another run charged this dataset") as info:
+        runner.run(config, out, progress=False, echo=lambda _: None)
+    assert "spent eps = 4" in str(info.value) and "could not be withdrawn" not in str(info.value)
+    assert not out.exists() or not any(out.iterdir())
+
+    ledger = Tracker(server.uri, "race-check").open().ledger_entries(dataset)
+    assert [e.run_id for e in ledger] == rival_ids  # this run's charge was refunded
+    client = MlflowClient(server.uri)
+    mine = client.search_runs([client.get_experiment_by_name("race").experiment_id])
+    assert len(mine) == 1 and mine[0].info.status == "FAILED"
+    assert "another run" in mine[0].data.tags["dpsynth.ledger.withdrawn"]
+
+    # The refund is real: a request that fits next to the rival's eps = 4 still runs.
+    monkeypatch.undo()
+    after = runner.run(_config(cache, *common, "privacy.epsilon=1", "tracking.experiment=c"),
+                       tmp_path / "after", progress=False, echo=lambda _: None)
+    assert after.budget.previous_runs == 1 and 4 < after.budget.total < 5.5
+
+
 def test_unreachable_tracking_server_refuses_to_start(cache, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setattr(steps, "encode", lambda *a, **k: pytest.fail("data was read"))

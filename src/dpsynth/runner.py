@@ -81,15 +81,16 @@ def charge_run(config: RunConfig, out_dir: Path, *,
     if not budget.ok:
         # Nothing is written: a refused run leaves an earlier run's outputs as they were.
         raise BudgetExceededError(budget.message())
+    run_id = tracker.start_run(config.name, {
+        "dpsynth.dataset_id": dataset_id, "dpsynth.encoder": config.encoder.name,
+        "dpsynth.private": str(plan.private).lower(),
+        "dpsynth.noise_seeded": str(plan.noise_seeded).lower()}, ledger_entry=charge)
+    _recheck_after_charge(tracker, run_id, charge, config)
     echo(budget.message())
     write_json_atomic(out_dir / "privacy_ledger.json", budget.to_dict())
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))
     plan_path = out_dir / steps.PLAN_FILE
     write_json_atomic(plan_path, plan.to_dict())
-    run_id = tracker.start_run(config.name, {
-        "dpsynth.dataset_id": dataset_id, "dpsynth.encoder": config.encoder.name,
-        "dpsynth.private": str(plan.private).lower(),
-        "dpsynth.noise_seeded": str(plan.noise_seeded).lower()}, ledger_entry=charge)
     tracker.log_params(run_id, {**flatten(config.to_yaml_dict(), "config."),
                                 **_data_independent_seeds(config),
                                 "dataset_id": dataset_id, "encoder": config.encoder.name},
@@ -98,6 +99,37 @@ def charge_run(config: RunConfig, out_dir: Path, *,
     for name in ("config.yaml", "privacy_ledger.json", steps.PLAN_FILE):
         tracker.log_artifact(run_id, out_dir / name)
     return ChargedRun(tracker, run_id, budget, plan_path)
+
+
+def _recheck_after_charge(tracker: Tracker, run_id: str, charge: LedgerEntry,
+                          config: RunConfig) -> None:
+    """Close the window between the budget check and the charge.
+
+    The ledger's read and the charge are two MLflow calls, so two runs on one dataset
+    that start together can both pass the check. After charging, every run therefore
+    re-reads the ledger, which now holds its own charge and every concurrent charge made
+    so far, and goes on only if all of them together fit the budget. Otherwise it withdraws
+    its charge (it has read no data, so the charge paid for nothing) and refuses.
+
+    Why this is enough: take the runs that go on, and look at the last of them to
+    re-check. Each of the others charged before its own re-check, so before this last one,
+    and never withdrew. The last run therefore saw all of them, and found them within the
+    budget; composition only grows with more runs. The cost is that both racing runs may
+    refuse, and then the user starts again.
+    """
+    limit = config.privacy.budget
+    recheck = check_budget(
+        [e for e in tracker.ledger_entries(charge.dataset_id) if e.run_id != run_id],
+        charge, limit.epsilon, limit.delta)
+    if recheck.ok:
+        return
+    reason = ("another run charged this dataset between this run's budget check and its "
+              "charge; together they exceed the budget")
+    refunded = tracker.withdraw_charge(run_id, reason)
+    raise BudgetExceededError(
+        f"{reason}. {recheck.message()}"
+        + ("" if refunded else f" This run's charge (MLflow run {run_id}) could not be "
+           "withdrawn and still counts against the budget."))
 
 
 def _check_decoding(config: RunConfig) -> None:

@@ -143,6 +143,22 @@ class Tracker:
         self.run_id = run.info.run_id
         return self.run_id
 
+    def withdraw_charge(self, run_id: str, reason: str) -> bool:
+        """Take back the ledger charge of a run that has read no data; close it as failed.
+
+        Only sound before the run reads anything: the charge then paid for nothing. Returns
+        False when the store cannot be reached, so the charge stays: an unrefunded charge
+        over-counts the spent budget, it never under-counts it.
+        """
+        try:
+            self._client.set_tag(run_id, "dpsynth.ledger.withdrawn", reason[:500])
+            self._client.delete_tag(run_id, LEDGER_ENTRY_TAG)
+            self._client.delete_tag(run_id, LEDGER_DATASET_TAG)
+            self._client.set_terminated(run_id, status="FAILED")
+        except Exception:  # noqa: BLE001 - see the docstring: keeping the charge is safe
+            return False
+        return True
+
     # ------------------------------------------------------------ best effort (post)
     def _call(self, what: str, fn, *args, **kwargs) -> Any:
         if self.error is not None:
