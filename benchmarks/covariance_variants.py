@@ -28,19 +28,16 @@ Writes benchmarks/results/covariance_variants.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(Path(__file__).parent))
-from embeddings import load_embeddings  # noqa: E402
+from embeddings import utility_split, write_result  # noqa: E402
 
 from dpsynth import DPSynthesizer  # noqa: E402
 from dpsynth.evaluation import TwoLayerMLP  # noqa: E402
@@ -118,9 +115,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    X_all, y_all = load_embeddings("train")
-    X_tr, X_val, y_tr, y_val = train_test_split(X_all, y_all, test_size=0.1, random_state=0,
-                                                stratify=y_all)
+    X_tr, X_val, y_tr, y_val, _, _ = utility_split()
     X64 = X_tr.astype(np.float64)
     rows = []
     for eps in EPSILONS:
@@ -141,17 +136,11 @@ def main() -> None:
                        "sigmas": sigmas.get(name)}
                 rows.append(row)
                 print(f"[{time.perf_counter() - t0:5.0f}s] {row}", flush=True)
-    out = {"rows": rows, "setup": {
+    write_result(args.out, rows, {
         "data": "the utility benchmark's embeddings and 54,000/6,000 split; validation only",
         "delta": DELTA, "clip": CLIP, "pooled_dim": POOLED_DIM, "variants": VARIANTS,
         "mlp": MLP, "draws": args.draws,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-                   f"{platform.python_version()}",
-        "command": "python benchmarks/covariance_variants.py",
-        "seconds": round(time.perf_counter() - t0)}}
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.out}")
-
+        "command": "python benchmarks/covariance_variants.py"}, t0)
 
 if __name__ == "__main__":
     main()

@@ -37,6 +37,29 @@ def load_embeddings(split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.load(X_path), np.load(y_path)
 
 
+def utility_split() -> tuple[np.ndarray, ...]:
+    """(X_train, X_val, y_train, y_val, X_test, y_test): the utility benchmark's split, a
+    stratified 6,000-record validation split carved from the 60k training set (seed 0)."""
+    from sklearn.model_selection import train_test_split
+
+    X_all, y_all = load_embeddings("train")
+    X_test, y_test = load_embeddings("test")
+    parts = train_test_split(X_all, y_all, test_size=0.1, random_state=0, stratify=y_all)
+    return (*parts, X_test, y_test)
+
+
+def write_result(path: str | Path, rows: list, setup: dict, started: float, **extra) -> None:
+    """Write a results file with the machine and the wall time in its setup."""
+    import json
+    import platform
+
+    setup = {**setup, "machine": f"{platform.machine()}, {torch.get_num_threads()} torch "
+                                 f"threads, {platform.python_version()}",
+             "seconds": round(time.perf_counter() - started)}
+    Path(path).write_text(json.dumps({"rows": rows, **extra, "setup": setup}, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 if __name__ == "__main__":
     for split in ("test", "train"):
         X, y = load_embeddings(split)

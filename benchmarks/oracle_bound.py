@@ -28,17 +28,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(Path(__file__).parent))
-from embeddings import load_embeddings  # noqa: E402
+from embeddings import utility_split, write_result  # noqa: E402
 
 from dpsynth.evaluation import TwoLayerMLP  # noqa: E402
 from dpsynth.privacy import NoiseSource  # noqa: E402
@@ -84,11 +82,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    X_all, y_all = load_embeddings("train")
-    X_test, y_test = load_embeddings("test")
-    # The utility benchmark's split, so the numbers compare row for row.
-    X_tr, X_val, y_tr, y_val = train_test_split(X_all, y_all, test_size=0.1, random_state=0,
-                                                stratify=y_all)
+    X_tr, X_val, y_tr, y_val, X_test, y_test = utility_split()
     C = 10
     counts, sums, covs, pooled = class_statistics(X_tr, y_tr, C)
     pooled_vals, pooled_vecs = np.linalg.eigh(pooled)
@@ -132,19 +126,13 @@ def main() -> None:
                 "dp_sgd": dpsgd.get(key)})
     for s in summary:
         print(s)
-    out = {"rows": rows, "summary": summary, "setup": {
+    write_result(args.out, rows, {
         "data": "Fashion-MNIST; EfficientNet-Lite0 64 px, L2-normalised, 1280-d; "
                 "the utility benchmark's 54,000/6,000 split and 10k test",
         "delta": DELTA, "mlp": MLP, "ridges": RIDGES, "draws": args.draws,
         "free": "exact per-class covariances, exact counts",
         "paid": "per-class sums, L2 sensitivity 1, the whole (eps, delta)",
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-                   f"{platform.python_version()}",
-        "command": "python benchmarks/oracle_bound.py",
-        "seconds": round(time.perf_counter() - t0)}}
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.out}")
-
+        "command": "python benchmarks/oracle_bound.py"}, t0, summary=summary)
 
 if __name__ == "__main__":
     main()
