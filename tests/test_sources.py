@@ -109,6 +109,41 @@ def test_skipped_files_are_recorded_in_the_private_manifest(tmp_path):
     assert train.manifest["provenance"]["skipped_unreadable"][0].endswith("zz-broken.png")
 
 
+def test_a_resumed_encode_still_lists_files_skipped_before_the_crash(tmp_path, monkeypatch):
+    _folder(tmp_path / "train", per_class=6)
+    _folder(tmp_path / "test")
+    (tmp_path / "train" / "cat" / "000-broken.png").write_bytes(b"\x89PNG broken")
+    cfg = load_config(None, [
+        "data.source=image-folder", f"data.train_dir={tmp_path / 'train'}",
+        f"data.test_dir={tmp_path / 'test'}", "data.image_size=8", "data.on_bad_image=skip",
+        "encoder.name=pixels", "encoder.options={image_shape: [8, 8, 3]}",
+        "encoder.shard_rows=4", f"encoder.cache_dir={tmp_path / 'cache'}"])
+    real_make_encoder = steps.make_encoder
+
+    class CrashInThirdShard:
+        def __init__(self, encoder):
+            self.encoder, self.shards = encoder, 0
+
+        def __getattr__(self, name):
+            return getattr(self.encoder, name)
+
+        def encode(self, *args, **kwargs):
+            self.shards += 1
+            if self.shards == 3:
+                raise RuntimeError("simulated crash")
+            return self.encoder.encode(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "make_encoder", lambda c: CrashInThirdShard(real_make_encoder(c)))
+    with pytest.warns(UserWarning, match="000-broken.png"), \
+            pytest.raises(RuntimeError, match="simulated crash"):
+        steps.encode(cfg, "train", progress=False)
+    monkeypatch.undo()
+    resumed = steps.encode(cfg, "train", progress=False)  # the broken file's shard is kept
+    assert resumed.count == 12
+    skipped = resumed.manifest["provenance"]["skipped_unreadable"]
+    assert len(skipped) == 1 and skipped[0].endswith("000-broken.png")
+
+
 def _tar_shards(root, n_shards=2, per_shard=4, size=10, broken=None):
     import io
     import tarfile

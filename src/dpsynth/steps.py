@@ -163,13 +163,14 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: 
         for local, start, stop in spans:
             if writer.has_shard(local):
                 continue
+            skipped = getattr(source, "skipped", [])
+            already = len(skipped)
             images, labels = source.read(start, stop)
             X = encoder.encode(images, config.encoder.batch_size, on_batch=bar.update)
-            writer.write_shard(local, X, labels)
-    skipped = getattr(source, "skipped", [])
-    if skipped:
-        # Inside the private boundary (the embedding set is private): which files were left.
-        writer.manifest["provenance"]["skipped_unreadable"] = skipped
+            # Inside the private boundary (the embedding set is private): which files of
+            # this shard were left out, so a resumed encode lists them all.
+            writer.write_shard(local, X, labels, skipped=skipped[already:])
+            bar.update(len(skipped) - already)  # left-out images count as done
     return writer.finish(len(spans))
 
 

@@ -250,7 +250,10 @@ class EmbeddingSetWriter:
     def has_shard(self, index: int) -> bool:
         return index in self._done
 
-    def write_shard(self, index: int, X: np.ndarray, y: np.ndarray) -> None:
+    def write_shard(self, index: int, X: np.ndarray, y: np.ndarray, *,
+                    skipped: list[str] | None = None) -> None:
+        """Write shard ``index``. ``skipped``: source records this shard left out (private
+        provenance); kept with the shard so a resumed encode still lists every one."""
         X = np.ascontiguousarray(X)
         y = np.ascontiguousarray(y, dtype=np.int64)
         if X.ndim != 2 or X.shape[1] != self.manifest["dim"] or len(y) != len(X):
@@ -267,8 +270,11 @@ class EmbeddingSetWriter:
         _save_npy_atomic(self.path / f"{stem}.embeddings.npy", X)
         _save_npy_atomic(self.path / f"{stem}.labels.npy", y)
         shards = [s for s in self.manifest["shards"] if s["index"] != index]
-        shards.append({"index": index, "embeddings": f"{stem}.embeddings.npy",
-                       "labels": f"{stem}.labels.npy", "count": len(X)})
+        entry = {"index": index, "embeddings": f"{stem}.embeddings.npy",
+                 "labels": f"{stem}.labels.npy", "count": len(X)}
+        if skipped:
+            entry["skipped_unreadable"] = list(skipped)
+        shards.append(entry)
         shards.sort(key=lambda s: s["index"])
         self.manifest.update(dtype=dtype, shards=shards,
                              count=sum(int(s["count"]) for s in shards))
@@ -281,6 +287,9 @@ class EmbeddingSetWriter:
             raise EmbeddingSetError(f"{self.path}: cannot finish, shards {missing} missing")
         if self.manifest["dtype"] is None:
             self.manifest["dtype"] = "float32"
+        skipped = [f for s in self.manifest["shards"] for f in s.get("skipped_unreadable", [])]
+        if skipped:
+            self.manifest["provenance"]["skipped_unreadable"] = skipped
         self.manifest["complete"] = True
         write_json_atomic(self.path / MANIFEST, self.manifest)
         return EmbeddingSet.open(self.path)
