@@ -94,15 +94,20 @@ def test_unreadable_images_are_skipped_and_reported_when_asked(tmp_path):
     assert sorted(p.rsplit("/", 1)[1] for p in src.skipped) == ["broken.png", "empty.jpg"]
 
 
+def _skipping_folder_config(tmp_path, *extra):
+    """Image folders train/ and test/ under tmp_path, unreadable files skipped."""
+    return load_config(None, [
+        "data.source=image-folder", f"data.train_dir={tmp_path / 'train'}",
+        f"data.test_dir={tmp_path / 'test'}", "data.image_size=8", "data.on_bad_image=skip",
+        "encoder.name=pixels", "encoder.options={image_shape: [8, 8, 3]}",
+        f"encoder.cache_dir={tmp_path / 'cache'}", *extra])
+
+
 def test_skipped_files_are_recorded_in_the_private_manifest(tmp_path):
     _folder(tmp_path / "train")
     _folder(tmp_path / "test")
     (tmp_path / "train" / "cat" / "zz-broken.png").write_bytes(b"\x89PNG broken")
-    cfg = load_config(None, [
-        "data.source=image-folder", f"data.train_dir={tmp_path / 'train'}",
-        f"data.test_dir={tmp_path / 'test'}", "data.image_size=8", "data.on_bad_image=skip",
-        "encoder.name=pixels", "encoder.options={image_shape: [8, 8, 3]}",
-        f"encoder.cache_dir={tmp_path / 'cache'}"])
+    cfg = _skipping_folder_config(tmp_path)
     with pytest.warns(UserWarning, match="zz-broken.png"):
         train = steps.encode(cfg, "train", progress=False)
     assert train.count == 6
@@ -113,11 +118,7 @@ def test_a_resumed_encode_still_lists_files_skipped_before_the_crash(tmp_path, m
     _folder(tmp_path / "train", per_class=6)
     _folder(tmp_path / "test")
     (tmp_path / "train" / "cat" / "000-broken.png").write_bytes(b"\x89PNG broken")
-    cfg = load_config(None, [
-        "data.source=image-folder", f"data.train_dir={tmp_path / 'train'}",
-        f"data.test_dir={tmp_path / 'test'}", "data.image_size=8", "data.on_bad_image=skip",
-        "encoder.name=pixels", "encoder.options={image_shape: [8, 8, 3]}",
-        "encoder.shard_rows=4", f"encoder.cache_dir={tmp_path / 'cache'}"])
+    cfg = _skipping_folder_config(tmp_path, "encoder.shard_rows=4")
     real_make_encoder = steps.make_encoder
 
     class CrashInThirdShard:
