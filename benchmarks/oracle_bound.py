@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/oracle_bound.py
 
-An upper bound for the whole family dpsynth belongs to (class-conditional Gaussians built
+A reference point for the family dpsynth belongs to (class-conditional Gaussians built
 from DP class means plus some covariance), measured on the utility benchmark's embeddings,
 split and MLP. The covariances are handed over *exactly and for free*, and the counts
 too; the whole (eps, delta) budget goes to one release: the per-class sums (L2
 sensitivity 1 for unit-norm rows), calibrated by the same PLD code as dpsynth's plan.
-No real method gets its covariances for free, so every dpsynth configuration of this
-family does worse than these rows at the same eps.
+No real method gets its covariances for free. This is not a strict upper bound (a noisy
+covariance can happen to regularise the MLP), but no estimated covariance measured so far
+came close to it.
 
 Two read-outs of the same noisy means:
 
