@@ -21,7 +21,7 @@ from dpsynth.cli import app
 from dpsynth.config import load_config
 from dpsynth.preprocessing import bound_norms
 from dpsynth.privacy.ledger import BudgetExceededError
-from dpsynth.tracking import TrackingUnavailableError
+from dpsynth.tracking import LEDGER_WITHDRAWN_TAG, TrackingUnavailableError
 
 STEP_NAMES = {"plan", "encode", "dp_cluster", "fit_gmm", "synthesize", "decode", "evaluate"}
 
@@ -165,28 +165,54 @@ def test_ledger_is_shared_across_experiments_and_refuses_before_reading(
     assert third.budget.previous_runs == 1 and 4 < third.budget.total < 5.5
 
 
-def test_a_concurrent_charge_between_check_and_charge_is_caught_and_refunded(
-        server, cache, tmp_path, monkeypatch):
-    """Two runs pass the check together; the one that re-checks and finds the sum over
-    budget withdraws its charge and refuses before reading anything."""
+def _a_rival_charges_just_before_this_run(monkeypatch, server, config, dataset: str
+                                          ) -> list[str]:
+    """Stage the race: a rival run that also passed its budget check charges the same
+    request on ``dataset`` right before this run charges. Returns the rival's run id
+    (once it has charged)."""
     from dpsynth.privacy.ledger import LedgerEntry
     from dpsynth.tracking import Tracker
 
-    dataset = f"digits-race-{uuid.uuid4().hex[:8]}"
-    common = [f"tracking.uri={server.uri}", f"data.dataset_id={dataset}",
-              "privacy.epsilon=4", "privacy.budget.epsilon=5.5", "privacy.budget.delta=1e-5"]
-    config = _config(cache, *common, "tracking.experiment=race")
     real_start_run = Tracker.start_run
-    rival_ids = []
+    rival_ids: list[str] = []
 
     def start_run_after_a_rival_charged(self, name, tags, ledger_entry=None):
-        if not rival_ids:  # the rival passed its check too, and charges first
+        if not rival_ids:
             rival = Tracker(server.uri, "race-rival").open()
             rival_entry = LedgerEntry.from_plan(steps.make_plan(config), dataset)
             rival_ids.append(real_start_run(rival, "rival", {}, ledger_entry=rival_entry))
         return real_start_run(self, name, tags, ledger_entry=ledger_entry)
 
     monkeypatch.setattr(Tracker, "start_run", start_run_after_a_rival_charged)
+    return rival_ids
+
+
+def test_a_concurrent_charge_that_still_fits_is_in_the_reported_budget(
+        server, cache, tmp_path, monkeypatch):
+    dataset = f"digits-race-fits-{uuid.uuid4().hex[:8]}"
+    config = _config(cache, f"tracking.uri={server.uri}", f"data.dataset_id={dataset}",
+                     "privacy.epsilon=1", "privacy.budget.epsilon=5.5",
+                     "privacy.budget.delta=1e-5", "tracking.experiment=race-fits")
+    rival_ids = _a_rival_charges_just_before_this_run(monkeypatch, server, config, dataset)
+    charged = runner.charge_run(config, tmp_path / "out", echo=lambda _: None)
+    assert rival_ids and charged.budget.ok
+    # The first check saw an empty ledger; the reported budget is the re-check's.
+    assert charged.budget.previous_runs == 1 and charged.budget.spent > 0
+    written = json.loads((tmp_path / "out" / "privacy_ledger.json").read_text())
+    assert written["previous_runs"] == 1
+
+
+def test_a_concurrent_charge_between_check_and_charge_is_caught_and_refunded(
+        server, cache, tmp_path, monkeypatch):
+    """Two runs pass the check together; the one that re-checks and finds the sum over
+    budget withdraws its charge and refuses before reading anything."""
+    from dpsynth.tracking import Tracker
+
+    dataset = f"digits-race-{uuid.uuid4().hex[:8]}"
+    common = [f"tracking.uri={server.uri}", f"data.dataset_id={dataset}",
+              "privacy.epsilon=4", "privacy.budget.epsilon=5.5", "privacy.budget.delta=1e-5"]
+    config = _config(cache, *common, "tracking.experiment=race")
+    rival_ids = _a_rival_charges_just_before_this_run(monkeypatch, server, config, dataset)
     monkeypatch.setattr(steps, "encode", lambda *a, **k: pytest.fail("data was read"))
     out = tmp_path / "out"
     with pytest.raises(BudgetExceededError, match="another run charged this dataset") as info:
@@ -199,7 +225,7 @@ def test_a_concurrent_charge_between_check_and_charge_is_caught_and_refunded(
     client = MlflowClient(server.uri)
     mine = client.search_runs([client.get_experiment_by_name("race").experiment_id])
     assert len(mine) == 1 and mine[0].info.status == "FAILED"
-    assert "another run" in mine[0].data.tags["dpsynth.ledger.withdrawn"]
+    assert "another run" in mine[0].data.tags[LEDGER_WITHDRAWN_TAG]
 
     # The refund is real: a request that fits next to the rival's eps = 4 still runs.
     monkeypatch.undo()

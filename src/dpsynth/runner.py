@@ -85,7 +85,8 @@ def charge_run(config: RunConfig, out_dir: Path, *,
         "dpsynth.dataset_id": dataset_id, "dpsynth.encoder": config.encoder.name,
         "dpsynth.private": str(plan.private).lower(),
         "dpsynth.noise_seeded": str(plan.noise_seeded).lower()}, ledger_entry=charge)
-    _recheck_after_charge(tracker, run_id, charge, config)
+    # The re-check also counts charges made since the first check: report that one.
+    budget = _recheck_after_charge(tracker, run_id, charge, config)
     echo(budget.message())
     write_json_atomic(out_dir / "privacy_ledger.json", budget.to_dict())
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))
@@ -102,7 +103,7 @@ def charge_run(config: RunConfig, out_dir: Path, *,
 
 
 def _recheck_after_charge(tracker: Tracker, run_id: str, charge: LedgerEntry,
-                          config: RunConfig) -> None:
+                          config: RunConfig) -> BudgetCheck:
     """Close the window between the budget check and the charge.
 
     The ledger's read and the charge are two MLflow calls, so two runs on one dataset
@@ -122,7 +123,7 @@ def _recheck_after_charge(tracker: Tracker, run_id: str, charge: LedgerEntry,
         [e for e in tracker.ledger_entries(charge.dataset_id) if e.run_id != run_id],
         charge, limit.epsilon, limit.delta)
     if recheck.ok:
-        return
+        return recheck
     reason = ("another run charged this dataset between this run's budget check and its "
               "charge; together they exceed the budget")
     refunded = tracker.withdraw_charge(run_id, reason)

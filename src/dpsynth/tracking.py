@@ -25,6 +25,8 @@ from dpsynth.privacy.ledger import LedgerEntry
 
 LEDGER_DATASET_TAG = "dpsynth.ledger.dataset_id"
 LEDGER_ENTRY_TAG = "dpsynth.ledger.entry"
+#: Set (with the reason) on a run whose charge was taken back before it read any data.
+LEDGER_WITHDRAWN_TAG = "dpsynth.ledger.withdrawn"
 MAX_PARAM_LENGTH = 6000
 #: MLflow error codes meaning "the server is up but refused this item".
 _REJECTED_ITEM_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS"}
@@ -151,7 +153,7 @@ class Tracker:
         over-counts the spent budget, it never under-counts it.
         """
         try:
-            self._client.set_tag(run_id, "dpsynth.ledger.withdrawn", reason[:500])
+            self._client.set_tag(run_id, LEDGER_WITHDRAWN_TAG, reason[:500])
             self._client.delete_tag(run_id, LEDGER_ENTRY_TAG)
             self._client.delete_tag(run_id, LEDGER_DATASET_TAG)
             self._client.set_terminated(run_id, status="FAILED")
