@@ -250,15 +250,9 @@ def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
                 outputs["decoded_grid"] = str(decoded / "grid.png")
     with _step(tracker, "evaluate") as rid:
         ev_dir = out / "evaluation"
-        metrics = steps.evaluate(
-            synthetic.path, test.path, ev_dir, settings=config.evaluate,
-            train_dir=train.path if config.evaluate.nonprivate_baseline else None,
-            plan_path=plan_path, decoded_dir=decoded, progress=progress)
-        if config.evaluate.image_level:
-            metrics.update(steps.evaluate_images(
-                synthetic.path, test.path, config, max_images=config.evaluate.image_level_max,
-                progress=progress))
-            write_json_atomic(ev_dir / "metrics.json", metrics)
+        metrics = steps.evaluate_run(synthetic.path, test.path, ev_dir, config,
+                                     train_dir=train.path, plan_path=plan_path,
+                                     decoded_dir=decoded, progress=progress)
         tracker.log_metrics(rid, _numeric(metrics), what="evaluate metrics")
         tracker.log_artifact(rid, ev_dir, "evaluation")
         outputs.update(metrics=str(ev_dir / "metrics.json"), report=str(ev_dir / "report.html"),

@@ -444,3 +444,22 @@ def evaluate(synthetic_dir: Path, test_dir: Embeddings, out_dir: Path, *,
     plan_dict = json.loads(Path(plan_path).read_text()) if plan_path else None
     write_html_report(out_dir / "report.html", metrics, plan_dict, images)
     return metrics
+
+
+def evaluate_run(synthetic_dir: Path, test_dir: Embeddings, out_dir: Path,
+                 config: RunConfig, *, train_dir: Embeddings, plan_path: Path,
+                 decoded_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """:func:`evaluate` as ``config.evaluate`` asks: with the non-private baseline on
+    ``train_dir`` when it is enabled, and with :func:`evaluate_images` added to
+    ``metrics.json`` when ``image_level`` is set. ``dpsynth run`` and the pipeline's
+    evaluate task both call this."""
+    settings = config.evaluate
+    metrics = evaluate(synthetic_dir, test_dir, out_dir, settings=settings,
+                       train_dir=train_dir if settings.nonprivate_baseline else None,
+                       plan_path=plan_path, decoded_dir=decoded_dir, progress=progress)
+    if settings.image_level:
+        metrics.update(evaluate_images(synthetic_dir, test_dir, config,
+                                       max_images=settings.image_level_max,
+                                       progress=progress))
+        write_json_atomic(Path(out_dir) / "metrics.json", metrics)
+    return metrics

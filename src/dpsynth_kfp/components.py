@@ -47,7 +47,6 @@ def define_components() -> dict[str, object]:
         """Validate the configuration, build the privacy plan and check and charge the
         dataset's budget in the MLflow ledger. Reads no private data; a refusal fails the
         pipeline here, before any encode task starts. Returns the MLflow run id."""
-        import json
         import os
         import shutil
         import tempfile
@@ -70,7 +69,7 @@ def define_components() -> dict[str, object]:
         resolved["tracking"]["uri"] = charged.tracker.uri
         Path(config.path).write_text(yaml.safe_dump(resolved, sort_keys=False))
         shutil.copyfile(charged.plan_path, privacy_plan.path)
-        budget = json.loads((work / "privacy_ledger.json").read_text())
+        budget = charged.budget.to_dict()
         Path(ledger.path).write_text(
             "# Privacy budget\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in budget.items()))
         return charged.run_id
@@ -168,7 +167,6 @@ def define_components() -> dict[str, object]:
                  report: Output[HTML], summary: Output[Markdown]):
         """MLP on synthetic data, scored on the real test set; metrics to the KFP UI and
         to the MLflow run that the plan step charged."""
-        import json
         import shutil
         from pathlib import Path
 
@@ -179,14 +177,9 @@ def define_components() -> dict[str, object]:
 
         cfg = load_config(config.path)
         out = Path(evaluation.path)
-        m = steps.evaluate(
-            synthetic.path, test.path, out, settings=cfg.evaluate,
-            train_dir=[t.path for t in train] if cfg.evaluate.nonprivate_baseline else None,
-            plan_path=privacy_plan.path, progress=False)
-        if cfg.evaluate.image_level:
-            m.update(steps.evaluate_images(synthetic.path, test.path, cfg, progress=False,
-                                           max_images=cfg.evaluate.image_level_max))
-            (out / "metrics.json").write_text(json.dumps(m, indent=2))
+        m = steps.evaluate_run(synthetic.path, test.path, out, cfg,
+                               train_dir=[t.path for t in train],
+                               plan_path=privacy_plan.path, progress=False)
         for key in ("accuracy", "nonprivate_accuracy", "frechet_distance_to_test",
                     "image_level_accuracy"):
             if m.get(key) is not None:
