@@ -61,6 +61,7 @@ def run(
     decode (when the encoder has a decoder), evaluate; track it all in MLflow."""
     from dpsynth.config import ConfigError, load_config
     from dpsynth.data.datasets import DatasetNotFoundError
+    from dpsynth.data.sources import DataSourceError
     from dpsynth.data.store import EmbeddingSetError
     from dpsynth.privacy.ledger import BudgetExceededError
     from dpsynth.runner import run as run_all
@@ -72,8 +73,8 @@ def run(
         cfg = load_config(config, set_ or [])
         result = run_all(cfg, out, progress=progress, echo=typer.echo)
     except (ConfigError, PrivacyParameterError, BudgetExceededError, TrackingUnavailableError,
-            DatasetNotFoundError, EmbeddingSetError, StepInputError, FileNotFoundError,
-            FileExistsError) as exc:
+            DatasetNotFoundError, DataSourceError, EmbeddingSetError, StepInputError,
+            FileNotFoundError, FileExistsError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(summary(result))

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dpsynth.data.sources import class_name_problem
 from dpsynth.privacy.validation import PrivacyParameterError, validate_epsilon_delta
 
 
@@ -59,6 +60,20 @@ class DataConfig(_Section):
     limit: int | None = Field(default=None, ge=1)
     #: The key of the privacy budget ledger (default: derived from the source).
     dataset_id: str | None = None
+    #: image-folder: read symlinks (class folders or files) whose real path lies outside
+    #: train_dir/test_dir. Off by default, so that a link cannot quietly pull in records
+    #: from elsewhere; each real file still counts once and in one class only.
+    follow_symlinks_outside_root: bool = False
+
+    @field_validator("class_names")
+    @classmethod
+    def _one_class_per_name(cls, names: list[str] | None) -> list[str] | None:
+        # A name listed twice reads its records under two labels: each would enter two
+        # classes, and the per-class releases would no longer compose in parallel.
+        problem = class_name_problem(names or [], folders=False)
+        if problem:
+            raise ValueError(problem)
+        return names
 
     @model_validator(mode="after")
     def _folder_needs_paths(self) -> DataConfig:
@@ -67,6 +82,13 @@ class DataConfig(_Section):
         missing = [k for k in needs.get(self.source, ()) if getattr(self, k) is None]
         if missing:
             raise ValueError(f"source {self.source!r} needs {', '.join(missing)}")
+        # Image-folder class names are folders under the root: "../x" or "a/b" would read
+        # outside it or inside another class. (WebDataset names are only labels, and may
+        # hold a '/', like Fashion-MNIST's "T-shirt/top".)
+        problem = self.source == "image-folder" and class_name_problem(
+            self.class_names or [], folders=True)
+        if problem:
+            raise ValueError(f"data.class_names: {problem}")
         return self
 
     def ledger_id(self) -> str:

@@ -3,12 +3,20 @@
 A source knows its dataset id, its public class list and its length, and reads rows
 ``[start, stop)`` as uint8 images with integer labels. Encoding reads one shard's slice at a
 time, so an image folder larger than RAM is never loaded whole.
+
+Every source keeps the privacy model's unit honest: each private record contributes to
+exactly one class, once. Class names are unique, a file reached by two paths (a symlink,
+a hard link, a shard listed twice) is read once, and one that two classes would claim is
+an error, never a silent second record (which would double what the guarantee allows).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +28,48 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 #: Public, fixed split of the digits set (it ships without one): every fifth record after a
 #: seeded permutation is test. The seed is a constant, never learned from the data.
 DIGITS_SPLIT_SEED = 0
+
+
+class DataSourceError(ValueError):
+    """A data source that cannot be read as given (a bad folder, shard, label, class list
+    or image), in one line naming the path or key, so the command line can print it as is."""
+
+
+class DataNotFoundError(DataSourceError, FileNotFoundError):
+    """A folder or shard that does not exist (also a FileNotFoundError, as it always was)."""
+
+
+def class_name_problem(names: Sequence[str], *, folders: bool) -> str | None:
+    """Why ``names`` cannot be a class list, or None.
+
+    Names must be unique: a name listed twice would read its records under two labels.
+    With ``folders`` (image folders, where a name is a sub-folder of the root) each must
+    also be a plain folder name, so that it names exactly one folder inside the root: not
+    empty, ``.`` or ``..``, not absolute, and without ``/``, ``\\`` or NUL (``../outside``
+    and ``a/b`` are refused).
+    """
+    repeated = sorted(n for n, k in Counter(names).items() if k > 1)
+    if repeated:
+        return (f"class names must be unique, but {repeated} appear more than once (each "
+                "record must belong to exactly one class)")
+    if folders:
+        bad = [n for n in names if not isinstance(n, str) or n in ("", ".", "..")
+               or os.path.isabs(n) or any(c in n for c in ("/", "\\", "\0"))]
+        if bad:
+            return (f"class names must be plain folder names inside the image folder (not "
+                    f"empty, '.', '..' or absolute, no '/', '\\' or NUL), got {bad}")
+    return None
+
+
+def _identity(path: str | Path) -> tuple[Any, ...]:
+    """What makes two paths one file: device and inode, so symlinks, hard links and names
+    that differ only in case on a case-insensitive disk all match; the real path for a
+    path that cannot be stat'ed (a dangling link, reported later as an unreadable image)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ("path", os.path.realpath(path))
+    return (st.st_dev, st.st_ino)
 
 
 def decode_image(file: Any, image_size: int, color: str, where: str) -> np.ndarray | str:
@@ -48,7 +98,8 @@ def keep_readable(decoded: list[np.ndarray | str], wheres: list[str], labels: np
         if not isinstance(x, str):
             keep.append(i)
         elif on_bad_image == "fail":
-            raise ValueError(x + " (set data.on_bad_image: skip to leave such files out)")
+            raise DataSourceError(x + " (set data.on_bad_image: skip to leave such files "
+                                  "out)")
         else:
             warnings.warn(f"skipped: {x}", stacklevel=3)
             skipped.append(wheres[i])
@@ -118,44 +169,101 @@ class ImageFolderSource(ImageSource):
     (PIL releases the GIL while decoding). A file that cannot be decoded is an error naming
     it (``on_bad_image="fail"``), or is left out, reported by a warning and listed in
     :attr:`skipped` (``"skip"``); never silently dropped.
+
+    Every record belongs to exactly one class, once. Class names are unique plain folder
+    names (see :func:`class_name_problem`). Each file is resolved to its real path and
+    identified by device and inode: one file listed twice in a class (a symlink or hard
+    link next to its target) is read once; one file under two classes, or two class
+    folders that are one directory, is a :class:`DataSourceError` naming both classes.
+    A symlink (class folder or file) whose real path leaves ``root`` is refused unless
+    ``follow_symlinks_outside_root``; the rules above still hold then. :attr:`files` holds
+    the real paths that are read, class by class in label order, sorted within a class.
     """
 
     def __init__(self, root: str | Path, image_size: int, color: str = "rgb",
                  class_names: list[str] | None = None, dataset_id: str | None = None,
-                 on_bad_image: str = "fail", workers: int = 4) -> None:
+                 on_bad_image: str = "fail", workers: int = 4,
+                 follow_symlinks_outside_root: bool = False) -> None:
         if on_bad_image not in ("fail", "skip"):
-            raise ValueError(f"on_bad_image must be 'fail' or 'skip', got {on_bad_image!r}")
+            raise DataSourceError(f"on_bad_image must be 'fail' or 'skip', got "
+                                  f"{on_bad_image!r}")
         self.on_bad_image = on_bad_image
         self.workers = workers
         self.skipped: list[str] = []
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist")
+            raise DataNotFoundError(f"image folder {self.root} does not exist")
         found = sorted(p.name for p in self.root.iterdir() if p.is_dir())
         names = list(class_names) if class_names else found
         if not names:
-            raise ValueError(f"image folder {self.root} has no class sub-folders "
-                             "(expected root/<class name>/<image files>)")
+            raise DataSourceError(f"image folder {self.root} has no class sub-folders "
+                                  "(expected root/<class name>/<image files>)")
+        problem = class_name_problem(names, folders=True)
+        if problem:
+            raise DataSourceError(f"image folder {self.root}: {problem}")
         unknown = sorted(set(found) - set(names))
         if unknown:
-            raise ValueError(f"image folder {self.root} has folders {unknown} that are not in "
-                             f"class_names {names}")
-        files, labels = [], []
-        for label, name in enumerate(names):
-            folder = self.root / name
-            members = sorted(p for p in folder.iterdir()
-                             if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-            files += members
-            labels += [label] * len(members)
+            raise DataSourceError(f"image folder {self.root} has folders {unknown} that are "
+                                  f"not in class_names {names}")
+        self._real_root = Path(os.path.realpath(self.root))
+        files, labels = self._list(names, follow_symlinks_outside_root)
         if not files:
-            raise ValueError(f"image folder {self.root} holds no images with suffixes "
-                             f"{', '.join(IMAGE_SUFFIXES)}")
+            raise DataSourceError(f"image folder {self.root} holds no images with suffixes "
+                                  f"{', '.join(IMAGE_SUFFIXES)}")
         self.files = files
         self.labels = np.asarray(labels, dtype=np.int64)
         self.image_size = int(image_size)
         self.color = color
         self.class_names = tuple(names)
         self.dataset_id = dataset_id or f"image-folder:{self.root.resolve()}"
+
+    def _outside(self, real: Path) -> bool:
+        return not real.is_relative_to(self._real_root)
+
+    def _list(self, names: list[str], follow_outside: bool) -> tuple[list[Path], list[int]]:
+        """The real paths of each class's images and their labels; see the class docstring
+        for what is refused."""
+        hint = "set data.follow_symlinks_outside_root: true to read it"
+        folder_class: dict[tuple[Any, ...], str] = {}
+        # file identity -> (class name, path as listed), to name both sides of a conflict
+        file_class: dict[tuple[Any, ...], tuple[str, Path]] = {}
+        files: list[Path] = []
+        labels: list[int] = []
+        for label, name in enumerate(names):
+            folder = self.root / name
+            if not folder.is_dir():
+                continue  # a listed class without a folder simply has no records
+            real_folder = Path(os.path.realpath(folder))
+            if self._outside(real_folder) and not follow_outside:
+                raise DataSourceError(f"class folder {folder} is a symlink to {real_folder}, "
+                                      f"outside the image folder {self.root}; {hint}")
+            fid = _identity(folder)
+            if fid in folder_class:
+                raise DataSourceError(
+                    f"class folders {folder_class[fid]!r} and {name!r} of image folder "
+                    f"{self.root} are the same directory ({real_folder}): every record must "
+                    "belong to exactly one class")
+            folder_class[fid] = name
+            members: dict[tuple[Any, ...], Path] = {}
+            for path in sorted(folder.iterdir()):
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                real = Path(os.path.realpath(path))
+                if self._outside(real) and not follow_outside:
+                    raise DataSourceError(f"{path} is a symlink to {real}, outside the image "
+                                          f"folder {self.root}; {hint}")
+                fid = _identity(real)
+                owner, listed = file_class.setdefault(fid, (name, path))
+                if owner != name:
+                    raise DataSourceError(
+                        f"{real} is one file under two classes, {owner!r} (as {listed}) and "
+                        f"{name!r} (as {path}): every record must belong to exactly one "
+                        "class; remove one of them")
+                members.setdefault(fid, real)  # a second path to one file: read it once
+            chosen = sorted(members.values())
+            files += chosen
+            labels += [label] * len(chosen)
+        return files, labels
 
     def __len__(self) -> int:
         return len(self.files)
@@ -172,8 +280,11 @@ class ImageFolderSource(ImageSource):
                              self.image_size, self.color, self.on_bad_image, self.skipped)
 
     def fingerprint(self) -> dict[str, Any]:
-        listing = "\n".join(f"{p.relative_to(self.root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                            for p in self.files)
+        # Relative to the real root, so an ordinary folder keeps the key it had before
+        # files were resolved (and its embedding cache); a file outside it by full path.
+        listing = "\n".join(
+            f"{p if self._outside(p) else p.relative_to(self._real_root)}:"
+            f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in self.files)
         return {"root": str(self.root.resolve()), "image_size": self.image_size,
                 "color": self.color, "class_names": list(self.class_names),
                 "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()[:16]}
@@ -187,6 +298,12 @@ class WebDatasetSource(ImageSource):
     which webdataset's streaming reader does not offer, so only its naming conventions and
     brace expansion (``braceexpand``) are used. Unreadable images follow ``on_bad_image`` like
     :class:`ImageFolderSource`; a sample without a label or an image is an error.
+
+    Every record is read once (a :class:`DataSourceError` otherwise): shard paths that are
+    one file (a shard listed twice, a symlink or hard link to another listed shard) and a
+    sample key found in two shards are refused, naming both. Within a shard, two members
+    with the same name (a tar can hold both, e.g. after ``tar -r``) are refused too, rather
+    than silently keeping one of them: which one is the record is not clear.
     """
 
     def __init__(self, urls: str, image_size: int, class_names: list[str], color: str = "rgb",
@@ -196,11 +313,23 @@ class WebDatasetSource(ImageSource):
         from braceexpand import braceexpand
 
         if not class_names:
-            raise ValueError("a WebDataset source needs data.class_names (labels are ints)")
+            raise DataSourceError("a WebDataset source needs data.class_names (labels are "
+                                  "ints)")
+        problem = class_name_problem(class_names, folders=False)
+        if problem:
+            raise DataSourceError(f"WebDataset {urls}: {problem}")
         self.paths = [Path(p) for p in braceexpand(str(urls))]
         missing = [str(p) for p in self.paths if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"WebDataset shards not found: {missing[:5]}")
+            raise DataNotFoundError(f"WebDataset shards not found: {missing[:5]}")
+        seen: dict[tuple[Any, ...], Path] = {}
+        for path in self.paths:
+            first = seen.setdefault(_identity(path), path)
+            if first is not path:
+                raise DataSourceError(
+                    f"WebDataset shards {first} and {path} are one file "
+                    f"({os.path.realpath(path)}): its records would be read twice; list "
+                    "each shard once")
         self.image_size, self.color = int(image_size), color
         self.class_names = tuple(class_names)
         self.dataset_id = dataset_id or f"webdataset:{urls}"
@@ -208,24 +337,41 @@ class WebDatasetSource(ImageSource):
         self.skipped: list[str] = []
         self.samples: list[tuple[int, tarfile.TarInfo]] = []
         labels = []
+        key_shard: dict[str, Path] = {}  # sample key -> the shard that holds it
         for shard, path in enumerate(self.paths):
             with tarfile.open(path, "r:") as tar:
                 members: dict[str, dict[str, tarfile.TarInfo]] = {}
                 for m in tar.getmembers():
                     if m.isfile():
                         key, _, ext = m.name.partition(".")
-                        members.setdefault(key, {})[ext.lower()] = m
+                        parts = members.setdefault(key, {})
+                        if ext.lower() in parts:
+                            raise DataSourceError(
+                                f"{path}: sample {key!r} has two members named "
+                                f"{parts[ext.lower()].name!r} and {m.name!r}; each sample "
+                                "must hold each part once")
+                        parts[ext.lower()] = m
                 for key in sorted(members):
+                    other = key_shard.setdefault(key, path)
+                    if other is not path:
+                        raise DataSourceError(
+                            f"sample {key!r} is in two shards, {other} and {path}: a "
+                            "duplicate record; each record must be in exactly one shard")
                     parts = members[key]
                     image = next((parts[e] for e in ("png", "jpg", "jpeg", "webp", "bmp")
                                   if e in parts), None)
                     if image is None or "cls" not in parts:
-                        raise ValueError(f"{path}: sample {key!r} needs an image and a .cls "
-                                         f"label, has {sorted(parts)}")
-                    label = int(tar.extractfile(parts["cls"]).read().decode().strip())
+                        raise DataSourceError(f"{path}: sample {key!r} needs an image and a "
+                                              f".cls label, has {sorted(parts)}")
+                    raw = tar.extractfile(parts["cls"]).read()
+                    try:
+                        label = int(raw.decode().strip())
+                    except (UnicodeDecodeError, ValueError):
+                        raise DataSourceError(f"{path}: sample {key!r} has label {raw[:20]!r}, "
+                                              "not an integer") from None
                     if not 0 <= label < len(class_names):
-                        raise ValueError(f"{path}: sample {key!r} has label {label}, outside "
-                                         f"the {len(class_names)} class_names")
+                        raise DataSourceError(f"{path}: sample {key!r} has label {label}, "
+                                              f"outside the {len(class_names)} class_names")
                     self.samples.append((shard, image))
                     labels.append(label)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -287,13 +433,16 @@ def make_source(data_config, split: str) -> ImageSource:
         return source
     root = data_config.train_dir if split == "train" else data_config.test_dir
     # Test folders use the training class list so that label i means the same class.
+    follow = data_config.follow_symlinks_outside_root
     names = data_config.class_names or (
         None if split == "train" else list(ImageFolderSource(
-            data_config.train_dir, data_config.image_size).class_names))
+            data_config.train_dir, data_config.image_size,
+            follow_symlinks_outside_root=follow).class_names))
     source = ImageFolderSource(root, data_config.image_size, data_config.color, names,
                                dataset_id=f"{data_config.ledger_id()}/{split}",
                                on_bad_image=data_config.on_bad_image,
-                               workers=data_config.workers)
+                               workers=data_config.workers,
+                               follow_symlinks_outside_root=follow)
     if limit is not None and limit < len(source):
         source.files, source.labels = source.files[:limit], source.labels[:limit]
     return source
