@@ -56,6 +56,9 @@ def run(
         "value is YAML).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = DEFAULT_OUT,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Write into a non-empty --out that is not a dpsynth output "
+        "directory (files dpsynth did not write are still never removed).")] = False,
 ) -> None:
     """Run every step in-process: plan, encode, DP cluster, DP mixture, synthesize,
     decode (when the encoder has a decoder), evaluate; track it all in MLflow."""
@@ -63,18 +66,25 @@ def run(
     from dpsynth.data.datasets import DatasetNotFoundError
     from dpsynth.data.sources import DataSourceError
     from dpsynth.data.store import EmbeddingSetError
+    from dpsynth.outputs import OutputDirError
+    from dpsynth.preflight import PreflightError
     from dpsynth.privacy.ledger import BudgetExceededError
+    from dpsynth.runner import RunFailedError, summary
     from dpsynth.runner import run as run_all
-    from dpsynth.runner import summary
     from dpsynth.steps import StepInputError
     from dpsynth.tracking import TrackingUnavailableError
 
     try:
         cfg = load_config(config, set_ or [])
-        result = run_all(cfg, out, progress=progress, echo=typer.echo)
-    except (ConfigError, PrivacyParameterError, BudgetExceededError, TrackingUnavailableError,
-            DatasetNotFoundError, DataSourceError, EmbeddingSetError, StepInputError,
-            FileNotFoundError, FileExistsError) as exc:
+        result = run_all(cfg, out, progress=progress, echo=typer.echo, overwrite=overwrite)
+    except RunFailedError as exc:
+        # After the charge: the run says what it kept and what is missing.
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except (ConfigError, PreflightError, OutputDirError, PrivacyParameterError,
+            BudgetExceededError, TrackingUnavailableError, DatasetNotFoundError,
+            DataSourceError, EmbeddingSetError, StepInputError, FileNotFoundError,
+            FileExistsError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(summary(result))

@@ -68,7 +68,7 @@ def charge_run(config: RunConfig, out_dir: Path, *,
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"--out {out_dir} exists and is not a directory")
     plan = steps.make_plan(config)
-    _check_decoding(config)
+    check_decoding(config)
     dataset_id = config.data.ledger_id()
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -133,10 +133,14 @@ def _recheck_after_charge(tracker: Tracker, run_id: str, charge: LedgerEntry,
            "withdrawn and still counts against the budget."))
 
 
-def _check_decoding(config: RunConfig) -> None:
+def check_decoding(config: RunConfig) -> None:
     """A run that must decode needs a decoder: say so before any work is done."""
-    from dpsynth.decoders import decoder_for
+    from dpsynth.decoders import available_decoders, decoder_for
 
+    if config.decode.decoder and config.decode.decoder not in available_decoders():
+        raise steps.StepInputError(
+            f"decode.decoder: unknown decoder {config.decode.decoder!r}; available: "
+            f"{', '.join(available_decoders())}")
     wants = [k for k, on in (("decode.enabled", config.decode.enabled is True),
                              ("evaluate.image_level", config.evaluate.image_level)) if on]
     if wants and not config.decode.decoder and decoder_for(
@@ -156,25 +160,82 @@ def finish_run(tracker: Tracker, run_id: str, metrics: dict[str, Any] | None,
     tracker.end_run(run_id, "FINISHED" if metrics is not None else "FAILED")
 
 
+class RunFailedError(RuntimeError):
+    """A run failed after its budget was charged: what it wrote is kept and listed."""
+
+
+@dataclass
+class _Progress:
+    """What a run has done so far, for the record a failed run leaves behind."""
+
+    step: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def _expected_outputs(config: RunConfig) -> list[str]:
+    wanted = ["clusters", "mixture", "synthetic_embeddings"]
+    if config.decode.enabled is not False:
+        wanted.append("decoded_grid")
+    return [*wanted, "report", "metrics"]
+
+
 def run(config: RunConfig, out_dir: Path, *, progress: bool = True,
-        echo: Callable[[str], None] = print) -> RunResult:
+        echo: Callable[[str], None] = print, overwrite: bool = False) -> RunResult:
+    """Every step in-process. The pre-flight runs first: what fails there (bad paths,
+    class names, encoder, cache, ``--out``) costs no budget. After the charge, a failure
+    keeps the charge and everything written so far, records both in ``run.json`` and
+    raises :class:`RunFailedError`."""
+    from dpsynth.outputs import OutputDir
+    from dpsynth.preflight import preflight
+
     started = time.monotonic()
     out_dir = Path(out_dir)
-    charged = charge_run(config, out_dir, echo=echo)
+    preflight(config, out_dir, overwrite=overwrite)
+    owned = OutputDir.open(out_dir, overwrite=overwrite)
+    try:
+        charged = charge_run(config, out_dir, echo=echo)
+    finally:
+        owned.record()
     tracker, run_id, budget = charged.tracker, charged.run_id, charged.budget
     # ----- the run is charged: from here on private data may be read -----
+    owned.clear_previous()
+    state = _Progress(outputs={"privacy_plan": str(charged.plan_path)})
     metrics = None
+    failure: BaseException | None = None
     try:
-        metrics, outputs = _run_steps(config, out_dir, charged.plan_path, tracker, progress)
+        metrics = _run_steps(config, out_dir, charged.plan_path, tracker, progress, state)
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         finish_run(tracker, run_id, metrics, out_dir / "metrics.json" if metrics else None)
-    res = RunResult(out_dir, metrics, budget, tracker.uri, run_id, list(tracker.not_logged),
-                    tracker.error or "; ".join(tracker.rejected) or None, outputs,
-                    time.monotonic() - started)
-    write_json_atomic(out_dir / "run.json", {
-        "tracking_uri": tracker.uri, "experiment": config.tracking.experiment,
-        "run_id": run_id, "not_logged": res.not_logged, "tracking_error": res.tracking_error,
-        "budget": budget.to_dict(), "outputs": outputs, "seconds": res.seconds})
+        res = RunResult(out_dir, metrics, budget, tracker.uri, run_id,
+                        list(tracker.not_logged),
+                        tracker.error or "; ".join(tracker.rejected) or None, state.outputs,
+                        time.monotonic() - started)
+        missing = [k for k in _expected_outputs(config) if k not in state.outputs]
+        record = {
+            "status": "finished" if failure is None else "failed",
+            "tracking_uri": tracker.uri, "experiment": config.tracking.experiment,
+            "run_id": run_id, "not_logged": res.not_logged,
+            "tracking_error": res.tracking_error, "budget": budget.to_dict(),
+            "outputs": state.outputs, "seconds": res.seconds}
+        if failure is not None:
+            record.update(failed_step=state.step, missing=missing,
+                          error=f"{type(failure).__name__}: {failure}"[:2000],
+                          budget_charge="kept: the run had started reading private data")
+        with contextlib.suppress(OSError):  # a full disk must not hide the real error
+            write_json_atomic(out_dir / "run.json", record)
+        with contextlib.suppress(OSError):
+            owned.record()
+        if isinstance(failure, Exception):
+            raise RunFailedError(
+                f"the run failed in step {state.step!r}: {type(failure).__name__}: "
+                f"{str(failure)[:500]}. The privacy budget charge is kept (eps = "
+                f"{budget.requested:.3g} on {budget.dataset_id!r}): the run had started "
+                f"reading private data. Kept in {out_dir}: "
+                f"{', '.join(state.outputs) or 'nothing'}; missing: {', '.join(missing)}. "
+                f"Details: {out_dir / 'run.json'}") from failure
     return res
 
 
@@ -206,10 +267,12 @@ def _step(tracker: Tracker, name: str) -> Iterator[str | None]:
 
 
 def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
-               progress: bool) -> tuple[dict[str, Any], dict[str, str]]:
-    outputs: dict[str, str] = {"privacy_plan": str(plan_path)}
+               progress: bool, state: _Progress) -> dict[str, Any]:
+    outputs = state.outputs
+    state.step = "plan"
     with _step(tracker, "plan") as rid:
         tracker.log_artifact(rid, plan_path)
+    state.step = "encode"
     with _step(tracker, "encode") as rid:
         private_dir = None if config.encoder.cache else out / "private" / "train-embeddings"
         test_dir = None if config.encoder.cache else out / "private" / "test-embeddings"
@@ -221,14 +284,18 @@ def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
                                  "n_test": test.count}, what="encode parameters")
         outputs["train_embeddings (private)"] = str(train.path)
         outputs["test_embeddings"] = str(test.path)
+    state.step = "dp_cluster"
     with _step(tracker, "dp_cluster") as rid:
         clusters = steps.dp_cluster(train.path, plan_path, out / "clusters")
         tracker.log_artifact(rid, clusters, "clusters")
+        outputs["clusters"] = str(clusters)
+    state.step = "fit_gmm"
     with _step(tracker, "fit_gmm") as rid:
         mixture = steps.fit_gmm(train.path, clusters, plan_path, out / "mixture")
         tracker.log_artifact(rid, mixture, "mixture")
         outputs["mixture"] = str(mixture)
     s = config.synthesize
+    state.step = "synthesize"
     with _step(tracker, "synthesize") as rid:
         synthetic = steps.synthesize(mixture, out / "synthetic", n=s.n,
                                      class_balance=s.class_balance,
@@ -238,6 +305,7 @@ def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
         outputs["synthetic_embeddings"] = str(synthetic.path)
     decoded = None
     if config.decode.enabled is not False:
+        state.step = "decode"
         with _step(tracker, "decode") as rid:
             decoded = steps.decode(synthetic.path, out / "decoded",
                                    per_class=config.decode.per_class,
@@ -248,6 +316,7 @@ def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
             if decoded is not None:
                 tracker.log_artifact(rid, decoded / "grid.png", "decoded")
                 outputs["decoded_grid"] = str(decoded / "grid.png")
+    state.step = "evaluate"
     with _step(tracker, "evaluate") as rid:
         ev_dir = out / "evaluation"
         metrics = steps.evaluate_run(synthetic.path, test.path, ev_dir, config,
@@ -255,12 +324,12 @@ def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
                                      decoded_dir=decoded, progress=progress)
         tracker.log_metrics(rid, _numeric(metrics), what="evaluate metrics")
         tracker.log_artifact(rid, ev_dir, "evaluation")
-        outputs.update(metrics=str(ev_dir / "metrics.json"), report=str(ev_dir / "report.html"),
-                       plots=str(ev_dir / "plots"))
+        outputs.update(report=str(ev_dir / "report.html"), plots=str(ev_dir / "plots"))
     # metrics.json at the top of the output too: the one file a script reads.
     write_json_atomic(out / "metrics.json", metrics)
     outputs["metrics"] = str(out / "metrics.json")
-    return metrics, outputs
+    state.step = None
+    return metrics
 
 
 def summary(result: RunResult) -> str:

@@ -39,6 +39,23 @@ def _find(root: Path, stem: str) -> Path:
         "root= at a folder holding the IDX files.")
 
 
+def check_fashion_mnist(split: str = "train", root: str | Path | None = None
+                        ) -> tuple[int, ...]:
+    """The image shape of a Fashion-MNIST split, from the IDX headers only (no record is
+    read): files present, images and labels of the same length, sizes consistent."""
+    from dpsynth.data.idx import read_idx_header
+
+    if split not in _FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root or os.environ.get("DPSYNTH_FASHION_MNIST_DIR") or FASHION_MNIST_DIR)
+    _, image_shape = read_idx_header(_find(root, _FILES[split][0]))
+    _, label_shape = read_idx_header(_find(root, _FILES[split][1]))
+    if len(image_shape) != 3 or len(label_shape) != 1 or image_shape[0] != label_shape[0]:
+        raise ValueError(f"{root}: Fashion-MNIST {split} files do not fit together "
+                         f"(images {image_shape}, labels {label_shape})")
+    return image_shape[1:]
+
+
 def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> LabelledImages:
     """Fashion-MNIST ``split`` ("train": 60k, "test": 10k) from the IDX files."""
     if split not in _FILES:

@@ -74,8 +74,11 @@ class TwoLayerMLP:
 
 @dataclass
 class ClassificationReport:
+    """Accuracy on a test set. ``per_class_accuracy`` is None for a class with no test
+    record: there is nothing to score, and NaN is not JSON."""
+
     accuracy: float
-    per_class_accuracy: dict[int, float]
+    per_class_accuracy: dict[int, float | None]
     confusion: np.ndarray  # rows: true class, columns: predicted
     classes: np.ndarray
 
@@ -85,6 +88,10 @@ class ClassificationReport:
                 "confusion_matrix": self.confusion.tolist(),
                 "classes": self.classes.tolist()}
 
+    @property
+    def classes_without_test_records(self) -> list[int]:
+        return [c for c, v in self.per_class_accuracy.items() if v is None]
+
 
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray,
                           classes: np.ndarray) -> ClassificationReport:
@@ -92,7 +99,7 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray,
 
     cm = confusion_matrix(y_true, y_pred, labels=classes)
     totals = cm.sum(1)
-    per_class = {int(c): float(cm[i, i] / totals[i]) if totals[i] else float("nan")
+    per_class = {int(c): float(cm[i, i] / totals[i]) if totals[i] else None
                  for i, c in enumerate(classes)}
     return ClassificationReport(float((np.asarray(y_true) == np.asarray(y_pred)).mean()),
                                 per_class, cm, np.asarray(classes))

@@ -53,18 +53,28 @@ def plot_projection(X_syn: np.ndarray, y_syn: np.ndarray, X_test: np.ndarray,
     return path
 
 
-def plot_per_class_accuracy(synthetic: dict[str, float], nonprivate: dict[str, float] | None,
+def plot_per_class_accuracy(synthetic: dict[str, float | None],
+                            nonprivate: dict[str, float | None] | None,
                             class_names: Sequence[str], path: Path) -> Path:
-    """Test accuracy per class: MLP trained on synthetic data vs on real data."""
+    """Test accuracy per class: MLP trained on synthetic data vs on real data. A class
+    without test records (accuracy None) gets no bar and a "no test records" label."""
     x = np.arange(len(class_names))
     keys = sorted(synthetic, key=int)
+
+    def heights(acc: dict[str, float | None]) -> list[float]:
+        return [np.nan if acc[k] is None else acc[k] for k in keys]
+
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(class_names)), 4))
     width = 0.4 if nonprivate else 0.8
-    ax.bar(x - (width / 2 if nonprivate else 0), [synthetic[k] for k in keys], width,
+    ax.bar(x - (width / 2 if nonprivate else 0), heights(synthetic), width,
            label="trained on DP synthetic")
     if nonprivate:
-        ax.bar(x + width / 2, [nonprivate[k] for k in keys], width,
+        ax.bar(x + width / 2, heights(nonprivate), width,
                label="trained on real data (non-private)")
+    for i, k in enumerate(keys):
+        if synthetic[k] is None:
+            ax.text(x[i], 0.02, "no test records", rotation=90, ha="center", va="bottom",
+                    fontsize=7, color="grey")
     ax.set_xticks(x, class_names, rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("test accuracy")

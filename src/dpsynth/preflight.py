@@ -1,0 +1,152 @@
+"""The pre-flight: everything a run needs, checked before the privacy budget is charged.
+
+A run that cannot start must cost nothing. Before the charge, :func:`preflight` checks
+the output directory, the encoder, both splits of the data source (folders, file lists,
+IDX and tar headers: metadata, never a record's contents), that the encoder takes the
+images the source produces (by encoding one all-zero image, which is public), the
+embedding cache's integrity, and the decoder a run may need. What fails here raises
+:class:`PreflightError` and nothing is charged. After the charge the run keeps it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dpsynth.config import RunConfig
+from dpsynth.outputs import OutputDirError, check_out_dir
+
+
+class PreflightError(ValueError):
+    """A run that cannot start: found before the budget was charged, so nothing was."""
+
+
+@dataclass
+class PreflightReport:
+    image_shape: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    records: dict[str, int] = field(default_factory=dict)
+    cache: dict[str, str] = field(default_factory=dict)
+
+
+def make_encoder_or_explain(config: RunConfig):
+    """The configured encoder, or a one-line error naming ``encoder.name``/``options``."""
+    from dpsynth.steps import make_encoder
+
+    try:
+        return make_encoder(config)
+    except KeyError as exc:  # the registry's "unknown encoder ...; available: ..."
+        raise PreflightError(f"encoder.name: {exc.args[0]}") from None
+    except TypeError as exc:
+        raise PreflightError(f"encoder.options {config.encoder.options!r} do not fit encoder "
+                             f"{config.encoder.name!r}: {exc}") from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise PreflightError(f"encoder {config.encoder.name!r} cannot be loaded: "
+                             f"{exc}") from None
+
+
+def source_image_shape(config: RunConfig, split: str) -> tuple[tuple[int, ...], int]:
+    """(image shape, number of records) of ``split``, from metadata only."""
+    from dpsynth.data.datasets import check_fashion_mnist
+    from dpsynth.data.sources import make_source
+
+    data = config.data
+    if data.source == "fashion-mnist":
+        # The IDX headers say everything; loading the arrays would read every record.
+        shape = check_fashion_mnist(split, data.root)
+        return shape, -1
+    source = make_source(data, split)
+    if data.source == "digits":
+        return tuple(source.data.images.shape[1:]), len(source)
+    size = int(data.image_size)
+    return ((size, size) if data.color == "gray" else (size, size, 3)), len(source)
+
+
+def _check_image_folder_classes(config: RunConfig) -> None:
+    """Every public class has a training folder: a class name that matches no folder is
+    almost always a typo, and would silently train a class on no data."""
+    data = config.data
+    if data.source != "image-folder" or not data.class_names:
+        return
+    root = Path(data.train_dir)
+    missing = [name for name in data.class_names if not (root / name).is_dir()]
+    if missing:
+        raise PreflightError(f"data.class_names {missing} have no folder under "
+                             f"data.train_dir {root} (folders there: "
+                             f"{sorted(p.name for p in root.iterdir() if p.is_dir())})")
+    test = Path(data.test_dir)
+    absent = [name for name in data.class_names if not (test / name).is_dir()]
+    if absent and test.is_dir():
+        warnings.warn(f"classes {absent} have no folder under data.test_dir {test}: their "
+                      "test accuracy will be reported as unavailable", stacklevel=2)
+
+
+def check_encoder_takes(encoder, shape: tuple[int, ...], where: str) -> None:
+    """Encode one all-zero image of ``shape`` (public, data-independent): the cheapest
+    proof that the encoder accepts what the source produces and gives ``encoder.dim``."""
+    try:
+        out = np.asarray(encoder.encode_batch(np.zeros((1, *shape), np.uint8)))
+    except Exception as exc:  # noqa: BLE001 - any failure here means "does not fit"
+        raise PreflightError(f"encoder {encoder.name!r} cannot encode the {where} images "
+                             f"(shape {shape}): {exc}") from None
+    if out.shape != (1, encoder.dim):
+        raise PreflightError(f"encoder {encoder.name!r} returned shape {out.shape} for one "
+                             f"{where} image, expected (1, {encoder.dim})")
+
+
+def _check_output_sets(out_dir: Path, config: RunConfig) -> None:
+    """The EmbeddingSet folders a run replaces must hold a set or nothing: dpsynth removes
+    only a set's own files, so a user's files there would stop the run after its charge."""
+    from dpsynth.data.store import MANIFEST
+
+    replaced = [out_dir / "synthetic"]
+    if not config.encoder.cache:
+        replaced += [out_dir / "private" / "train-embeddings",
+                     out_dir / "private" / "test-embeddings"]
+    for folder in replaced:
+        if folder.is_file() or (folder.is_dir() and any(folder.iterdir())
+                                and not (folder / MANIFEST).is_file()):
+            raise PreflightError(f"{folder} is not empty and holds no EmbeddingSet "
+                                 f"({MANIFEST}); dpsynth writes one there and will not "
+                                 "delete files it did not write: move them away")
+
+
+def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = False
+              ) -> PreflightReport:
+    """Check everything the run needs without reading a record; raise PreflightError."""
+    from dpsynth.data.datasets import DatasetNotFoundError
+    from dpsynth.data.sources import DataSourceError
+    from dpsynth.steps import StepInputError, check_cached_encoding
+    report = PreflightReport()
+    if out_dir is not None:
+        try:
+            check_out_dir(Path(out_dir), overwrite=overwrite)
+        except OutputDirError as exc:
+            raise PreflightError(str(exc)) from None
+        _check_output_sets(Path(out_dir), config)
+    encoder = make_encoder_or_explain(config)
+    for split, role in (("train", "private training"), ("test", "test")):
+        try:
+            shape, count = source_image_shape(config, split)
+        except (DatasetNotFoundError, DataSourceError, FileNotFoundError, ValueError) as exc:
+            raise PreflightError(f"data ({split} split): {exc}") from None
+        if count == 0:
+            raise PreflightError(f"data ({split} split) holds no records")
+        if split == "train":
+            _check_image_folder_classes(config)
+        report.image_shape[split], report.records[split] = shape, count
+        check_encoder_takes(encoder, shape, role)
+        if config.encoder.cache:
+            try:
+                report.cache[split] = check_cached_encoding(config, split)
+            except (StepInputError, OSError, ValueError) as exc:
+                raise PreflightError(f"embedding cache ({split} split): {exc}") from None
+    from dpsynth.runner import check_decoding
+
+    try:
+        check_decoding(config)
+    except (StepInputError, KeyError) as exc:
+        raise PreflightError(str(exc).strip("'\"")) from None
+    return report
