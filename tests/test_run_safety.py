@@ -34,7 +34,8 @@ def _folder_args(tmp_path: Path, *extra: str) -> list[str]:
     sets = [f"data.train_dir={tmp_path / 'train'}", f"data.test_dir={tmp_path / 'test'}",
             "data.source=image-folder", "data.image_size=8", "data.color=gray",
             "encoder.name=pixels", "encoder.options={image_shape: [8, 8]}",
-            f"encoder.cache_dir={tmp_path / 'cache'}", "privacy.epsilon=8", "privacy.budget.epsilon=50",
+            f"encoder.cache_dir={tmp_path / 'cache'}", "privacy.epsilon=8",
+            "privacy.budget.epsilon=50",
             "model.subspace_dim=4", "model.normalize=false", "synthesize.n=60",
             "evaluate.epochs=2", "evaluate.nonprivate_baseline=false",
             f"data.dataset_id=folder-{tmp_path.name}", *extra]
