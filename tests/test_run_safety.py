@@ -246,3 +246,23 @@ def test_preflight_reads_no_record(folders, monkeypatch):
     with pytest.raises(PreflightError, match="no folder under data.train_dir"):
         preflight(cfg.model_copy(update={"data": cfg.data.model_copy(
             update={"class_names": ["c0", "c1", "c2", "c3"]})}), None)
+
+
+def test_a_file_that_is_no_image_stops_the_run_before_the_charge(folders, charges):
+    (folders / "train" / "c1" / "notes.png").write_text("not an image")
+    result = _run(folders / "out", *_folder_args(folders))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and "notes.png" in result.stderr
+    assert "on_bad_image: skip" in result.stderr and charges == []
+
+
+def test_an_image_damaged_past_its_header_fails_after_the_charge_in_one_line(folders,
+                                                                              charges):
+    good = (folders / "train" / "c1" / "0.png").read_bytes()
+    (folders / "train" / "c1" / "broken.png").write_bytes(good[: len(good) // 2])
+    out = folders / "out"
+    result = _run(out, *_folder_args(folders))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and "broken.png" in result.stderr
+    assert "charge is kept" in result.stderr and len(charges) == 1
+    assert json.loads((out / "run.json").read_text())["failed_step"] == "encode"

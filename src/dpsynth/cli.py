@@ -78,9 +78,12 @@ def run(
         cfg = load_config(config, set_ or [])
         result = run_all(cfg, out, progress=progress, echo=typer.echo, overwrite=overwrite)
     except RunFailedError as exc:
-        # After the charge: the run says what it kept and what is missing.
+        # After the charge: the run says what it kept and what is missing. Bad input found
+        # only then (an image damaged past its header) is still exit code 2.
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        bad_input = isinstance(exc.__cause__, DataSourceError | EmbeddingSetError
+                               | StepInputError | OutputDirError)
+        raise typer.Exit(2 if bad_input else 1) from None
     except (ConfigError, PreflightError, OutputDirError, PrivacyParameterError,
             BudgetExceededError, TrackingUnavailableError, DatasetNotFoundError,
             DataSourceError, EmbeddingSetError, StepInputError, FileNotFoundError,

@@ -48,7 +48,8 @@ def make_encoder_or_explain(config: RunConfig):
 
 
 def source_image_shape(config: RunConfig, split: str) -> tuple[tuple[int, ...], int]:
-    """(image shape, number of records) of ``split``, from metadata only."""
+    """(image shape, number of records) of ``split``, from metadata only: listings, IDX
+    headers, tar headers and image file headers."""
     from dpsynth.data.datasets import check_fashion_mnist
     from dpsynth.data.sources import make_source
 
@@ -58,10 +59,37 @@ def source_image_shape(config: RunConfig, split: str) -> tuple[tuple[int, ...], 
         shape = check_fashion_mnist(split, data.root)
         return shape, -1
     source = make_source(data, split)
+    if data.source == "image-folder" and data.on_bad_image == "fail":
+        check_image_headers(list(source.files), data.workers)
     if data.source == "digits":
         return tuple(source.data.images.shape[1:]), len(source)
     size = int(data.image_size)
     return ((size, size) if data.color == "gray" else (size, size, 3)), len(source)
+
+
+def check_image_headers(files: list[Path], workers: int = 4) -> None:
+    """Open every image file's header (format and size; PIL decodes no pixel until asked),
+    so a file that is no image at all stops the run before the charge, not after it. A
+    file whose pixel data is damaged past the header is still found only by the encode."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image, UnidentifiedImageError
+
+    def problem(path: Path) -> str | None:
+        try:
+            with Image.open(path) as img:
+                if img.size[0] < 1 or img.size[1] < 1:
+                    return f"{path}: image has size {img.size}"
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            return f"cannot read image {path}: {exc}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        bad = [p for p in pool.map(problem, files) if p]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise PreflightError(f"{bad[0]}{more}; set data.on_bad_image: skip to leave such "
+                             "files out")
 
 
 def _check_image_folder_classes(config: RunConfig) -> None:
