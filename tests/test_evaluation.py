@@ -57,7 +57,8 @@ def test_classification_report_counts():
     for i, c in enumerate(classes[:3]):
         assert report.per_class_accuracy[int(c)] == pytest.approx(
             confusion[i, i] / confusion[i].sum())
-    assert np.isnan(report.per_class_accuracy[8])
+    assert report.per_class_accuracy[8] is None  # no test record: nothing to score
+    assert report.classes_without_test_records == [8]
     assert report.accuracy == pytest.approx((y_true == y_pred).mean())
     assert report.to_dict()["confusion_matrix"] == confusion.tolist()
 

@@ -172,6 +172,8 @@ class OutputDir:
         written = {rel for rel, mtime in now.items()
                    if rel != OWNER_FILE and not rel.startswith(".") and
                    (rel not in self._before or self._before[rel] != mtime)}
+        if not (previous or written) and not (self.path / OWNER_FILE).exists():
+            return self.path / OWNER_FILE  # nothing written: leave no trace either
         record = {"format": OWNER_FORMAT,
                   "note": "files written by dpsynth; the next run into this directory "
                           "removes them (except the tracking store) and nothing else",

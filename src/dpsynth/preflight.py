@@ -18,9 +18,10 @@ import numpy as np
 
 from dpsynth.config import RunConfig
 from dpsynth.outputs import OutputDirError, check_out_dir
+from dpsynth.steps import StepInputError
 
 
-class PreflightError(ValueError):
+class PreflightError(StepInputError):
     """A run that cannot start: found before the budget was charged, so nothing was."""
 
 
@@ -146,7 +147,7 @@ def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = Fals
     """Check everything the run needs without reading a record; raise PreflightError."""
     from dpsynth.data.datasets import DatasetNotFoundError
     from dpsynth.data.sources import DataSourceError
-    from dpsynth.steps import StepInputError, check_cached_encoding
+    from dpsynth.steps import check_cached_encoding
     report = PreflightReport()
     if out_dir is not None:
         try:
