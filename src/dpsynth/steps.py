@@ -23,8 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
+import time
+import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +38,12 @@ from tqdm.auto import tqdm
 from dpsynth.config import EvaluateConfig, RunConfig
 from dpsynth.data.sources import make_source
 from dpsynth.data.store import (
+    MANIFEST,
     EmbeddingParts,
     EmbeddingSet,
+    EmbeddingSetError,
     EmbeddingSetWriter,
+    check_embedding_set,
     open_embeddings,
     write_embedding_set,
     write_json_atomic,
@@ -117,10 +124,151 @@ def encoding_key(config: RunConfig, split: str, part: int = 0,
     return key, source
 
 
+#: The cache's private index (inside ``encoder.cache_dir``): one file per key, named by the
+#: key's sha256 and holding the name of the entry directory.
+CACHE_INDEX = "index"
+#: Entry directories: public slugs and a random id, nothing derived from the data, since
+#: their paths are printed in run.json and logs outside the private boundary.
+_ENTRY_NAME = re.compile(r"[A-Za-z0-9._-]*[0-9a-f]{32}")
+#: The files dpsynth writes into a cache entry (EmbeddingSetWriter's names and its
+#: temporary files); discarding a damaged entry removes these and nothing else.
+_ENTRY_FILE = re.compile(r"manifest\.json|shard-\d{5,}\.(embeddings|labels)\.npy|"
+                         r"\.(manifest\.json|shard-\d{5,}\.(embeddings|labels)\.npy)"
+                         r"(\.[0-9a-f]+)?\.tmp")
+
+
+class CacheEntryWarning(UserWarning):
+    """A damaged embedding cache entry was found and discarded (it will be re-encoded)."""
+
+
+def _key_digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cache_root(config: RunConfig) -> Path:
+    return Path(config.encoder.cache_dir).expanduser()
+
+
+def _read_index(file: Path) -> str | None:
+    """The entry name an index file holds; None when there is no index file (a damaged one
+    is removed, with a warning, so that a new entry takes its place)."""
+    for _ in range(20):
+        try:
+            text = file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        except ValueError:  # not text at all
+            text = ""
+        if _ENTRY_NAME.fullmatch(text):
+            return text
+        # Only where hard links are unsupported is an index file created empty and then
+        # written (see _claim_index): give a concurrent writer a moment to finish.
+        time.sleep(0.05)
+    # The file's name (the key's digest) stays out of the message: warnings reach logs.
+    warnings.warn(f"a file of the embedding cache index {file.parent} was damaged; removed "
+                  "it, so its key gets a new cache entry", CacheEntryWarning, stacklevel=3)
+    file.unlink(missing_ok=True)
+    return None
+
+
+def _claim_index(file: Path, name: str) -> None:
+    """Record ``name`` for the key of index ``file`` unless another process already has:
+    the file appears whole (written aside, then hard-linked, which fails if it exists), so
+    concurrent encoders of one key agree on the first one's entry."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, file)
+        except FileExistsError:
+            pass  # another encoder won; the caller adopts its entry
+        except OSError:  # no hard links on this file system: an exclusive create
+            try:
+                fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return
+            with os.fdopen(fd, "w") as f:
+                f.write(name + "\n")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _cache_lookup(config: RunConfig, key: dict[str, Any]) -> Path | None:
+    """The cache entry directory recorded for ``key``, or None (nothing is created)."""
+    name = _read_index(_cache_root(config) / CACHE_INDEX / _key_digest(key))
+    return None if name is None else _cache_root(config) / name
+
+
 def cache_path(config: RunConfig, key: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
-    name = f"{_slug(key['dataset'])}-{_slug(key['encoder'])}-{digest.hexdigest()[:12]}"
-    return Path(config.encoder.cache_dir).expanduser() / name
+    """The cache entry directory for ``key``: the one the private index records, or a new
+    one (a random name, recorded first). Safe when several encoders ask at once: all get
+    the first one's directory. The directory itself is created by the writer."""
+    root = _cache_root(config)
+    file = root / CACHE_INDEX / _key_digest(key)
+    try:
+        for _ in range(5):
+            name = _read_index(file)
+            if name is not None:
+                return root / name
+            _claim_index(file, f"{_slug(key['dataset'])}-{_slug(key['encoder'])}-"
+                               f"{uuid.uuid4().hex}")
+    except OSError as exc:
+        # Named by folder only: the index file's name is a digest of the private data.
+        raise OSError(exc.errno, f"cannot use the embedding cache index in {file.parent}: "
+                                 f"{exc.strerror or exc}") from None
+    raise OSError(f"could not record an entry in the embedding cache index {file.parent}")
+
+
+def _discard_cache_entry(path: Path, problem: str) -> None:
+    """Warn about a damaged cache entry and remove the files dpsynth wrote there."""
+    warnings.warn(f"embedding cache entry {path} is damaged and was discarded; it will be "
+                  f"encoded again. {problem}", CacheEntryWarning, stacklevel=3)
+    for file in path.iterdir():
+        if _ENTRY_FILE.fullmatch(file.name) and (file.is_symlink() or file.is_file()):
+            file.unlink(missing_ok=True)
+    if not any(path.iterdir()):  # anything else there is left alone
+        path.rmdir()
+
+
+def _check_cache_entry(path: Path, key: dict[str, Any]) -> str:
+    """"absent", "partial" or "complete" for the cache entry at ``path``, after checking
+    every shard it lists (sha256 included; remembered in-process, so the encode that
+    follows does not hash the files again). A damaged entry (unreadable manifest, another
+    key, a missing, truncated or corrupt shard) is discarded with a
+    :class:`CacheEntryWarning` naming it, and is then "absent"."""
+    if not (path / MANIFEST).exists():
+        return "absent"
+    try:
+        manifest = check_embedding_set(path, verify=True)
+        # Compared as JSON, as the manifest stores it.
+        if manifest.get("key") != json.loads(json.dumps(key, default=str)):
+            raise EmbeddingSetError(f"{path / MANIFEST} holds another key than the index "
+                                    "says")
+    except EmbeddingSetError as exc:
+        _discard_cache_entry(path, str(exc))
+        return "absent"
+    return "complete" if manifest.get("complete") else "partial"
+
+
+def check_cached_encoding(config: RunConfig, split: str, *, part: int = 0,
+                          parts: int = 1) -> str:
+    """Pre-flight check of a split's embedding cache entry; encodes and decodes nothing.
+
+    Returns "absent" (nothing cached, or the cache is off: encode will encode it all),
+    "partial" (encode will resume it) or "complete" (encode will reuse it). A damaged entry
+    is discarded with a :class:`CacheEntryWarning` naming its path and the problem, and
+    reported "absent". The source is listed to compute the key (its fingerprint), and the
+    entry's files are hashed once: :func:`encode` in the same process reuses the check.
+    """
+    if not config.encoder.cache:
+        return "absent"
+    key, _ = encoding_key(config, split, part, parts)
+    path = _cache_lookup(config, key)
+    return "absent" if path is None else _check_cache_entry(path, key)
 
 
 def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: int = 0,
@@ -128,10 +276,12 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: 
     """Encode a split into an EmbeddingSet, shard by shard.
 
     ``out_dir=None`` uses the embedding cache (``encoder.cache_dir``, keyed by dataset,
-    source fingerprint, encoder and its options): a complete cached set is returned
-    without encoding, a partial one is resumed. With ``encoder.cache: false`` the set is
-    written afresh to ``out_dir``. Shards already written under the same key are never
-    redone, so a crashed encode resumes where it stopped.
+    source fingerprint, encoder and its options; see :func:`cache_path`): a complete
+    cached set is returned without encoding, a partial one is resumed, and a damaged one
+    (see :func:`check_cached_encoding`) is discarded with a warning and encoded again.
+    With ``encoder.cache: false`` the set is written afresh to ``out_dir``. Shards already
+    written under the same key are never redone, so a crashed encode resumes where it
+    stopped.
 
     ``part``/``parts`` encode one of ``parts`` contiguous groups of whole shards (the
     pipeline's fan-out). The parts, read in order with :func:`open_embeddings`, hold
@@ -140,8 +290,14 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: 
     if not 0 <= part < parts:
         raise ValueError(f"part must be in [0, {parts}), got {part}")
     key, source = encoding_key(config, split, part, parts)
+    checked = False
     if out_dir is None:
         out_dir = cache_path(config, key)
+        if config.encoder.cache:
+            # A damaged entry is discarded here, so it is re-encoded instead of failing
+            # every retry (or, zeroed, being used silently).
+            _check_cache_entry(out_dir, key)
+            checked = True
     out_dir = Path(out_dir)
     if not config.encoder.cache and out_dir.exists():
         shutil.rmtree(out_dir)
@@ -149,9 +305,10 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: 
     writer = EmbeddingSetWriter(
         out_dir, encoder=encoder.name, encoder_options=config.encoder.options,
         dim=encoder.dim, normalized=encoder.normalized, classes=source.classes,
-        class_names=source.class_names, dataset_id=source.dataset_id, key=key)
+        class_names=source.class_names, dataset_id=source.dataset_id, key=key,
+        verify=not checked)
     if writer.complete:
-        return EmbeddingSet.open(out_dir)
+        return EmbeddingSet.open(out_dir, verify=False)  # the writer has just checked it
     rows = config.encoder.shard_rows
     n = len(source)
     mine = np.array_split(np.arange(max(1, -(-n // rows))), parts)[part]

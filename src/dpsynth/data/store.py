@@ -9,17 +9,29 @@ The format is the contract between steps (docs/formats.md)::
 No pickle anywhere: shards are plain ``.npy`` opened with ``allow_pickle=False`` and
 memory-mapped, so steps stream over sets larger than RAM.
 
-Writing is shard by shard. Each shard is written to a temporary name and renamed, then the
-manifest is rewritten (also by rename) to list it, so a crash leaves a manifest that lists
-only whole shards; :class:`EmbeddingSetWriter` resumes from there. ``complete`` turns true
-only when the writer finishes, and readers refuse incomplete sets.
+Writing is shard by shard. Each shard is written to a temporary name, flushed to disk and
+renamed, then the manifest is rewritten (also by rename) to list it, so a crash leaves a
+manifest that lists only whole shards; :class:`EmbeddingSetWriter` resumes from there.
+``complete`` turns true only when the writer finishes, and readers refuse incomplete sets.
+
+Every shard file's sha256 and size are taken from the bytes as they are written and kept in
+the manifest. Opening a set checks each file's size and ``.npy`` header (cheap) and, unless
+told not to, streams it through sha256, so a zeroed, truncated or missing shard is an
+:class:`EmbeddingSetError` naming the file instead of silently wrong data or a bare mmap
+error. Hashes verified in this process are remembered by file identity (inode, size,
+mtime, ctime), so opening the same set again does not re-read it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
-from collections.abc import Sequence
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,18 +47,171 @@ class EmbeddingSetError(ValueError):
     """A directory that is not a valid (complete) EmbeddingSet, with what is wrong."""
 
 
+class _HashingWriter:
+    """A write-only file object that hashes and counts what goes through it.
+
+    ``np.save`` writes a non-file object in chunks through ``write``, so the checksum is
+    of exactly the bytes written, without reading the file back."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._sha = hashlib.sha256()
+        self.nbytes = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        written = self._raw.write(view)
+        self._sha.update(view)
+        self.nbytes += len(view)
+        return written if written is not None else len(view)
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def _tmp_name(path: Path) -> Path:
+    # Unique per writer: two processes writing the same set never share a temporary file.
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[_HashingWriter]:
+    """Write ``path`` through a temporary file, fsync it and rename it into place.
+
+    If anything fails (a full disk, an interrupt) the temporary file is removed and
+    ``path`` is untouched. The fsync before the rename keeps a power loss from leaving a
+    renamed file whose blocks were never written (read back as zeros)."""
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as raw:
+            out = _HashingWriter(raw)
+            yield out
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, allow_nan=False).encode()
+    with _atomic_file(Path(path)) as f:
+        f.write(text)
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
+def _save_npy_atomic(path: Path, array: np.ndarray) -> tuple[str, int]:
+    """Save ``array`` as ``.npy`` atomically; its sha256 (hex) and size in bytes."""
+    with _atomic_file(path) as f:
+        np.save(f, array, allow_pickle=False)  # a non-file: numpy writes through .write
+    return f.hexdigest(), f.nbytes
+
+
+#: Files whose sha256 this process has computed: (device, inode) -> (size, mtime_ns,
+#: ctime_ns, sha256, when hashed). Lets a pre-flight check and the encode that follows it
+#: hash a large set once.
+_VERIFIED: dict[tuple[int, int], tuple[int, int, int, str, int]] = {}
+_VERIFIED_LOCK = threading.Lock()
+#: A file changed less than this long before it was hashed may change again within the
+#: same coarse filesystem timestamp (git's "racily clean" case): its hash is not reused.
+_SETTLE_NS = 2_000_000_000
+_CHUNK = 1 << 20
+
+
+def _sha256_file(file: Path) -> str:
+    """sha256 of a file, read in chunks (sets can be larger than RAM)."""
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_sha256(file: Path, st: os.stat_result) -> str:
+    """The file's sha256, reusing this process's earlier hash of the unchanged file."""
+    ident = (st.st_dev, st.st_ino)
+    with _VERIFIED_LOCK:
+        seen = _VERIFIED.get(ident)
+    if seen is not None:
+        size, mtime, ctime, digest, hashed_at = seen
+        if ((size, mtime, ctime) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                and max(mtime, ctime) < hashed_at - _SETTLE_NS):
+            return digest
+    hashed_at = time.time_ns()
+    digest = _sha256_file(file)
+    after = file.stat()
+    if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+            st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+        with _VERIFIED_LOCK:
+            _VERIFIED[ident] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest, hashed_at)
+    return digest
+
+
+def _npy_layout(file: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and the size in bytes a whole ``.npy`` file with this header has."""
+    with open(file, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f".npy version {version} (dpsynth writes 1.0)")
+        return shape, dtype, f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def check_embedding_set(path: str | Path, *, verify: bool = True,
+                        manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check a set, complete or not, without opening it for reading: its manifest and every
+    shard it lists (sizes, headers and, with ``verify``, sha256). Returns the manifest;
+    anything wrong is an :class:`EmbeddingSetError` naming the file."""
+    path = Path(path)
+    manifest = read_manifest(path) if manifest is None else manifest
+    total = sum(int(shard["count"]) for shard in manifest["shards"])
+    if total != manifest.get("count"):
+        raise EmbeddingSetError(f"{path}: shards hold {total} rows, manifest says "
+                                f"{manifest.get('count')}")
+    _check_shards(path, manifest, verify=verify)
+    return manifest
+
+
+def _check_shards(path: Path, manifest: dict[str, Any], *, verify: bool) -> None:
+    """Every listed shard file exists, is whole, has the shape the manifest says and, with
+    ``verify``, the sha256 it had when written. Shards written before checksums were
+    recorded (no ``sha256`` in their entry) get every check but the hash."""
+    dim = manifest.get("dim")
+    for i, shard in enumerate(manifest.get("shards", [])):
+        rows = int(shard["count"])
+        for kind, want_shape, kinds in (("embeddings", (rows, dim), "f"),
+                                        ("labels", (rows,), "iu")):
+            file = path / shard[kind]
+            try:
+                st = file.stat()
+            except FileNotFoundError:
+                raise EmbeddingSetError(f"{file}: shard {i} {kind} file is missing") from None
+            size = (shard.get("bytes") or {}).get(kind)
+            if size is not None and st.st_size != size:
+                what = "truncated" if st.st_size < size else "too long"
+                raise EmbeddingSetError(f"{file}: shard {i} {kind} file is {what} "
+                                        f"({st.st_size} bytes, the manifest says {size})")
+            try:
+                shape, dtype, whole = _npy_layout(file)
+            except (ValueError, OSError) as exc:
+                raise EmbeddingSetError(f"{file}: shard {i} {kind} file is not a valid .npy "
+                                        f"file ({exc})") from None
+            if st.st_size != whole:
+                raise EmbeddingSetError(f"{file}: shard {i} {kind} file is "
+                                        f"{'truncated' if st.st_size < whole else 'too long'}"
+                                        f" ({st.st_size} bytes, its header needs {whole})")
+            if tuple(shape) != want_shape or dtype.kind not in kinds:
+                raise EmbeddingSetError(f"{file}: shard {i} {kind} have shape {shape} dtype "
+                                        f"{dtype}, the manifest says {want_shape}")
+            digest = (shard.get("sha256") or {}).get(kind)
+            if verify and digest is not None and _file_sha256(file, st) != digest:
+                raise EmbeddingSetError(f"{file}: shard {i} {kind} file is corrupt (sha256 "
+                                        "differs from the one recorded when it was written)")
 
 
 class _ManifestView:
@@ -89,30 +254,27 @@ class EmbeddingSet(_ManifestView):
     ``dtype``, ``count``, ``normalized`` (rows L2-normalised by the encoder),
     ``classes`` (integer labels) and ``class_names``, ``dataset_id``, ``synthetic``,
     ``key`` (what produced it; the cache compares it), ``complete``, ``shards``
-    (``{"embeddings", "labels", "count"}`` each) and free-form ``provenance``.
+    (``{"index", "embeddings", "labels", "count", "sha256", "bytes"}`` each; ``sha256``
+    and ``bytes`` map ``embeddings``/``labels`` to the file's checksum and size) and
+    free-form ``provenance``.
     """
 
     path: Path
     manifest: dict[str, Any]
 
     @classmethod
-    def open(cls, path: str | Path) -> EmbeddingSet:
+    def open(cls, path: str | Path, *, verify: bool = True) -> EmbeddingSet:
+        """Open a complete set, checking every shard file (see :func:`_check_shards`).
+
+        ``verify=False`` skips only the sha256 of each file (sizes and headers are always
+        checked): for callers that have just verified or written the set."""
         path = Path(path)
         manifest = read_manifest(path)
         if not manifest.get("complete"):
             done = len(manifest.get("shards", []))
             raise EmbeddingSetError(f"{path} is an incomplete EmbeddingSet ({done} shards "
                                     "written); rerun the step that writes it to resume")
-        total = 0
-        for i, shard in enumerate(manifest["shards"]):
-            for kind in ("embeddings", "labels"):
-                if not (path / shard[kind]).is_file():
-                    raise EmbeddingSetError(f"{path}: shard {i} file {shard[kind]} is missing")
-            total += int(shard["count"])
-        if total != manifest["count"]:
-            raise EmbeddingSetError(f"{path}: shards hold {total} rows, manifest says "
-                                    f"{manifest['count']}")
-        return cls(path, manifest)
+        return cls(path, check_embedding_set(path, verify=verify, manifest=manifest))
 
     def shards(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Every shard as memory-mapped (embeddings, labels), checked against the manifest."""
@@ -179,11 +341,12 @@ class EmbeddingParts(_ManifestView):
                 np.concatenate([y for _, y in loaded]))
 
 
-def open_embeddings(paths: str | Path | Sequence[str | Path]) -> EmbeddingSet | EmbeddingParts:
+def open_embeddings(paths: str | Path | Sequence[str | Path], *,
+                    verify: bool = True) -> EmbeddingSet | EmbeddingParts:
     """One EmbeddingSet directory, or a list of part directories read as one set."""
     if isinstance(paths, str | Path):
-        return EmbeddingSet.open(paths)
-    sets = [EmbeddingSet.open(p) for p in paths]
+        return EmbeddingSet.open(paths, verify=verify)
+    sets = [EmbeddingSet.open(p, verify=verify) for p in paths]
     # A fan-out may hand the parts over in any order; the key says where each belongs.
     sets.sort(key=lambda s: (s.manifest.get("key") or {}).get("part", [0])[0])
     return sets[0] if len(sets) == 1 else EmbeddingParts(tuple(sets))
@@ -195,15 +358,30 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise EmbeddingSetError(f"{path} is not an EmbeddingSet: no {MANIFEST}")
     try:
         manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EmbeddingSetError(f"{file} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise EmbeddingSetError(f"{file} is not an EmbeddingSet manifest (not a JSON object)")
     if manifest.get("format") != FORMAT:
         raise EmbeddingSetError(f"{file}: format is {manifest.get('format')!r}, "
                                 f"expected {FORMAT!r}")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise EmbeddingSetError(f"{file}: unsupported format_version "
                                 f"{manifest.get('format_version')!r}")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not all(_valid_shard_entry(s) for s in shards):
+        raise EmbeddingSetError(f"{file}: malformed shards list (each entry needs index, "
+                                "count and the plain file names of embeddings and labels)")
     return manifest
+
+
+def _valid_shard_entry(shard: Any) -> bool:
+    # File names must stay inside the set's directory: a manifest is read, never trusted.
+    return (isinstance(shard, dict) and isinstance(shard.get("index"), int)
+            and isinstance(shard.get("count"), int)
+            and all(isinstance(shard.get(k), str) and Path(shard[k]).name == shard[k]
+                    and shard[k] not in ("", ".", "..") for k in ("embeddings", "labels"))
+            and all(isinstance(shard.get(k, {}), dict) for k in ("sha256", "bytes")))
 
 
 class EmbeddingSetWriter:
@@ -211,15 +389,17 @@ class EmbeddingSetWriter:
 
     ``key`` identifies what is being written (dataset, encoder, preprocessing). Opening a
     directory that holds a set with another key is refused rather than overwritten; with
-    the same key, shards already listed in the manifest are kept and
-    :meth:`has_shard` tells the caller to skip them.
+    the same key, shards already listed in the manifest are checked (their sha256 too,
+    unless ``verify=False`` because the caller just did) and kept, and :meth:`has_shard`
+    tells the caller to skip them. A damaged shard is an :class:`EmbeddingSetError`
+    naming the file.
     """
 
     def __init__(self, path: str | Path, *, encoder: str, dim: int, normalized: bool,
                  classes: Sequence[int], class_names: Sequence[str], dataset_id: str,
                  key: dict[str, Any], synthetic: bool = False,
                  encoder_options: dict[str, Any] | None = None,
-                 provenance: dict[str, Any] | None = None) -> None:
+                 provenance: dict[str, Any] | None = None, verify: bool = True) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         fresh = {
@@ -233,10 +413,19 @@ class EmbeddingSetWriter:
         if (self.path / MANIFEST).exists():
             existing = read_manifest(self.path)
             if existing.get("key") != key:
+                # Names the differing fields, not their values: a key holds a digest of
+                # the private data, and this message reaches terminals and logs.
+                old = existing.get("key") if isinstance(existing.get("key"), dict) else {}
+                fields = sorted(k for k in {*old, *key} if old.get(k) != key.get(k))
                 raise EmbeddingSetError(
-                    f"{self.path} already holds a different EmbeddingSet (key "
-                    f"{existing.get('key')!r}, writing {key!r}); choose another directory "
-                    "or delete it")
+                    f"{self.path} already holds a different EmbeddingSet (its key differs "
+                    f"in {', '.join(fields) or 'type'}); choose another directory or "
+                    "delete it")
+            try:
+                check_embedding_set(self.path, verify=verify, manifest=existing)
+            except EmbeddingSetError as exc:
+                raise EmbeddingSetError(f"{exc}; cannot resume {self.path}: delete it to "
+                                        "write the set afresh") from None
             self.manifest = existing
         else:
             self.manifest = fresh
@@ -267,11 +456,13 @@ class EmbeddingSetWriter:
         if self.complete:
             raise EmbeddingSetError(f"{self.path} is complete; it takes no more shards")
         stem = f"shard-{index:05d}"
-        _save_npy_atomic(self.path / f"{stem}.embeddings.npy", X)
-        _save_npy_atomic(self.path / f"{stem}.labels.npy", y)
+        x_sha, x_bytes = _save_npy_atomic(self.path / f"{stem}.embeddings.npy", X)
+        y_sha, y_bytes = _save_npy_atomic(self.path / f"{stem}.labels.npy", y)
         shards = [s for s in self.manifest["shards"] if s["index"] != index]
         entry = {"index": index, "embeddings": f"{stem}.embeddings.npy",
-                 "labels": f"{stem}.labels.npy", "count": len(X)}
+                 "labels": f"{stem}.labels.npy", "count": len(X),
+                 "sha256": {"embeddings": x_sha, "labels": y_sha},
+                 "bytes": {"embeddings": x_bytes, "labels": y_bytes}}
         if skipped:
             entry["skipped_unreadable"] = list(skipped)
         shards.append(entry)
@@ -292,7 +483,9 @@ class EmbeddingSetWriter:
             self.manifest["provenance"]["skipped_unreadable"] = skipped
         self.manifest["complete"] = True
         write_json_atomic(self.path / MANIFEST, self.manifest)
-        return EmbeddingSet.open(self.path)
+        # Shards kept on resume were verified when the writer opened the set, and the new
+        # ones hashed as they were written: no need to read them all back.
+        return EmbeddingSet.open(self.path, verify=False)
 
 
 def write_embedding_set(path: str | Path, X: np.ndarray, y: np.ndarray, *,
