@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -76,7 +79,9 @@ def run(
 
     try:
         cfg = load_config(config, set_ or [])
-        result = run_all(cfg, out, progress=progress, echo=typer.echo, overwrite=overwrite)
+        with _warnings_as_lines():
+            result = run_all(cfg, out, progress=progress, echo=typer.echo,
+                             overwrite=overwrite)
     except RunFailedError as exc:
         # After the charge: the run says what it kept and what is missing. Bad input found
         # only then (an image damaged past its header) is still exit code 2.
@@ -91,6 +96,19 @@ def run(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(summary(result))
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Warnings (a discarded cache entry, a skipped image, a class below the noise
+    threshold) as one ``warning:`` line each on stderr, not Python's file:line format."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        typer.echo(f"warning: {message}", err=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _add_plugin_commands() -> None:

@@ -48,6 +48,7 @@ from dpsynth.data.store import (
     write_embedding_set,
     write_json_atomic,
 )
+from dpsynth.outputs import remove_embedding_set
 from dpsynth.privacy import PrivacyPlan
 from dpsynth.privacy.plan import epsilon_to_json
 from dpsynth.synthesizer import DPSynthesizer
@@ -300,7 +301,7 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: 
             checked = True
     out_dir = Path(out_dir)
     if not config.encoder.cache and out_dir.exists():
-        shutil.rmtree(out_dir)
+        remove_embedding_set(out_dir)  # only the set's own files, never a user's
     encoder = make_encoder(config)
     writer = EmbeddingSetWriter(
         out_dir, encoder=encoder.name, encoder_options=config.encoder.options,
@@ -406,8 +407,8 @@ def synthesize(mixture_dir: Path, out_dir: Path, *, n: int, class_balance: str =
     X, y = synth.sample(n, class_balance=class_balance, random_state=random_state)
     plan_ = synth.privacy_plan_
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # a resample replaces the set; nothing private lives here
+    # A resample replaces the set: only the files of the set there are removed.
+    remove_embedding_set(out_dir)
     return write_embedding_set(
         out_dir, X, y, shard_rows=shard_rows, encoder=info["encoder"],
         encoder_options=info["encoder_options"], normalized=synth.normalize,
@@ -578,11 +579,18 @@ def evaluate(synthetic_dir: Path, test_dir: Embeddings, out_dir: Path, *,
                                           if real_report else None),
         "confusion_matrix": syn_report.confusion.tolist(),
         "classes": classes.tolist(), "class_names": synthetic.class_names,
+        "classes_without_test_records": [
+            synthetic.class_names[int(np.flatnonzero(classes == c)[0])]
+            for c in syn_report.classes_without_test_records],
         "encoder": synthetic.encoder,
         "note": "accuracy: MLP trained only on DP synthetic embeddings, scored on the real "
                 "test split. nonprivate_*: the same MLP trained on the real private data; "
                 "a ceiling for the data owner, NOT covered by the DP guarantee.",
     }
+    if metrics["classes_without_test_records"]:
+        metrics["note"] += (" Per-class accuracy is null for classes with no test record "
+                            "(nothing to score): "
+                            + ", ".join(metrics["classes_without_test_records"]) + ".")
     out_dir = Path(out_dir)
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
