@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up: the virtual environment in .venv, the package, Fashion-MNIST.
+# Idempotent set-up: the virtual environment in .venv, the package, Fashion-MNIST,
+# PostgreSQL (for the ledger tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,15 @@ if ! [ -d /usr/share/datasets/fashion-mnist ] && [ -z "${DPSYNTH_FASHION_MNIST_D
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   if ! $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; then
     $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null
+  fi
+fi
+
+# PostgreSQL: the tests start a throwaway cluster to check the ledger's restricted role.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  echo ">> installing Debian's postgresql (the ledger tests run a throwaway cluster)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  if ! $SUDO apt-get install -y -q postgresql >/dev/null; then
+    $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q postgresql >/dev/null
   fi
 fi
 

@@ -1,18 +1,26 @@
-"""The privacy budget ledger's arithmetic (storage is tested in test_tracking.py)."""
+"""The privacy budget ledger's arithmetic (storage: test_ledger_store.py; the MLflow mirror
+and runs: test_tracking.py)."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import dp_accounting
 import pytest
 
 from dpsynth.privacy import ReleaseSpec, build_plan
-from dpsynth.privacy.ledger import LedgerEntry, check_budget, composed_epsilon
+from dpsynth.privacy.ledger import (
+    LedgerEntry,
+    NonPrivateMark,
+    check_budget,
+    composed_epsilon,
+)
 
 DELTA = 1e-5
 
 
+@functools.cache  # calibrating a plan takes a while; entries are immutable
 def _entry(epsilon: float, dataset: str = "d") -> LedgerEntry:
     plan = build_plan([ReleaseSpec("sum", 1.0), ReleaseSpec("count", 1.0, weight=2.0)],
                       epsilon, DELTA)
@@ -47,11 +55,47 @@ def test_check_budget_allows_then_refuses_with_spent_requested_limit():
         assert part in msg
 
 
-def test_non_private_runs_exhaust_any_finite_budget():
-    entry = LedgerEntry.from_plan(build_plan([ReleaseSpec("s", 1.0)], math.inf, DELTA), "d")
+def _nonprivate(dataset: str = "d") -> LedgerEntry:
+    return LedgerEntry.from_plan(build_plan([ReleaseSpec("s", 1.0)], math.inf, DELTA), dataset)
+
+
+def test_a_non_private_run_on_an_unmarked_dataset_is_refused_with_how_to_mark_it():
+    entry = _nonprivate()
     assert not entry.private
-    assert not check_budget([], entry, 100.0, DELTA).ok
-    assert check_budget([entry], _entry(1.0), math.inf, DELTA).ok
+    check = check_budget([], entry, 1e9, DELTA)  # no finite budget is large enough
+    assert not check.ok and check.nonprivate is None
+    msg = check.message()
+    assert "'d' is not" in msg and "nothing was charged" in msg
+    assert "--set privacy.epsilon=inf --set privacy.budget.epsilon=inf" in msg
+
+
+def test_an_infinite_budget_marks_the_dataset_non_private_and_lets_any_run_through():
+    for entry in (_nonprivate(), _entry(1.0)):
+        check = check_budget([_entry(5.0)], entry, math.inf, DELTA)
+        assert check.ok and check.nonprivate == NonPrivateMark(new=True)
+        assert "This run records the marking" in check.message()
+        assert check.to_dict()["nonprivate_dataset"] is True
+
+
+def test_a_marked_dataset_enforces_no_budget_even_when_a_finite_one_is_configured():
+    mark = NonPrivateMark("run-1", "c1", "2026-01-31T12:00:00+00:00")
+    check = check_budget([_nonprivate(), _entry(3.0)], _nonprivate(), 1.0, DELTA,
+                         nonprivate=mark)
+    assert check.ok and math.isinf(check.spent) and check.previous_runs == 2
+    line = check.summary_line()
+    assert line == ("dataset 'd' is marked non-private (since run run-1, 2026-01-31 12:00 "
+                    "UTC): no lifetime budget applies")
+    msg = check.message()
+    assert line in msg and "privacy.budget.epsilon = 1 does not apply" in msg
+    assert "the marking holds for good" in msg
+    assert check.to_dict()["nonprivate_since"]["run_id"] == "run-1"
+
+
+def test_a_private_run_is_not_marked_and_reports_its_budget():
+    check = check_budget([], _entry(1.0), 10.0, DELTA)
+    assert check.nonprivate is None and check.summary_line().startswith("eps 1 of 10 used")
+    assert check.to_dict()["nonprivate_dataset"] is False
+    assert check.to_dict()["mirror_problems"] == []
 
 
 def test_invalid_budget_is_refused():
@@ -63,5 +107,5 @@ def test_entry_json_round_trip_is_compact():
     entry = _entry(2.0, "fashion-mnist/train")
     text = entry.to_json()
     assert len(text) < 300
-    assert LedgerEntry.from_json(text, "r1") == LedgerEntry(
-        entry.dataset_id, entry.releases, entry.epsilon, entry.delta, "r1")
+    assert LedgerEntry.from_json(text, "r1", "c1") == LedgerEntry(
+        entry.dataset_id, entry.releases, entry.epsilon, entry.delta, "r1", "c1")

@@ -1,7 +1,9 @@
 """`dpsynth run` end to end with MLflow: a real server on 127.0.0.1 and the embedded store.
 
-Covers what is logged (and that nothing private is), the budget ledger shared through the
-tracking store, and what happens when the server is unreachable before or during a run.
+Covers what is logged (and that nothing private is), the budget ledger (its store is
+tests/conftest.py's throwaway SQLite file; MLflow holds its mirror), non-private runs, and
+what happens when the server is unreachable before or during a run. Concurrent charges are
+tested on the store itself (test_ledger_store.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from dpsynth.cli import app
 from dpsynth.config import load_config
 from dpsynth.preprocessing import bound_norms
 from dpsynth.privacy.ledger import BudgetExceededError
-from dpsynth.tracking import LEDGER_WITHDRAWN_TAG, TrackingUnavailableError
+from dpsynth.privacy.ledger_store import LedgerMirrorWarning
+from dpsynth.tracking import (
+    LEDGER_CHARGE_TAG,
+    LEDGER_DATASET_TAG,
+    LEDGER_ENTRY_TAG,
+    Tracker,
+    TrackingUnavailableError,
+)
 
 STEP_NAMES = {"plan", "encode", "dp_cluster", "fit_gmm", "synthesize", "decode", "evaluate"}
 
@@ -67,6 +76,7 @@ def test_run_logs_parent_and_nested_step_runs(server, server_run):
     assert params["encoder"] == "pixels" and params["seed.model_random_state"] == "0"
     assert metrics["accuracy"] == pytest.approx(result.metrics["accuracy"])
     assert tags["dpsynth.private"] == "true"
+    assert tags[LEDGER_CHARGE_TAG] == result.budget.charge_id != ""  # the ledger's mirror
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{result.run_id}'")
     assert {r.info.run_name for r in children} == STEP_NAMES
@@ -153,8 +163,9 @@ def test_ledger_is_shared_across_experiments_and_refuses_before_reading(
 
     monkeypatch.setattr(steps, "encode", must_not_read)
     with pytest.raises(BudgetExceededError) as info:
+        # --overwrite: past the pre-flight's own refusal of a foreign non-empty --out.
         runner.run(_config(cache, *common, "tracking.experiment=team-b"), out_b,
-                   progress=False, echo=lambda _: None)
+                   progress=False, echo=lambda _: None, overwrite=True)
     msg = str(info.value)
     assert "spent eps = 4" in msg and "requests eps = 4" in msg and "limit eps = 5.5" in msg
     assert sorted(p.name for p in out_b.iterdir()) == ["keep.txt"]
@@ -165,73 +176,73 @@ def test_ledger_is_shared_across_experiments_and_refuses_before_reading(
     assert third.budget.previous_runs == 1 and 4 < third.budget.total < 5.5
 
 
-def _a_rival_charges_just_before_this_run(monkeypatch, server, config, dataset: str
-                                          ) -> list[str]:
-    """Stage the race: a rival run that also passed its budget check charges the same
-    request on ``dataset`` right before this run charges. Returns the rival's run id
-    (once it has charged)."""
-    from dpsynth.privacy.ledger import LedgerEntry
-    from dpsynth.tracking import Tracker
-
-    real_start_run = Tracker.start_run
-    rival_ids: list[str] = []
-
-    def start_run_after_a_rival_charged(self, name, tags, ledger_entry=None):
-        if not rival_ids:
-            rival = Tracker(server.uri, "race-rival").open()
-            rival_entry = LedgerEntry.from_plan(steps.make_plan(config), dataset)
-            rival_ids.append(real_start_run(rival, "rival", {}, ledger_entry=rival_entry))
-        return real_start_run(self, name, tags, ledger_entry=ledger_entry)
-
-    monkeypatch.setattr(Tracker, "start_run", start_run_after_a_rival_charged)
-    return rival_ids
-
-
-def test_a_concurrent_charge_that_still_fits_is_in_the_reported_budget(
-        server, cache, tmp_path, monkeypatch):
-    dataset = f"digits-race-fits-{uuid.uuid4().hex[:8]}"
-    config = _config(cache, f"tracking.uri={server.uri}", f"data.dataset_id={dataset}",
-                     "privacy.epsilon=1", "privacy.budget.epsilon=5.5",
-                     "privacy.budget.delta=1e-5", "tracking.experiment=race-fits")
-    rival_ids = _a_rival_charges_just_before_this_run(monkeypatch, server, config, dataset)
-    charged = runner.charge_run(config, tmp_path / "out", echo=lambda _: None)
-    assert rival_ids and charged.budget.ok
-    # The first check saw an empty ledger; the reported budget is the re-check's.
-    assert charged.budget.previous_runs == 1 and charged.budget.spent > 0
-    written = json.loads((tmp_path / "out" / "privacy_ledger.json").read_text())
-    assert written["previous_runs"] == 1
-
-
-def test_a_concurrent_charge_between_check_and_charge_is_caught_and_refunded(
-        server, cache, tmp_path, monkeypatch):
-    """Two runs pass the check together; the one that re-checks and finds the sum over
-    budget withdraws its charge and refuses before reading anything."""
-    from dpsynth.tracking import Tracker
-
-    dataset = f"digits-race-{uuid.uuid4().hex[:8]}"
+def test_deleting_the_mirror_tag_neither_resets_the_budget_nor_goes_unnoticed(
+        server, cache, tmp_path):
+    """Anyone who can write to MLflow can delete a run's ledger tags: the budget still
+    counts the run (the ledger store is the truth) and the next run reports the tampering."""
+    dataset = f"digits-tamper-{uuid.uuid4().hex[:8]}"
     common = [f"tracking.uri={server.uri}", f"data.dataset_id={dataset}",
-              "privacy.epsilon=4", "privacy.budget.epsilon=5.5", "privacy.budget.delta=1e-5"]
-    config = _config(cache, *common, "tracking.experiment=race")
-    rival_ids = _a_rival_charges_just_before_this_run(monkeypatch, server, config, dataset)
+              "privacy.budget.epsilon=5.5", "privacy.budget.delta=1e-5",
+              "tracking.experiment=tamper"]
+    first = runner.charge_run(_config(cache, *common, "privacy.epsilon=4"), tmp_path / "a",
+                              echo=lambda _: None)
+    client = MlflowClient(server.uri)  # a plain client: no dpsynth involved
+    client.delete_tag(first.run_id, LEDGER_ENTRY_TAG)
+    client.delete_tag(first.run_id, LEDGER_DATASET_TAG)
+    assert Tracker(server.uri, "tamper").open().ledger_entries(dataset) == []
+
+    with pytest.raises(BudgetExceededError) as info:  # eps 4 twice: 5.99 > 5.5
+        runner.charge_run(_config(cache, *common, "privacy.epsilon=4"), tmp_path / "b",
+                          echo=lambda _: None)
+    assert "spent eps = 4 over 1 earlier run(s)" in str(info.value)
+    assert f"run {first.run_id}" in str(info.value) and "missing from the MLflow mirror" \
+        in str(info.value)
+
+    said: list[str] = []
+    with pytest.warns(LedgerMirrorWarning, match=first.run_id):
+        third = runner.charge_run(_config(cache, *common, "privacy.epsilon=1"),
+                                  tmp_path / "c", echo=said.append)
+    assert third.budget.previous_runs == 1 and 4 < third.budget.total < 5.5
+    warning = [line for line in said if line.startswith("warning:")]
+    assert len(warning) == 1 and "mirror_problems" in warning[0]
+    written = json.loads((tmp_path / "c" / "privacy_ledger.json").read_text())
+    assert len(written["mirror_problems"]) == 1 and first.run_id in written["mirror_problems"][0]
+    assert written["ledger_uri"].startswith("sqlite:///")
+
+
+def test_a_non_private_run_needs_a_dataset_marked_non_private(server, cache, tmp_path,
+                                                              monkeypatch):
+    dataset = f"digits-public-{uuid.uuid4().hex[:8]}"
+    common = [f"tracking.uri={server.uri}", f"data.dataset_id={dataset}",
+              "tracking.experiment=nonprivate"]
     monkeypatch.setattr(steps, "encode", lambda *a, **k: pytest.fail("data was read"))
-    out = tmp_path / "out"
-    with pytest.raises(BudgetExceededError, match="another run charged this dataset") as info:
-        runner.run(config, out, progress=False, echo=lambda _: None)
-    assert "spent eps = 4" in str(info.value) and "could not be withdrawn" not in str(info.value)
-    assert not out.exists() or not any(out.iterdir())
-
-    ledger = Tracker(server.uri, "race-check").open().ledger_entries(dataset)
-    assert [e.run_id for e in ledger] == rival_ids  # this run's charge was refunded
-    client = MlflowClient(server.uri)
-    mine = client.search_runs([client.get_experiment_by_name("race").experiment_id])
-    assert len(mine) == 1 and mine[0].info.status == "FAILED"
-    assert "another run" in mine[0].data.tags[LEDGER_WITHDRAWN_TAG]
-
-    # The refund is real: a request that fits next to the rival's eps = 4 still runs.
+    with pytest.raises(BudgetExceededError, match="marks it for good") as info:
+        runner.run(_config(cache, *common, "privacy.epsilon=inf"), tmp_path / "refused",
+                   progress=False, echo=lambda _: None)
+    assert "--set privacy.budget.epsilon=inf" in str(info.value)
     monkeypatch.undo()
-    after = runner.run(_config(cache, *common, "privacy.epsilon=1", "tracking.experiment=c"),
-                       tmp_path / "after", progress=False, echo=lambda _: None)
-    assert after.budget.previous_runs == 1 and 4 < after.budget.total < 5.5
+
+    # The data owner marks it: the README's non-private command.
+    marking = runner.run(_config(cache, *common, "privacy.epsilon=inf",
+                                 "privacy.budget.epsilon=inf"), tmp_path / "marked",
+                         progress=False, echo=lambda _: None)
+    assert marking.metrics["private"] is False and marking.metrics["epsilon"] == "inf"
+    assert (f"budget        : dataset {dataset!r} is marked non-private (since run "
+            f"{marking.run_id}, ") in runner.summary(marking)
+    assert "no lifetime budget applies" in runner.summary(marking)
+    written = json.loads((tmp_path / "marked" / "privacy_ledger.json").read_text())
+    assert written["nonprivate_dataset"] is True
+    assert written["nonprivate_since"]["run_id"] == marking.run_id
+
+    # For good: a later config with a finite budget is recorded, not refused, and told so.
+    for eps in ("inf", "8"):
+        said: list[str] = []
+        later = runner.charge_run(_config(cache, *common, f"privacy.epsilon={eps}",
+                                          "privacy.budget.epsilon=1"),
+                                  tmp_path / f"later-{eps}", echo=said.append)
+        assert later.budget.ok and later.budget.nonprivate.run_id == marking.run_id
+        assert "privacy.budget.epsilon = 1 does not apply: the marking holds" in said[0]
+    assert later.budget.previous_runs == 2
 
 
 def test_unreachable_tracking_server_refuses_to_start(cache, tmp_path, monkeypatch):
@@ -286,6 +297,10 @@ def test_cli_run_with_the_embedded_store(cache, tmp_path):
     assert second.exit_code == 2
     assert "Refusing to start" in second.output
     assert {p: p.read_bytes() for p in (tmp_path / "o").rglob("*.json")} == before
+    # The ledger is not under --out: a fresh output directory does not reset the budget.
+    fresh = cli.invoke(app, [*args[:4], str(tmp_path / "fresh"), *args[5:]])
+    assert fresh.exit_code == 2 and "spent eps = 7.06 over 1 earlier run" in fresh.output
+    assert not [p for p in tmp_path.rglob("*.sqlite")]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -304,3 +319,30 @@ def test_decoding_without_a_decoder_is_refused_before_any_work(tmp_path, monkeyp
     with pytest.raises(steps.StepInputError, match="evaluate.image_level need a decoder"):
         runner.run(config, tmp_path / "out", progress=False, echo=lambda _: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_pipeline_plan_step_refuses_without_a_shared_ledger(monkeypatch):
+    """In a pod, the default ledger file would vanish with the pod: every pipeline run
+    would find a fresh budget. The plan step must be given the shared ledger."""
+    from dpsynth_kfp.components import define_components
+
+    monkeypatch.delenv("DPSYNTH_LEDGER_URI")
+    plan = define_components()["plan"].python_func
+    with pytest.raises(ValueError, match="no privacy budget ledger: set DPSYNTH_LEDGER_URI"):
+        plan(config_yaml="", overrides=["tracking.uri=http://127.0.0.1:1"], config=None,
+             privacy_plan=None, ledger=None)
+
+
+def test_a_charge_is_kept_when_the_mlflow_run_cannot_be_created(cache, tmp_path, monkeypatch):
+    from dpsynth.privacy.ledger_store import open_ledger
+
+    def no_run(self, *args, **kwargs):
+        raise TrackingUnavailableError("cannot create the MLflow run at x: boom")
+
+    monkeypatch.setattr(Tracker, "start_run", no_run)
+    config = _config(cache, f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(TrackingUnavailableError, match="the charge is kept") as info:
+        runner.charge_run(config, tmp_path / "out", echo=lambda _: None)
+    with open_ledger() as ledger:
+        (kept,) = ledger.entries(config.data.ledger_id())
+    assert kept.charge_id in str(info.value) and kept.run_id == ""

@@ -135,7 +135,11 @@ class _EpsilonDelta(_Section):
 
 
 class BudgetConfig(_EpsilonDelta):
-    """Lifetime (epsilon, delta) of a dataset across all runs recorded in the ledger."""
+    """Lifetime (epsilon, delta) of a dataset across all runs recorded in the ledger.
+
+    ``epsilon: inf`` is the data owner declaring the dataset non-private (public data, a
+    test): the ledger records the marking for good and enforces no budget on it after.
+    """
 
     epsilon: float = 10.0
     delta: float = 1e-4
@@ -147,6 +151,21 @@ class PrivacyConfig(_EpsilonDelta):
     #: Test only: seeds the DP noise and marks every output NOT private.
     noise_seed: int | None = None
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    #: Where the budget ledger is: sqlite:////ABS/PATH or postgresql://ROLE@HOST/DB (no
+    #: password here: this config is logged). None: $DPSYNTH_LEDGER_URI, else a per-user
+    #: SQLite file (never under --out, whose reset would reset the budget).
+    ledger_uri: str | None = None
+
+    # A model (not field) validator: the error then shows the privacy section, not the
+    # URI, so a password put there by mistake is not echoed into logs.
+    @model_validator(mode="after")
+    def _ledger_uri(self) -> PrivacyConfig:
+        from dpsynth.privacy.ledger_store import ledger_uri_problem
+
+        problem = self.ledger_uri and ledger_uri_problem(self.ledger_uri, allow_password=False)
+        if problem:
+            raise ValueError(f"ledger_uri: {problem}")
+        return self
 
 
 class ModelConfig(_Section):

@@ -1,8 +1,9 @@
 """``dpsynth run``: every step in-process, tracked in MLflow, behind the budget ledger.
 
 Order matters for privacy: the configuration is validated and the plan built (no data),
-then the ledger is read and the budget checked, then the run is charged in MLflow, and
-only then is any private record read. Any failure before the charge leaves the data
+then the budget is checked and the run charged in one transaction of the ledger store
+(:mod:`dpsynth.privacy.ledger_store`), then its MLflow run is made, and only then is any
+private record read. Any failure before the charge leaves the data
 untouched; after it, tracking failures never stop the run (see :mod:`dpsynth.tracking`).
 """
 
@@ -12,7 +13,7 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,16 @@ import yaml
 from dpsynth import steps
 from dpsynth.config import RunConfig
 from dpsynth.data.store import write_json_atomic
-from dpsynth.privacy.ledger import BudgetCheck, BudgetExceededError, LedgerEntry, check_budget
-from dpsynth.tracking import Tracker, flatten, resolve_tracking_uri
+from dpsynth.privacy.ledger import BudgetCheck, BudgetExceededError, LedgerEntry
+from dpsynth.privacy.ledger_store import (
+    LedgerMirrorWarning,
+    LedgerStore,
+    LedgerUnavailableError,
+    mirror_problems,
+    open_ledger,
+)
+from dpsynth.privacy.plan import PrivacyPlan
+from dpsynth.tracking import Tracker, TrackingUnavailableError, flatten, resolve_tracking_uri
 
 
 @dataclass
@@ -57,12 +66,14 @@ class ChargedRun:
 
 def charge_run(config: RunConfig, out_dir: Path, *,
                echo: Callable[[str], None] = print) -> ChargedRun:
-    """Plan, check the budget against the ledger, and charge the run in MLflow.
+    """Plan, check the budget and charge the run in the ledger store, then create its
+    MLflow run (which mirrors the charge in its tags).
 
     Reads no private data. Refuses (BudgetExceededError, TrackingUnavailableError) before
     writing anything into ``out_dir``; on success writes ``config.yaml``,
     ``privacy_plan.json`` and ``privacy_ledger.json`` there and logs them with every
-    parameter. ``dpsynth run`` and the pipeline's plan step both start here.
+    parameter. ``dpsynth run`` and the pipeline's plan step both start here. A charge once
+    made is kept, even if creating the MLflow run then fails.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -75,20 +86,31 @@ def charge_run(config: RunConfig, out_dir: Path, *,
     uri = resolve_tracking_uri(config.tracking.uri, out_dir)
     tracker = Tracker(uri, config.tracking.experiment, artifact_root=out_dir / "mlartifacts")
     tracker.open()
-    charge = LedgerEntry.from_plan(plan, dataset_id)
-    budget = check_budget(tracker.ledger_entries(dataset_id), charge,
-                          config.privacy.budget.epsilon, config.privacy.budget.delta)
-    if not budget.ok:
-        # Nothing is written: a refused run leaves an earlier run's outputs as they were.
-        raise BudgetExceededError(budget.message())
-    run_id = tracker.start_run(config.name, {
-        "dpsynth.dataset_id": dataset_id, "dpsynth.encoder": config.encoder.name,
-        "dpsynth.private": str(plan.private).lower(),
-        "dpsynth.noise_seeded": str(plan.noise_seeded).lower()}, ledger_entry=charge)
-    # The re-check also counts charges made since the first check: report that one.
-    budget = _recheck_after_charge(tracker, run_id, charge, config)
+    limit = config.privacy.budget
+    with open_ledger(config.privacy.ledger_uri) as ledger:
+        problems = _mirror_problems(ledger, tracker, dataset_id)
+        # One transaction checks and appends only if the charge fits: runs racing on one
+        # dataset are checked one after the other, so no charge is ever withdrawn.
+        budget = ledger.charge(LedgerEntry.from_plan(plan, dataset_id), limit.epsilon,
+                               limit.delta, private=plan.private)
+        budget = replace(budget, mirror_problems=tuple(problems))
+        if not budget.ok:
+            # Nothing is written: a refused run leaves an earlier run's outputs as they were.
+            raise BudgetExceededError(budget.message() + _mirror_note(problems, tracker.uri))
+        # ----- charged, for good: nothing below takes the charge back -----
+        run_id = _start_charged_run(tracker, config, plan, budget, ledger)
+        budget = _link_run(ledger, budget, run_id, tracker.uri, echo)
     echo(budget.message())
-    write_json_atomic(out_dir / "privacy_ledger.json", budget.to_dict())
+    if problems:
+        # The line says it; the warning carries every problem (`dpsynth run` prints it on
+        # stderr), and privacy_ledger.json keeps them.
+        echo(f"warning: the MLflow mirror of the privacy budget ledger disagrees with the "
+             f"ledger store ({len(problems)} problem(s), in privacy_ledger.json "
+             "mirror_problems); the store is the truth")
+        warnings.warn(_mirror_note(problems, tracker.uri).strip(), LedgerMirrorWarning,
+                      stacklevel=2)
+    write_json_atomic(out_dir / "privacy_ledger.json",
+                      {**budget.to_dict(), "ledger_uri": ledger.uri})
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))
     plan_path = out_dir / steps.PLAN_FILE
     write_json_atomic(plan_path, plan.to_dict())
@@ -102,35 +124,57 @@ def charge_run(config: RunConfig, out_dir: Path, *,
     return ChargedRun(tracker, run_id, budget, plan_path)
 
 
-def _recheck_after_charge(tracker: Tracker, run_id: str, charge: LedgerEntry,
-                          config: RunConfig) -> BudgetCheck:
-    """Close the window between the budget check and the charge.
+def _mirror_problems(ledger: LedgerStore, tracker: Tracker, dataset_id: str) -> list[str]:
+    """Compare the ledger store with its MLflow mirror (read between two store reads:
+    see :func:`mirror_problems`). An unreadable mirror is a problem to report, not a
+    reason to refuse: the store is the truth."""
+    before = ledger.history(dataset_id)
+    try:
+        mirror = tracker.ledger_entries(dataset_id)
+    except TrackingUnavailableError as exc:
+        return [f"the mirror could not be read, so it was not compared ({exc})"]
+    return mirror_problems(before, mirror, ledger.history(dataset_id), tracker.uri)
 
-    The ledger's read and the charge are two MLflow calls, so two runs on one dataset
-    that start together can both pass the check. After charging, every run therefore
-    re-reads the ledger, which now holds its own charge and every concurrent charge made
-    so far, and goes on only if all of them together fit the budget. Otherwise it withdraws
-    its charge (it has read no data, so the charge paid for nothing) and refuses.
 
-    Why this is enough: take the runs that go on, and look at the last of them to
-    re-check. Each of the others charged before its own re-check, so before this last one,
-    and never withdrew. The last run therefore saw all of them, and found them within the
-    budget; composition only grows with more runs. The cost is that both racing runs may
-    refuse, and then the user starts again.
-    """
-    limit = config.privacy.budget
-    recheck = check_budget(
-        [e for e in tracker.ledger_entries(charge.dataset_id) if e.run_id != run_id],
-        charge, limit.epsilon, limit.delta)
-    if recheck.ok:
-        return recheck
-    reason = ("another run charged this dataset between this run's budget check and its "
-              "charge; together they exceed the budget")
-    refunded = tracker.withdraw_charge(run_id, reason)
-    raise BudgetExceededError(
-        f"{reason}. {recheck.message()}"
-        + ("" if refunded else f" This run's charge (MLflow run {run_id}) could not be "
-           "withdrawn and still counts against the budget."))
+def _mirror_note(problems: list[str], tracking_uri: str) -> str:
+    if not problems:
+        return ""
+    return (f" The MLflow mirror of the privacy budget ledger at {tracking_uri} disagrees "
+            "with the ledger store (the store is the truth; every charge in it is counted): "
+            + "; ".join(problems) + ".")
+
+
+def _start_charged_run(tracker: Tracker, config: RunConfig, plan: PrivacyPlan,
+                       budget: BudgetCheck, ledger: LedgerStore) -> str:
+    """The MLflow run of a charged run, its tags mirroring the ledger entry."""
+    charge = replace(LedgerEntry.from_plan(plan, budget.dataset_id),
+                     charge_id=budget.charge_id)
+    try:
+        return tracker.start_run(config.name, {
+            "dpsynth.dataset_id": budget.dataset_id, "dpsynth.encoder": config.encoder.name,
+            "dpsynth.private": str(plan.private).lower(),
+            "dpsynth.noise_seeded": str(plan.noise_seeded).lower()}, ledger_entry=charge)
+    except TrackingUnavailableError as exc:
+        raise TrackingUnavailableError(
+            f"{exc}. Nothing was read, but the privacy budget was already charged (ledger "
+            f"charge {budget.charge_id} at {ledger.uri}, eps = {budget.requested:.3g} on "
+            f"{budget.dataset_id!r}) and the charge is kept: charges are never "
+            "withdrawn.") from None
+
+
+def _link_run(ledger: LedgerStore, budget: BudgetCheck, run_id: str, tracking_uri: str,
+              echo: Callable[[str], None]) -> BudgetCheck:
+    """Append the charge -> MLflow run link; a failure loses only that link (the charge
+    is made and counted), so it is reported, not fatal."""
+    try:
+        ledger.link_run(budget.charge_id, budget.dataset_id, run_id, tracking_uri)
+    except LedgerUnavailableError as exc:
+        echo(f"warning: {exc}. Ledger charge {budget.charge_id} is counted but not linked "
+             f"to MLflow run {run_id}.")
+    mark = budget.nonprivate
+    if mark is not None and mark.new:
+        budget = replace(budget, nonprivate=replace(mark, run_id=run_id))
+    return budget
 
 
 def check_decoding(config: RunConfig) -> None:
@@ -349,9 +393,7 @@ def summary(result: RunResult) -> str:
     if m.get("nonprivate_accuracy") is not None:
         lines.append(f"  non-private   : {100 * m['nonprivate_accuracy']:.1f}% (same MLP on the "
                      "real private data; not covered by the guarantee)")
-    b = result.budget
-    lines.append(f"  budget        : eps {b.total:.3g} of {b.limit:.3g} "
-                 f"used on {b.dataset_id!r} (delta {b.delta:g})")
+    lines.append(f"  budget        : {result.budget.summary_line()}")
     lines.append(f"  outputs       : {result.out_dir}")
     for key in ("report", "metrics", "synthetic_embeddings", "decoded_grid", "privacy_plan"):
         if key in result.outputs:

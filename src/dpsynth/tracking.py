@@ -1,13 +1,16 @@
-"""MLflow tracking of a run, and the privacy budget ledger stored in MLflow.
+"""MLflow tracking of a run, and the MLflow mirror of the privacy budget ledger.
 
 One parent run per ``dpsynth run``, a nested run per step. What is logged is public
 configuration, the privacy plan, DP releases and metrics; never raw embeddings, private
 images or exact statistics (tests/test_tracking.py scans the artifacts).
 
+The ledger itself is an append-only table (:mod:`dpsynth.privacy.ledger_store`); each
+charged run also carries its entry as tags here, a mirror that the run compares with the
+store and never counts (anyone who can write to MLflow can delete a tag).
+
 Two failure policies:
-- Before any data is read (:meth:`Tracker.open`, :meth:`Tracker.ledger_entries`,
-  :meth:`Tracker.start_run`), a tracking failure is fatal: without the ledger the budget
-  cannot be checked, so the run must not start.
+- Before any data is read (:meth:`Tracker.open`, :meth:`Tracker.start_run`), a tracking
+  failure is fatal: a run that cannot be recorded must not start.
 - After the run is charged, logging is best effort: the first failure marks the tracker
   down, later calls are skipped at once (no retry storm against a dead server), and every
   skipped item is listed in :attr:`Tracker.not_logged` so the run can say what is missing.
@@ -25,8 +28,8 @@ from dpsynth.privacy.ledger import LedgerEntry
 
 LEDGER_DATASET_TAG = "dpsynth.ledger.dataset_id"
 LEDGER_ENTRY_TAG = "dpsynth.ledger.entry"
-#: Set (with the reason) on a run whose charge was taken back before it read any data.
-LEDGER_WITHDRAWN_TAG = "dpsynth.ledger.withdrawn"
+#: The ledger store's id of the run's charge: what the mirror is compared by.
+LEDGER_CHARGE_TAG = "dpsynth.ledger.charge_id"
 MAX_PARAM_LENGTH = 6000
 #: MLflow error codes meaning "the server is up but refused this item".
 _REJECTED_ITEM_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS"}
@@ -102,8 +105,9 @@ class Tracker:
         return self
 
     def ledger_entries(self, dataset_id: str) -> list[LedgerEntry]:
-        """Every recorded charge on ``dataset_id`` in *all* experiments, deleted runs
-        included (deleting a run does not refund the privacy it spent)."""
+        """The mirror: every ledger entry tagged on ``dataset_id`` in *all* experiments,
+        deleted runs included, with their run and charge ids. Not the truth (that is the
+        ledger store): what the run compares the store with."""
         from mlflow.entities import ViewType
 
         escaped = dataset_id.replace("'", "\\'")
@@ -119,47 +123,35 @@ class Tracker:
                 for run in page:
                     text = run.data.tags.get(LEDGER_ENTRY_TAG)
                     if text:
-                        entries.append(LedgerEntry.from_json(text, run.info.run_id))
+                        entries.append(LedgerEntry.from_json(
+                            text, run.info.run_id, run.data.tags.get(LEDGER_CHARGE_TAG, "")))
                 token = page.token
                 if not token:
                     break
         except Exception as exc:  # noqa: BLE001
             raise TrackingUnavailableError(
-                f"cannot read the privacy budget ledger from {self.uri}: "
+                f"cannot read the MLflow mirror of the privacy budget ledger from {self.uri}: "
                 f"{type(exc).__name__}: {str(exc)[:300]}") from None
         return entries
 
     def start_run(self, name: str, tags: dict[str, str],
                   ledger_entry: LedgerEntry | None = None) -> str:
-        """Create the parent run carrying the ledger charge; raises if it cannot."""
+        """Create the parent run carrying the mirror of its ledger charge; raises if it
+        cannot."""
         all_tags = dict(tags)
         if ledger_entry is not None:
             all_tags[LEDGER_DATASET_TAG] = ledger_entry.dataset_id
             all_tags[LEDGER_ENTRY_TAG] = ledger_entry.to_json()
+            if ledger_entry.charge_id:
+                all_tags[LEDGER_CHARGE_TAG] = ledger_entry.charge_id
         try:
             run = self._client.create_run(self.experiment_id, tags=all_tags, run_name=name)
         except Exception as exc:  # noqa: BLE001
             raise TrackingUnavailableError(
-                f"cannot create the MLflow run (and so cannot charge the privacy budget) at "
-                f"{self.uri}: {type(exc).__name__}: {str(exc)[:300]}") from None
+                f"cannot create the MLflow run at {self.uri}: {type(exc).__name__}: "
+                f"{str(exc)[:300]}") from None
         self.run_id = run.info.run_id
         return self.run_id
-
-    def withdraw_charge(self, run_id: str, reason: str) -> bool:
-        """Take back the ledger charge of a run that has read no data; close it as failed.
-
-        Only sound before the run reads anything: the charge then paid for nothing. Returns
-        False when the store cannot be reached, so the charge stays: an unrefunded charge
-        over-counts the spent budget, it never under-counts it.
-        """
-        try:
-            self._client.set_tag(run_id, LEDGER_WITHDRAWN_TAG, reason[:500])
-            self._client.delete_tag(run_id, LEDGER_ENTRY_TAG)
-            self._client.delete_tag(run_id, LEDGER_DATASET_TAG)
-            self._client.set_terminated(run_id, status="FAILED")
-        except Exception:  # noqa: BLE001 - see the docstring: keeping the charge is safe
-            return False
-        return True
 
     # ------------------------------------------------------------ best effort (post)
     def _call(self, what: str, fn, *args, **kwargs) -> Any:

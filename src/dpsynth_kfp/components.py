@@ -45,7 +45,7 @@ def define_components() -> dict[str, object]:
     def plan(config_yaml: str, overrides: list, config: Output[Artifact],
              privacy_plan: Output[Artifact], ledger: Output[Markdown]) -> str:
         """Validate the configuration, build the privacy plan and check and charge the
-        dataset's budget in the MLflow ledger. Reads no private data; a refusal fails the
+        dataset's budget in the ledger. Reads no private data; a refusal fails the
         pipeline here, before any encode task starts. Returns the MLflow run id."""
         import os
         import shutil
@@ -62,6 +62,12 @@ def define_components() -> dict[str, object]:
             raise ValueError("no MLflow tracking store: set the pipeline parameter mlflow_uri "
                              "or the dpsynth-mlflow secret. The privacy budget ledger needs a "
                              "store that every run of this pipeline shares.")
+        if not (cfg.privacy.ledger_uri or os.environ.get("DPSYNTH_LEDGER_URI")):
+            # The default ledger is a file in the user's home: in a pod it would vanish
+            # with the pod, and every run would find a fresh budget.
+            raise ValueError("no privacy budget ledger: set DPSYNTH_LEDGER_URI in the "
+                             "dpsynth-mlflow secret (or privacy.ledger_uri in the config) to "
+                             "the PostgreSQL ledger that every run shares (see README).")
         work = Path(tempfile.mkdtemp())
         charged = charge_run(cfg, work)
         # Later steps log to the same store: pin the resolved URI into the config.

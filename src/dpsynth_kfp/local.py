@@ -1,6 +1,7 @@
 """Run the pipeline on this machine with kfp's local SubprocessRunner (no cluster)."""
 
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 import yaml
 
 from dpsynth.config import RunConfig
+from dpsynth.privacy.ledger_store import LEDGER_URI_ENV, default_ledger_uri
 from dpsynth_kfp.pipeline import LOCAL, build_pipeline
 
 
@@ -45,9 +47,14 @@ def run_pipeline_locally(config: RunConfig, pipeline_root: str | Path, *,
     pipeline_root = Path(pipeline_root).resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)
     if config.tracking.uri is None:
-        # Components are separate processes: give them one store (the ledger) to share.
+        # Components are separate processes: give them one tracking store to share.
         config = config.model_copy(update={"tracking": config.tracking.model_copy(
             update={"uri": f"sqlite:///{pipeline_root / 'mlflow.db'}"})})
+    if config.privacy.ledger_uri is None and not os.environ.get(LEDGER_URI_ENV):
+        # The plan task insists on a named ledger (a pod's own would vanish with it); on
+        # this machine that is this user's default ledger, as for `dpsynth run`.
+        config = config.model_copy(update={"privacy": config.privacy.model_copy(
+            update={"ledger_uri": default_ledger_uri()})})
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False),
                    pipeline_root=str(pipeline_root), raise_on_error=True)
     before = set(pipeline_root.iterdir())

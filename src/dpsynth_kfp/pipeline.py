@@ -34,7 +34,9 @@ class ClusterSettings:
         "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
         "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
         "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
-        "MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN"})
+        "MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN",
+        # The privacy budget ledger (PostgreSQL, as its INSERT/SELECT-only role).
+        "DPSYNTH_LEDGER_URI": "DPSYNTH_LEDGER_URI"})
     gpu_retries: int = 2
 
 

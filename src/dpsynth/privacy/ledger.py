@@ -4,11 +4,19 @@ Each dataset id has a lifetime (epsilon, delta) budget. Every run that touches t
 an entry (its releases as Gaussian mechanisms); entries compose *sequentially* (each run
 sees the same records), accounted with dp-accounting's PLD accountant at the budget's
 delta. A run is allowed only if the composition of all earlier entries and its own plan
-stays within the budget. Storage is elsewhere (MLflow, :mod:`dpsynth.tracking`): this
-module is the arithmetic, on plain records.
+stays within the budget. Storage is elsewhere (the append-only table of
+:mod:`dpsynth.privacy.ledger_store`, mirrored in MLflow tags by :mod:`dpsynth.tracking`):
+this module is the arithmetic, on plain records.
 
 An entry is charged when the run starts, before it reads data, and is never refunded: a
 run that crashes halfway may already have released something.
+
+Non-private runs (``privacy.epsilon = inf``) have no finite epsilon, so they would spend
+any finite budget at once and lock the dataset for good. They are therefore allowed only
+on a dataset its owner has marked non-private (``privacy.budget.epsilon = inf``: public
+data, a test). The first run that declares it records the marking in the ledger, and from
+then on no lifetime budget applies to that dataset, whatever later configs say: a marking
+cannot be taken back, because the non-private releases it allowed cannot be either.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dp_accounting
 
@@ -31,13 +39,18 @@ class BudgetExceededError(RuntimeError):
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One run's charge: its releases as (noise multiplier, repetitions) pairs."""
+    """One run's charge: its releases as (noise multiplier, repetitions) pairs.
+
+    ``charge_id`` names the charge in the ledger store (set once it is charged) and
+    ``run_id`` the MLflow run it paid for; neither is part of :meth:`to_json`.
+    """
 
     dataset_id: str
     releases: tuple[tuple[float, int], ...]
     epsilon: float
     delta: float
     run_id: str = ""
+    charge_id: str = ""
 
     @classmethod
     def from_plan(cls, plan: PrivacyPlan, dataset_id: str, run_id: str = "") -> LedgerEntry:
@@ -59,10 +72,10 @@ class LedgerEntry:
                           separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str, run_id: str = "") -> LedgerEntry:
+    def from_json(cls, text: str, run_id: str = "", charge_id: str = "") -> LedgerEntry:
         data = json.loads(text)
         return cls(data["dataset_id"], tuple((float(nm), int(k)) for nm, k in data["releases"]),
-                   epsilon_from_json(data["epsilon"]), float(data["delta"]), run_id)
+                   epsilon_from_json(data["epsilon"]), float(data["delta"]), run_id, charge_id)
 
 
 def composed_epsilon(entries: Sequence[LedgerEntry], delta: float) -> float:
@@ -75,6 +88,28 @@ def composed_epsilon(entries: Sequence[LedgerEntry], delta: float) -> float:
 
 
 @dataclass(frozen=True)
+class NonPrivateMark:
+    """The ledger's record that a dataset was declared non-private; it holds for good."""
+
+    run_id: str = ""       # MLflow run of the run that declared it ("" until linked)
+    charge_id: str = ""    # that run's charge in the ledger store
+    recorded_at: str = ""  # UTC, ISO 8601
+    new: bool = False      # this run declares it: its charge appends the marking
+
+    def since(self) -> str:
+        """``run R, 2026-01-31 12:00 UTC``: who declared the marking, and when."""
+        if self.run_id:
+            who = f"run {self.run_id}"
+        elif self.new:
+            who = "this run"
+        else:  # its run was never created or linked: name the charge instead
+            who = f"ledger charge {self.charge_id}"
+        if not self.recorded_at:
+            return who
+        return f"{who}, {self.recorded_at[:16].replace('T', ' ')} UTC"
+
+
+@dataclass(frozen=True)
 class BudgetCheck:
     dataset_id: str
     spent: float          # epsilon of earlier runs, composed
@@ -83,35 +118,87 @@ class BudgetCheck:
     limit: float
     delta: float
     previous_runs: int
+    #: Set when the dataset is (or by this run becomes) marked non-private.
+    nonprivate: NonPrivateMark | None = None
+    #: The ledger store's id of this run's charge ("" while not charged).
+    charge_id: str = ""
+    #: Where the MLflow mirror of the ledger disagrees with the ledger store.
+    mirror_problems: tuple[str, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
-        return self.total <= self.limit
+        if self.nonprivate is not None:
+            return True
+        # A non-private run on a dataset nobody marked: refused whatever the budget, so
+        # that one run cannot lock the dataset (spent eps = inf) for every later run.
+        return not math.isinf(self.requested) and self.total <= self.limit
+
+    def summary_line(self) -> str:
+        """One line for the run's summary."""
+        if self.nonprivate is not None:
+            return (f"dataset {self.dataset_id!r} is marked non-private (since "
+                    f"{self.nonprivate.since()}): no lifetime budget applies")
+        return (f"eps {self.total:.3g} of {self.limit:.3g} used on {self.dataset_id!r} "
+                f"(delta {self.delta:g})")
 
     def message(self) -> str:
+        if self.nonprivate is not None:
+            text = (f"privacy budget: {self.summary_line()}. This run: eps = "
+                    f"{self.requested:.3g} at delta = {self.delta:g}; "
+                    f"{self.previous_runs} earlier run(s) recorded.")
+            if self.nonprivate.new:
+                text += (" This run records the marking (privacy.budget.epsilon = inf); it "
+                         "holds for good.")
+            elif not math.isinf(self.limit):
+                text += (f" The configured privacy.budget.epsilon = {self.limit:.3g} does not "
+                         "apply: the marking holds for good.")
+            return text
+        if math.isinf(self.requested):
+            return (f"privacy.epsilon = inf asks for a non-private run, which is allowed only "
+                    f"on a dataset marked non-private, and dataset {self.dataset_id!r} is not. "
+                    "Refusing to start: nothing was read and nothing was charged. If its "
+                    "records need no protection (public data, a test), the data owner marks "
+                    "it for good by running with privacy.budget.epsilon=inf (e.g. --set "
+                    "privacy.epsilon=inf --set privacy.budget.epsilon=inf); otherwise give "
+                    "privacy.epsilon a finite value.")
         head = (f"privacy budget of dataset {self.dataset_id!r} (delta = {self.delta:g}): "
                 f"spent eps = {self.spent:.3g} over {self.previous_runs} earlier run(s), "
                 f"this run requests eps = {self.requested:.3g}, together eps = "
                 f"{self.total:.3g}, limit eps = {self.limit:.3g}")
         if self.ok:
             return head
-        return (head + ". Refusing to start: nothing was read. Lower privacy.epsilon, use "
-                "another dataset, or raise privacy.budget (a decision for the data owner).")
+        return (head + ". Refusing to start: nothing was read and nothing was charged. Lower "
+                "privacy.epsilon, use another dataset, or raise privacy.budget (a decision "
+                "for the data owner).")
 
     def to_dict(self) -> dict[str, object]:
+        mark = self.nonprivate
         return {"dataset_id": self.dataset_id, "spent_epsilon": epsilon_to_json(self.spent),
                 "requested_epsilon": epsilon_to_json(self.requested),
                 "total_epsilon": epsilon_to_json(self.total),
                 "limit_epsilon": epsilon_to_json(self.limit), "delta": self.delta,
-                "previous_runs": self.previous_runs, "within_budget": self.ok}
+                "previous_runs": self.previous_runs, "within_budget": self.ok,
+                "nonprivate_dataset": mark is not None,
+                "nonprivate_since": None if mark is None else {
+                    "run_id": mark.run_id, "charge_id": mark.charge_id,
+                    "recorded_at": mark.recorded_at},
+                "charge_id": self.charge_id, "mirror_problems": list(self.mirror_problems)}
 
 
 def check_budget(previous: Sequence[LedgerEntry], requested: LedgerEntry,
-                 limit_epsilon: float, limit_delta: float) -> BudgetCheck:
-    """Compose ``previous`` with ``requested`` and compare with the lifetime budget."""
+                 limit_epsilon: float, limit_delta: float, *,
+                 nonprivate: NonPrivateMark | None = None) -> BudgetCheck:
+    """Compose ``previous`` with ``requested`` and compare with the lifetime budget.
+
+    ``nonprivate`` is the dataset's marking in the ledger, if any. Without one, an infinite
+    ``limit_epsilon`` is the owner declaring the dataset non-private: the check then
+    carries a ``new`` marking for the store to record with the charge.
+    """
     limit_epsilon, limit_delta = validate_epsilon_delta(limit_epsilon, limit_delta)
+    if nonprivate is None and math.isinf(limit_epsilon):
+        nonprivate = NonPrivateMark(new=True)
     spent = composed_epsilon(previous, limit_delta)
     total = composed_epsilon([*previous, requested], limit_delta)
     alone = composed_epsilon([requested], limit_delta)
     return BudgetCheck(requested.dataset_id, spent, alone, total, limit_epsilon, limit_delta,
-                       len(previous))
+                       len(previous), nonprivate)

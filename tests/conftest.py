@@ -1,0 +1,34 @@
+"""Test-wide safety: no test ever charges the user's real privacy budget ledger.
+
+The ledger defaults to a per-user file (``~/.local/share/dpsynth/ledger.sqlite``), which a
+test run would fill with charges and, worse, could exhaust. Every test gets a throwaway
+ledger through ``$DPSYNTH_LEDGER_URI``; subprocesses (CLI runs, kfp's local runner)
+inherit it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dpsynth.privacy.ledger_store import LEDGER_URI_ENV
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_ledger(tmp_path_factory):
+    """For module- and session-scoped fixtures, which run before any per-test fixture."""
+    patch = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("session-ledger") / "ledger.sqlite"
+    patch.setenv(LEDGER_URI_ENV, f"sqlite:///{path}")
+    yield
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def _test_ledger(tmp_path_factory):
+    """A fresh ledger per test (in its own folder: tests may list their tmp_path). Its own
+    MonkeyPatch, not the test's: a test's ``monkeypatch.undo()`` must not switch ledgers
+    halfway."""
+    path = tmp_path_factory.mktemp("ledger") / "ledger.sqlite"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(LEDGER_URI_ENV, f"sqlite:///{path}")
+        yield path
