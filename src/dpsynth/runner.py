@@ -10,6 +10,9 @@ untouched; after it, tracking failures never stop the run (see :mod:`dpsynth.tra
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -214,6 +217,49 @@ class _Progress:
 
     step: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    #: Called between steps: records the files written so far as dpsynth's own, so even
+    #: a killed run's outputs are removed by the next run into the same directory.
+    on_step: Callable[[], object] | None = None
+
+    def begin(self, step: str | None) -> None:
+        if self.on_step is not None:
+            with contextlib.suppress(OSError):
+                self.on_step()
+        self.step = step
+
+
+def _previous_record(out_dir: Path) -> dict[str, Any]:
+    try:
+        record = json.loads((out_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _close_abandoned_run(previous: dict[str, Any], tracker: Tracker,
+                         echo: Callable[[str], None]) -> None:
+    """A run killed outright (SIGKILL, power loss) cannot mark its MLflow run: the next
+    run into the same directory finds its ``running`` record and its process gone, and
+    marks it KILLED. Its budget charge stays, as every charge does."""
+    if previous.get("status") != "running" or previous.get("host") != socket.gethostname():
+        return
+    pid, run_id = previous.get("pid"), previous.get("run_id")
+    if not isinstance(pid, int) or _pid_alive(pid) or not run_id:
+        return
+    if previous.get("tracking_uri") == tracker.uri:
+        tracker.end_run(run_id, "KILLED")
+    echo(f"note: the previous run into this directory (MLflow run {run_id}) was stopped "
+         f"without finishing; marked KILLED. Its privacy budget charge is kept.")
 
 
 def _expected_outputs(config: RunConfig) -> list[str]:
@@ -236,14 +282,21 @@ def run(config: RunConfig, out_dir: Path, *, progress: bool = True,
     out_dir = Path(out_dir)
     preflight(config, out_dir, overwrite=overwrite)
     owned = OutputDir.open(out_dir, overwrite=overwrite)
+    previous = _previous_record(out_dir)
     try:
         charged = charge_run(config, out_dir, echo=echo)
     finally:
         owned.record()
     tracker, run_id, budget = charged.tracker, charged.run_id, charged.budget
     # ----- the run is charged: from here on private data may be read -----
+    _close_abandoned_run(previous, tracker, echo)
+    write_json_atomic(out_dir / "run.json", {
+        "status": "running", "run_id": run_id, "tracking_uri": tracker.uri,
+        "pid": os.getpid(), "host": socket.gethostname(), "budget": budget.to_dict(),
+        "budget_charge": "kept: the run is reading private data"})
     owned.clear_previous()
-    state = _Progress(outputs={"privacy_plan": str(charged.plan_path)})
+    state = _Progress(outputs={"privacy_plan": str(charged.plan_path)},
+                      on_step=owned.record)
     metrics = None
     failure: BaseException | None = None
     try:
@@ -313,10 +366,10 @@ def _step(tracker: Tracker, name: str) -> Iterator[str | None]:
 def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
                progress: bool, state: _Progress) -> dict[str, Any]:
     outputs = state.outputs
-    state.step = "plan"
+    state.begin("plan")
     with _step(tracker, "plan") as rid:
         tracker.log_artifact(rid, plan_path)
-    state.step = "encode"
+    state.begin("encode")
     with _step(tracker, "encode") as rid:
         private_dir = None if config.encoder.cache else out / "private" / "train-embeddings"
         test_dir = None if config.encoder.cache else out / "private" / "test-embeddings"
@@ -328,18 +381,18 @@ def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
                                  "n_test": test.count}, what="encode parameters")
         outputs["train_embeddings (private)"] = str(train.path)
         outputs["test_embeddings"] = str(test.path)
-    state.step = "dp_cluster"
+    state.begin("dp_cluster")
     with _step(tracker, "dp_cluster") as rid:
         clusters = steps.dp_cluster(train.path, plan_path, out / "clusters")
         tracker.log_artifact(rid, clusters, "clusters")
         outputs["clusters"] = str(clusters)
-    state.step = "fit_gmm"
+    state.begin("fit_gmm")
     with _step(tracker, "fit_gmm") as rid:
         mixture = steps.fit_gmm(train.path, clusters, plan_path, out / "mixture")
         tracker.log_artifact(rid, mixture, "mixture")
         outputs["mixture"] = str(mixture)
     s = config.synthesize
-    state.step = "synthesize"
+    state.begin("synthesize")
     with _step(tracker, "synthesize") as rid:
         synthetic = steps.synthesize(mixture, out / "synthetic", n=s.n,
                                      class_balance=s.class_balance,
@@ -349,7 +402,7 @@ def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
         outputs["synthetic_embeddings"] = str(synthetic.path)
     decoded = None
     if config.decode.enabled is not False:
-        state.step = "decode"
+        state.begin("decode")
         with _step(tracker, "decode") as rid:
             decoded = steps.decode(synthetic.path, out / "decoded",
                                    per_class=config.decode.per_class,
@@ -360,7 +413,7 @@ def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
             if decoded is not None:
                 tracker.log_artifact(rid, decoded / "grid.png", "decoded")
                 outputs["decoded_grid"] = str(decoded / "grid.png")
-    state.step = "evaluate"
+    state.begin("evaluate")
     with _step(tracker, "evaluate") as rid:
         ev_dir = out / "evaluation"
         metrics = steps.evaluate_run(synthetic.path, test.path, ev_dir, config,
@@ -372,7 +425,7 @@ def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
     # metrics.json at the top of the output too: the one file a script reads.
     write_json_atomic(out / "metrics.json", metrics)
     outputs["metrics"] = str(out / "metrics.json")
-    state.step = None
+    state.begin(None)
     return metrics
 
 

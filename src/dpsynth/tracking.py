@@ -48,6 +48,44 @@ def resolve_tracking_uri(configured: str | None, out_dir: Path) -> str:
     return f"sqlite:///{(Path(out_dir).resolve() / 'mlflow.db')}"
 
 
+def create_embedded_store(uri: str) -> None:
+    """Create a missing embedded (sqlite file) tracking store atomically.
+
+    MLflow creates and migrates a sqlite store in place on first use; a failure halfway (a
+    full disk) leaves a half-migrated file that every later run trips over
+    (``_alembic_tmp_experiments already exists``). So the store is built under a temporary
+    name and renamed into place only once it is complete; on failure nothing is left.
+    """
+    import uuid
+
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    if db.exists():
+        return
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    tmp = db.with_name(f".{db.name}.{uuid.uuid4().hex}.tmp")
+    # MLflow announces each migration at INFO on stderr; a new store is routine here.
+    db_log = logging.getLogger("mlflow.store.db.utils")
+    level = db_log.level
+    db_log.setLevel(logging.WARNING)
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+        if not db.exists():  # another run may have made it meanwhile: keep theirs
+            os.replace(tmp, db)
+    except Exception as exc:  # noqa: BLE001 - any failure: say so, leave nothing behind
+        raise TrackingUnavailableError(
+            f"cannot create the embedded tracking store {db}: {type(exc).__name__}: "
+            f"{str(exc)[:300]}") from None
+    finally:
+        db_log.setLevel(level)
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            leftover.unlink(missing_ok=True)
+
+
 def _quiet_client() -> None:
     # MLflow's default HTTP retry policy waits minutes on a dead server; a run that lost
     # its server should notice within seconds and carry on. Users may still override.
@@ -88,6 +126,7 @@ class Tracker:
         _quiet_client()
         from mlflow.tracking import MlflowClient
 
+        create_embedded_store(self.uri)
         try:
             self._client = MlflowClient(tracking_uri=self.uri)
             found = self._client.get_experiment_by_name(self.experiment)
