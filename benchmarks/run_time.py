@@ -28,8 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_once(config: Path, out: Path, cache: Path) -> dict[str, object]:
+    # A throwaway ledger beside the output: a benchmark must not spend the user's budget.
     env = {**os.environ, "DPSYNTH_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+           "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "DPSYNTH_LEDGER_URI": f"sqlite:///{out.parent.resolve() / 'ledger.sqlite'}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.monotonic()
