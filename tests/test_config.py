@@ -92,3 +92,26 @@ def test_yaml_dict_round_trips_infinity(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg.to_yaml_dict()))
     assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    # YAML true/false are booleans; they must not pass as epsilon = 1 or delta = 0.
+    ("privacy.epsilon=true", "privacy.epsilon: must be a number, not the boolean true"),
+    ("privacy.delta=false", "privacy.delta: must be a number, not the boolean false"),
+    ("privacy.budget.epsilon=true", "privacy.budget.epsilon: must be a number, not the boolean"),
+    # A run's epsilon is calibrated: bounded range, with the non-private mode named.
+    ("privacy.epsilon=1000", "largest supported finite epsilon 20"),
+    ("privacy.epsilon=1000", "use epsilon=inf ('inf' in a config)"),
+    ("privacy.epsilon=0.000001", "smallest supported epsilon 0.01"),
+    ("privacy.delta=1.0e-300", "smallest supported delta 1e-12"),
+    ("privacy.budget.delta=1.0e-13", "smallest supported delta 1e-12"),
+])
+def test_privacy_parameters_outside_the_supported_range_are_refused(override, message):
+    with pytest.raises(ConfigError, match="invalid configuration") as info:
+        load_config(None, [override])
+    assert message in str(info.value)
+
+
+def test_budget_epsilon_is_not_limited_to_the_calibration_range():
+    cfg = load_config(None, ["privacy.epsilon=20", "privacy.budget.epsilon=1000"])
+    assert (cfg.privacy.epsilon, cfg.privacy.budget.epsilon) == (20.0, 1000.0)

@@ -10,13 +10,19 @@ import pytest
 
 from dpsynth import DPSynthesizer
 from dpsynth.privacy import (
+    MAX_DELTA,
     NoiseSource,
     PrivacyParameterError,
     PrivacyPlan,
     ReleaseSpec,
     build_plan,
+    calibrate_scale,
     gaussian_epsilon_closed_form,
+    validate_epsilon_delta,
+    validation,
 )
+from dpsynth.privacy.plan import verify_plan_dict
+from dpsynth.privacy.validation import MAX_EPSILON, MIN_DELTA, MIN_EPSILON
 
 DELTA = 1e-5
 
@@ -254,3 +260,120 @@ def test_unknown_release_name_lists_the_known_ones():
         assert spec.name in str(info.value)
     assert "counts" in plan and "nope" not in plan
 
+
+
+# ------------------------------------------------------------- supported epsilon/delta range
+# Calibration is bounded in time and memory only within [MIN_EPSILON, MAX_EPSILON] and for
+# delta >= MIN_DELTA (validation.py has the measurements); outside it is refused up front.
+def test_epsilon_above_the_supported_range_is_refused_before_calibrating():
+    for eps in (MAX_EPSILON * 1.001, 1000.0, 1e4):
+        with pytest.raises(PrivacyParameterError,
+                           match=r"largest supported finite epsilon 20 .*use epsilon=inf"):
+            DPSynthesizer(eps, DELTA).make_plan(1280)
+        with pytest.raises(PrivacyParameterError, match="largest supported"):
+            build_plan(MULTI_SPECS, eps, DELTA)
+        with pytest.raises(PrivacyParameterError, match="largest supported"):
+            calibrate_scale(MULTI_SPECS, eps, DELTA)
+        with pytest.raises(PrivacyParameterError, match="largest supported"):
+            DPSynthesizer(eps, DELTA).fit(_Untouchable(), _Untouchable(), classes=[0])
+
+
+def test_epsilon_below_the_supported_range_is_refused():
+    for eps in (MIN_EPSILON * 0.999, 1e-6):
+        with pytest.raises(PrivacyParameterError,
+                           match=r"below the smallest supported epsilon 0.01 \(allowed: "
+                                 r"0.01 <= epsilon <= 20, or inf\)"):
+            DPSynthesizer(eps, DELTA, components_per_class=3).make_plan(1280)
+        with pytest.raises(PrivacyParameterError, match="smallest supported epsilon"):
+            build_plan(MULTI_SPECS, eps, DELTA)
+
+
+@pytest.mark.parametrize("delta", [MIN_DELTA * 0.999, 1e-15, 1e-300])
+def test_delta_below_the_supported_range_is_refused(delta):
+    with pytest.raises(PrivacyParameterError,
+                       match=r"below the smallest supported delta 1e-12 \(allowed: "
+                             r"1e-12 <= delta < 0.001\)"):
+        DPSynthesizer(1.0, delta).make_plan(1280)
+    # Also for budgets: the ledger's PLD accounting cannot certify it either.
+    with pytest.raises(PrivacyParameterError, match="smallest supported delta"):
+        validate_epsilon_delta(10.0, delta)
+
+
+def test_budgets_are_not_limited_to_the_calibration_range():
+    # A lifetime budget is compared with composed costs, never calibrated to.
+    assert validate_epsilon_delta(1e4, DELTA) == (1e4, DELTA)
+    assert validate_epsilon_delta(1e-3, DELTA) == (1e-3, DELTA)
+    with pytest.raises(PrivacyParameterError, match="largest supported"):
+        validate_epsilon_delta(1e4, DELTA, calibrated=True)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("delta", [MIN_DELTA, MAX_DELTA * 0.999])
+def test_smallest_supported_epsilon_calibrates_at_both_ends_of_delta(k, delta):
+    plan = DPSynthesizer(MIN_EPSILON, delta, components_per_class=k).make_plan(1280)
+    assert abs(plan.epsilon_pld - MIN_EPSILON) <= 0.01 * MIN_EPSILON
+
+
+def test_largest_supported_epsilon_calibrates():
+    # One release: the cheapest plan at this epsilon (validation.py times the full plans).
+    plan = build_plan([ReleaseSpec("sums", 1.0)], MAX_EPSILON, DELTA)
+    assert abs(plan.epsilon_pld - MAX_EPSILON) <= 0.01 * MAX_EPSILON
+    assert math.isinf(build_plan(MULTI_SPECS, math.inf, MIN_DELTA).epsilon_pld)
+
+
+def test_failed_calibration_is_a_privacy_parameter_error(monkeypatch):
+    # Below the supported range the 3-component plan cannot be calibrated (PLD's
+    # discretisation alone exceeds epsilon = 1e-3 at delta = 1e-12): the bracket search
+    # fails, and the error says which target and releases, not brentq's internals.
+    monkeypatch.setattr(validation, "MIN_EPSILON", 1e-4)
+    releases = DPSynthesizer(1.0, DELTA, components_per_class=3).make_plan(1280).releases
+    specs = [ReleaseSpec(r.name, r.sensitivity, r.noise_multiplier, r.repetitions, r.scope)
+             for r in releases]
+    with pytest.raises(PrivacyParameterError,
+                       match=r"^could not calibrate noise to epsilon=0.001, delta=1e-12 for "
+                             r"the \d+ releases \[subspace_second_moment, class_counts"):
+        calibrate_scale(specs, 1e-3, 1e-12)
+
+
+def test_calibrate_scale_refuses_infinite_epsilon():
+    with pytest.raises(PrivacyParameterError, match="epsilon=inf needs no calibration"):
+        calibrate_scale(MULTI_SPECS, math.inf, DELTA)
+
+
+@pytest.mark.parametrize("epsilon, delta, match", [
+    (True, DELTA, "epsilon must be a number, got the boolean True"),
+    (np.bool_(True), DELTA, "epsilon must be a number, got the boolean"),
+    (1.0, False, "delta must be a number, got the boolean False"),
+])
+def test_booleans_are_not_privacy_parameters(epsilon, delta, match):
+    with pytest.raises(PrivacyParameterError, match=match):
+        validate_epsilon_delta(epsilon, delta)
+    with pytest.raises(PrivacyParameterError, match=match):
+        build_plan(MULTI_SPECS, epsilon, delta)
+    with pytest.raises(PrivacyParameterError, match=match):
+        DPSynthesizer(epsilon, delta).make_plan(16)
+
+
+# ------------------------------------------------------------------- recorded plans
+def test_verify_plan_dict_accepts_what_to_dict_writes():
+    for plan in (build_plan(MULTI_SPECS, 1.0, DELTA),
+                 build_plan(MULTI_SPECS, math.inf, DELTA, noise_seeded=True)):
+        assert verify_plan_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.update(noise_scale=True), "'noise_scale' must be a number, got True"),
+    (lambda d: d.update(target_epsilon="8"), "'target_epsilon' must be a number or 'inf'"),
+    (lambda d: d["releases"][1].update(repetitions=2.5), "release 1: 'repetitions' must be"),
+    (lambda d: d["releases"][0].pop("scope"), "release 0: missing key 'scope'"),
+    (lambda d: d.update(target_epsilon=50.0, epsilon=50.0), "largest supported"),
+    (lambda d: d["releases"][2].update(noise_multiplier=0.0, sigma=0.0),
+     r"releases \['sums'\] add no noise"),
+    (lambda d: d["releases"][0].update(noise_multiplier=1e-9, sigma=1e-9),
+     "compose to epsilon .* more than the recorded epsilon"),
+])
+def test_verify_plan_dict_refuses_edited_plans(edit, match):
+    data = json.loads(json.dumps(build_plan(MULTI_SPECS, 1.0, DELTA).to_dict()))
+    edit(data)
+    with pytest.raises(ValueError, match=match):
+        verify_plan_dict(data)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import collections
 import copy
 import json
+import shutil
 import warnings
 
 import numpy as np
 import pytest
 
 from dpsynth import DPSynthesizer, NotFittedError
+from dpsynth.preprocessing import NormOverflowError, bound_norms
 from dpsynth.privacy import NoiseSource
+from dpsynth.synthesizer import ModelFileError
 
 DELTA = 1e-5
 INF = float("inf")
@@ -357,6 +360,211 @@ def test_save_before_fit():
         DPSynthesizer(1.0, DELTA).save("unused")
 
 
+@pytest.fixture(scope="module")
+def saved_model(shard_data, tmp_path_factory):
+    """A k = 3 lowrank model (subspace, DP k-means centres, full covariances) on disk."""
+    X, y = shard_data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the seeded-noise warning
+        synth = _shard_synth(3).fit(X, y, classes=SHARD_CLASSES)
+    assert len(synth.mixture_.weights) > 0
+    return synth.save(tmp_path_factory.mktemp("saved") / "model")
+
+
+def _model_copy(saved_model, tmp_path):
+    return shutil.copytree(saved_model, tmp_path / "model")
+
+
+def _edit_params(edit):
+    def apply(path):
+        meta = json.loads((path / "params.json").read_text())
+        edit(meta)
+        (path / "params.json").write_text(json.dumps(meta))
+    return apply
+
+
+def _edit_arrays(edit):
+    def apply(path):
+        with np.load(path / "arrays.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        edit(arrays)
+        np.savez(path / "arrays.npz", **arrays)
+    return apply
+
+
+def _truncate(name):
+    def apply(path):
+        data = (path / name).read_bytes()
+        (path / name).write_bytes(data[: len(data) // 2])
+    return apply
+
+
+def _release(meta, name):
+    return next(r for r in meta["privacy_plan"]["releases"] if r["name"] == name)
+
+
+def _scale_noise(factor):
+    """Multiply one release's noise multiplier (and, consistently, its sigma)."""
+    def edit(meta):
+        release = _release(meta, "class_sums")
+        release["noise_multiplier"] *= factor
+        release["sigma"] = release["noise_multiplier"] * release["sensitivity"]
+    return edit
+
+
+def _set(mapping_path, value):
+    def edit(meta):
+        node = meta
+        for key in mapping_path[:-1]:
+            node = node[key]
+        node[mapping_path[-1]] = value
+    return edit
+
+
+def _set_array(name, make):
+    def edit(arrays):
+        arrays[name] = make(arrays[name])
+    return edit
+
+
+def _with_value(index, value):
+    def make(x):
+        x = x.copy()
+        x[index] = value
+        return x
+    return make
+
+
+def _drop(name):
+    def edit(arrays):
+        del arrays[name]
+    return edit
+
+
+def _edit_plan_epsilons(value):
+    def edit(meta):
+        meta["params"]["epsilon"] = value
+        meta["privacy_plan"]["target_epsilon"] = value
+        meta["privacy_plan"]["epsilon"] = value
+    return edit
+
+
+def _not_symmetric(covs):
+    covs = covs.copy()
+    covs[0, 0, 1] += 1.0
+    return covs
+
+
+CORRUPTIONS = [
+    # (id, edit of the saved directory, file named, message)
+    ("truncated arrays", _truncate("arrays.npz"), "arrays.npz", "cannot be read"),
+    ("arrays not npz", lambda p: (p / "arrays.npz").write_bytes(b"not a zip"), "arrays.npz",
+     "cannot be read"),
+    ("truncated params", _truncate("params.json"), "params.json", "not valid JSON"),
+    ("params not object", lambda p: (p / "params.json").write_text("[1, 2]"), "params.json",
+     "must hold a JSON object"),
+    ("params NaN", lambda p: (p / "params.json").write_text('{"format_version": NaN}'),
+     "params.json", "non-standard JSON constant NaN"),
+    ("format version", _edit_params(_set(["format_version"], 99)), "params.json",
+     "unsupported format_version 99"),
+    ("unknown param", _edit_params(_set(["params", "colour"], "red")), "params.json",
+     r"unknown keys \['colour'\]"),
+    ("bool epsilon", _edit_params(_set(["params", "epsilon"], True)), "params.json",
+     "epsilon must be a number"),
+    ("invalid param", _edit_params(_set(["params", "covariance"], "full")), "params.json",
+     "covariance must be one of"),
+    ("epsilon in params", _edit_params(_set(["params", "epsilon"], 0.1)), "params.json",
+     r"params say epsilon=0.1, delta=1e-05, but the privacy plan's target is epsilon=1"),
+    ("delta in params", _edit_params(_set(["params", "delta"], 1e-6)), "params.json",
+     "but the privacy plan's target is"),
+    ("noise seed in params", _edit_params(_set(["params", "noise_seed"], None)),
+     "params.json", "noise_seeded=True"),
+    ("epsilon in plan", _edit_params(_set(["privacy_plan", "target_epsilon"], 0.5)),
+     "params.json", "recorded epsilon 0.99.* is not the target epsilon 0.5"),
+    ("every recorded epsilon", _edit_params(_edit_plan_epsilons(0.5)), "params.json",
+     "releases compose to epsilon 0.99"),
+    ("less noise in a release", _edit_params(_scale_noise(0.5)), "params.json",
+     r"releases compose to epsilon 1\.\d+ .* more than the recorded epsilon 0.99"),
+    ("more noise in a release", _edit_params(_scale_noise(2.0)), "params.json",
+     r"releases compose to epsilon 0\.\d+ at delta 1e-05, but the plan records 0.99"),
+    ("sigma of a release", _edit_params(lambda m: _release(m, "class_sums").update(sigma=1.0)),
+     "params.json", "'class_sums' records sigma 1.0"),
+    ("plan marked private", _edit_params(_set(["privacy_plan", "private"], True)),
+     "params.json", "'private' is True"),
+    ("rdp of the plan", _edit_params(_set(["privacy_plan", "epsilon_rdp"], 0.5)),
+     "params.json", "releases compose to epsilon_rdp"),
+    ("missing plan key", _edit_params(lambda m: m["privacy_plan"].pop("noise_scale")),
+     "params.json", "missing key 'noise_scale'"),
+    ("dimension", _edit_params(_set(["n_features_in"], 15)), "params.json",
+     "made for embedding_dim 16"),
+    ("NaN mean", _edit_arrays(_set_array("means", _with_value((0, 3), np.nan))),
+     "arrays.npz", "'means' holds NaN"),
+    ("inf trace", _edit_arrays(_set_array("cluster_trace", lambda x: np.asarray(np.inf))),
+     "arrays.npz", "'cluster_trace' holds NaN or infinite"),
+    ("not PSD", _edit_arrays(_set_array("covariances", _with_value(0, -np.eye(4)))),
+     "arrays.npz", "component 0 is not positive semi-definite"),
+    ("not symmetric", _edit_arrays(_set_array("covariances", _not_symmetric)),
+     "arrays.npz", "component 0 is not symmetric"),
+    ("negative weight", _edit_arrays(_set_array("weights", _with_value(0, -1.0))),
+     "arrays.npz", "'weights' has negative entries"),
+    ("negative variance", _edit_arrays(_set_array("residual_var", _with_value(0, -1.0))),
+     "arrays.npz", "'residual_var' has negative entries"),
+    ("missing array", _edit_arrays(_drop("weights")), "arrays.npz", "'weights' is missing"),
+    ("missing centres", _edit_arrays(_drop("cluster_centres")), "arrays.npz",
+     "'cluster_centres' is missing"),
+    ("means shape", _edit_arrays(_set_array("means", lambda x: x[:, :-1])), "arrays.npz",
+     r"'means' has shape \(\d+, 15\), expected \(\d+, 16\)"),
+    ("weights shape", _edit_arrays(_set_array("weights", lambda x: x[:-1])), "arrays.npz",
+     "'weights' has shape"),
+    ("covariance shape", _edit_arrays(_set_array("covariances", lambda x: x[:, :3, :3])),
+     "arrays.npz", "'covariances' has shape"),
+    ("class sums shape", _edit_arrays(_set_array("cluster_class_sums", lambda x: x[:2])),
+     "arrays.npz", "'cluster_class_sums' has shape"),
+    ("subspace", _edit_arrays(_set_array("subspace", lambda x: 2 * x)), "arrays.npz",
+     "'subspace' is not orthonormal"),
+    ("weights dtype", _edit_arrays(_set_array("weights", lambda x: x.astype(np.int64))),
+     "arrays.npz", "'weights' has dtype int64, expected floats"),
+    ("component class", _edit_arrays(_set_array("component_class", _with_value(0, 7))),
+     "arrays.npz", "'component_class' has class indices outside"),
+    ("class totals", _edit_arrays(_set_array("class_totals", lambda x: x + 1.0)),
+     "arrays.npz", "'class_totals' is not the released class counts"),
+    ("extra array", _edit_arrays(lambda a: a.update(extra=np.zeros(2))), "arrays.npz",
+     r"unexpected arrays \['extra'\]"),
+]
+
+
+@pytest.mark.parametrize("edit, file, match", [c[1:] for c in CORRUPTIONS],
+                         ids=[c[0] for c in CORRUPTIONS])
+def test_load_refuses_corrupt_or_edited_files_naming_the_file(saved_model, tmp_path, edit,
+                                                              file, match):
+    path = _model_copy(saved_model, tmp_path)
+    assert DPSynthesizer.load(path).private_ is False  # the untouched copy loads
+    edit(path)
+    with pytest.raises(ModelFileError, match=match) as info:
+        DPSynthesizer.load(path)
+    assert str(info.value).startswith(str(path / file))
+
+
+def test_load_names_the_missing_file(saved_model, tmp_path):
+    path = _model_copy(saved_model, tmp_path)
+    (path / "arrays.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="arrays.npz missing"):
+        DPSynthesizer.load(path)
+
+
+@SEEDED
+def test_clusters_stage_model_round_trips(shard_data, tmp_path):
+    # The pipeline saves after fit_clusters and fits the mixture on the loaded model.
+    X, y = shard_data
+    halves = _shard_synth(3).fit_clusters([(X, y)], classes=SHARD_CLASSES)
+    loaded = DPSynthesizer.load(halves.save(tmp_path / "clusters"))
+    assert not hasattr(loaded, "mixture_")
+    for a, b in zip(loaded.clusters_.centres, halves.clusters_.centres, strict=True):
+        np.testing.assert_array_equal(a, b)
+    whole = _shard_synth(3).fit(X, y, classes=SHARD_CLASSES)
+    _assert_same_fit(loaded.fit_mixture([(X, y)]), whole)
+
+
 # ----------------------------------------------------------------------- invalid input
 def _xy(n=40, d=6, seed=0):
     rng = np.random.default_rng(seed)
@@ -389,6 +597,24 @@ INVALID_FITS = [
     ({"budget_weights": {"class_countz": 2.0}}, X_OK, Y_OK, [0, 1], "unknown budget_weights"),
     ({"second_moment_clip": 0.0}, X_OK, Y_OK, [0, 1], "second_moment_clip"),
     ({"second_moment_clip": float("nan")}, X_OK, Y_OK, [0, 1], "second_moment_clip"),
+    # Bad rows are reported where they are, never bounded to a silent zero row.
+    ({}, _with(X_OK, 3, 2, np.nan), Y_OK, [0, 1], r"NaN or infinite values: row 3, column 2"),
+    ({}, _with(X_OK, 5, 1, 1e300), Y_OK, [0, 1], r"norm overflows float64: row 5 \("),
+    ({}, _with(X_OK, 5, 1, 1e200), Y_OK, [0, 1], r"norm overflows float64: row 5 \("),
+    # Booleans are not numbers: True must not be read as 1 (bool is an int subclass).
+    ({"components_per_class": True}, X_OK, Y_OK, [0, 1], "components_per_class"),
+    ({"subspace_dim": True}, X_OK, Y_OK, [0, 1], "subspace_dim must be a positive integer"),
+    ({"clip_norm": True}, X_OK, Y_OK, [0, 1], "clip_norm"),
+    ({"lsh_depth": True, "components_per_class": 2}, X_OK, Y_OK, [0, 1], "lsh_depth"),
+    ({"lloyd_rounds": False}, X_OK, Y_OK, [0, 1], "lloyd_rounds"),
+    ({"chunk_rows": True}, X_OK, Y_OK, [0, 1], "chunk_rows"),
+    ({"second_moment_clip": True}, X_OK, Y_OK, [0, 1], "second_moment_clip"),
+    ({"covariance_floor": True}, X_OK, Y_OK, [0, 1], "covariance_floor"),
+    ({"normalize": 1}, X_OK, Y_OK, [0, 1], "normalize must be True or False"),
+    ({"random_state": True}, X_OK, Y_OK, [0, 1], "random_state"),
+    ({"noise_seed": True}, X_OK, Y_OK, [0, 1], "noise_seed"),
+    ({"budget_weights": {"class_counts": True}}, X_OK, Y_OK, [0, 1],
+     r"budget_weights\['class_counts'\]"),
 ]
 
 
@@ -398,6 +624,45 @@ def test_invalid_fit_inputs_are_refused(kwargs, X, y, classes, match):
     params = {"subspace_dim": 3, **kwargs}
     with pytest.raises(ValueError, match=match):
         DPSynthesizer(1.0, DELTA, **params).fit(X, y, classes=classes)
+
+
+def test_epsilon_true_is_not_one():
+    with pytest.raises(ValueError, match="epsilon must be a number, got the boolean True"):
+        DPSynthesizer(True, DELTA, subspace_dim=3).fit(X_OK, Y_OK, classes=[0, 1])
+    with pytest.raises(ValueError, match="delta must be a number, got the boolean"):
+        DPSynthesizer(1.0, np.bool_(True)).make_plan(6)
+
+
+def test_bad_row_in_a_later_shard_names_the_shard_and_row():
+    shards = [(X_OK[:20], Y_OK[:20]), (_with(X_OK[20:], 7, 0, -1e300), Y_OK[20:])]
+    with pytest.raises(ValueError, match="row 7 of shard 1"):
+        DPSynthesizer(1.0, DELTA, subspace_dim=3, chunk_rows=4).fit_shards(shards,
+                                                                          classes=[0, 1])
+    shards[1] = (_with(X_OK[20:], 9, 3, np.inf), Y_OK[20:])
+    with pytest.raises(ValueError, match="row 9 of shard 1, column 3 is inf"):
+        DPSynthesizer(1.0, DELTA, subspace_dim=3, chunk_rows=4).fit_shards(shards,
+                                                                          classes=[0, 1])
+
+
+def test_bound_norms_refuses_rows_whose_norm_overflows():
+    X = np.ones((4, 3))
+    X[2] = 1e300  # squares overflow float64: the norm would be inf and the row zeroed
+    with pytest.raises(NormOverflowError, match=r"rows 2\)") as info:
+        bound_norms(X, 1.0, normalize=True)
+    assert info.value.rows.tolist() == [2]
+    with pytest.raises(ValueError, match="non-finite L2 norm"):
+        bound_norms(np.where(X > 1, np.nan, X), 1.0, normalize=False)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_bound_norms_of_large_float32_rows_does_not_zero_them(normalize):
+    # float32 squares overflow above ~1.8e19 although such a norm fits float32 easily.
+    X = np.array([[3e20, 4e20, 0.0], [0.3, 0.4, 0.0]], dtype=np.float32)
+    out = bound_norms(X, 2.0, normalize)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[0], [1.2, 1.6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(out[1], [1.2, 1.6, 0.0] if normalize else [0.3, 0.4, 0.0],
+                               rtol=1e-6)
 
 
 def test_sample_before_fit():
@@ -414,6 +679,9 @@ def small_fit():
 @pytest.mark.parametrize("kwargs, match", [
     ({"n": -1}, "non-negative integer"),
     ({"n": 2.5}, "non-negative integer"),
+    ({"n": True}, "non-negative integer"),
+    ({"n": np.bool_(True)}, "non-negative integer"),
+    ({"n": 10, "random_state": True}, "random_state"),
     ({"n": 10, "class_balance": "x"}, "class_balance"),
 ])
 def test_invalid_sample_arguments(small_fit, kwargs, match):

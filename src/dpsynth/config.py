@@ -27,10 +27,18 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _not_bool(value: Any) -> Any:
+    # YAML reads true/false as booleans and pydantic would take True as 1.0: a privacy
+    # parameter given as a boolean is a mistake, never epsilon = 1.
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not the boolean {str(value).lower()}")
+    return value
+
+
 def _epsilon(value: Any) -> float:
     if isinstance(value, str) and value.strip().lower() in ("inf", "infinity"):
         return math.inf
-    return value
+    return _not_bool(value)
 
 
 class DataConfig(_Section):
@@ -127,10 +135,14 @@ class _EpsilonDelta(_Section):
     delta: float
 
     _parse_eps = field_validator("epsilon", mode="before")(_epsilon)
+    _parse_delta = field_validator("delta", mode="before")(_not_bool)
 
     @model_validator(mode="after")
     def _valid(self) -> _EpsilonDelta:
-        validate_epsilon_delta(self.epsilon, self.delta)
+        # A run's epsilon is calibrated (bounded range, validation.py); a lifetime budget
+        # is only compared with composed costs, so it may exceed MAX_EPSILON.
+        validate_epsilon_delta(self.epsilon, self.delta,
+                               calibrated=isinstance(self, PrivacyConfig))
         return self
 
 

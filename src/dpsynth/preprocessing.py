@@ -13,15 +13,38 @@ import numpy as np
 Shard = tuple[np.ndarray, np.ndarray]
 
 
+class NormOverflowError(ValueError):
+    """Rows whose L2 norm is not finite in float64 (``rows``: their indices in the input)."""
+
+    def __init__(self, message: str, rows: np.ndarray) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
 def bound_norms(X: np.ndarray, radius: float, normalize: bool) -> np.ndarray:
     """Rows scaled to norm ``radius`` (normalize) or clipped to norm <= ``radius``.
 
     A zero row stays zero under normalisation (it has no direction to keep). float32 input
     stays float32 (half the memory traffic); anything else becomes float64.
+
+    Raises :class:`NormOverflowError` for rows whose norm is not finite (inf/NaN entries,
+    or a norm beyond float64's range): dividing by it would silently zero the row.
     """
     X = np.asarray(X)
     X = X if X.dtype == np.float32 else X.astype(np.float64)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    with np.errstate(over="ignore"):  # an overflowing norm is handled (refused) below
+        norms = np.linalg.norm(X, axis=1, keepdims=True)
+    if X.dtype == np.float32 and not np.isfinite(norms).all():
+        # float32 squares overflow for entries above ~1.8e19 while the norm itself may be
+        # representable: redo this (rare) chunk in float64; bounded rows fit float32 again.
+        return bound_norms(X.astype(np.float64), radius, normalize).astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(norms[:, 0]))
+    if len(bad):
+        shown = ", ".join(str(i) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise NormOverflowError(
+            f"{len(bad)} row(s) have a non-finite L2 norm (rows {shown}): they hold inf or "
+            "NaN values, or values so large (~1e154 or more) that the norm overflows "
+            "float64; bounding would silently zero them", bad)
     safe = np.where(norms > 0, norms, 1.0)
     if normalize:
         return X * (radius / safe) * (norms > 0)
@@ -33,7 +56,15 @@ def iter_chunks(shards: Sequence[Shard], chunk_rows: int) -> Iterator[Shard]:
 
     Shards may be numpy memmaps: slicing a memmap reads only that slice.
     """
-    for X, y in shards:
+    for _, _, X, y in iter_located_chunks(shards, chunk_rows):
+        yield X, y
+
+
+def iter_located_chunks(shards: Sequence[Shard], chunk_rows: int
+                        ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Like :func:`iter_chunks`, with each chunk's position: (shard index, first row of the
+    chunk within that shard, X, y), so a bad row can be reported where it is."""
+    for i, (X, y) in enumerate(shards):
         for start in range(0, len(X), chunk_rows):
             stop = start + chunk_rows
-            yield np.asarray(X[start:stop]), np.asarray(y[start:stop])
+            yield i, start, np.asarray(X[start:stop]), np.asarray(y[start:stop])

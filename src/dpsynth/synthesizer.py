@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +25,9 @@ from dpsynth.gmm.mixture import (
     sample_mixture,
 )
 from dpsynth.gmm.subspace import GramAccumulator, release_subspace
-from dpsynth.preprocessing import Shard, bound_norms, iter_chunks
+from dpsynth.preprocessing import NormOverflowError, Shard, bound_norms, iter_located_chunks
 from dpsynth.privacy import NoiseSource, PrivacyPlan, build_plan, validate_epsilon_delta
-from dpsynth.privacy.plan import epsilon_from_json, epsilon_to_json
+from dpsynth.privacy.plan import epsilon_from_json, epsilon_to_json, verify_plan_dict
 
 FORMAT_VERSION = 1
 _FITTED_ATTRIBUTES = ("classes_", "mixture_", "subspace_", "class_totals_", "clusterer_",
@@ -33,6 +36,13 @@ _FITTED_ATTRIBUTES = ("classes_", "mixture_", "subspace_", "class_totals_", "clu
 
 class NotFittedError(RuntimeError):
     """Raised when sample/save is called before fit."""
+
+
+class ModelFileError(ValueError):
+    """A saved model (``params.json`` + ``arrays.npz``) that is unreadable or inconsistent.
+
+    The message names the file and what is wrong with it.
+    """
 
 
 @dataclass
@@ -88,7 +98,9 @@ class DPSynthesizer:
     epsilon, delta:
         The (epsilon, delta)-DP guarantee for the whole fit (add/remove one record).
         ``epsilon=float('inf')`` is the explicit non-private mode: no noise, and every
-        output says ``private: false``.
+        output says ``private: false``. A finite epsilon must lie in [0.01, 20] and delta
+        in [1e-12, 1e-3) (:mod:`dpsynth.privacy.validation`: the range in which noise is
+        calibrated in bounded time and memory). Booleans are refused for every number.
     components_per_class:
         Mixture components per class. 1 releases one Gaussian per class; more runs DP
         k-means (LSH coreset + DP Lloyd) first and spends budget on it.
@@ -184,10 +196,14 @@ class DPSynthesizer:
             "noise_seed": self.noise_seed, "chunk_rows": self.chunk_rows,
         }
 
-    def _validate_params(self) -> None:
-        validate_epsilon_delta(self.epsilon, self.delta)
-        if not isinstance(self.components_per_class, int | np.integer) or \
-                self.components_per_class < 1:
+    def _validate_params(self, *, check_clusterer: bool = True) -> None:
+        """Refuse invalid parameters (bools are never numbers here: True is not 1).
+
+        ``check_clusterer=False`` skips the clusterer lookup (a loaded model samples
+        without it, so its plugin need not be installed).
+        """
+        validate_epsilon_delta(self.epsilon, self.delta, calibrated=True)
+        if not _is_int(self.components_per_class) or self.components_per_class < 1:
             raise ValueError(f"components_per_class must be an integer >= 1, "
                              f"got {self.components_per_class!r}")
         if self.covariance not in COVARIANCE_TYPES:
@@ -198,31 +214,41 @@ class DPSynthesizer:
             raise ValueError("covariance='tied' needs components_per_class=1 and a "
                              "subspace_dim")
         if self.subspace_dim is not None and (
-                not isinstance(self.subspace_dim, int | np.integer) or self.subspace_dim < 1):
+                not _is_int(self.subspace_dim) or self.subspace_dim < 1):
             raise ValueError(f"subspace_dim must be a positive integer or None, "
                              f"got {self.subspace_dim!r}")
-        if not (isinstance(self.clip_norm, int | float) and math.isfinite(self.clip_norm)
+        if not (_is_real(self.clip_norm) and math.isfinite(self.clip_norm)
                 and self.clip_norm > 0):
             raise ValueError(f"clip_norm must be a finite number > 0, got {self.clip_norm!r}")
         for name in ("lsh_depth", "lloyd_rounds"):
             value = getattr(self, name)
-            if not isinstance(value, int | np.integer) or value < (1 if name == "lsh_depth"
-                                                                     else 0):
+            if not _is_int(value) or value < (1 if name == "lsh_depth" else 0):
                 raise ValueError(f"{name} must be a non-negative integer "
                                  f"(lsh_depth >= 1), got {value!r}")
         clip = self.second_moment_clip
-        if clip is not None and not (isinstance(clip, int | float) and math.isfinite(clip)
-                                     and clip > 0):
+        if clip is not None and not (_is_real(clip) and math.isfinite(clip) and clip > 0):
             raise ValueError(f"second_moment_clip must be a finite number > 0 or None, "
                              f"got {clip!r}")
-        if not (self.covariance_floor > 0):
-            raise ValueError(f"covariance_floor must be > 0, got {self.covariance_floor!r}")
-        if self.components_per_class > 1:
+        floor = self.covariance_floor
+        if not (_is_real(floor) and math.isfinite(floor) and floor > 0):
+            raise ValueError(f"covariance_floor must be a finite number > 0, got {floor!r}")
+        if not isinstance(self.normalize, bool | np.bool_):
+            raise ValueError(f"normalize must be True or False, got {self.normalize!r}")
+        for name in ("random_state", "noise_seed"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer or None, "
+                                 f"got {value!r}")
+        for name, weight in (self.budget_weights or {}).items():
+            if not (_is_real(weight) and math.isfinite(weight) and weight > 0):
+                raise ValueError(f"budget_weights[{name!r}] must be a finite number > 0, "
+                                 f"got {weight!r}")
+        if check_clusterer and self.components_per_class > 1:
             try:
                 get_clusterer(self.clusterer)
             except KeyError as exc:
                 raise ValueError(exc.args[0]) from None
-        if not isinstance(self.chunk_rows, int | np.integer) or self.chunk_rows < 1:
+        if not _is_int(self.chunk_rows) or self.chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive integer, got {self.chunk_rows!r}")
 
     def _clusterer_options(self) -> dict[str, object]:
@@ -332,16 +358,34 @@ class DPSynthesizer:
                           "NOT private (test use only)", stacklevel=3)
 
     def _chunks(self, shards: Sequence[Shard]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Bounded records and class indices, chunk by chunk."""
+        """Bounded records and class indices, chunk by chunk.
+
+        A bad row is refused with its position (never bounded to a silent zero row).
+        """
         lookup = {c: i for i, c in enumerate(self.classes_.tolist())}
-        for X, y in iter_chunks(shards, int(self.chunk_rows)):
+
+        def where(shard: int, row: int) -> str:
+            return f"row {row}" + (f" of shard {shard}" if len(shards) > 1 else "")
+
+        for shard, start, X, y in iter_located_chunks(shards, int(self.chunk_rows)):
             if not np.isfinite(X).all():
-                raise ValueError("X contains NaN or infinite values")
+                row, col = np.argwhere(~np.isfinite(X))[0]
+                raise ValueError(f"X contains NaN or infinite values: {where(shard, start + row)}"
+                                 f", column {col} is {X[row, col]}")
             idx = np.fromiter((lookup.get(v, -1) for v in y.tolist()), np.int64, len(y))
             if (idx < 0).any():
                 bad = sorted(set(y[idx < 0].tolist()))[:5]
                 raise ValueError(f"labels {bad} are not in classes={self.classes_.tolist()}")
-            yield bound_norms(X, self.clip_norm, self.normalize), idx
+            try:
+                bounded = bound_norms(X, self.clip_norm, self.normalize)
+            except NormOverflowError as exc:
+                row = int(exc.rows[0])
+                raise ValueError(
+                    f"X has a row whose L2 norm overflows float64: {where(shard, start + row)} "
+                    f"(largest |value| {np.abs(X[row]).max():.3g}); rows that large cannot be "
+                    "clipped or normalised reliably and are refused (check the embeddings)"
+                ) from None
+            yield bounded, idx
 
     def _release_clusters(self, shards, plan: PrivacyPlan, noise: NoiseSource,
                           dim: int) -> ClusterRelease:
@@ -437,11 +481,14 @@ class DPSynthesizer:
         Sampling is post-processing: it spends no privacy budget.
         """
         self._check_fitted()
-        if not isinstance(n, int | np.integer) or n < 0:
+        if not _is_int(n) or n < 0:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
         if class_balance not in ("proportional", "balanced"):
             raise ValueError(f"class_balance must be 'proportional' or 'balanced', "
                              f"got {class_balance!r}")
+        if random_state is not None and (not _is_int(random_state) or random_state < 0):
+            raise ValueError(f"random_state must be a non-negative integer or None, "
+                             f"got {random_state!r}")
         params = self.mixture_
         C = len(self.classes_)
         has = np.isin(np.arange(C), params.component_class)
@@ -495,33 +542,103 @@ class DPSynthesizer:
 
     @classmethod
     def load(cls, path: str | Path) -> DPSynthesizer:
+        """Read a model written by :meth:`save`, checking everything before trusting it.
+
+        Raises FileNotFoundError when ``params.json`` or ``arrays.npz`` is missing, and
+        :class:`ModelFileError` (naming the file) when one is unreadable or inconsistent:
+        invalid parameters, a privacy plan whose releases do not compose to its recorded
+        epsilon (or whose epsilon/delta are not the parameters'), missing or unexpected
+        arrays, wrong shapes or dtypes, non-finite values, negative weights or variances,
+        covariances that are not symmetric PSD, or a subspace that is not orthonormal.
+        """
         path = Path(path)
-        if not (path / "params.json").exists() or not (path / "arrays.npz").exists():
-            raise FileNotFoundError(f"{path} is not a saved DPSynthesizer "
-                                    "(expected params.json and arrays.npz)")
-        meta = json.loads((path / "params.json").read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"unsupported format_version {meta.get('format_version')!r}")
-        params = dict(meta["params"])
-        params["epsilon"] = epsilon_from_json(params["epsilon"])
-        obj = cls(**params)
-        with np.load(path / "arrays.npz", allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
+        missing = [name for name in ("params.json", "arrays.npz")
+                   if not (path / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path} is not a saved DPSynthesizer: "
+                                    f"{' and '.join(missing)} missing (expected params.json "
+                                    "and arrays.npz)")
+        obj, stage = cls._from_params_file(path / "params.json")
+        a = _read_arrays(path / "arrays.npz")
+        _check_arrays(a, obj, stage, path / "arrays.npz")
         obj.classes_ = a["classes"]
         obj.subspace_ = a.get("subspace")
         obj.class_totals_ = a["class_totals"]
         if "cluster_class_counts" in a:
             obj.clusters_ = ClusterRelease.from_arrays(a, obj.subspace_)
-        if meta.get("stage", "mixture") == "mixture":
+        if stage == "mixture":
             obj.mixture_ = MixtureParams(a["component_class"], a["weights"], a["means"],
                                          a["covariances"], a["residual_var"],
                                          a["class_totals"])
-        obj.privacy_plan_ = PrivacyPlan.from_dict(meta["privacy_plan"])
-        obj.epsilon_ = obj.privacy_plan_.epsilon_pld
-        obj.delta_ = obj.privacy_plan_.delta
-        obj.private_ = obj.privacy_plan_.private
-        obj.n_features_in_ = int(meta["n_features_in"])
         return obj
+
+    @classmethod
+    def _from_params_file(cls, file: Path) -> tuple[DPSynthesizer, str]:
+        """The unfitted synthesizer of ``params.json`` with its privacy plan and dimension
+        set, and the saved stage; every field checked, the plan's accounting re-derived."""
+
+        def fail(problem: str) -> ModelFileError:
+            return ModelFileError(f"{file}: {problem}")
+
+        def refuse_constant(token: str) -> None:
+            raise fail(f"non-standard JSON constant {token} (save writes strict JSON)")
+
+        try:
+            meta = json.loads(file.read_text(encoding="utf-8"), parse_constant=refuse_constant)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise fail(f"cannot be read ({exc})") from None
+        except json.JSONDecodeError as exc:
+            raise fail(f"is not valid JSON (truncated or edited?): {exc}") from None
+        if not isinstance(meta, dict):
+            raise fail(f"must hold a JSON object, got {type(meta).__name__}")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise fail(f"unsupported format_version {meta.get('format_version')!r} "
+                       f"(this version reads {FORMAT_VERSION})")
+        stage = meta.get("stage", "mixture")
+        if stage not in ("clusters", "mixture"):
+            raise fail(f"stage must be 'clusters' or 'mixture', got {stage!r}")
+        params = meta.get("params")
+        if not isinstance(params, dict):
+            raise fail(f"'params' must be a JSON object, got {params!r}")
+        expected = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown, lacking = sorted(set(params) - expected), sorted(expected - set(params))
+        if unknown or lacking:
+            raise fail("'params' " + " and ".join(
+                part for part in (unknown and f"has unknown keys {unknown}",
+                                  lacking and f"lacks {lacking}") if part))
+        try:
+            params = {**params, "epsilon": epsilon_from_json(params["epsilon"])}
+            obj = cls(**params)
+            obj._validate_params(check_clusterer=False)
+        except ValueError as exc:
+            raise fail(f"invalid params: {exc}") from None
+        dim = meta.get("n_features_in")
+        if not _is_int(dim) or dim < 1:
+            raise fail(f"n_features_in must be a positive integer, got {dim!r}")
+        if "privacy_plan" not in meta:
+            raise fail("missing key 'privacy_plan'")
+        try:
+            plan = verify_plan_dict(meta["privacy_plan"])
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        # The plan is what the noise was calibrated to; the parameters must say the same.
+        if plan.epsilon != float(obj.epsilon) or plan.delta != float(obj.delta):
+            raise fail(f"params say epsilon={obj.epsilon:g}, delta={obj.delta:g}, but the "
+                       f"privacy plan's target is epsilon={plan.epsilon:g}, "
+                       f"delta={plan.delta:g}")
+        if plan.noise_seeded != (obj.noise_seed is not None):
+            raise fail(f"params say noise_seed={obj.noise_seed!r}, but the privacy plan says "
+                       f"noise_seeded={plan.noise_seeded}")
+        planned_dim = plan.metadata.get("embedding_dim", dim)
+        if planned_dim != dim:
+            raise fail(f"n_features_in is {dim}, but the privacy plan was made for "
+                       f"embedding_dim {planned_dim!r}")
+        obj.privacy_plan_ = plan
+        obj.epsilon_ = plan.epsilon_pld
+        obj.delta_ = plan.delta
+        obj.private_ = plan.private
+        obj.n_features_in_ = int(dim)
+        return obj, stage
 
     @classmethod
     def from_plan(cls, plan: PrivacyPlan) -> DPSynthesizer:
@@ -534,6 +651,124 @@ class DPSynthesizer:
     def _check_fitted(self) -> None:
         if not hasattr(self, "mixture_"):
             raise NotFittedError("this DPSynthesizer is not fitted yet; call fit first")
+
+
+def _read_arrays(file: Path) -> dict[str, np.ndarray]:
+    """Every array of ``arrays.npz``, or ModelFileError naming the file."""
+    try:
+        loaded = np.load(file, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(f"holds a single {type(loaded).__name__}, not an .npz archive")
+        with loaded as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ModelFileError(f"{file}: cannot be read ({type(exc).__name__}: {exc}); it is "
+                             "truncated, edited or not written by DPSynthesizer.save") from None
+
+
+def _check_arrays(a: dict[str, np.ndarray], obj: DPSynthesizer, stage: str,
+                  file: Path) -> None:
+    """Presence, dtypes, shapes (against each other and n_features_in) and values of the
+    saved arrays; ModelFileError naming the file and the array on the first problem."""
+
+    def fail(problem: str) -> ModelFileError:
+        return ModelFileError(f"{file}: {problem}")
+
+    def array(name: str, shape: tuple[int | None, ...], kind: str) -> np.ndarray:
+        """The array, checked: ``None`` in ``shape`` matches any length."""
+        if name not in a:
+            raise fail(f"array {name!r} is missing")
+        x = a[name]
+        if x.dtype.kind not in kind:
+            raise fail(f"array {name!r} has dtype {x.dtype}, expected "
+                       f"{'floats' if kind == 'f' else 'integers'}")
+        if x.ndim != len(shape) or any(n is not None and n != m
+                                        for n, m in zip(shape, x.shape, strict=True)):
+            want = "(" + ", ".join("*" if n is None else str(n) for n in shape) + ")"
+            raise fail(f"array {name!r} has shape {x.shape}, expected {want}")
+        if kind == "f" and not np.isfinite(x).all():
+            raise fail(f"array {name!r} holds NaN or infinite values")
+        return x
+
+    def non_negative(name: str) -> None:
+        if (a[name] < 0).any():
+            raise fail(f"array {name!r} has negative entries (min {a[name].min():g})")
+
+    d = int(obj.n_features_in_)
+    classes = array("classes", (None,), "iub")
+    C = len(classes)
+    if C == 0 or len(np.unique(classes)) != C:
+        raise fail(f"array 'classes' must be non-empty and without duplicates, "
+                   f"got {classes.tolist()[:10]}")
+    array("class_totals", (C,), "f")
+    non_negative("class_totals")
+    r = int(obj.subspace_dim) if obj._uses_subspace(d) else None
+    q = r if r is not None else d  # dimension of the coordinates inside the subspace
+    expected = {"classes", "class_totals"}
+    if r is not None:
+        expected.add("subspace")
+        V = array("subspace", (d, r), "f")
+        err = np.abs(V.T @ V - np.eye(r)).max()
+        if err > 1e-6:
+            raise fail(f"array 'subspace' is not orthonormal (|V^T V - I| up to {err:.3g})")
+    elif "subspace" in a:
+        raise fail(f"array 'subspace' is present, but the parameters (covariance="
+                   f"{obj.covariance!r}, subspace_dim={obj.subspace_dim!r}, n_features_in={d}) "
+                   "use no subspace")
+    if stage == "clusters" or "cluster_class_counts" in a:
+        expected |= {"cluster_class_counts", "cluster_class_sums", "cluster_trace"}
+        counts = array("cluster_class_counts", (C,), "f")
+        array("cluster_class_sums", (C, d), "f")
+        array("cluster_trace", (), "f")
+        if not np.array_equal(a["class_totals"], np.maximum(counts, 0.0)):
+            raise fail("array 'class_totals' is not the released class counts floored at 0 "
+                       "('cluster_class_counts')")
+        if r is not None:
+            expected.add("cluster_eigenvalues")
+            array("cluster_eigenvalues", (r,), "f")
+        if obj.components_per_class > 1 and obj.covariance != "tied":
+            expected |= {"cluster_centres", "cluster_centre_counts"}
+            per_class = array("cluster_centre_counts", (C,), "iu")
+            array("cluster_centres", (int(per_class.sum()), q), "f")
+    if stage == "mixture":
+        expected |= {"component_class", "weights", "means", "covariances", "residual_var"}
+        component_class = array("component_class", (None,), "iu")
+        K = len(component_class)
+        if K and not ((component_class >= 0) & (component_class < C)).all():
+            raise fail(f"array 'component_class' has class indices outside [0, {C})")
+        array("weights", (K,), "f")
+        non_negative("weights")
+        array("means", (K, d), "f")
+        array("residual_var", (K,), "f")
+        non_negative("residual_var")
+        cov_shape = {"spherical": (K,), "diagonal": (K, q)}.get(obj.covariance, (K, q, q))
+        covs = array("covariances", cov_shape, "f")
+        if len(cov_shape) < 3:
+            non_negative("covariances")
+        else:
+            for j, cov in enumerate(covs):
+                scale = max(float(np.abs(cov).max()), np.finfo(float).tiny)
+                if np.abs(cov - cov.T).max() > 1e-8 * scale:
+                    raise fail(f"array 'covariances': component {j} is not symmetric")
+                low = float(np.linalg.eigvalsh(cov).min())
+                if low < -1e-8 * scale:
+                    raise fail(f"array 'covariances': component {j} is not positive "
+                               f"semi-definite (smallest eigenvalue {low:.3g})")
+    unexpected = sorted(set(a) - expected)
+    if unexpected:
+        raise fail(f"unexpected arrays {unexpected} for a {stage!r} model with these "
+                   "parameters")
+
+
+def _is_int(value: object) -> bool:
+    """An integer that is not a bool (bool is an int subclass: True must not mean 1)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _is_real(value: object) -> bool:
+    """A real number that is not a bool."""
+    return (isinstance(value, int | float | np.integer | np.floating)
+            and not isinstance(value, bool | np.bool_))
 
 
 def _check_shards(shards: Sequence[Shard]) -> list[Shard]:

@@ -24,18 +24,21 @@ import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import dp_accounting
+import numpy as np
 from dp_accounting.mechanism_calibration import ExplicitBracketInterval
 from dp_accounting.pld import pld_privacy_accountant
 
 from dpsynth.privacy.accounting import (
     PLD_DISCRETIZATION,
+    gaussian_epsilon_closed_form,
     gaussian_event,
     pld_epsilon,
     rdp_epsilon,
 )
-from dpsynth.privacy.validation import validate_epsilon_delta
+from dpsynth.privacy.validation import PrivacyParameterError, validate_epsilon_delta
 
 SCOPES = ("global", "per_class")
 
@@ -141,23 +144,61 @@ class PrivacyPlan:
 
     @classmethod
     def from_dict(cls, data: dict) -> PrivacyPlan:
-        releases = tuple(
-            Release(name=r["name"], sensitivity=float(r["sensitivity"]),
-                    noise_multiplier=float(r["noise_multiplier"]),
-                    repetitions=int(r["repetitions"]), scope=r["scope"],
-                    description=r.get("description", ""))
-            for r in data["releases"]
-        )
+        """Parse :meth:`to_dict`'s output. A missing key or a value of the wrong type raises
+        ValueError naming it; the accounting is not re-checked (see :func:`verify_plan_dict`).
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a privacy plan must be a JSON object, got {type(data).__name__}")
+        raw = _field(data, "releases", list, "privacy plan")
+        releases = []
+        for i, r in enumerate(raw):
+            where = f"privacy plan release {i}"
+            if not isinstance(r, dict):
+                raise ValueError(f"{where} must be a JSON object, got {r!r}")
+            releases.append(Release(
+                name=_field(r, "name", str, where),
+                sensitivity=_field(r, "sensitivity", float, where),
+                noise_multiplier=_field(r, "noise_multiplier", float, where),
+                repetitions=_field(r, "repetitions", int, where),
+                scope=_field(r, "scope", str, where),
+                description=str(r.get("description", ""))))
+        metadata = data.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise ValueError(f"privacy plan: 'metadata' must be a JSON object, got {metadata!r}")
         return cls(
-            epsilon=epsilon_from_json(data["target_epsilon"]),
-            delta=float(data["delta"]),
-            releases=releases,
-            scale=float(data["noise_scale"]),
-            epsilon_pld=epsilon_from_json(data["epsilon"]),
-            epsilon_rdp=epsilon_from_json(data["epsilon_rdp"]),
-            noise_seeded=bool(data["noise_seeded"]),
-            metadata=dict(data.get("metadata", {})),
+            epsilon=_field(data, "target_epsilon", "epsilon", "privacy plan"),
+            delta=_field(data, "delta", float, "privacy plan"),
+            releases=tuple(releases),
+            scale=_field(data, "noise_scale", float, "privacy plan"),
+            epsilon_pld=_field(data, "epsilon", "epsilon", "privacy plan"),
+            epsilon_rdp=_field(data, "epsilon_rdp", "epsilon", "privacy plan"),
+            noise_seeded=_field(data, "noise_seeded", bool, "privacy plan"),
+            metadata=dict(metadata),
         )
+
+
+def _field(data: dict, key: str, kind: object, where: str) -> Any:
+    """``data[key]`` checked against ``kind`` (float, int, str, bool, list or "epsilon"),
+    or ValueError naming ``where`` and the key. JSON true/false never pass as numbers."""
+    if key not in data:
+        raise ValueError(f"{where}: missing key {key!r}")
+    value = data[key]
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "epsilon":
+        if value == "inf":
+            return math.inf
+        ok = number
+    elif kind is float:
+        ok = number
+    elif kind is int:  # integral floats too: ReleaseSpec accepts repetitions=3.0
+        ok = number and float(value).is_integer()
+    else:
+        ok = isinstance(value, kind)  # type: ignore[arg-type]
+    if not ok:
+        expected = {"epsilon": "a number or 'inf'", float: "a number", int: "an integer",
+                    str: "a string", bool: "true or false", list: "a list"}[kind]
+        raise ValueError(f"{where}: {key!r} must be {expected}, got {value!r}")
+    return float(value) if kind in (float, "epsilon") else int(value) if kind is int else value
 
 
 def compose_events(releases: Iterable[Release]) -> dp_accounting.DpEvent:
@@ -174,10 +215,16 @@ def _with_scale(specs: Sequence[ReleaseSpec], scale: float) -> tuple[Release, ..
 def calibrate_scale(specs: Sequence[ReleaseSpec], epsilon: float, delta: float) -> float:
     """The noise scale at which the composed specs are (epsilon, delta)-DP by PLD.
 
+    ``epsilon`` must be finite and within the supported range (:data:`MIN_EPSILON` ..
+    :data:`MAX_EPSILON`), which keeps calibration within seconds and well under a GB.
     Deterministic in its (public) inputs, so results are cached: refitting the same
     configuration does not pay for the bisection again.
     """
-    return _calibrate_cached(tuple(specs), float(epsilon), float(delta))
+    epsilon, delta = validate_epsilon_delta(epsilon, delta, calibrated=True)
+    if math.isinf(epsilon):
+        raise PrivacyParameterError("epsilon=inf needs no calibration: it is the "
+                                    "non-private mode (build_plan gives it zero noise)")
+    return _calibrate_cached(tuple(specs), epsilon, delta)
 
 
 @functools.lru_cache(maxsize=256)
@@ -196,15 +243,31 @@ def _calibrate_cached(specs: tuple[ReleaseSpec, ...], epsilon: float, delta: flo
     # PLD's discretisation; bracket the PLD search tightly around it so that no bisection
     # step asks the PLD accountant about a nearly noiseless (and very expensive) mechanism.
     total = sum(s.repetitions / s.weight**2 for s in specs)
-    gdp_scale = dp_accounting.get_sigma_gaussian(epsilon, delta) * math.sqrt(total)
-    lower, upper = 0.8 * gdp_scale, 1.25 * gdp_scale
-    return float(
-        dp_accounting.calibrate_dp_mechanism(
-            fresh, event, epsilon, delta,
-            bracket_interval=ExplicitBracketInterval(lower, upper),
-            tol=gdp_scale * 5e-4,
+    lower = upper = math.nan
+    try:
+        gdp_scale = dp_accounting.get_sigma_gaussian(epsilon, delta) * math.sqrt(total)
+        lower, upper = 0.8 * gdp_scale, 1.25 * gdp_scale
+        return float(
+            dp_accounting.calibrate_dp_mechanism(
+                fresh, event, epsilon, delta,
+                bracket_interval=ExplicitBracketInterval(lower, upper),
+                tol=gdp_scale * 5e-4,
+            )
         )
-    )
+    except ValueError as exc:
+        # In the supported range this does not happen for the plans DPSynthesizer makes;
+        # a custom plan can still defeat the bracket. Say which target failed, not brentq's
+        # internals.
+        names = ", ".join(s.name for s in specs)
+        where = (f"no noise scale in [{lower:.6g}, {upper:.6g}] (around the closed-form "
+                 "Gaussian scale) meets the target" if math.isfinite(lower)
+                 else "the closed-form Gaussian scale could not be computed")
+        raise PrivacyParameterError(
+            f"could not calibrate noise to epsilon={epsilon:g}, delta={delta:g} for the "
+            f"{len(specs)} releases [{names}]: {where} ({str(exc)[:200]}). Use a larger "
+            "epsilon or delta, or fewer releases (e.g. fewer Lloyd rounds or a smaller LSH "
+            "depth)"
+        ) from None
 
 
 def build_plan(
@@ -215,8 +278,11 @@ def build_plan(
     noise_seeded: bool = False,
     metadata: dict[str, object] | None = None,
 ) -> PrivacyPlan:
-    """Calibrate ``specs`` to (epsilon, delta). ``epsilon=inf`` gives a zero-noise plan."""
-    epsilon, delta = validate_epsilon_delta(epsilon, delta)
+    """Calibrate ``specs`` to (epsilon, delta). ``epsilon=inf`` gives a zero-noise plan.
+
+    A finite epsilon must lie in [MIN_EPSILON, MAX_EPSILON] (validation.py says why).
+    """
+    epsilon, delta = validate_epsilon_delta(epsilon, delta, calibrated=True)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"release names must be unique, got {names}")
@@ -246,4 +312,95 @@ def epsilon_to_json(x: float) -> float | str:
 
 
 def epsilon_from_json(x: float | str) -> float:
-    return math.inf if x == "inf" else float(x)
+    """The inverse of :func:`epsilon_to_json`: a number, or the string ``"inf"``."""
+    if x == "inf":
+        return math.inf
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise ValueError(f"epsilon must be a number or 'inf', got {x!r}")
+    return float(x)
+
+
+#: Relative tolerance when re-deriving a recorded plan's epsilon: the calibration lands
+#: within ~0.1% of its target (brentq tolerance 5e-4 on the scale), so 1% only absorbs
+#: accountant changes between dp-accounting versions, never a real edit.
+PLAN_EPSILON_RTOL = 0.01
+
+
+def _mismatch(recorded: float, derived: float) -> bool:
+    if math.isinf(recorded) or math.isinf(derived):
+        return recorded != derived
+    return abs(recorded - derived) > PLAN_EPSILON_RTOL * max(abs(recorded), abs(derived))
+
+
+def verify_plan_dict(data: dict) -> PrivacyPlan:
+    """Parse a recorded plan (:meth:`PrivacyPlan.to_dict`) and re-check its accounting.
+
+    Raises ValueError naming the first inconsistency: a target outside the supported
+    range, a release whose recorded ``sigma`` is not ``noise_multiplier * sensitivity``,
+    a ``private`` flag that does not follow from the plan, a recorded epsilon more than 1%
+    from the target, or an epsilon (PLD or RDP) that the releases, composed again at the
+    plan's delta, do not give. Costs one PLD composition of the plan (cached).
+    """
+    plan = PrivacyPlan.from_dict(data)
+    try:
+        validate_epsilon_delta(plan.epsilon, plan.delta, calibrated=True)
+    except PrivacyParameterError as exc:
+        raise ValueError(f"privacy plan target: {exc}") from None
+    names = [r.name for r in plan.releases]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"privacy plan: release names must be unique and non-empty, "
+                         f"got {names}")
+    for r, raw in zip(plan.releases, data["releases"], strict=True):
+        if not (math.isfinite(r.sensitivity) and r.sensitivity > 0):
+            raise ValueError(f"privacy plan: release {r.name!r} has sensitivity "
+                             f"{r.sensitivity!r}; it must be finite and > 0")
+        if not (math.isfinite(r.noise_multiplier) and r.noise_multiplier >= 0):
+            raise ValueError(f"privacy plan: release {r.name!r} has noise_multiplier "
+                             f"{r.noise_multiplier!r}; it must be finite and >= 0")
+        if r.repetitions < 1 or r.scope not in SCOPES:
+            raise ValueError(f"privacy plan: release {r.name!r} needs repetitions >= 1 and "
+                             f"a scope in {SCOPES}, got {r.repetitions!r}, {r.scope!r}")
+        sigma = raw.get("sigma")
+        if isinstance(sigma, bool) or not isinstance(sigma, int | float) or \
+                not math.isclose(sigma, r.sigma, rel_tol=1e-9, abs_tol=0.0):
+            raise ValueError(f"privacy plan: release {r.name!r} records sigma {sigma!r}, but "
+                             f"noise_multiplier * sensitivity = {r.sigma!r}")
+    if data.get("private") is not plan.private:
+        raise ValueError(f"privacy plan: 'private' is {data.get('private')!r}, but a plan with "
+                         f"target epsilon {plan.epsilon:g} and noise_seeded="
+                         f"{plan.noise_seeded} is {'' if plan.private else 'not '}private")
+    if math.isinf(plan.epsilon):
+        noisy = [r.name for r in plan.releases if r.noise_multiplier != 0]
+        if noisy or plan.scale != 0 or not (math.isinf(plan.epsilon_pld)
+                                            and math.isinf(plan.epsilon_rdp)):
+            raise ValueError("privacy plan: the target epsilon is inf (no noise), but the plan "
+                             f"records noise scale {plan.scale:g}, noisy releases {noisy}, "
+                             f"epsilon {plan.epsilon_pld:g} and epsilon_rdp "
+                             f"{plan.epsilon_rdp:g}")
+        return plan
+    silent = [r.name for r in plan.releases if r.noise_multiplier == 0]
+    if silent or not (math.isfinite(plan.scale) and plan.scale > 0):
+        raise ValueError(f"privacy plan: target epsilon {plan.epsilon:g} is finite, but the "
+                         f"noise scale is {plan.scale:g} and releases {silent} add no noise")
+    if _mismatch(plan.epsilon, plan.epsilon_pld):
+        raise ValueError(f"privacy plan: recorded epsilon {plan.epsilon_pld:g} is not the "
+                         f"target epsilon {plan.epsilon:g} (tolerance "
+                         f"{PLAN_EPSILON_RTOL:.0%})")
+    # The composition is exactly mu-GDP, and PLD never reports less than the exact epsilon:
+    # when the exact epsilon is already too large, refuse without running PLD (a nearly
+    # noiseless release would make it take minutes and gigabytes).
+    mu = math.sqrt(sum(r.repetitions / r.noise_multiplier**2 for r in plan.releases))
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        exact = gaussian_epsilon_closed_form(1.0 / mu, plan.delta)
+    if not exact <= plan.epsilon_pld * (1 + PLAN_EPSILON_RTOL):
+        raise ValueError(f"privacy plan: its releases compose to epsilon {exact:.6g} at delta "
+                         f"{plan.delta:g} (exact Gaussian composition), more than the recorded "
+                         f"epsilon {plan.epsilon_pld:g}")
+    eps_pld, eps_rdp = _account(plan.releases, plan.delta)
+    for what, recorded, derived in (("epsilon", plan.epsilon_pld, eps_pld),
+                                    ("epsilon_rdp", plan.epsilon_rdp, eps_rdp)):
+        if _mismatch(recorded, derived):
+            raise ValueError(f"privacy plan: its releases compose to {what} {derived:.6g} at "
+                             f"delta {plan.delta:g}, but the plan records {recorded:.6g} "
+                             f"(tolerance {PLAN_EPSILON_RTOL:.0%})")
+    return plan
