@@ -81,6 +81,8 @@ CONFIG_CASES = [
     ("synthesize.n=0", "synthesize.n: Input should be greater than or equal to 1"),
     ("synthesize.class_balance=weird", "synthesize.class_balance: Input should be"),
     ("decode.per_class=0", "decode.per_class: Input should be greater than or equal to 1"),
+    ("model.subspace_dim=true", "model.subspace_dim: must be a number, not the boolean true"),
+    ("synthesize.n=false", "synthesize.n: must be a number, not the boolean false"),
 ]
 
 
@@ -491,6 +493,16 @@ def test_dp_steps_refuse_a_missing_plan(digits_steps, tmp_path):
     _, train, _ = digits_steps
     with pytest.raises(steps.StepInputError, match="run the plan step first"):
         steps.dp_cluster(train.path, tmp_path / "nope.json", tmp_path / "clusters")
+
+
+def test_dp_steps_refuse_an_edited_plan_file(digits_steps, tmp_path):
+    _, train, plan = digits_steps
+    data = json.loads(plan.read_text())
+    data["releases"][0]["noise_multiplier"] *= 0.1  # less noise than the plan claims
+    plan.write_text(json.dumps(data))
+    with pytest.raises(steps.StepInputError, match="privacy plan .*plan.json"):
+        steps.dp_cluster(train.path, plan, tmp_path / "clusters")
+    assert not (tmp_path / "clusters").exists()
 
 
 def test_dp_steps_refuse_a_plan_for_another_dimension(digits_steps, tmp_path):

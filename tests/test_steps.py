@@ -104,12 +104,12 @@ def test_steps_check_their_inputs(digits, tmp_path):
         steps.evaluate(fake.path, fake.path, tmp_path / "e", progress=False)
     with pytest.raises(FileNotFoundError, match="not a saved DPSynthesizer"):
         steps.fit_gmm(train.path, tmp_path / "nothing", plan_path, tmp_path / "m")
-    # A plan file edited after dp_cluster no longer matches the noise the step would draw.
+    # A plan file edited after dp_cluster: its recorded noise no longer adds up.
     clusters = steps.dp_cluster(train.path, plan_path, tmp_path / "c")
     tampered = json.loads(plan_path.read_text())
     tampered["releases"][0]["noise_multiplier"] *= 0.5
     (tmp_path / "tampered.json").write_text(json.dumps(tampered))
-    with pytest.raises(steps.StepInputError, match="does not match"):
+    with pytest.raises(steps.StepInputError, match="tampered.json: release "):
         steps.fit_gmm(train.path, clusters, tmp_path / "tampered.json", tmp_path / "m")
     assert not (tmp_path / "m").exists()
     assert EmbeddingSet.open(test.path).count == 360

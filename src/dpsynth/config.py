@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import math
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from dpsynth.data.sources import class_name_problem
 from dpsynth.privacy.validation import PrivacyParameterError, validate_epsilon_delta
@@ -23,8 +32,25 @@ class ConfigError(ValueError):
     """An invalid configuration, one line per problem, each naming its key."""
 
 
+def _numeric(annotation: Any) -> bool:
+    """Whether a field holds a number and not a boolean (``int``, ``float``, optional)."""
+    if annotation in (int, float):
+        return True
+    args = typing.get_args(annotation)
+    return (bool(args) and any(a in (int, float) for a in args)
+            and all(a in (int, float, type(None)) for a in args))
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic takes YAML's true as 1: `model.subspace_dim=true` must not mean r = 1.
+        if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"must be a number, not the boolean {str(value).lower()}")
+        return value
 
 
 def _not_bool(value: Any) -> Any:

@@ -105,7 +105,15 @@ def read_plan(path: Path) -> PrivacyPlan:
     path = Path(path)
     if not path.is_file():
         raise StepInputError(f"privacy plan {path} does not exist (run the plan step first)")
-    return PrivacyPlan.from_dict(json.loads(path.read_text()))
+    from dpsynth.privacy.plan import verify_plan_dict
+
+    try:
+        # The plan file is where the DP steps take their noise from: an edited sigma or
+        # epsilon must be refused here, not used.
+        return verify_plan_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        reason = str(exc).removeprefix("privacy plan: ")
+        raise StepInputError(f"privacy plan {path}: {reason}") from None
 
 
 # --------------------------------------------------------------------------- encode

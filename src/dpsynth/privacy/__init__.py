@@ -13,10 +13,20 @@ from dpsynth.privacy.plan import (
     build_plan,
     calibrate_scale,
 )
-from dpsynth.privacy.validation import MAX_DELTA, PrivacyParameterError, validate_epsilon_delta
+from dpsynth.privacy.validation import (
+    MAX_DELTA,
+    MAX_EPSILON,
+    MIN_DELTA,
+    MIN_EPSILON,
+    PrivacyParameterError,
+    validate_epsilon_delta,
+)
 
 __all__ = [
     "MAX_DELTA",
+    "MAX_EPSILON",
+    "MIN_DELTA",
+    "MIN_EPSILON",
     "NoiseSource",
     "PrivacyParameterError",
     "PrivacyPlan",
