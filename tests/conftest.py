@@ -32,3 +32,20 @@ def _test_ledger(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(LEDGER_URI_ENV, f"sqlite:///{path}")
         yield path
+
+
+@pytest.fixture
+def charges(monkeypatch):
+    """Every call of ``runner.charge_run`` (the real charge still follows): a test of a
+    run that must be refused before the charge asserts this stays empty."""
+    from dpsynth import runner
+
+    calls: list[object] = []
+    real = runner.charge_run
+
+    def recording(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "charge_run", recording)
+    return calls

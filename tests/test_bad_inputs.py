@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from image_folders import gray_image_folder, image_folder_sets
 from typer.testing import CliRunner
 
-from dpsynth import DPSynthesizer, runner, steps
+from dpsynth import DPSynthesizer, steps
 from dpsynth.cli import app
 from dpsynth.config import ConfigError, load_config_text
 from dpsynth.data.sources import DataSourceError, ImageFolderSource, WebDatasetSource
@@ -26,19 +26,6 @@ from dpsynth.privacy import PrivacyParameterError
 from dpsynth.synthesizer import ModelFileError
 
 cli = CliRunner()
-
-
-@pytest.fixture
-def charges(monkeypatch):
-    calls: list[object] = []
-    real = runner.charge_run
-
-    def recording(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "charge_run", recording)
-    return calls
 
 
 def _refused(result, fragment: str, charges: list, out: Path | None = None) -> None:
@@ -137,22 +124,8 @@ def test_a_section_given_a_value_is_refused(tmp_path, charges):
 
 
 # ---------------------------------------------------- command line and --out (8)
-def _folder(root: Path, classes=("c0", "c1"), per_class=4, size=8) -> Path:
-    rng = np.random.default_rng(0)
-    for c in classes:
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(
-                root / c / f"{i}.png")
-    return root
-
-
-def _folder_sets(tmp_path: Path, *extra: str) -> list[str]:
-    sets = ["data.source=image-folder", f"data.train_dir={tmp_path / 'train'}",
-            f"data.test_dir={tmp_path / 'test'}", "data.image_size=8", "data.color=gray",
-            "encoder.name=pixels", "encoder.options={image_shape: [8, 8]}",
-            f"encoder.cache_dir={tmp_path / 'cache'}", *extra]
-    return [a for s in sets for a in ("--set", s)]
+def _folder(root: Path, classes=("c0", "c1"), per_class=4) -> Path:
+    return gray_image_folder(root, classes, per_class)
 
 
 @pytest.fixture
@@ -187,7 +160,7 @@ def test_unusable_runs_are_refused_in_one_line(folders, charges, name, make_out,
     (folders / "afile").write_text("mine")
     out = make_out(folders)
     result = cli.invoke(app, ["run", "--no-progress", "--out", str(out),
-                              *_folder_sets(folders, *sets)])
+                              *image_folder_sets(folders, *sets)])
     _refused(result, fragment, charges)
     assert result.stderr.count("\n") == 1
     assert (folders / "afile").read_text() == "mine"
@@ -199,7 +172,7 @@ def test_a_foreign_non_empty_out_is_refused(folders, charges):
     out = folders / "theirs"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    result = cli.invoke(app, ["run", "--out", str(out), *_folder_sets(folders)])
+    result = cli.invoke(app, ["run", "--out", str(out), *image_folder_sets(folders)])
     _refused(result, "not a dpsynth output directory", charges)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
@@ -259,7 +232,7 @@ def test_bad_image_folders_are_refused_before_the_charge(folders, charges, how, 
     extra = _broken_folders(folders, how)
     out = folders / "out"
     result = cli.invoke(app, ["run", "--no-progress", "--out", str(out),
-                              *_folder_sets(folders, *extra)])
+                              *image_folder_sets(folders, *extra)])
     _refused(result, fragment, charges, out)
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from image_folders import gray_image_folder, image_folder_sets
 from typer.testing import CliRunner
 
-from dpsynth import runner, steps
+from dpsynth import steps
 from dpsynth.cli import app
 from dpsynth.config import load_config
 from dpsynth.outputs import OWNER_FILE, OutputDirError, remove_embedding_set
@@ -20,47 +20,19 @@ from dpsynth.preflight import PreflightError, preflight
 cli = CliRunner()
 
 
-def _folder(root: Path, classes=("c0", "c1", "c2"), per_class=40, size=8) -> Path:
-    rng = np.random.default_rng(0)
-    for c in classes:
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(
-                root / c / f"{i}.png")
-    return root
-
-
 def _folder_args(tmp_path: Path, *extra: str) -> list[str]:
-    sets = [f"data.train_dir={tmp_path / 'train'}", f"data.test_dir={tmp_path / 'test'}",
-            "data.source=image-folder", "data.image_size=8", "data.color=gray",
-            "encoder.name=pixels", "encoder.options={image_shape: [8, 8]}",
-            f"encoder.cache_dir={tmp_path / 'cache'}", "privacy.epsilon=8",
-            "privacy.budget.epsilon=50",
-            "model.subspace_dim=4", "model.normalize=false", "synthesize.n=60",
-            "evaluate.epochs=2", "evaluate.nonprivate_baseline=false",
-            f"data.dataset_id=folder-{tmp_path.name}", *extra]
-    return [a for s in sets for a in ("--set", s)]
+    return image_folder_sets(tmp_path, "privacy.epsilon=8", "privacy.budget.epsilon=50",
+                             "model.subspace_dim=4", "model.normalize=false",
+                             "synthesize.n=60", "evaluate.epochs=2",
+                             "evaluate.nonprivate_baseline=false",
+                             f"data.dataset_id=folder-{tmp_path.name}", *extra)
 
 
 @pytest.fixture
 def folders(tmp_path):
-    _folder(tmp_path / "train")
-    _folder(tmp_path / "test", per_class=3)
+    gray_image_folder(tmp_path / "train")
+    gray_image_folder(tmp_path / "test", per_class=3)
     return tmp_path
-
-
-@pytest.fixture
-def charges(monkeypatch):
-    """Every call of runner.charge_run, which the real charge follows through."""
-    calls: list[object] = []
-    real = runner.charge_run
-
-    def recording(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "charge_run", recording)
-    return calls
 
 
 def _run(out: Path, *args: str):
