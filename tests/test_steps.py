@@ -10,7 +10,6 @@ import pytest
 from dpsynth import DPSynthesizer, steps
 from dpsynth.config import load_config
 from dpsynth.data.store import EmbeddingSet, write_embedding_set
-from dpsynth.decoders import decoder_for
 
 SEEDED = pytest.mark.filterwarnings("ignore:noise_seed is set:UserWarning")
 
@@ -114,7 +113,3 @@ def test_steps_check_their_inputs(digits, tmp_path):
     assert not (tmp_path / "m").exists()
     assert EmbeddingSet.open(test.path).count == 360
 
-
-def test_only_invertible_encoders_have_a_decoder():
-    assert decoder_for("pixels", image_shape=(8, 8)) is not None
-    assert decoder_for("efficientnet-lite0") is None
