@@ -142,6 +142,23 @@ def _check_output_sets(out_dir: Path, config: RunConfig) -> None:
                                  "delete files it did not write: move them away")
 
 
+def check_decoding(config: RunConfig) -> None:
+    """A run that must decode needs a decoder: say so before any work is done."""
+    from dpsynth.decoders import available_decoders, decoder_for
+
+    if config.decode.decoder and config.decode.decoder not in available_decoders():
+        raise StepInputError(
+            f"decode.decoder: unknown decoder {config.decode.decoder!r}; available: "
+            f"{', '.join(available_decoders())}")
+    wants = [k for k, on in (("decode.enabled", config.decode.enabled is True),
+                             ("evaluate.image_level", config.evaluate.image_level)) if on]
+    if wants and not config.decode.decoder and decoder_for(
+            config.encoder.name, **config.encoder.options) is None:
+        raise StepInputError(
+            f"{' and '.join(wants)} need a decoder, and encoder {config.encoder.name!r} has "
+            "none that inverts it: set decode.decoder (e.g. unclip) or turn them off")
+
+
 def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = False
               ) -> PreflightReport:
     """Check everything the run needs without reading a record; raise PreflightError."""
@@ -172,8 +189,6 @@ def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = Fals
                 report.cache[split] = check_cached_encoding(config, split)
             except (StepInputError, OSError, ValueError) as exc:
                 raise PreflightError(f"embedding cache ({split} split): {exc}") from None
-    from dpsynth.runner import check_decoding
-
     try:
         check_decoding(config)
     except (StepInputError, KeyError) as exc:

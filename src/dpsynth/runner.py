@@ -25,6 +25,7 @@ import yaml
 from dpsynth import steps
 from dpsynth.config import RunConfig
 from dpsynth.data.store import write_json_atomic
+from dpsynth.preflight import check_decoding, preflight
 from dpsynth.privacy.ledger import BudgetCheck, BudgetExceededError, LedgerEntry
 from dpsynth.privacy.ledger_store import (
     LedgerMirrorWarning,
@@ -180,23 +181,6 @@ def _link_run(ledger: LedgerStore, budget: BudgetCheck, run_id: str, tracking_ur
     return budget
 
 
-def check_decoding(config: RunConfig) -> None:
-    """A run that must decode needs a decoder: say so before any work is done."""
-    from dpsynth.decoders import available_decoders, decoder_for
-
-    if config.decode.decoder and config.decode.decoder not in available_decoders():
-        raise steps.StepInputError(
-            f"decode.decoder: unknown decoder {config.decode.decoder!r}; available: "
-            f"{', '.join(available_decoders())}")
-    wants = [k for k, on in (("decode.enabled", config.decode.enabled is True),
-                             ("evaluate.image_level", config.evaluate.image_level)) if on]
-    if wants and not config.decode.decoder and decoder_for(
-            config.encoder.name, **config.encoder.options) is None:
-        raise steps.StepInputError(
-            f"{' and '.join(wants)} need a decoder, and encoder {config.encoder.name!r} has "
-            "none that inverts it: set decode.decoder (e.g. unclip) or turn them off")
-
-
 def finish_run(tracker: Tracker, run_id: str, metrics: dict[str, Any] | None,
                metrics_file: Path | None) -> None:
     """Log the final metrics to the parent run and close it (best effort)."""
@@ -263,8 +247,12 @@ def _close_abandoned_run(previous: dict[str, Any], tracker: Tracker,
 
 
 def _expected_outputs(config: RunConfig) -> list[str]:
+    from dpsynth.decoders import decoder_for
+
     wanted = ["clusters", "mixture", "synthetic_embeddings"]
-    if config.decode.enabled is not False:
+    d = config.decode
+    if d.enabled or (d.enabled is None and (d.decoder or decoder_for(
+            config.encoder.name, **config.encoder.options) is not None)):
         wanted.append("decoded_grid")
     return [*wanted, "report", "metrics"]
 
@@ -276,7 +264,6 @@ def run(config: RunConfig, out_dir: Path, *, progress: bool = True,
     keeps the charge and everything written so far, records both in ``run.json`` and
     raises :class:`RunFailedError`."""
     from dpsynth.outputs import OutputDir
-    from dpsynth.preflight import preflight
 
     started = time.monotonic()
     out_dir = Path(out_dir)
