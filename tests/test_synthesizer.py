@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import collections
 import copy
+import inspect
 import json
 import shutil
 import warnings
+from numbers import Integral
 
 import numpy as np
+import pydantic
 import pytest
+import sklearn.base
+import sklearn.exceptions
+from sklearn.utils._param_validation import Interval, InvalidParameterError
+from sklearn.utils.estimator_checks import check_param_validation, parametrize_with_checks
+from sklearn.utils.validation import check_is_fitted
 
-from dpsynth import DPSynthesizer, NotFittedError
+import dpsynth.synthesizer
+from dpsynth import DPSynthesizer, NotFittedError, steps
+from dpsynth import config as config_module
+from dpsynth.config import ModelConfig, PrivacyConfig, load_config
 from dpsynth.preprocessing import NormOverflowError, bound_norms
 from dpsynth.privacy import NoiseSource
 from dpsynth.synthesizer import ModelFileError
@@ -472,7 +483,7 @@ CORRUPTIONS = [
     ("bool epsilon", _edit_params(_set(["params", "epsilon"], True)), "params.json",
      "epsilon must be a number"),
     ("invalid param", _edit_params(_set(["params", "covariance"], "full")), "params.json",
-     "covariance must be one of"),
+     "invalid params: The 'covariance' parameter of DPSynthesizer must be a str among"),
     ("epsilon in params", _edit_params(_set(["params", "epsilon"], 0.1)), "params.json",
      r"params say epsilon=0.1, delta=1e-05, but the privacy plan's target is epsilon=1"),
     ("delta in params", _edit_params(_set(["params", "delta"], 1e-6)), "params.json",
@@ -578,6 +589,9 @@ def _with(X, i, j, value):
 
 
 X_OK, Y_OK = _xy()
+# scikit-learn's parameter validation names the parameter and the valid range.
+SUBSPACE_DIM_REFUSED = (r"'subspace_dim' parameter of DPSynthesizer must be an int in the range "
+                        r"\[1, inf\) \(not a boolean\) or None")
 INVALID_FITS = [
     # (constructor kwargs, X, y, classes, message)
     ({}, X_OK[:, 0], Y_OK, [0, 1], "2-D"),
@@ -589,9 +603,9 @@ INVALID_FITS = [
     ({}, X_OK, Y_OK + 1, [0, 1], r"not in classes"),
     ({}, X_OK, Y_OK, [0, 1, 1], "duplicates"),
     ({"components_per_class": 0}, X_OK, Y_OK, [0, 1], "components_per_class"),
-    ({"covariance": "full"}, X_OK, Y_OK, [0, 1], "covariance must be one of"),
+    ({"covariance": "full"}, X_OK, Y_OK, [0, 1], "'covariance' parameter .* must be a str among"),
     ({"subspace_dim": 7}, X_OK, Y_OK, [0, 1], "exceeds the embedding dimension"),
-    ({"subspace_dim": 0}, X_OK, Y_OK, [0, 1], "subspace_dim must be a positive integer"),
+    ({"subspace_dim": 0}, X_OK, Y_OK, [0, 1], SUBSPACE_DIM_REFUSED),
     ({"clip_norm": 0.0}, X_OK, Y_OK, [0, 1], "clip_norm"),
     ({"clip_norm": -1.0}, X_OK, Y_OK, [0, 1], "clip_norm"),
     ({"budget_weights": {"class_countz": 2.0}}, X_OK, Y_OK, [0, 1], "unknown budget_weights"),
@@ -603,14 +617,14 @@ INVALID_FITS = [
     ({}, _with(X_OK, 5, 1, 1e200), Y_OK, [0, 1], r"norm overflows float64: row 5 \("),
     # Booleans are not numbers: True must not be read as 1 (bool is an int subclass).
     ({"components_per_class": True}, X_OK, Y_OK, [0, 1], "components_per_class"),
-    ({"subspace_dim": True}, X_OK, Y_OK, [0, 1], "subspace_dim must be a positive integer"),
+    ({"subspace_dim": True}, X_OK, Y_OK, [0, 1], SUBSPACE_DIM_REFUSED),
     ({"clip_norm": True}, X_OK, Y_OK, [0, 1], "clip_norm"),
     ({"lsh_depth": True, "components_per_class": 2}, X_OK, Y_OK, [0, 1], "lsh_depth"),
     ({"lloyd_rounds": False}, X_OK, Y_OK, [0, 1], "lloyd_rounds"),
     ({"chunk_rows": True}, X_OK, Y_OK, [0, 1], "chunk_rows"),
     ({"second_moment_clip": True}, X_OK, Y_OK, [0, 1], "second_moment_clip"),
     ({"covariance_floor": True}, X_OK, Y_OK, [0, 1], "covariance_floor"),
-    ({"normalize": 1}, X_OK, Y_OK, [0, 1], "normalize must be True or False"),
+    ({"normalize": 1}, X_OK, Y_OK, [0, 1], "'normalize' parameter .* an instance of 'bool'"),
     ({"random_state": True}, X_OK, Y_OK, [0, 1], "random_state"),
     ({"noise_seed": True}, X_OK, Y_OK, [0, 1], "noise_seed"),
     ({"budget_weights": {"class_counts": True}}, X_OK, Y_OK, [0, 1],
@@ -824,3 +838,201 @@ def test_tied_covariance_recovers_the_pooled_within_class_covariance():
     np.testing.assert_allclose(np.diag(cov)[:3], scales[:3] ** 2, rtol=0.05)
     np.testing.assert_allclose(synth.mixture_.residual_var, 0.01**2, rtol=0.05)
     np.testing.assert_allclose(synth.mixture_.means, means, atol=0.01)
+
+
+# ------------------------------------------------------- scikit-learn estimator contract
+# Fitted on scikit-learn's small generated data: non-private (exact, deterministic), and
+# DP with DP k-means (seeded noise). Neither has a subspace: some checks fit one feature.
+SKLEARN_INSTANCES = [
+    DPSynthesizer(INF, DELTA, subspace_dim=None, random_state=0),
+    DPSynthesizer(1.0, DELTA, components_per_class=2, covariance="diagonal", subspace_dim=None,
+                  random_state=0, noise_seed=0),
+]
+# Checks that do not apply to a generative model of private embeddings, with why.
+SKLEARN_NOT_APPLICABLE = {
+    "check_dtype_object": "object arrays are refused, never coerced: records are read as "
+                          "numbers only",
+    "check_complex_data": "complex X is refused as 'X must hold numbers, got dtype "
+                          "complex128', not in scikit-learn's wording",
+    "check_estimators_nan_inf": "the check's labels are floats, refused first ('y must hold "
+                                "integer class labels'); NaN/inf rows are refused by row and "
+                                "column (test_invalid_fit_inputs_are_refused)",
+    "check_estimator_sparse_array": "embeddings are dense; sparse X is refused, but not in "
+                                    "scikit-learn's wording",
+    "check_estimator_sparse_matrix": "embeddings are dense; sparse X is refused, but not in "
+                                     "scikit-learn's wording",
+    "check_estimator_sparse_tag": "embeddings are dense; sparse X is refused, but not in "
+                                  "scikit-learn's wording",
+    "check_requires_y_none": "y=None is refused, as 'y must be 1-D with one label per row "
+                             "of X', not in scikit-learn's wording",
+    "check_estimators_empty_data_messages": "fit does not yet refuse X with 0 features "
+                                            "(fit input validation, not the estimator API)",
+}
+
+
+@parametrize_with_checks(SKLEARN_INSTANCES,
+                         expected_failed_checks=lambda est: SKLEARN_NOT_APPLICABLE)
+@pytest.mark.filterwarnings("ignore::UserWarning")  # labels read from y, seeded noise
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_parameter_constraints_are_checked_as_scikit_learn_does():
+    # Not among the checks above for a third-party estimator: every parameter has a
+    # constraint, and a value outside it is refused by fit with InvalidParameterError.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for estimator in SKLEARN_INSTANCES:
+            check_param_validation(type(estimator).__name__, estimator)
+
+
+NUMBER_PARAMETERS = [name for name, rules in DPSynthesizer._parameter_constraints.items()
+                     if any(isinstance(r, Interval) for r in rules)]
+
+
+@pytest.mark.parametrize("name", NUMBER_PARAMETERS)
+@pytest.mark.parametrize("boolean", [True, np.bool_(False)])
+def test_booleans_are_refused_for_every_number(name, boolean):
+    # scikit-learn's Interval(Integral) takes True as 1; YAML's true must not mean 1.
+    with pytest.raises(InvalidParameterError,
+                       match=rf"'{name}' parameter of DPSynthesizer must be .*\(not a "
+                             rf"boolean\).* Got (np\.)?{boolean!r}"):
+        DPSynthesizer(1.0, DELTA, **{name: boolean})._validate_params()
+
+
+def test_one_list_of_parameters():
+    # The signature, the docstring's Parameters and the constraints name the same
+    # parameters, and the run config's model section is generated from them.
+    signature = [p for p in inspect.signature(DPSynthesizer.__init__).parameters
+                 if p != "self"]
+    assert list(DPSynthesizer._parameter_constraints) == signature
+    assert list(config_module._parameter_docs(DPSynthesizer)) == signature
+    assert list(ModelConfig.model_fields) == [
+        p for p in signature if p not in config_module.PRIVACY_PARAMETERS]
+    assert set(config_module.PRIVACY_PARAMETERS) <= set(PrivacyConfig.model_fields) | {
+        "epsilon", "delta"}
+    defaults = DPSynthesizer(1.0, DELTA).get_params()
+    for name, field in ModelConfig.model_fields.items():
+        override = config_module.MODEL_OVERRIDES.get(name, {})
+        assert field.default == override.get("default", defaults[name]), name
+        assert field.description, name
+    # Config-only defaults: normalize follows the encoder, a run's random_state is 0.
+    assert ModelConfig().normalize is None and ModelConfig().random_state == 0
+
+
+def test_a_new_estimator_parameter_reaches_the_config_by_itself():
+    class Extended(DPSynthesizer):
+        """Parameters
+        ----------
+        epsilon, delta : float
+            The guarantee.
+        knob : int, default=5
+            A new parameter, documented once.
+        """
+
+        _parameter_constraints = {"epsilon": "no_validation", "delta": "no_validation",
+                                  "knob": [Interval(Integral, 2, None, closed="left")]}
+
+        def __init__(self, epsilon: float, delta: float, *, knob: int = 5) -> None:
+            self.epsilon = epsilon
+            self.delta = delta
+            self.knob = knob
+
+    section = pydantic.create_model("Section", __base__=config_module._Section,
+                                    **config_module._model_fields(Extended))
+    assert list(section.model_fields) == ["knob"]
+    assert section().knob == 5
+    assert section.model_fields["knob"].description == "A new parameter, documented once."
+    with pytest.raises(pydantic.ValidationError, match="greater than or equal to 2"):
+        section(knob=1)
+    with pytest.raises(pydantic.ValidationError, match="not the boolean true"):
+        section(knob=True)
+    assert sklearn.base.clone(Extended(1.0, DELTA, knob=3)).get_params() == {
+        "epsilon": 1.0, "delta": DELTA, "knob": 3}
+
+
+def test_build_synthesizer_passes_the_model_section_through():
+    config = load_config(None, ["model.components_per_class=3", "model.subspace_dim=null",
+                                "model.budget_weights={class_sums: 2.0}",
+                                "privacy.noise_seed=4", "privacy.epsilon=inf"])
+    params = steps.build_synthesizer(config, normalized_encoder=False).get_params()
+    assert params == {**config.model.model_dump(), "normalize": False, "epsilon": INF,
+                      "delta": config.privacy.delta, "noise_seed": 4}
+    assert steps.build_synthesizer(config, normalized_encoder=True).normalize is True
+    explicit = load_config(None, ["model.normalize=false"])
+    assert steps.build_synthesizer(explicit, normalized_encoder=True).normalize is False
+
+
+def test_get_params_returns_real_values_and_clone_keeps_them():
+    synth = DPSynthesizer(INF, DELTA, components_per_class=2, clusterer_options={"rounds": 1},
+                          budget_weights={"class_sums": 2.0}, random_state=3)
+    params = synth.get_params(deep=True)
+    assert params["epsilon"] == INF and isinstance(params["epsilon"], float)
+    assert list(params) == [p for p in inspect.signature(DPSynthesizer).parameters]
+    twin = sklearn.base.clone(synth)
+    assert twin is not synth and twin.get_params() == params
+    assert twin.clusterer_options == {"rounds": 1}
+    assert twin.clusterer_options is not synth.clusterer_options  # a deep copy
+
+
+def test_repr_shows_the_parameters_set():
+    # scikit-learn's repr: the parameters that differ from their defaults, sorted by name.
+    assert repr(DPSynthesizer(1.0, DELTA, components_per_class=2)) == \
+        "DPSynthesizer(components_per_class=2, delta=1e-05, epsilon=1.0)"
+    assert repr(DPSynthesizer(INF, DELTA)) == "DPSynthesizer(delta=1e-05, epsilon=inf)"
+
+
+def test_set_params_then_fit(small_fit):
+    X, y = _xy(n=400, d=6)
+    synth = sklearn.base.clone(small_fit)
+    assert not hasattr(synth, "mixture_")
+    assert synth.set_params(covariance="spherical", components_per_class=2) is synth
+    synth.fit(X, y, classes=[0, 1])
+    assert synth.covariances_.shape == (len(synth.weights_),)
+    assert synth.get_params()["covariance"] == "spherical"
+    with pytest.raises(ValueError, match="Invalid parameter 'colour'"):
+        synth.set_params(colour="red")
+    with pytest.raises(InvalidParameterError, match="'covariance' parameter"):
+        synth.set_params(covariance="full").fit(X, y, classes=[0, 1])
+
+
+def test_not_fitted_error_is_scikit_learns():
+    assert NotFittedError is sklearn.exceptions.NotFittedError
+    assert dpsynth.synthesizer.NotFittedError is NotFittedError
+    synth = DPSynthesizer(1.0, DELTA)
+    with pytest.raises(sklearn.exceptions.NotFittedError, match="not fitted"):
+        check_is_fitted(synth)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        synth.means_  # noqa: B018
+    assert not hasattr(synth, "weights_")  # like scikit-learn: absent until fitted
+
+
+@SEEDED
+def test_a_clusters_stage_model_is_not_fitted(shard_data):
+    X, y = shard_data
+    half = _shard_synth(1).fit_clusters([(X, y)], classes=SHARD_CLASSES)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(half)
+    check_is_fitted(half.fit_mixture([(X, y)]))
+
+
+@pytest.mark.parametrize("field", ["weights", "means", "covariances", "residual_var",
+                                   "component_class"])
+def test_flat_views_are_the_mixture_arrays_read_only(small_fit, field):
+    view = getattr(small_fit, field + "_")
+    np.testing.assert_array_equal(view, getattr(small_fit.mixture_, field))
+    assert np.shares_memory(view, getattr(small_fit.mixture_, field))
+    with pytest.raises(ValueError, match="read-only"):
+        view[...] = 0
+    assert small_fit.means_.shape == (len(small_fit.weights_), small_fit.n_features_in_)
+    assert DPSynthesizer.__doc__.count(f"\n    {field}_ : ") == 1  # documented
+
+
+def test_params_json_keeps_its_format(small_fit, tmp_path):
+    # epsilon inf is written "inf" (strict JSON) and read back as the float; the keys are
+    # the signature's, in its order, as files saved before scikit-learn's contract.
+    meta = json.loads((small_fit.save(tmp_path / "m") / "params.json").read_text())
+    assert meta["params"]["epsilon"] == "inf"
+    assert list(meta["params"]) == list(inspect.signature(DPSynthesizer).parameters)
+    loaded = DPSynthesizer.load(tmp_path / "m")
+    assert loaded.get_params() == small_fit.get_params() and loaded.epsilon == INF

@@ -7,9 +7,11 @@ README's main job: Fashion-MNIST, EfficientNet-Lite0, eps = 1, delta = 1e-5.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import typing
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,12 +22,15 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from dpsynth.data.sources import class_name_problem
 from dpsynth.privacy.validation import PrivacyParameterError, validate_epsilon_delta
+from dpsynth.synthesizer import DPSynthesizer
 
 
 class ConfigError(ValueError):
@@ -206,26 +211,90 @@ class PrivacyConfig(_EpsilonDelta):
         return self
 
 
-class ModelConfig(_Section):
-    """:class:`dpsynth.DPSynthesizer` parameters (see its docstring)."""
+#: DPSynthesizer parameters that the privacy section holds, not the model section.
+PRIVACY_PARAMETERS = ("epsilon", "delta", "noise_seed")
+#: Where the model section departs from DPSynthesizer's signature (annotation, default,
+#: description); every other field is generated from the signature, the docstring and
+#: ``_parameter_constraints`` (:func:`_model_fields`).
+MODEL_OVERRIDES: dict[str, dict[str, Any]] = {
+    # steps.build_synthesizer resolves None from the encoder.
+    "normalize": {"annotation": bool | None, "default": None,
+                  "description": "None: normalise exactly when the encoder's embeddings are "
+                                 "normalised; true or false: as DPSynthesizer's normalize."},
+    # A run's sampling and hash directions are reproducible unless asked otherwise.
+    "random_state": {"default": 0},
+}
 
-    components_per_class: int = Field(default=1, ge=1)
-    covariance: Literal["spherical", "diagonal", "lowrank", "tied"] = "lowrank"
-    subspace_dim: int | None = Field(default=64, ge=1)
-    clip_norm: float = Field(default=1.0, gt=0, allow_inf_nan=False)
-    #: ``None``: normalise exactly when the encoder's embeddings are normalised.
-    normalize: bool | None = None
-    #: DP clusterer for components_per_class > 1 (registry name; plugins by entry point).
-    clusterer: str = "dp-kmeans"
-    lsh_depth: int = Field(default=8, ge=1)
-    lloyd_rounds: int = Field(default=3, ge=0)
-    clusterer_options: dict[str, Any] | None = None
-    budget_weights: dict[str, float] | None = None
-    second_moment_clip: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    covariance_floor: float = Field(default=1e-6, gt=0)
-    #: Seed of data-independent randomness (hash directions, k-means++ on releases).
-    random_state: int | None = 0
-    chunk_rows: int = Field(default=16384, ge=1)
+
+def _parameter_docs(cls: type) -> dict[str, str]:
+    """The numpydoc ``Parameters`` section of ``cls``: each name's description, one line."""
+    lines = [*inspect.cleandoc(cls.__doc__ or "").splitlines(), ""]
+    start = lines.index("Parameters") + 2  # past the underline
+    docs: dict[str, str] = {}
+    names: list[str] = []
+    for line, after in zip(lines[start:], lines[start + 1:], strict=False):
+        if after and set(after) == {"-"}:  # the next section's title
+            break
+        if line and not line[0].isspace():
+            names = [n.strip() for n in line.split(" : ")[0].rstrip(":").split(",")]
+            docs.update(dict.fromkeys(names, ""))
+        elif line.strip():
+            for name in names:
+                docs[name] = f"{docs[name]} {line.strip()}".strip()
+    return docs
+
+
+def _bounds(constraints: list[Any]) -> dict[str, Any]:
+    """pydantic Field bounds equivalent to the Interval among sklearn ``constraints``."""
+    for c in constraints:
+        if isinstance(c, Interval):
+            out: dict[str, Any] = {}
+            if c.left is not None:
+                out["ge" if c.closed in ("left", "both") else "gt"] = c.left
+            if c.right is not None:
+                out["le" if c.closed in ("right", "both") else "lt"] = c.right
+            if c.type is not Integral and math.inf not in c:
+                out["allow_inf_nan"] = False
+            return out
+    return {}
+
+
+def _model_fields(estimator: type) -> dict[str, Any]:
+    """The model section's fields: the estimator's (DPSynthesizer's) parameters in
+    signature order, less :data:`PRIVACY_PARAMETERS`, with their defaults, types (a str
+    among StrOptions becomes a Literal), Interval bounds and docstring, then
+    :data:`MODEL_OVERRIDES`."""
+    hints = typing.get_type_hints(estimator.__init__)
+    docs = _parameter_docs(estimator)
+    constraints = estimator._parameter_constraints
+    fields: dict[str, Any] = {}
+    for name, param in inspect.signature(estimator.__init__).parameters.items():
+        if name == "self" or name in PRIVACY_PARAMETERS:
+            continue
+        if name not in docs or name not in constraints or name not in hints:
+            raise TypeError(f"{estimator.__name__} parameter {name!r} needs a type hint, "
+                            "an entry in the docstring's Parameters and one in "
+                            "_parameter_constraints (the run config is generated from them)")
+        annotation = hints[name]
+        rules = [] if isinstance(constraints[name], str) else constraints[name]
+        options = [c for c in rules if isinstance(c, StrOptions)]
+        if options:
+            annotation = Literal[tuple(sorted(options[0].options))]
+        spec = {"annotation": annotation, "default": param.default,
+                "description": docs[name], **MODEL_OVERRIDES.get(name, {})}
+        fields[name] = (spec["annotation"], Field(default=spec["default"],
+                                                  description=spec["description"],
+                                                  **_bounds(rules)))
+    return fields
+
+
+#: :class:`dpsynth.DPSynthesizer` parameters (see its docstring), generated from its
+#: signature: a new estimator parameter appears here by itself.
+ModelConfig = create_model(
+    "ModelConfig", __base__=_Section, __module__=__name__,
+    __doc__=":class:`dpsynth.DPSynthesizer` parameters (see its docstring), generated from "
+            "its signature, docstring and _parameter_constraints.",
+    **_model_fields(DPSynthesizer))
 
 
 class SynthesizeConfig(_Section):

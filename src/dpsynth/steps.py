@@ -66,17 +66,15 @@ class StepInputError(ValueError):
 
 # ----------------------------------------------------------------------------- plan
 def build_synthesizer(config: RunConfig, normalized_encoder: bool) -> DPSynthesizer:
-    m = config.model
-    return DPSynthesizer(
-        config.privacy.epsilon, config.privacy.delta,
-        components_per_class=m.components_per_class, covariance=m.covariance,
-        subspace_dim=m.subspace_dim, clip_norm=m.clip_norm,
-        normalize=normalized_encoder if m.normalize is None else m.normalize,
-        clusterer=m.clusterer, lsh_depth=m.lsh_depth, lloyd_rounds=m.lloyd_rounds,
-        clusterer_options=m.clusterer_options, budget_weights=m.budget_weights,
-        second_moment_clip=m.second_moment_clip, covariance_floor=m.covariance_floor,
-        random_state=m.random_state, noise_seed=config.privacy.noise_seed,
-        chunk_rows=m.chunk_rows)
+    """The run's DPSynthesizer: the model section is its parameters (generated from its
+    signature, config.ModelConfig), the privacy section its epsilon, delta and noise
+    seed; ``normalize: null`` follows the encoder."""
+    params = config.model.model_dump()
+    if params["normalize"] is None:
+        params["normalize"] = normalized_encoder
+    privacy = config.privacy
+    return DPSynthesizer(privacy.epsilon, privacy.delta, noise_seed=privacy.noise_seed,
+                         **params)
 
 
 def make_encoder(config: RunConfig):

@@ -10,9 +10,14 @@ import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
+from sklearn.utils.validation import check_is_fitted
 
 from dpsynth.clustering import GroupSums, assign_components, get_clusterer, project_to_ball
 from dpsynth.gmm.budget import release_specs, resolve_weights
@@ -34,8 +39,20 @@ _FITTED_ATTRIBUTES = ("classes_", "mixture_", "subspace_", "class_totals_", "clu
                       "privacy_plan_", "epsilon_", "delta_", "private_", "n_features_in_")
 
 
-class NotFittedError(RuntimeError):
-    """Raised when sample/save is called before fit."""
+# ``dpsynth.NotFittedError`` and ``dpsynth.synthesizer.NotFittedError`` are scikit-learn's
+# (imported above: a ValueError and an AttributeError), so ``except NotFittedError`` works
+# whichever module it is imported from.
+
+
+class _Number(Interval):
+    """scikit-learn's :class:`Interval`, refusing booleans: bool is an int subclass, and a
+    YAML ``true`` given for a count or a radius is a mistake, never 1."""
+
+    def is_satisfied_by(self, val: object) -> bool:
+        return not isinstance(val, bool | np.bool_) and super().is_satisfied_by(val)
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} (not a boolean)"
 
 
 class ModelFileError(ValueError):
@@ -90,58 +107,130 @@ class ClusterRelease:
                    a.get("cluster_eigenvalues"), float(a["cluster_trace"]), centres)
 
 
-class DPSynthesizer:
+class DPSynthesizer(BaseEstimator):
     """Differentially private synthetic embeddings from a per-class Gaussian mixture.
+
+    A scikit-learn estimator (``get_params``/``set_params``/``clone``), fitted with
+    :meth:`fit` and used through :meth:`sample`. The signature and this section are the one
+    list of parameters: the run configuration's ``model`` section is generated from them
+    (:mod:`dpsynth.config`), and :attr:`_parameter_constraints` states the valid values.
 
     Parameters
     ----------
-    epsilon, delta:
+    epsilon, delta : float
         The (epsilon, delta)-DP guarantee for the whole fit (add/remove one record).
         ``epsilon=float('inf')`` is the explicit non-private mode: no noise, and every
         output says ``private: false``. A finite epsilon must lie in [0.01, 20] and delta
         in [1e-12, 1e-3) (:mod:`dpsynth.privacy.validation`: the range in which noise is
         calibrated in bounded time and memory). Booleans are refused for every number.
-    components_per_class:
+    components_per_class : int, default=1
         Mixture components per class. 1 releases one Gaussian per class; more runs DP
         k-means (LSH coreset + DP Lloyd) first and spends budget on it.
-    covariance:
+    covariance : {"lowrank", "diagonal", "spherical", "tied"}, default="lowrank"
         ``"lowrank"`` (full covariance in the shared DP subspace + isotropic residual),
         ``"diagonal"`` (diagonal in the subspace + isotropic residual), ``"spherical"``, or
         ``"tied"`` (one shared covariance derived from the subspace release at no extra
         privacy cost; needs components_per_class=1 and a subspace).
-    subspace_dim:
+    subspace_dim : int or None, default=64
         Dimension r of the shared DP subspace (ignored by ``spherical``). ``None`` uses the
         full embedding space (no subspace release).
-    clip_norm:
+    clip_norm : float, default=1.0
         Public bound R on each record's L2 norm (records are clipped, or scaled to it).
-    normalize:
+    normalize : bool, default=True
         L2-normalise each record to ``clip_norm`` (CLIP-style embeddings) and re-normalise
         samples. ``False`` clips instead.
-    clusterer:
+    clusterer : str, default="dp-kmeans"
         Registry name of the DP clusterer that places the components of a class when
         components_per_class > 1 (:mod:`dpsynth.clustering.registry`; built in:
-        ``"dp-kmeans"``, LSH coreset + DP Lloyd rounds).
-    lsh_depth, lloyd_rounds:
-        ``dp-kmeans`` options: maximum LSH tree depth and DP Lloyd rounds.
-    clusterer_options:
+        ``"dp-kmeans"``, LSH coreset + DP Lloyd rounds; plugins by entry point).
+    lsh_depth : int, default=8
+        ``dp-kmeans`` option: maximum LSH tree depth.
+    lloyd_rounds : int, default=3
+        ``dp-kmeans`` option: DP Lloyd rounds.
+    clusterer_options : dict or None, default=None
         Keyword options of another clusterer (for ``dp-kmeans``, overrides of ``depth``
         and ``rounds``).
-    budget_weights:
+    budget_weights : dict of str to float or None, default=None
         Overrides of the relative noise multipliers in :data:`dpsynth.gmm.budget.DEFAULT_WEIGHTS`.
-    second_moment_clip:
+    second_moment_clip : float or None, default=None
         Centred clipping of the second-order release: records are centred at their
         class's released mean and clipped to this norm C, so the release's sensitivity is
         C^2 instead of clip_norm^2. ``None`` releases uncentred second moments.
-    covariance_floor:
+    covariance_floor : float, default=1e-6
         Smallest variance kept after repair.
-    random_state:
+    random_state : int or None, default=None
         Seed of data-independent randomness only (hash directions, k-means++ on the
         released coreset, sampling). Never seeds DP noise.
-    noise_seed:
+    noise_seed : int or None, default=None
         Test-only. Seeds the DP noise; the result is then marked NOT private everywhere.
-    chunk_rows:
+    chunk_rows : int, default=16384
         Rows per streamed chunk; bounds memory independently of n.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels (public: ``classes=`` of :meth:`fit`, or read from the labels).
+    n_features_in_ : int
+        Embedding dimension d seen in :meth:`fit`.
+    subspace_ : ndarray of shape (n_features_in_, subspace_dim) or None
+        Orthonormal basis of the released shared subspace; ``None`` without one.
+    class_totals_ : ndarray of shape (n_classes,)
+        Released (noisy) record count of each class, floored at 0.
+    clusters_ : ClusterRelease
+        The releases of the first half of the fit (:meth:`fit_clusters`).
+    clusterer_ : object
+        The fitted DP clusterer (components_per_class > 1, except ``tied``; set by a fit
+        in this process, not by :meth:`load`).
+    mixture_ : MixtureParams
+        The released, repaired mixture (all classes, components flattened); set by
+        :meth:`fit` / :meth:`fit_mixture`. The views below read it.
+    weights_ : ndarray of shape (n_components,)
+        Released (noisy) record count of each component, > 0; divided by their sum
+        within a class they are that class's mixing proportions.
+    means_ : ndarray of shape (n_components, n_features_in_)
+        Mean of each component, in the embedding space.
+    covariances_ : ndarray
+        Covariance of each component within the subspace (its coordinates ``X @
+        subspace_``, or the embedding space without a subspace): shape (n_components,)
+        for ``spherical`` (one variance), (n_components, q) for ``diagonal``,
+        (n_components, q, q) for ``lowrank`` and ``tied``, q the subspace dimension.
+    residual_var_ : ndarray of shape (n_components,)
+        Variance per dimension outside the subspace, of each component.
+    component_class_ : ndarray of shape (n_components,)
+        Index into ``classes_`` of each component's class.
+    privacy_plan_ : PrivacyPlan
+        Every noisy release of the fit, its sensitivity and noise, and the composed
+        (epsilon, delta).
+    epsilon_, delta_ : float
+        The guarantee the plan composes to (PLD accounting; ``inf`` when not private).
+    private_ : bool
+        Whether the fit is differentially private (finite epsilon and no noise_seed).
     """
+
+    # Declarative checks (scikit-learn's), run by _validate_params before any use; the
+    # checks they cannot state follow there. A new parameter needs an entry here, in the
+    # signature and in the docstring above: the run config's model section follows.
+    _parameter_constraints: dict = {
+        # validate_epsilon_delta: calibrated range, inf as the non-private mode, named
+        # PrivacyParameterError (sklearn's Interval cannot say why a value is refused).
+        "epsilon": "no_validation",
+        "delta": "no_validation",
+        "components_per_class": [_Number(Integral, 1, None, closed="left")],
+        "covariance": [StrOptions(set(COVARIANCE_TYPES))],
+        "subspace_dim": [_Number(Integral, 1, None, closed="left"), None],
+        "clip_norm": [_Number(Real, 0, None, closed="neither")],
+        "normalize": ["boolean"],
+        "clusterer": [str],  # looked up in the clusterer registry when used
+        "lsh_depth": [_Number(Integral, 1, None, closed="left")],
+        "lloyd_rounds": [_Number(Integral, 0, None, closed="left")],
+        "clusterer_options": [dict, None],
+        "budget_weights": [dict, None],  # values: _validate_params; names: the plan
+        "second_moment_clip": [_Number(Real, 0, None, closed="neither"), None],
+        "covariance_floor": [_Number(Real, 0, None, closed="neither")],
+        "random_state": [_Number(Integral, 0, None, closed="left"), None],
+        "noise_seed": [_Number(Integral, 0, None, closed="left"), None],
+        "chunk_rows": [_Number(Integral, 1, None, closed="left")],
+    }
 
     def __init__(
         self,
@@ -183,62 +272,28 @@ class DPSynthesizer:
         self.chunk_rows = chunk_rows
 
     # ----------------------------------------------------------------- parameters
-    def get_params(self) -> dict[str, object]:
-        return {
-            "epsilon": epsilon_to_json(float(self.epsilon)), "delta": self.delta,
-            "components_per_class": self.components_per_class, "covariance": self.covariance,
-            "subspace_dim": self.subspace_dim, "clip_norm": self.clip_norm,
-            "normalize": self.normalize, "clusterer": self.clusterer,
-            "lsh_depth": self.lsh_depth, "lloyd_rounds": self.lloyd_rounds,
-            "clusterer_options": self.clusterer_options, "budget_weights": self.budget_weights,
-            "second_moment_clip": self.second_moment_clip,
-            "covariance_floor": self.covariance_floor, "random_state": self.random_state,
-            "noise_seed": self.noise_seed, "chunk_rows": self.chunk_rows,
-        }
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        # The signature's order, not scikit-learn's alphabetical one: get_params() feeds
+        # the privacy plan's metadata and params.json, whose bytes must not change.
+        return [name for name in inspect.signature(cls.__init__).parameters
+                if name != "self"]
 
     def _validate_params(self, *, check_clusterer: bool = True) -> None:
-        """Refuse invalid parameters (bools are never numbers here: True is not 1).
+        """Refuse invalid parameters, naming them: :attr:`_parameter_constraints` first,
+        then what those cannot state. Booleans are never numbers here (True is not 1).
 
         ``check_clusterer=False`` skips the clusterer lookup (a loaded model samples
         without it, so its plugin need not be installed).
         """
         validate_epsilon_delta(self.epsilon, self.delta, calibrated=True)
-        if not _is_int(self.components_per_class) or self.components_per_class < 1:
-            raise ValueError(f"components_per_class must be an integer >= 1, "
-                             f"got {self.components_per_class!r}")
-        if self.covariance not in COVARIANCE_TYPES:
-            raise ValueError(f"covariance must be one of {COVARIANCE_TYPES}, "
-                             f"got {self.covariance!r}")
+        validate_parameter_constraints(self._parameter_constraints,
+                                       self.get_params(deep=False),
+                                       caller_name=type(self).__name__)
         if self.covariance == "tied" and (self.components_per_class != 1
                                           or self.subspace_dim is None):
             raise ValueError("covariance='tied' needs components_per_class=1 and a "
                              "subspace_dim")
-        if self.subspace_dim is not None and (
-                not _is_int(self.subspace_dim) or self.subspace_dim < 1):
-            raise ValueError(f"subspace_dim must be a positive integer or None, "
-                             f"got {self.subspace_dim!r}")
-        if not (_is_real(self.clip_norm) and math.isfinite(self.clip_norm)
-                and self.clip_norm > 0):
-            raise ValueError(f"clip_norm must be a finite number > 0, got {self.clip_norm!r}")
-        for name in ("lsh_depth", "lloyd_rounds"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < (1 if name == "lsh_depth" else 0):
-                raise ValueError(f"{name} must be a non-negative integer "
-                                 f"(lsh_depth >= 1), got {value!r}")
-        clip = self.second_moment_clip
-        if clip is not None and not (_is_real(clip) and math.isfinite(clip) and clip > 0):
-            raise ValueError(f"second_moment_clip must be a finite number > 0 or None, "
-                             f"got {clip!r}")
-        floor = self.covariance_floor
-        if not (_is_real(floor) and math.isfinite(floor) and floor > 0):
-            raise ValueError(f"covariance_floor must be a finite number > 0, got {floor!r}")
-        if not isinstance(self.normalize, bool | np.bool_):
-            raise ValueError(f"normalize must be True or False, got {self.normalize!r}")
-        for name in ("random_state", "noise_seed"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 0):
-                raise ValueError(f"{name} must be a non-negative integer or None, "
-                                 f"got {value!r}")
         for name, weight in (self.budget_weights or {}).items():
             if not (_is_real(weight) and math.isfinite(weight) and weight > 0):
                 raise ValueError(f"budget_weights[{name!r}] must be a finite number > 0, "
@@ -248,8 +303,6 @@ class DPSynthesizer:
                 get_clusterer(self.clusterer)
             except KeyError as exc:
                 raise ValueError(exc.args[0]) from None
-        if not _is_int(self.chunk_rows) or self.chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be a positive integer, got {self.chunk_rows!r}")
 
     def _clusterer_options(self) -> dict[str, object]:
         builtin = ({"depth": int(self.lsh_depth), "rounds": int(self.lloyd_rounds)}
@@ -533,7 +586,7 @@ class DPSynthesizer:
         tmp.replace(path / "arrays.npz")
         meta = {"format_version": FORMAT_VERSION,
                 "stage": "mixture" if hasattr(self, "mixture_") else "clusters",
-                "params": self.get_params(), "n_features_in": self.n_features_in_,
+                "params": self._params_to_json(), "n_features_in": self.n_features_in_,
                 "privacy_plan": self.privacy_plan_.to_dict()}
         tmp_json = path / "params.tmp.json"
         tmp_json.write_text(json.dumps(meta, indent=2))
@@ -600,15 +653,14 @@ class DPSynthesizer:
         params = meta.get("params")
         if not isinstance(params, dict):
             raise fail(f"'params' must be a JSON object, got {params!r}")
-        expected = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        expected = set(cls._get_param_names())
         unknown, lacking = sorted(set(params) - expected), sorted(expected - set(params))
         if unknown or lacking:
             raise fail("'params' " + " and ".join(
                 part for part in (unknown and f"has unknown keys {unknown}",
                                   lacking and f"lacks {lacking}") if part))
         try:
-            params = {**params, "epsilon": epsilon_from_json(params["epsilon"])}
-            obj = cls(**params)
+            obj = cls(**cls._params_from_json(params))
             obj._validate_params(check_clusterer=False)
         except ValueError as exc:
             raise fail(f"invalid params: {exc}") from None
@@ -648,9 +700,62 @@ class DPSynthesizer:
         meta.pop("embedding_dim", None)
         return cls(plan.epsilon, plan.delta, **meta)
 
+    def _params_to_json(self) -> dict[str, object]:
+        """``get_params()`` as ``params.json`` stores it (epsilon ``inf`` as ``"inf"``)."""
+        params = self.get_params(deep=False)
+        return {**params, "epsilon": epsilon_to_json(float(params["epsilon"]))}
+
+    @staticmethod
+    def _params_from_json(params: dict[str, object]) -> dict[str, object]:
+        """The constructor arguments of a ``params.json`` (inverse of _params_to_json)."""
+        return {**params, "epsilon": epsilon_from_json(params["epsilon"])}
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True  # fit needs the class labels
+        # DP noise comes from OS entropy: refits differ unless it is off or seeded.
+        tags.non_deterministic = self.noise_seed is None and self.epsilon != math.inf
+        return tags
+
+    # ------------------------------------------------------------ fitted state
+    def __sklearn_is_fitted__(self) -> bool:
+        # Fitted means sampleable: a model saved after fit_clusters alone is not.
+        return hasattr(self, "mixture_")
+
     def _check_fitted(self) -> None:
-        if not hasattr(self, "mixture_"):
-            raise NotFittedError("this DPSynthesizer is not fitted yet; call fit first")
+        check_is_fitted(self)
+
+    def _mixture_field(self, field: str) -> np.ndarray:
+        self._check_fitted()
+        view = np.asarray(getattr(self.mixture_, field)).view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def weights_(self) -> np.ndarray:
+        """Released (noisy) record count of each component (read-only view of mixture_)."""
+        return self._mixture_field("weights")
+
+    @property
+    def means_(self) -> np.ndarray:
+        """Mean of each component, (n_components, n_features_in_) (read-only)."""
+        return self._mixture_field("means")
+
+    @property
+    def covariances_(self) -> np.ndarray:
+        """Covariance of each component within the subspace (read-only; see the class
+        docstring for its shape per covariance type)."""
+        return self._mixture_field("covariances")
+
+    @property
+    def residual_var_(self) -> np.ndarray:
+        """Variance per dimension outside the subspace, of each component (read-only)."""
+        return self._mixture_field("residual_var")
+
+    @property
+    def component_class_(self) -> np.ndarray:
+        """Index into ``classes_`` of each component's class (read-only)."""
+        return self._mixture_field("component_class")
 
 
 def _read_arrays(file: Path) -> dict[str, np.ndarray]:
