@@ -15,7 +15,11 @@ from dpsynth.clustering import (
     nearest_centre,
     project_to_ball,
 )
-from dpsynth.privacy import NoiseSource
+from dpsynth.clustering.registry import CLUSTERERS, register_clusterer
+from dpsynth.gmm import budget
+from dpsynth.preprocessing import bound_norms
+from dpsynth.privacy import NoiseSource, ReleaseSpec
+from dpsynth.privacy.plan import mechanism_of
 
 DELTA = 1e-5
 
@@ -149,3 +153,90 @@ def test_project_to_ball(radius):
     # Outside points keep their direction.
     np.testing.assert_allclose(out[~inside] / np.linalg.norm(out[~inside], axis=1)[:, None],
                                P[~inside] / norms[~inside, None])
+
+
+# ------------------------------------------------------- a plugin clusterer's releases
+OFFSET_SUMS = "offset_sums"
+
+
+class _WeightedClusterer:
+    """A clusterer with one release of its own and a default weight for it."""
+
+    default_weights = {OFFSET_SUMS: 2.0}
+
+    @classmethod
+    def release_specs(cls, radius, weights, *, spread=0.1):
+        return [ReleaseSpec(OFFSET_SUMS, radius, weights[OFFSET_SUMS],
+                            description="noisy class sums, for the test",
+                            mechanism=mechanism_of(cls.fit))]
+
+    def __init__(self, n_clusters, plan, noise, *, radius, random_state, spread=0.1):
+        self.n_clusters, self.plan, self.noise, self.spread = n_clusters, plan, noise, spread
+
+    def fit(self, source, class_centres, class_counts):
+        sums = GroupSums.zeros(*class_centres.shape)
+        for Z, cls in source():
+            sums.add(Z, cls)
+        noisy = sums.sums + self.noise.gaussian(self.plan.release(OFFSET_SUMS),
+                                                class_centres.shape)
+        self.noisy_sums_ = noisy
+        offsets = self.spread * np.eye(class_centres.shape[1])[: self.n_clusters]
+        self.centres_ = [c + offsets for c in class_centres]
+        return self
+
+
+@pytest.fixture
+def weighted_clusterer():
+    register_clusterer("weighted-test")(_WeightedClusterer)
+    yield "weighted-test"
+    CLUSTERERS.unregister("weighted-test")
+
+
+def test_a_plugin_clusterer_declares_its_releases_and_their_weights(weighted_clusterer):
+    def plan(**weights):
+        return DPSynthesizer(4.0, DELTA, components_per_class=2, clusterer=weighted_clusterer,
+                             subspace_dim=3, budget_weights=weights or None).make_plan(6)
+
+    default, given = plan(), plan(offset_sums=0.5)
+    for p, weight in ((default, 2.0), (given, 0.5)):
+        release = p.release(OFFSET_SUMS)
+        assert release.noise_multiplier == pytest.approx(p.scale * weight, rel=1e-12)
+        assert release.mechanism.endswith(":_WeightedClusterer.fit")
+    assert [r.name for r in given.releases] == [
+        "subspace_second_moment", "class_counts", "class_sums", OFFSET_SUMS,
+        "component_counts", "component_sums", "second_moments"]
+    # dp-kmeans's keys mean nothing to this clusterer; the built-in releases' still do.
+    with pytest.raises(ValueError, match=r"unknown budget_weights keys \['lloyd_counts'\]"):
+        plan(lloyd_counts=1.0)
+    assert plan(class_counts=8.0).release("class_counts").noise_multiplier == \
+        pytest.approx(plan(class_counts=8.0).scale * 8.0, rel=1e-12)
+
+
+def test_a_plugin_clusterer_draws_its_noise_from_the_plan(weighted_clusterer):
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 300)
+    X = rng.normal(size=(600, 6)) + 3 * np.eye(6)[y]
+    synth = DPSynthesizer(float("inf"), DELTA, components_per_class=2,
+                          clusterer=weighted_clusterer, subspace_dim=3, random_state=0,
+                          budget_weights={OFFSET_SUMS: 3.0}).fit(X, y, classes=[0, 1])
+    assert synth.privacy_plan_.release(OFFSET_SUMS).sigma == 0.0
+    # No noise at epsilon = inf: the release is the exact per-class sum in the subspace.
+    Z = bound_norms(X, 1.0, True) @ synth.subspace_
+    np.testing.assert_allclose(synth.clusterer_.noisy_sums_,
+                               [Z[y == 0].sum(0), Z[y == 1].sum(0)], atol=1e-9)
+    assert len(synth.mixture_.component_class) == 4
+    seeded = DPSynthesizer(4.0, DELTA, components_per_class=2, clusterer=weighted_clusterer,
+                           subspace_dim=3, random_state=0, noise_seed=1)
+    with pytest.warns(UserWarning, match="noise_seed"):
+        seeded.fit(X, y, classes=[0, 1])
+    Zs = bound_norms(X, 1.0, True) @ seeded.subspace_
+    noise = seeded.clusterer_.noisy_sums_ - [Zs[y == 0].sum(0), Zs[y == 1].sum(0)]
+    assert np.abs(noise).max() > 1e-3  # drawn with the plan's sigma
+
+
+def test_a_clusterer_may_not_declare_weights_for_the_mixtures_releases():
+    class Clashing(_WeightedClusterer):
+        default_weights = {"class_counts": 1.0}
+
+    with pytest.raises(ValueError, match=r"declares default weights for \['class_counts'\]"):
+        budget.resolve_weights(None, Clashing)

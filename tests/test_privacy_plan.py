@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
 import json
 import math
+import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from dpsynth import DPSynthesizer
+from dpsynth.gmm import budget
 from dpsynth.privacy import (
     MAX_DELTA,
     NoiseSource,
@@ -21,7 +27,13 @@ from dpsynth.privacy import (
     validate_epsilon_delta,
     validation,
 )
-from dpsynth.privacy.plan import verify_plan_dict
+from dpsynth.privacy.plan import (
+    PlanMismatchError,
+    check_same_noise,
+    match_specs,
+    resolve_mechanism,
+    verify_plan_dict,
+)
 from dpsynth.privacy.validation import MAX_EPSILON, MIN_DELTA, MIN_EPSILON
 
 DELTA = 1e-5
@@ -377,3 +389,162 @@ def test_verify_plan_dict_refuses_edited_plans(edit, match):
     edit(data)
     with pytest.raises(ValueError, match=match):
         verify_plan_dict(data)
+
+
+def test_plans_written_before_releases_named_their_mechanism_still_load():
+    data = json.loads(json.dumps(build_plan(MULTI_SPECS, 1.0, DELTA).to_dict()))
+    for r in data["releases"]:
+        assert r.pop("mechanism") == ""  # MULTI_SPECS name no mechanism
+    assert verify_plan_dict(data).release("counts").mechanism == ""
+    data["releases"][0]["mechanism"] = 3
+    with pytest.raises(ValueError, match="release 0: 'mechanism' must be a string"):
+        PrivacyPlan.from_dict(data)
+
+
+# ---------------------------------------------- recorded plans against configurations
+def test_a_recorded_plan_is_matched_to_specs_by_name_sensitivity_repetitions_scope():
+    plan = build_plan(MULTI_SPECS, 1.0, DELTA)
+    assert match_specs(plan, MULTI_SPECS) == plan
+    # Weights are not compared: the recorded noise is what is drawn, not re-derived.
+    assert match_specs(plan, [replace(s, weight=2 * s.weight) for s in MULTI_SPECS]) == plan
+    # A plan without mechanisms (an old file) gets the specs'; a recorded one is kept.
+    named = [replace(s, mechanism=f"pkg.mod:{s.name}") for s in MULTI_SPECS]
+    assert [r.mechanism for r in match_specs(plan, named).releases] == \
+        [s.mechanism for s in named]
+    assert match_specs(build_plan(named, 1.0, DELTA), MULTI_SPECS).releases[0].mechanism == \
+        "pkg.mod:subspace"
+
+
+@pytest.mark.parametrize("edit, release, match", [
+    (lambda s: [replace(x, sensitivity=3.0) if x.name == "sums" else x for x in s], "sums",
+     "release 'sums' has sensitivity 2.0 in the plan, but this configuration makes it with "
+     "sensitivity 3.0"),
+    (lambda s: [replace(x, repetitions=4) if x.name == "rounds" else x for x in s], "rounds",
+     "release 'rounds' has repetitions 3"),
+    (lambda s: [replace(x, scope="global") if x.name == "counts" else x for x in s], "counts",
+     "release 'counts' has scope 'per_class'"),
+    (lambda s: [x for x in s if x.name != "second"], "second",
+     "release 'second' is in the plan, but this configuration does not make it"),
+    (lambda s: [*s, ReleaseSpec("extra", 1.0, description="more")], "extra",
+     r"release 'extra' \(more\) is not in the plan"),
+])
+def test_a_recorded_plan_of_another_configuration_is_refused_naming_the_release(
+        edit, release, match):
+    plan = build_plan(MULTI_SPECS, 1.0, DELTA)
+    with pytest.raises(PlanMismatchError, match=match) as info:
+        match_specs(plan, edit(list(MULTI_SPECS)))
+    assert info.value.release == release
+    assert isinstance(info.value, ValueError)
+
+
+def test_check_same_noise_names_the_release_whose_noise_differs():
+    plan = build_plan(MULTI_SPECS, 1.0, DELTA)
+    check_same_noise(plan, PrivacyPlan.from_dict(json.loads(json.dumps(plan.to_dict()))), "x")
+    other = build_plan([replace(s, weight=2.0) if s.name == "sums" else s
+                        for s in MULTI_SPECS], 1.0, DELTA)
+    with pytest.raises(PlanMismatchError, match="release 'subspace' has noise_multiplier"):
+        check_same_noise(plan, other, "the other plan")
+
+
+# ------------------------------------------ ownership: one hop from plan entry to noise
+#: The configurations whose plans are walked: together they make every built-in release.
+OWNED_CONFIGS = {
+    "lowrank-k1": {"subspace_dim": 4},
+    "diagonal-k3-dp-kmeans": {"covariance": "diagonal", "components_per_class": 3,
+                              "subspace_dim": 4},
+    "tied": {"covariance": "tied", "subspace_dim": 4},
+    "spherical": {"covariance": "spherical"},
+    "lowrank-k2-centred": {"components_per_class": 2, "second_moment_clip": 0.5,
+                           "subspace_dim": 4},
+}
+
+
+def _recorded_plan(params: dict) -> dict:
+    """The plan as ``privacy_plan.json`` holds it (JSON text, parsed and verified)."""
+    plan = DPSynthesizer(4.0, DELTA, **params).make_plan(16)
+    data = json.loads(json.dumps(plan.to_dict()))
+    verify_plan_dict(data)
+    return data
+
+
+def _noise_drawn(function) -> set[str]:
+    """The release names whose noise ``function``'s own source draws: the first argument
+    of a ``*.gaussian(...)`` / ``*.symmetric_gaussian(...)`` call is ``plan.release(NAME)``
+    or a local variable assigned from it, NAME a string or a module constant."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    constants = function.__globals__
+
+    def literal(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        if isinstance(node, ast.Name) and isinstance(constants.get(node.id), str):
+            return constants[node.id]
+        return None
+
+    def released(node):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "release" and len(node.args) == 1):
+            return literal(node.args[0])
+        return None
+
+    local = {node.targets[0].id: released(node.value) for node in ast.walk(tree)
+             if isinstance(node, ast.Assign) and len(node.targets) == 1
+             and isinstance(node.targets[0], ast.Name) and released(node.value)}
+    drawn = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("gaussian", "symmetric_gaussian") and node.args):
+            arg = node.args[0]
+            name = released(arg) or (local.get(arg.id) if isinstance(arg, ast.Name) else None)
+            if name:
+                drawn.add(name)
+    return drawn
+
+
+@pytest.mark.parametrize("config", list(OWNED_CONFIGS))
+def test_every_plan_entry_names_the_function_whose_line_draws_its_noise(config):
+    for entry in _recorded_plan(OWNED_CONFIGS[config])["releases"]:
+        mechanism = entry["mechanism"]
+        function = resolve_mechanism(mechanism)
+        assert inspect.isfunction(function), mechanism
+        # A math module (arrays in, arrays out), never the estimator or a step.
+        assert mechanism.startswith(("dpsynth.gmm.", "dpsynth.clustering.")), mechanism
+        assert entry["name"] in _noise_drawn(function), (
+            f"{mechanism} does not draw the noise of {entry['name']!r}")
+
+
+def test_the_walked_plans_make_every_built_in_release():
+    made = {r["name"] for params in OWNED_CONFIGS.values()
+            for r in _recorded_plan(params)["releases"]}
+    assert made == set(budget.DEFAULT_WEIGHTS)
+    assert len(made) == 10
+
+
+@pytest.mark.parametrize("config", list(OWNED_CONFIGS))
+def test_each_release_is_named_and_weighted_in_the_module_that_draws_its_noise(config):
+    data = _recorded_plan(OWNED_CONFIGS[config])
+    for entry in data["releases"]:
+        module = importlib.import_module(entry["mechanism"].partition(":")[0])
+        owned = module.DEFAULT_WEIGHTS
+        assert entry["name"] in owned, (entry["name"], module.__name__)
+        assert any(k.isupper() and v == entry["name"] for k, v in vars(module).items()), \
+            f"{module.__name__} has no constant for {entry['name']!r}"
+        # The plan's weight (noise multiplier / scale) is the owner's default.
+        assert entry["noise_multiplier"] / data["noise_scale"] == \
+            pytest.approx(owned[entry["name"]], rel=1e-12)
+
+
+def test_the_budget_module_only_assembles():
+    tree = ast.parse(inspect.getsource(budget))
+    numbers = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
+               and isinstance(n.value, int | float) and not isinstance(n.value, bool)]
+    # Only "components_per_class > 1": no weight, no sensitivity is defined here.
+    assert set(numbers) <= {1}, f"numbers {numbers} in gmm/budget.py"
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                and getattr(n.func, "id", None) == "ReleaseSpec"]
+    # Today's defaults, assembled from their owners.
+    assert budget.DEFAULT_WEIGHTS == {
+        "subspace_second_moment": 0.5, "class_counts": 4.0, "class_sums": 1.0,
+        "lsh_level_counts": 4.0, "lsh_leaf_sums": 1.0, "lloyd_counts": 4.0,
+        "lloyd_sums": 1.0, "component_counts": 4.0, "component_sums": 1.0,
+        "second_moments": 1.0}

@@ -113,3 +113,83 @@ def test_steps_check_their_inputs(digits, tmp_path):
     assert not (tmp_path / "m").exists()
     assert EmbeddingSet.open(test.path).count == 360
 
+
+
+def _reweighted_plan(config, train, plan_path, **weights) -> dict:
+    """A valid plan file whose noise is split by ``weights`` while its metadata (the
+    configuration) is the plan step's: the same releases, another calibration."""
+    synth = steps.build_synthesizer(config, train.normalized)
+    synth.budget_weights = weights
+    data = synth.make_plan(train.dim).to_dict()
+    data["metadata"] = json.loads(plan_path.read_text())["metadata"]
+    return json.loads(json.dumps(data))
+
+
+@SEEDED
+def test_the_dp_steps_draw_the_noise_the_plan_file_records(digits, tmp_path):
+    """The plan file is the source of the noise: its sigmas are drawn as recorded (here a
+    budget split that the configuration's default weights would not give), not
+    re-calibrated from the configuration."""
+    config, _, plan_path, train, _ = digits
+    recorded = _reweighted_plan(config, train, plan_path, class_counts=8.0)
+    (tmp_path / "plan.json").write_text(json.dumps(recorded))
+    default = steps.read_plan(plan_path)
+    assert recorded["releases"][1]["sigma"] != default.release("class_counts").sigma
+    clusters = steps.dp_cluster(train.path, tmp_path / "plan.json", tmp_path / "clusters")
+    mixture = steps.fit_gmm(train.path, clusters, tmp_path / "plan.json", tmp_path / "mixture")
+    from_steps = DPSynthesizer.load(mixture)
+    assert [(r.name, r.sigma, r.mechanism) for r in from_steps.privacy_plan_.releases] == \
+        [(r["name"], r["sigma"], r["mechanism"]) for r in recorded["releases"]]
+    # The same noise as the library fit calibrated to that split (seeded draws).
+    in_memory = steps.build_synthesizer(config, train.normalized)
+    in_memory.budget_weights = {"class_counts": 8.0}
+    in_memory.fit(*train.load(), classes=train.classes)
+    for name in ("weights", "means", "covariances", "residual_var"):
+        np.testing.assert_allclose(getattr(from_steps.mixture_, name),
+                                   getattr(in_memory.mixture_, name), rtol=1e-5, atol=1e-7)
+
+
+def _release(data: dict, name: str) -> dict:
+    return next(r for r in data["releases"] if r["name"] == name)
+
+
+@SEEDED
+@pytest.mark.parametrize("edit, match", [
+    # The accounting still adds up after each edit (verify_plan_dict passes): only the
+    # configuration's specs tell that the plan is not its own.
+    (lambda d: _release(d, "class_counts").update(scope="global"),
+     "release 'class_counts' has scope 'global' in the plan, but this configuration makes "
+     "it with scope 'per_class'"),
+    (lambda d: _release(d, "class_sums").update(
+        sensitivity=2 * _release(d, "class_sums")["sensitivity"],
+        sigma=2 * _release(d, "class_sums")["sigma"]),
+     "release 'class_sums' has sensitivity"),
+    (lambda d: _release(d, "second_moments").update(name="second_moment"),
+     r"release 'second_moments' \(per-component .*\) is not in the plan"),
+    (lambda d: d["metadata"].update(subspace_dim=None),
+     "release 'subspace_second_moment' is in the plan, but this configuration does not "
+     "make it"),
+])
+def test_a_plan_file_that_is_not_its_configurations_is_refused_naming_the_release(
+        digits, tmp_path, edit, match):
+    _, _, plan_path, train, _ = digits
+    data = json.loads(plan_path.read_text())
+    edit(data)
+    (tmp_path / "plan.json").write_text(json.dumps(data))
+    steps.read_plan(tmp_path / "plan.json")  # a well-formed plan whose accounting holds
+    with pytest.raises(steps.StepInputError, match=f"plan.json: {match}"):
+        steps.dp_cluster(train.path, tmp_path / "plan.json", tmp_path / "clusters")
+    assert not (tmp_path / "clusters").exists()
+
+
+@SEEDED
+def test_fit_gmm_refuses_a_plan_file_other_than_the_clusters_one(digits, tmp_path):
+    config, _, plan_path, train, _ = digits
+    clusters = steps.dp_cluster(train.path, plan_path, tmp_path / "clusters")
+    other = _reweighted_plan(config, train, plan_path, class_counts=8.0)
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(steps.StepInputError,
+                       match="other.json: release 'subspace_second_moment' has "
+                             "noise_multiplier .* in the plan the clusters were released"):
+        steps.fit_gmm(train.path, clusters, tmp_path / "other.json", tmp_path / "mixture")
+    assert not (tmp_path / "mixture").exists()

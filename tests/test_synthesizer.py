@@ -1036,3 +1036,44 @@ def test_params_json_keeps_its_format(small_fit, tmp_path):
     assert list(meta["params"]) == list(inspect.signature(DPSynthesizer).parameters)
     loaded = DPSynthesizer.load(tmp_path / "m")
     assert loaded.get_params() == small_fit.get_params() and loaded.epsilon == INF
+
+
+# ------------------------------------------- a recorded plan as the source of the noise
+@SEEDED
+def test_a_recorded_plan_is_drawn_as_recorded_and_must_be_the_configurations():
+    from dataclasses import replace
+
+    from dpsynth.privacy.plan import PlanMismatchError
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 200)
+    X = rng.normal(size=(400, 6)) + 2 * np.eye(6)[y]
+
+    def synth(**kw):
+        return DPSynthesizer(4.0, DELTA, subspace_dim=3, random_state=0, noise_seed=3, **kw)
+
+    # Library fit: calibrates. Given its own plan back: the same draws, the same fit.
+    calibrated = synth().fit(X, y, classes=[0, 1])
+    recorded = synth().fit_clusters([(X, y)], classes=[0, 1],
+                                    plan=calibrated.privacy_plan_)
+    recorded.fit_mixture([(X, y)], plan=calibrated.privacy_plan_)
+    np.testing.assert_array_equal(recorded.mixture_.means, calibrated.mixture_.means)
+    assert recorded.privacy_plan_ == calibrated.privacy_plan_
+    # Another split of the same budget is drawn as recorded, not re-derived.
+    heavier = synth(budget_weights={"class_sums": 2.0}).make_plan(6)
+    reweighted = synth().fit_clusters([(X, y)], classes=[0, 1], plan=heavier)
+    assert reweighted.privacy_plan_.release("class_sums").sigma == \
+        heavier.release("class_sums").sigma
+    with pytest.raises(PlanMismatchError, match="has noise_multiplier .* in the plan the "
+                                                "clusters were released under"):
+        reweighted.fit_mixture([(X, y)], plan=calibrated.privacy_plan_)
+    # Not this configuration's plan: refused before any release, naming what differs.
+    for other, match in ((synth(covariance="spherical").make_plan(6),
+                          r"release 'subspace_second_moment' \(.*\) is not in the plan"),
+                         (synth().make_plan(5), "made for embedding_dim 5"),
+                         (replace(calibrated.privacy_plan_, noise_seeded=False),
+                          "noise_seeded=False"),
+                         (DPSynthesizer(2.0, DELTA, subspace_dim=3, noise_seed=3).make_plan(6),
+                          "privacy plan's target is epsilon=2")):
+        with pytest.raises(PlanMismatchError, match=match):
+            synth().fit_clusters([(X, y)], classes=[0, 1], plan=other)

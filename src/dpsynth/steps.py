@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -50,7 +49,7 @@ from dpsynth.data.store import (
 )
 from dpsynth.outputs import remove_embedding_set
 from dpsynth.privacy import PrivacyPlan
-from dpsynth.privacy.plan import epsilon_to_json
+from dpsynth.privacy.plan import PlanMismatchError, epsilon_to_json
 from dpsynth.synthesizer import DPSynthesizer
 
 PLAN_FILE = "privacy_plan.json"
@@ -353,15 +352,11 @@ def _check_plan_fits(plan_: PrivacyPlan, embeddings: EmbeddingSet | EmbeddingPar
                              "private training embeddings")
 
 
-def _check_same_noise(expected: PrivacyPlan, used: PrivacyPlan) -> None:
-    """The noise actually drawn must be the plan file's (the single source of truth)."""
-    want = {r.name: (r.sigma, r.repetitions) for r in expected.releases}
-    got = {r.name: (r.sigma, r.repetitions) for r in used.releases}
-    if want.keys() != got.keys() or any(
-            not math.isclose(want[k][0], got[k][0], rel_tol=1e-9) or want[k][1] != got[k][1]
-            for k in want):
-        raise StepInputError("the privacy plan file does not match the releases this step "
-                             "would make; re-run the plan step with the same configuration")
+def _plan_mismatch(plan_path: Path, exc: PlanMismatchError) -> StepInputError:
+    """The DP steps draw their noise from the plan file, as recorded; one that is not the
+    configuration's (checked against the specs it implies) is refused, naming the release."""
+    return StepInputError(f"privacy plan {plan_path}: {exc}; re-run the plan step with the "
+                          "same configuration")
 
 
 def _embedding_info(embeddings: EmbeddingSet | EmbeddingParts) -> dict[str, Any]:
@@ -379,8 +374,11 @@ def dp_cluster(embeddings_dir: Embeddings, plan_path: Path, out_dir: Path) -> Pa
     plan_ = read_plan(plan_path)
     _check_plan_fits(plan_, embeddings)
     synth = DPSynthesizer.from_plan(plan_)
-    synth.fit_clusters(embeddings.shards(), classes=embeddings.classes)
-    _check_same_noise(plan_, synth.privacy_plan_)
+    try:
+        # The plan file is the source of the noise: drawn with the sigmas it records.
+        synth.fit_clusters(embeddings.shards(), classes=embeddings.classes, plan=plan_)
+    except PlanMismatchError as exc:
+        raise _plan_mismatch(plan_path, exc) from None
     synth.save(out_dir)
     write_json_atomic(Path(out_dir) / EMBEDDING_INFO, _embedding_info(embeddings))
     return Path(out_dir)
@@ -396,8 +394,12 @@ def fit_gmm(embeddings_dir: Embeddings, clusters_dir: Path, plan_path: Path,
     if not hasattr(synth, "clusters_"):
         raise StepInputError(f"{clusters_dir} holds no cluster releases (not a dp_cluster "
                              "output)")
-    _check_same_noise(plan_, synth.privacy_plan_)
-    synth.fit_mixture(embeddings.shards())
+    try:
+        # The plan file's sigmas, once it is checked to be the clusters' configuration's
+        # and the plan they were released under.
+        synth.fit_mixture(embeddings.shards(), plan=plan_)
+    except PlanMismatchError as exc:
+        raise _plan_mismatch(plan_path, exc) from None
     synth.save(out_dir)
     shutil.copyfile(Path(clusters_dir) / EMBEDDING_INFO, Path(out_dir) / EMBEDDING_INFO)
     return Path(out_dir)

@@ -20,19 +20,35 @@ from sklearn.utils._param_validation import Interval, StrOptions, validate_param
 from sklearn.utils.validation import check_is_fitted
 
 from dpsynth.clustering import GroupSums, assign_components, get_clusterer, project_to_ball
-from dpsynth.gmm.budget import release_specs, resolve_weights
+from dpsynth.gmm.budget import release_specs
 from dpsynth.gmm.mixture import (
+    CLASS_COUNTS,
+    COMPONENT_COUNTS,
     COVARIANCE_TYPES,
     MixtureParams,
     SecondOrderStats,
     pooled_mixture,
+    release_class_stats,
     release_mixture,
     sample_mixture,
 )
 from dpsynth.gmm.subspace import GramAccumulator, release_subspace
 from dpsynth.preprocessing import NormOverflowError, Shard, bound_norms, iter_located_chunks
-from dpsynth.privacy import NoiseSource, PrivacyPlan, build_plan, validate_epsilon_delta
-from dpsynth.privacy.plan import epsilon_from_json, epsilon_to_json, verify_plan_dict
+from dpsynth.privacy import (
+    NoiseSource,
+    PrivacyPlan,
+    ReleaseSpec,
+    build_plan,
+    validate_epsilon_delta,
+)
+from dpsynth.privacy.plan import (
+    PlanMismatchError,
+    check_same_noise,
+    epsilon_from_json,
+    epsilon_to_json,
+    match_specs,
+    verify_plan_dict,
+)
 
 FORMAT_VERSION = 1
 _FITTED_ATTRIBUTES = ("classes_", "mixture_", "subspace_", "class_totals_", "clusterer_",
@@ -318,22 +334,57 @@ class DPSynthesizer(BaseEstimator):
 
         Depends only on public configuration: it can be shown before any data is read.
         """
-        self._validate_params()
-        clustering = None
-        if self.components_per_class > 1:
-            clustering = get_clusterer(self.clusterer).release_specs(
-                float(self.clip_norm), resolve_weights(self.budget_weights),
-                **self._clusterer_options())
-        specs = release_specs(
-            covariance=self.covariance, uses_subspace=self._uses_subspace(dim),
-            components_per_class=self.components_per_class, radius=float(self.clip_norm),
-            clustering=clustering, weights=self.budget_weights,
-            second_moment_clip=self.second_moment_clip)
+        specs = self._release_specs(dim)
         return build_plan(specs, self.epsilon, self.delta,
                           noise_seeded=self.noise_seed is not None,
                           metadata={"embedding_dim": dim, **{
                               k: v for k, v in self.get_params().items()
                               if k not in ("epsilon", "delta", "chunk_rows")}})
+
+    def _release_specs(self, dim: int) -> list[ReleaseSpec]:
+        """The releases this configuration makes for dimension ``dim``, in the order they
+        are made, each specified by the module that adds its noise (:mod:`dpsynth.gmm.budget`
+        assembles them). ``budget_weights`` may name the built-in releases and those the
+        configured clusterer declares (its ``default_weights``)."""
+        self._validate_params()
+        try:
+            clusterer = get_clusterer(self.clusterer)
+        except KeyError:
+            clusterer = None  # only with one component per class (_validate_params)
+        return release_specs(
+            covariance=self.covariance, uses_subspace=self._uses_subspace(dim),
+            components_per_class=int(self.components_per_class),
+            radius=float(self.clip_norm), weights=self.budget_weights,
+            second_moment_clip=self.second_moment_clip, clusterer=clusterer,
+            clusterer_options=self._clusterer_options())
+
+    def _recorded_plan(self, plan: PrivacyPlan, dim: int) -> PrivacyPlan:
+        """``plan``, a recorded plan (e.g. the plan step's ``privacy_plan.json``), checked to
+        be this configuration's so that its noise can be drawn as recorded, never
+        re-calibrated: the same target (epsilon, delta), noise seeding and dimension, and
+        exactly the releases this configuration makes (same names, sensitivities,
+        repetitions and scopes: :func:`~dpsynth.privacy.plan.match_specs`). Raises
+        :class:`~dpsynth.privacy.plan.PlanMismatchError` naming what differs."""
+        specs = self._release_specs(dim)
+        problem = self._plan_target_problem(plan, dim)
+        if problem:
+            raise PlanMismatchError(problem)
+        return match_specs(plan, specs)
+
+    def _plan_target_problem(self, plan: PrivacyPlan, dim: int) -> str | None:
+        """What makes ``plan`` not this configuration's for dimension ``dim`` (its target,
+        noise seeding or embedding dimension differ), or None."""
+        if plan.epsilon != float(self.epsilon) or plan.delta != float(self.delta):
+            return (f"params say epsilon={self.epsilon:g}, delta={self.delta:g}, but the "
+                    f"privacy plan's target is epsilon={plan.epsilon:g}, delta={plan.delta:g}")
+        if plan.noise_seeded != (self.noise_seed is not None):
+            return (f"params say noise_seed={self.noise_seed!r}, but the privacy plan says "
+                    f"noise_seeded={plan.noise_seeded}")
+        planned = plan.metadata.get("embedding_dim", dim)
+        if planned != dim:
+            return (f"n_features_in is {dim}, but the privacy plan was made for "
+                    f"embedding_dim {planned!r}")
+        return None
 
     # ----------------------------------------------------------------------- fit
     def fit(self, X, y, *, classes: Sequence | None = None) -> DPSynthesizer:
@@ -354,12 +405,17 @@ class DPSynthesizer(BaseEstimator):
         """
         return self.fit_clusters(shards, classes=classes).fit_mixture(shards)
 
-    def fit_clusters(self, shards: Sequence[Shard], *,
-                     classes: Sequence | None = None) -> DPSynthesizer:
+    def fit_clusters(self, shards: Sequence[Shard], *, classes: Sequence | None = None,
+                     plan: PrivacyPlan | None = None) -> DPSynthesizer:
         """First half of the fit: the shared subspace, the class counts and sums, and (for
         more than one component per class) the DP k-means centres. Sets ``clusters_``.
 
         Every value kept is a release of the plan; the exact statistics are dropped here.
+        ``plan``: a recorded plan (the plan step's file) to draw the noise from as it is
+        recorded, instead of calibrating one (:meth:`make_plan`). It must be this
+        configuration's (target, noise seeding, dimension, and the same release names,
+        sensitivities, repetitions and scopes), else
+        :class:`~dpsynth.privacy.plan.PlanMismatchError` names what differs.
         """
         self._validate_params()
         # A failed (re)fit must not leave a model that mixes old parameters and new classes.
@@ -372,7 +428,7 @@ class DPSynthesizer(BaseEstimator):
                 and self.subspace_dim > dim:
             raise ValueError(f"subspace_dim={self.subspace_dim} exceeds the embedding "
                              f"dimension {dim}")
-        plan = self.make_plan(dim)
+        plan = self.make_plan(dim) if plan is None else self._recorded_plan(plan, dim)
         self._warn_if_seeded()
         self.clusters_ = self._release_clusters(shards, plan, self._noise(0), dim)
         self.subspace_ = self.clusters_.subspace
@@ -384,9 +440,16 @@ class DPSynthesizer(BaseEstimator):
         self.n_features_in_ = dim
         return self
 
-    def fit_mixture(self, shards: Sequence[Shard]) -> DPSynthesizer:
+    def fit_mixture(self, shards: Sequence[Shard], *,
+                    plan: PrivacyPlan | None = None) -> DPSynthesizer:
         """Second half of the fit: per-component weights, means and covariances, given
-        the releases of :meth:`fit_clusters` (made here or loaded from disk)."""
+        the releases of :meth:`fit_clusters` (made here or loaded from disk).
+
+        ``plan``: a recorded plan (the plan step's file) to draw the noise from, checked
+        like :meth:`fit_clusters`'s and against the plan the clusters were released under
+        (the same noise for every release), else
+        :class:`~dpsynth.privacy.plan.PlanMismatchError` names the release that differs.
+        """
         if not hasattr(self, "clusters_"):
             raise NotFittedError("fit_mixture needs the cluster releases: call fit_clusters "
                                  "first (or load a model saved after it)")
@@ -396,8 +459,14 @@ class DPSynthesizer(BaseEstimator):
         if dim != self.n_features_in_:
             raise ValueError(f"the clusters were fitted on dimension {self.n_features_in_}, "
                              f"these shards have dimension {dim}")
+        if plan is None:
+            plan = self.privacy_plan_
+        else:
+            plan = self._recorded_plan(plan, dim)
+            check_same_noise(plan, self.privacy_plan_, "the plan the clusters were released "
+                                                       "under")
         self._warn_if_seeded()
-        self._release_mixture(shards, self.privacy_plan_, self._noise(1), self.clusters_)
+        self._release_mixture(shards, plan, self._noise(1), self.clusters_)
         return self
 
     def _noise(self, stage: int) -> NoiseSource:
@@ -454,10 +523,9 @@ class DPSynthesizer(BaseEstimator):
         basis = eigenvalues = None
         trace = 0.0
         if gram is not None:
-            basis, eigenvalues, trace = release_subspace(
-                gram, int(self.subspace_dim), plan.release("subspace_second_moment"), noise)
-        class_counts = class_stats.counts + noise.gaussian(plan.release("class_counts"), C)
-        class_sums = class_stats.sums + noise.gaussian(plan.release("class_sums"), (C, dim))
+            basis, eigenvalues, trace = release_subspace(gram, int(self.subspace_dim), plan,
+                                                         noise)
+        class_counts, class_sums = release_class_stats(class_stats, plan, noise)
         del class_stats  # exact statistics never outlive the release
         released = ClusterRelease(class_counts, class_sums, basis, eigenvalues, float(trace))
         k = int(self.components_per_class)
@@ -480,7 +548,7 @@ class DPSynthesizer(BaseEstimator):
         dim = int(self.n_features_in_)
         k = int(self.components_per_class)
         min_count = max(3.0 * plan.release(
-            "class_counts" if k == 1 else "component_counts").sigma, 2.0)
+            CLASS_COUNTS if k == 1 else COMPONENT_COUNTS).sigma, 2.0)
         if self.covariance == "tied":
             params = pooled_mixture(released.class_counts, released.class_sums, basis,
                                     released.eigenvalues, released.trace,
@@ -509,8 +577,6 @@ class DPSynthesizer(BaseEstimator):
         # so only the second-order statistic is new (re-releasing would spend budget twice).
         params = release_mixture(
             stats, component_class, plan, noise,
-            count_name="class_counts" if k == 1 else "component_counts",
-            sum_name="class_sums" if k == 1 else "component_sums",
             basis=basis, min_count=min_count, radius=R, covariance_floor=self.covariance_floor,
             released_first=(released.class_counts, released.class_sums) if k == 1 else None)
         self._finish(params, min_count)
@@ -674,17 +740,9 @@ class DPSynthesizer(BaseEstimator):
         except ValueError as exc:
             raise fail(str(exc)) from None
         # The plan is what the noise was calibrated to; the parameters must say the same.
-        if plan.epsilon != float(obj.epsilon) or plan.delta != float(obj.delta):
-            raise fail(f"params say epsilon={obj.epsilon:g}, delta={obj.delta:g}, but the "
-                       f"privacy plan's target is epsilon={plan.epsilon:g}, "
-                       f"delta={plan.delta:g}")
-        if plan.noise_seeded != (obj.noise_seed is not None):
-            raise fail(f"params say noise_seed={obj.noise_seed!r}, but the privacy plan says "
-                       f"noise_seeded={plan.noise_seeded}")
-        planned_dim = plan.metadata.get("embedding_dim", dim)
-        if planned_dim != dim:
-            raise fail(f"n_features_in is {dim}, but the privacy plan was made for "
-                       f"embedding_dim {planned_dim!r}")
+        problem = obj._plan_target_problem(plan, dim)
+        if problem:
+            raise fail(problem)
         obj.privacy_plan_ = plan
         obj.epsilon_ = plan.epsilon_pld
         obj.delta_ = plan.delta
@@ -695,7 +753,8 @@ class DPSynthesizer(BaseEstimator):
     @classmethod
     def from_plan(cls, plan: PrivacyPlan) -> DPSynthesizer:
         """The synthesizer a plan was made for (its metadata holds every parameter), so a
-        pipeline step given only ``privacy_plan.json`` fits exactly what was planned."""
+        pipeline step given only ``privacy_plan.json`` fits exactly what was planned. Pass
+        the plan on (``fit_clusters(..., plan=plan)``) to draw the noise it records."""
         meta = dict(plan.metadata)
         meta.pop("embedding_dim", None)
         return cls(plan.epsilon, plan.delta, **meta)

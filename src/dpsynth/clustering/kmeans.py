@@ -3,9 +3,9 @@
 All classes are clustered in the same passes over the data; each class uses only its own
 records, so the per-class releases compose in parallel (see :mod:`dpsynth.privacy.plan`).
 
-Lloyd round sensitivity: every record is assigned to exactly one centre of its class,
-so the vector of per-centre counts has L2 sensitivity 1 and the per-centre sums have L2
-sensitivity R. The assignment uses only already-released centres (post-processing).
+This module owns the releases ``lloyd_counts`` and ``lloyd_sums`` (noise added in
+:func:`release_lloyd_centres`); :class:`DPKMeans` declares them with the LSH coreset's
+(:mod:`dpsynth.clustering.lsh_coreset`) through ``release_specs`` and ``default_weights``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,19 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from sklearn.cluster import KMeans
 
+from dpsynth.clustering import lsh_coreset
 from dpsynth.clustering.lsh_coreset import PrefixTreeStats, TreeThresholds, release_coreset
 from dpsynth.clustering.registry import register_clusterer
 from dpsynth.clustering.stats import GroupSums, nearest_centre, project_to_ball
 from dpsynth.privacy import NoiseSource, PrivacyPlan, ReleaseSpec
+from dpsynth.privacy.plan import mechanism_of
+
+#: Release names: records and sum of records per centre, one release per Lloyd round.
+LLOYD_COUNTS = "lloyd_counts"
+LLOYD_SUMS = "lloyd_sums"
+
+#: Default budget weights (relative noise multipliers): counts need less precision.
+DEFAULT_WEIGHTS: dict[str, float] = {LLOYD_COUNTS: 4.0, LLOYD_SUMS: 1.0}
 
 #: A data source yields chunks of (Z, class ids); it can be iterated once per call.
 DataSource = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
@@ -43,8 +52,9 @@ class DPKMeans:
     Parameters
     ----------
     n_clusters: centres per class (a class whose coreset is smaller gets fewer).
-    plan: the privacy plan; reads ``lsh_level_counts``, ``lsh_leaf_sums``,
-        ``lloyd_counts`` and ``lloyd_sums``.
+    plan: the privacy plan; draws the noise of ``lsh_level_counts``, ``lsh_leaf_sums``
+        (:func:`~dpsynth.clustering.lsh_coreset.release_coreset`), ``lloyd_counts`` and
+        ``lloyd_sums`` (:func:`release_lloyd_centres`) with its sigmas.
     radius: the public norm bound R of the (projected) records.
     depth: maximum depth of the LSH tree; rounds: DP Lloyd rounds (``lloyd_*`` repetitions).
 
@@ -65,23 +75,24 @@ class DPKMeans:
         self.rounds = rounds
         self.random_state = random_state
 
+    #: Budget weights of the releases below, by name (``budget_weights`` may override them).
+    default_weights: dict[str, float] = {**lsh_coreset.DEFAULT_WEIGHTS, **DEFAULT_WEIGHTS}
+
     @classmethod
     def release_specs(cls, radius: float, weights: dict[str, float], *, depth: int = 8,
                       rounds: int = 3) -> list[ReleaseSpec]:
-        """LSH level counts (one per level: each record is in one node a level), leaf
-        sums (sensitivity R), then per Lloyd round the counts and sums per centre."""
-        specs = [
-            ReleaseSpec("lsh_level_counts", 1.0, weights["lsh_level_counts"], repetitions=depth,
-                        description="LSH tree: counts of the kept nodes, one release a level"),
-            ReleaseSpec("lsh_leaf_sums", radius, weights["lsh_leaf_sums"],
-                        description="LSH tree: sums of subspace coordinates per leaf"),
-        ]
+        """The LSH coreset's releases (:func:`lsh_coreset.release_specs`), then per Lloyd
+        round the counts (sensitivity 1) and sums (R) per centre."""
+        specs = lsh_coreset.release_specs(radius, weights, depth=depth)
         if rounds > 0:
+            mechanism = mechanism_of(release_lloyd_centres)
             specs += [
-                ReleaseSpec("lloyd_counts", 1.0, weights["lloyd_counts"], repetitions=rounds,
-                            description="DP Lloyd: records per centre, one release a round"),
-                ReleaseSpec("lloyd_sums", radius, weights["lloyd_sums"], repetitions=rounds,
-                            description="DP Lloyd: sum of subspace coordinates per centre"),
+                ReleaseSpec(LLOYD_COUNTS, 1.0, weights[LLOYD_COUNTS], repetitions=rounds,
+                            description="DP Lloyd: records per centre, one release a round",
+                            mechanism=mechanism),
+                ReleaseSpec(LLOYD_SUMS, radius, weights[LLOYD_SUMS], repetitions=rounds,
+                            description="DP Lloyd: sum of subspace coordinates per centre",
+                            mechanism=mechanism),
             ]
         return specs
 
@@ -117,18 +128,34 @@ class DPKMeans:
         stats = GroupSums.zeros(int(offsets[-1]), centres[0].shape[1])
         for Z, cls in source():
             stats.add(Z, assign_components(Z, cls, centres, offsets))
-        counts_release = self.plan.release("lloyd_counts")
-        sums_release = self.plan.release("lloyd_sums")
-        new = []
-        for c, old in enumerate(centres):
-            sl = slice(offsets[c], offsets[c + 1])
-            noisy_counts = stats.counts[sl] + self.noise.gaussian(counts_release, len(old))
-            noisy_sums = stats.sums[sl] + self.noise.gaussian(sums_release, old.shape)
-            ok = noisy_counts >= min_count
-            updated = old.copy()
-            updated[ok] = noisy_sums[ok] / noisy_counts[ok, None]
-            new.append(project_to_ball(updated, self.radius))
-        return new
+        return release_lloyd_centres(stats, centres, self.plan, self.noise,
+                                     min_count=min_count, radius=self.radius)
+
+
+def release_lloyd_centres(stats: GroupSums, centres: list[np.ndarray], plan: PrivacyPlan,
+                          noise: NoiseSource, *, min_count: float,
+                          radius: float) -> list[np.ndarray]:
+    """One DP Lloyd update: new centres from the exact per-centre ``stats`` of a round.
+
+    Releases ``lloyd_counts`` and ``lloyd_sums`` (one repetition each per round). Every
+    record is assigned to exactly one centre of its class, so the per-centre counts have
+    L2 sensitivity 1 and the per-centre sums L2 sensitivity R. The assignment uses only
+    already-released centres (post-processing). ``stats`` rows are the centres of every
+    class in order; a centre whose noisy count is under ``min_count`` stays where it was.
+    """
+    offsets = np.cumsum([0] + [len(c) for c in centres])
+    counts_release = plan.release(LLOYD_COUNTS)
+    sums_release = plan.release(LLOYD_SUMS)
+    new = []
+    for c, old in enumerate(centres):
+        sl = slice(offsets[c], offsets[c + 1])
+        noisy_counts = stats.counts[sl] + noise.gaussian(counts_release, len(old))
+        noisy_sums = stats.sums[sl] + noise.gaussian(sums_release, old.shape)
+        ok = noisy_counts >= min_count
+        updated = old.copy()
+        updated[ok] = noisy_sums[ok] / noisy_counts[ok, None]
+        new.append(project_to_ball(updated, radius))
+    return new
 
 
 def assign_components(Z: np.ndarray, cls: np.ndarray, centres: list[np.ndarray],

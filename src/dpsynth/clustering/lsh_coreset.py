@@ -12,6 +12,9 @@ repetition per level). A record lies in at most one leaf, so the leaf sums have 
 sensitivity R (records are bounded by R). Which nodes exist is decided from released noisy
 counts only, which is post-processing. Exact counts of nodes that are never released are
 computed (one pass collects every level) but never leave this module.
+
+This module owns the releases ``lsh_level_counts`` and ``lsh_leaf_sums``
+(:func:`release_specs`; noise added in :func:`release_coreset`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dpsynth.privacy import NoiseSource, PrivacyPlan
+from dpsynth.privacy import NoiseSource, PrivacyPlan, ReleaseSpec
+from dpsynth.privacy.plan import mechanism_of
+
+#: Release names: the noisy counts of a level's kept nodes, the noisy sums of the leaves.
+LSH_LEVEL_COUNTS = "lsh_level_counts"
+LSH_LEAF_SUMS = "lsh_leaf_sums"
+
+#: Default budget weights (relative noise multipliers): counts need less precision.
+DEFAULT_WEIGHTS: dict[str, float] = {LSH_LEVEL_COUNTS: 4.0, LSH_LEAF_SUMS: 1.0}
+
+
+def release_specs(radius: float, weights: dict[str, float], *,
+                  depth: int) -> list[ReleaseSpec]:
+    """The releases of :func:`release_coreset`: level counts (sensitivity 1, one
+    repetition per level) and leaf sums (sensitivity R)."""
+    mechanism = mechanism_of(release_coreset)
+    return [
+        ReleaseSpec(LSH_LEVEL_COUNTS, 1.0, weights[LSH_LEVEL_COUNTS], repetitions=depth,
+                    description="LSH tree: counts of the kept nodes, one release a level",
+                    mechanism=mechanism),
+        ReleaseSpec(LSH_LEAF_SUMS, radius, weights[LSH_LEAF_SUMS],
+                    description="LSH tree: sums of subspace coordinates per leaf",
+                    mechanism=mechanism),
+    ]
 
 
 class PrefixTreeStats:
@@ -62,8 +88,8 @@ class TreeThresholds:
 
     @classmethod
     def from_plan(cls, plan: PrivacyPlan, dim: int, radius: float) -> TreeThresholds:
-        count_sigma = plan.release("lsh_level_counts").sigma
-        sum_sigma = plan.release("lsh_leaf_sums").sigma
+        count_sigma = plan.release(LSH_LEVEL_COUNTS).sigma
+        sum_sigma = plan.release(LSH_LEAF_SUMS).sigma
         # Keep a node when it is 3 sigma above zero; split when both halves could still
         # give leaf means whose noise (sum_sigma * sqrt(dim) / count) is under R / 4.
         keep = max(3.0 * count_sigma, 2.0)
@@ -81,10 +107,13 @@ def release_coreset(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grow one class's tree from noisy counts; return coreset ``(points, weights)``.
 
-    ``root_count`` is the class's already-released noisy count (no new release).
+    Releases ``lsh_level_counts`` (one release per level, L2 sensitivity 1: a record is
+    in one node of a level) and ``lsh_leaf_sums`` (L2 sensitivity R: a record is in at
+    most one leaf). ``root_count`` is the class's already-released noisy count (no new
+    release).
     """
-    count_release = plan.release("lsh_level_counts")
-    sum_release = plan.release("lsh_leaf_sums")
+    count_release = plan.release(LSH_LEVEL_COUNTS)
+    sum_release = plan.release(LSH_LEAF_SUMS)
     leaves: list[tuple[int, int, float]] = []  # (level, node, noisy count)
     frontier = [(0, root_count)]
     for level in range(1, stats.depth + 1):

@@ -1,36 +1,50 @@
-"""Which releases a configuration makes, with their sensitivities and budget weights.
+"""The releases of one fit, assembled from the modules that own them.
+
+Nothing is defined here: each release's spec (name, sensitivity, default weight) sits in
+the module whose function adds its noise (:mod:`dpsynth.gmm.subspace`,
+:mod:`dpsynth.gmm.mixture`, and the clusterer's, e.g. :mod:`dpsynth.clustering.lsh_coreset`
+and :mod:`dpsynth.clustering.kmeans` for ``dp-kmeans``). This module only puts them in the
+order a fit makes them and applies the user's ``budget_weights``.
 
 A weight is a release's noise multiplier relative to the others (the plan's one scale
-multiplies all of them). Defaults follow DESIGN.md's measured hints: counts need far less
-precision than sums and second moments (weight 4), and the shared subspace pays back a
-larger share (weight 0.5).
+multiplies all of them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from dpsynth.clustering.kmeans import DPKMeans
+from dpsynth.gmm import mixture, subspace
 from dpsynth.privacy import ReleaseSpec
 
-DEFAULT_WEIGHTS: dict[str, float] = {
-    "subspace_second_moment": 0.5,
-    "class_counts": 4.0,
-    "class_sums": 1.0,
-    "lsh_level_counts": 4.0,
-    "lsh_leaf_sums": 1.0,
-    "lloyd_counts": 4.0,
-    "lloyd_sums": 1.0,
-    "component_counts": 4.0,
-    "component_sums": 1.0,
-    "second_moments": 1.0,
-}
+#: The default weights of the built-in releases, by name (the built-in clusterer's too),
+#: as their modules define them.
+DEFAULT_WEIGHTS: dict[str, float] = {**subspace.DEFAULT_WEIGHTS, **mixture.DEFAULT_WEIGHTS,
+                                     **DPKMeans.default_weights}
 
 
-def resolve_weights(weights: dict[str, float] | None) -> dict[str, float]:
-    """DEFAULT_WEIGHTS with the overrides; unknown names are refused."""
-    unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
+def default_weights(clusterer: type | None = None) -> dict[str, float]:
+    """The weights of the subspace and mixture releases, and those ``clusterer`` declares
+    (its ``default_weights``; ``None`` when there is no clusterer)."""
+    core = {**subspace.DEFAULT_WEIGHTS, **mixture.DEFAULT_WEIGHTS}
+    own: Mapping[str, float] = getattr(clusterer, "default_weights", None) or {}
+    clash = sorted(set(core) & set(own))
+    if clash:
+        raise ValueError(f"clusterer {clusterer.__name__} declares default weights for "
+                         f"{clash}, releases the mixture owns")
+    return {**core, **own}
+
+
+def resolve_weights(weights: Mapping[str, float] | None,
+                    clusterer: type | None = None) -> dict[str, float]:
+    """:func:`default_weights` with the overrides; unknown names are refused."""
+    defaults = default_weights(clusterer)
+    unknown = set(weights or {}) - set(defaults)
     if unknown:
         raise ValueError(f"unknown budget_weights keys {sorted(unknown)}; "
-                         f"known: {sorted(DEFAULT_WEIGHTS)}")
-    return {**DEFAULT_WEIGHTS, **(weights or {})}
+                         f"known: {sorted(defaults)}")
+    return {**defaults, **(weights or {})}
 
 
 def release_specs(
@@ -39,37 +53,24 @@ def release_specs(
     uses_subspace: bool,
     components_per_class: int,
     radius: float,
-    clustering: list[ReleaseSpec] | None = None,
-    weights: dict[str, float] | None = None,
+    weights: Mapping[str, float] | None = None,
     second_moment_clip: float | None = None,
+    clusterer: type | None = None,
+    clusterer_options: Mapping[str, object] | None = None,
 ) -> list[ReleaseSpec]:
-    """The releases of one fit, in the order they are made. ``clustering``: the releases
-    of the clusterer (used when components_per_class > 1)."""
-    w = resolve_weights(weights)
-    R, R2 = radius, radius**2
+    """The releases of one fit, in the order they are made. ``clusterer``: the clusterer
+    class (its ``release_specs(radius, weights, **clusterer_options)`` are made when
+    components_per_class > 1, and its ``default_weights`` keys are accepted)."""
+    w = resolve_weights(weights, clusterer)
+    R = radius
     specs: list[ReleaseSpec] = []
     if uses_subspace:
-        specs.append(ReleaseSpec("subspace_second_moment", R2, w["subspace_second_moment"],
-                                 scope="global",
-                                 description="sum of x x^T over all records (upper triangle)"))
-    specs += [
-        ReleaseSpec("class_counts", 1.0, w["class_counts"], description="records per class"),
-        ReleaseSpec("class_sums", R, w["class_sums"], description="sum of records per class"),
-    ]
+        specs += subspace.release_specs(R, w)
+    specs += mixture.class_release_specs(R, w)
     if components_per_class > 1:
-        specs += list(clustering or [])
-        specs += [
-            ReleaseSpec("component_counts", 1.0, w["component_counts"],
-                        description="records per mixture component"),
-            ReleaseSpec("component_sums", R, w["component_sums"],
-                        description="sum of records per mixture component"),
-        ]
-    if covariance == "tied":
-        return specs  # the shared covariance is post-processing of the subspace release
-    centred = second_moment_clip is not None
-    specs.append(ReleaseSpec(
-        "second_moments", second_moment_clip**2 if centred else R2, w["second_moments"],
-        description=f"per-component second-order statistic ({covariance})"
-                    + (f", centred at the released class mean, clipped to {second_moment_clip}"
-                       if centred else "")))
+        if clusterer is None:
+            raise ValueError("more than one component per class needs a clusterer")
+        specs += list(clusterer.release_specs(R, w, **dict(clusterer_options or {})))
+        specs += mixture.component_release_specs(R, w)
+    specs += mixture.second_moment_specs(covariance, R, w, second_moment_clip)
     return specs

@@ -1,13 +1,18 @@
-"""Per-component mixture release, parameter repair and sampling.
+"""Per-class and per-component mixture releases, parameter repair and sampling.
 
-For every component j (of every class) the release is:
+This module owns five releases (names are the constants below, specs come from
+:func:`class_release_specs`, :func:`component_release_specs` and
+:func:`second_moment_specs`, default weights from :data:`DEFAULT_WEIGHTS`):
 
-* ``component_counts`` (or ``class_counts`` when there is one component per class):
-  noisy n_j. Each record is in one component: L2 sensitivity 1.
-* ``component_sums`` (or ``class_sums``): noisy sum of the full-dimensional records,
-  L2 sensitivity R.
-* ``second_moments``: per component, depending on ``covariance``, with x = V z + r
-  (z = V^T x in the shared subspace, r the residual orthogonal to it):
+* ``class_counts`` / ``class_sums`` (:func:`release_class_stats`): noisy records and sum
+  of records per class. With one component per class they are also the component's
+  count and sum.
+* ``component_counts`` / ``component_sums`` (:func:`release_mixture`, more than one
+  component per class): noisy n_j and sum per component. Each record is in one
+  component: L2 sensitivity 1 and R.
+* ``second_moments`` (:func:`release_mixture`): per component, depending on
+  ``covariance``, with x = V z + r (z = V^T x in the shared subspace, r the residual
+  orthogonal to it):
 
   - ``spherical``: sum of ||x||^2. Sensitivity R^2.
   - ``diagonal``: [sum of z*z (elementwise), sum of ||r||^2]. The record's contribution
@@ -38,9 +43,81 @@ import numpy as np
 
 from dpsynth.clustering.stats import GroupSums, project_to_ball
 from dpsynth.preprocessing import bound_norms
-from dpsynth.privacy import NoiseSource, PrivacyPlan
+from dpsynth.privacy import NoiseSource, PrivacyPlan, ReleaseSpec
+from dpsynth.privacy.plan import mechanism_of
 
 COVARIANCE_TYPES = ("spherical", "diagonal", "lowrank", "tied")
+
+#: Release names (see the module docstring).
+CLASS_COUNTS = "class_counts"
+CLASS_SUMS = "class_sums"
+COMPONENT_COUNTS = "component_counts"
+COMPONENT_SUMS = "component_sums"
+SECOND_MOMENTS = "second_moments"
+
+#: Default budget weights (relative noise multipliers): counts need far less precision
+#: than sums and second moments, so they get four times the noise multiplier (DESIGN.md's
+#: measured hints).
+DEFAULT_WEIGHTS: dict[str, float] = {
+    CLASS_COUNTS: 4.0,
+    CLASS_SUMS: 1.0,
+    COMPONENT_COUNTS: 4.0,
+    COMPONENT_SUMS: 1.0,
+    SECOND_MOMENTS: 1.0,
+}
+
+
+def class_release_specs(radius: float, weights: dict[str, float]) -> list[ReleaseSpec]:
+    """The releases of :func:`release_class_stats`: counts (sensitivity 1), sums (R)."""
+    mechanism = mechanism_of(release_class_stats)
+    return [
+        ReleaseSpec(CLASS_COUNTS, 1.0, weights[CLASS_COUNTS], description="records per class",
+                    mechanism=mechanism),
+        ReleaseSpec(CLASS_SUMS, radius, weights[CLASS_SUMS],
+                    description="sum of records per class", mechanism=mechanism),
+    ]
+
+
+def component_release_specs(radius: float, weights: dict[str, float]) -> list[ReleaseSpec]:
+    """The first-order releases of :func:`release_mixture` (more than one component per
+    class): counts (sensitivity 1) and sums (R) per component."""
+    mechanism = mechanism_of(release_mixture)
+    return [
+        ReleaseSpec(COMPONENT_COUNTS, 1.0, weights[COMPONENT_COUNTS],
+                    description="records per mixture component", mechanism=mechanism),
+        ReleaseSpec(COMPONENT_SUMS, radius, weights[COMPONENT_SUMS],
+                    description="sum of records per mixture component", mechanism=mechanism),
+    ]
+
+
+def second_moment_specs(covariance: str, radius: float, weights: dict[str, float],
+                        clip: float | None = None) -> list[ReleaseSpec]:
+    """The second-order release of :func:`release_mixture`: sensitivity R^2, or C^2 with
+    centred clipping at C; none for ``tied`` (its shared covariance is post-processing of
+    the subspace release)."""
+    if covariance == "tied":
+        return []
+    centred = clip is not None
+    return [ReleaseSpec(
+        SECOND_MOMENTS, clip**2 if centred else radius**2, weights[SECOND_MOMENTS],
+        description=f"per-component second-order statistic ({covariance})"
+                    + (f", centred at the released class mean, clipped to {clip}"
+                       if centred else ""),
+        mechanism=mechanism_of(release_mixture))]
+
+
+def release_class_stats(stats: GroupSums, plan: PrivacyPlan,
+                        noise: NoiseSource) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy (counts (C,), sums (C, d)) of the exact per-class ``stats``.
+
+    Releases ``class_counts`` and ``class_sums``. Each record is in one class, so adding
+    or removing one changes the count vector by 1 in one coordinate (L2 sensitivity 1) and
+    the sums by the record itself (L2 sensitivity R, records bounded by R).
+    """
+    C, d = stats.sums.shape
+    counts = stats.counts + noise.gaussian(plan.release(CLASS_COUNTS), C)
+    sums = stats.sums + noise.gaussian(plan.release(CLASS_SUMS), (C, d))
+    return counts, sums
 
 
 class SecondOrderStats:
@@ -111,8 +188,6 @@ def release_mixture(
     plan: PrivacyPlan,
     noise: NoiseSource,
     *,
-    count_name: str,
-    sum_name: str,
     basis: np.ndarray | None,
     min_count: float,
     radius: float,
@@ -121,18 +196,20 @@ def release_mixture(
 ) -> MixtureParams:
     """Add the plan's noise to ``stats`` and repair into mixture parameters.
 
-    ``released_first``: (noisy counts, noisy sums) already released under ``count_name`` /
-    ``sum_name`` (one component per class reuses the class release); then only the
-    second-order statistic is released here.
+    Releases ``component_counts`` (L2 sensitivity 1) and ``component_sums`` (R), then
+    ``second_moments`` (R^2, or C^2 with centred clipping; the module docstring derives
+    them). ``released_first``: (noisy counts, noisy sums) already released as
+    ``class_counts`` / ``class_sums`` (one component per class reuses the class release);
+    then only the second-order statistic is released here.
     """
     K, d = len(component_class), stats.dim
-    second_release = plan.release("second_moments")
+    second_release = plan.release(SECOND_MOMENTS)
     if released_first is None:
         if stats.first is None:
             raise ValueError("stats were accumulated without first-order statistics; pass "
                              "the released counts and sums as released_first")
-        noisy_counts = stats.first.counts + noise.gaussian(plan.release(count_name), K)
-        noisy_sums = stats.first.sums + noise.gaussian(plan.release(sum_name), (K, d))
+        noisy_counts = stats.first.counts + noise.gaussian(plan.release(COMPONENT_COUNTS), K)
+        noisy_sums = stats.first.sums + noise.gaussian(plan.release(COMPONENT_SUMS), (K, d))
     else:
         noisy_counts, noisy_sums = released_first
     if stats.covariance == "lowrank":

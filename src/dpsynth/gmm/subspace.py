@@ -1,11 +1,9 @@
 """A shared DP subspace: top eigenvectors of a noisy global second-moment matrix.
 
-Release ``subspace_second_moment``: M = sum_x x x^T + E, with E symmetric Gaussian noise
-(upper triangle i.i.d., mirrored). Adding or removing a record changes the released
-upper triangle by the upper triangle of x x^T, whose L2 norm is at most ||x||^2 <= R^2:
-L2 sensitivity R^2, one repetition, global scope (every record contributes). The basis V
-(top ``dim`` eigenvectors of M) is post-processing. Noise in later per-class releases then
-scales with ``dim`` instead of the embedding dimension.
+This module owns the release ``subspace_second_moment`` (:func:`release_specs`, noise
+added in :func:`release_subspace`). The basis V (top ``dim`` eigenvectors of the noisy
+matrix) is post-processing. Noise in later per-class releases then scales with ``dim``
+instead of the embedding dimension.
 """
 
 from __future__ import annotations
@@ -14,7 +12,25 @@ import numpy as np
 from scipy import linalg
 from scipy.linalg import blas
 
-from dpsynth.privacy import NoiseSource, Release
+from dpsynth.privacy import NoiseSource, PrivacyPlan, ReleaseSpec
+from dpsynth.privacy.plan import mechanism_of
+
+#: Release name: the noisy global second-moment matrix.
+SUBSPACE_SECOND_MOMENT = "subspace_second_moment"
+
+#: Default budget weight (relative noise multiplier): the shared subspace pays back a
+#: larger share of the budget than a per-class release, so it gets half the noise
+#: multiplier of the sums (DESIGN.md's measured hints).
+DEFAULT_WEIGHTS: dict[str, float] = {SUBSPACE_SECOND_MOMENT: 0.5}
+
+
+def release_specs(radius: float, weights: dict[str, float]) -> list[ReleaseSpec]:
+    """The release of :func:`release_subspace`; ``weights`` holds :data:`DEFAULT_WEIGHTS`'s
+    keys (with the user's overrides)."""
+    return [ReleaseSpec(
+        SUBSPACE_SECOND_MOMENT, radius**2, weights[SUBSPACE_SECOND_MOMENT], scope="global",
+        description="sum of x x^T over all records (upper triangle)",
+        mechanism=mechanism_of(release_subspace))]
 
 
 class GramAccumulator:
@@ -35,12 +51,19 @@ class GramAccumulator:
         return upper + np.triu(upper, 1).T
 
 
-def release_subspace(gram: GramAccumulator, dim: int, release: Release,
+def release_subspace(gram: GramAccumulator, dim: int, plan: PrivacyPlan,
                      noise: NoiseSource) -> tuple[np.ndarray, np.ndarray, float]:
     """Noisy second moment -> (V, top eigenvalues, trace), all post-processing of it.
 
+    Release ``subspace_second_moment``: M = sum_x x x^T + E, with E symmetric Gaussian
+    noise of the plan's sigma (upper triangle i.i.d., mirrored). Adding or removing a
+    record changes the released upper triangle by the upper triangle of x x^T, whose L2
+    norm is at most ||x||^2 <= R^2: L2 sensitivity R^2, one repetition, global scope
+    (every record contributes).
+
     V is ``(d, dim)`` with orthonormal columns; V^T M V = diag(eigenvalues) for the noisy M.
     """
+    release = plan.release(SUBSPACE_SECOND_MOMENT)
     noisy = gram.symmetric() + noise.symmetric_gaussian(release, gram.gram.shape[0])
     trace = float(np.trace(noisy))
     d = noisy.shape[0]

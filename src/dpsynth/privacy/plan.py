@@ -16,14 +16,27 @@ Calibration
     ``scale * weight_i``. One scale, found by bisection on the PLD epsilon
     (``dp_accounting.calibrate_dp_mechanism``), makes the composition hit the target
     epsilon at delta. RDP is reported beside it as an independent upper bound.
+
+Ownership
+    Each release is owned by the module whose function adds its noise: the spec (name,
+    sensitivity argument, default weight) sits next to that function, and every spec and
+    plan entry records it as ``mechanism`` (``"module:qualname"``, :func:`mechanism_of`),
+    so ``privacy_plan.json`` leads in one hop to the line that draws the noise.
+
+Recorded plans
+    A plan once written (``privacy_plan.json``) is the source of the noise of the steps that
+    read it: :func:`match_specs` checks that it holds exactly the releases a configuration
+    makes (names, sensitivities, repetitions, scopes) and the noise is then drawn with the
+    recorded sigmas, never re-calibrated.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import dp_accounting
@@ -43,9 +56,30 @@ from dpsynth.privacy.validation import PrivacyParameterError, validate_epsilon_d
 SCOPES = ("global", "per_class")
 
 
+def mechanism_of(function: Callable) -> str:
+    """``"module:qualname"`` of the function that adds a release's noise (see
+    :func:`resolve_mechanism`)."""
+    return f"{function.__module__}:{function.__qualname__}"
+
+
+def resolve_mechanism(mechanism: str) -> Callable:
+    """The function a plan entry's ``mechanism`` names (``"package.module:Class.method"``)."""
+    module, _, qualname = mechanism.partition(":")
+    if not module or not qualname:
+        raise ValueError(f"a mechanism is 'module:function', got {mechanism!r}")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 @dataclass(frozen=True)
 class ReleaseSpec:
-    """A release before calibration: what is released and how much noise relative to others."""
+    """A release before calibration: what is released and how much noise relative to others.
+
+    ``mechanism``: ``"module:function"`` of the function that adds this release's noise
+    (:func:`mechanism_of`); empty when unknown (e.g. a plugin that does not say).
+    """
 
     name: str
     sensitivity: float
@@ -53,6 +87,7 @@ class ReleaseSpec:
     repetitions: int = 1
     scope: str = "per_class"
     description: str = ""
+    mechanism: str = ""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -72,7 +107,10 @@ class ReleaseSpec:
 
 @dataclass(frozen=True)
 class Release:
-    """One calibrated Gaussian mechanism: L2 ``sensitivity``, noise std ``sigma``."""
+    """One calibrated Gaussian mechanism: L2 ``sensitivity``, noise std ``sigma``.
+
+    ``mechanism``: ``"module:function"`` of the function whose line adds the noise.
+    """
 
     name: str
     sensitivity: float
@@ -80,6 +118,7 @@ class Release:
     repetitions: int = 1
     scope: str = "per_class"
     description: str = ""
+    mechanism: str = ""
 
     @property
     def sigma(self) -> float:
@@ -161,7 +200,9 @@ class PrivacyPlan:
                 noise_multiplier=_field(r, "noise_multiplier", float, where),
                 repetitions=_field(r, "repetitions", int, where),
                 scope=_field(r, "scope", str, where),
-                description=str(r.get("description", ""))))
+                description=str(r.get("description", "")),
+                # Plans written before releases named their mechanism have none.
+                mechanism=_field(r, "mechanism", str, where) if "mechanism" in r else ""))
         metadata = data.get("metadata", {})
         if not isinstance(metadata, dict):
             raise ValueError(f"privacy plan: 'metadata' must be a JSON object, got {metadata!r}")
@@ -207,7 +248,8 @@ def compose_events(releases: Iterable[Release]) -> dp_accounting.DpEvent:
 
 def _with_scale(specs: Sequence[ReleaseSpec], scale: float) -> tuple[Release, ...]:
     return tuple(
-        Release(s.name, s.sensitivity, scale * s.weight, s.repetitions, s.scope, s.description)
+        Release(s.name, s.sensitivity, scale * s.weight, s.repetitions, s.scope, s.description,
+                s.mechanism)
         for s in specs
     )
 
@@ -297,6 +339,74 @@ def build_plan(
     eps_pld, eps_rdp = _account(releases, delta)
     return PrivacyPlan(epsilon, delta, releases, scale, eps_pld, eps_rdp, noise_seeded,
                        dict(metadata or {}))
+
+
+class PlanMismatchError(ValueError):
+    """A recorded plan is not the one a configuration makes; ``release`` names the first
+    release that differs ("" when the difference is the target or the dimension)."""
+
+    def __init__(self, message: str, release: str = "") -> None:
+        super().__init__(message)
+        self.release = release
+
+
+def match_specs(plan: PrivacyPlan, specs: Sequence[ReleaseSpec]) -> PrivacyPlan:
+    """``plan`` (a recorded, calibrated plan) checked to hold exactly the releases ``specs``
+    describe: the same names, and for each the same sensitivity, repetitions and scope.
+
+    The noise (``noise_multiplier``, hence ``sigma``) is the plan's: weights are not
+    compared, since a recorded plan is the source of the noise, not something to re-derive.
+    Returns the plan with each release's ``mechanism`` filled from its spec where the plan
+    records none (plans written before releases named their mechanism). Raises
+    :class:`PlanMismatchError` naming the first release that differs.
+    """
+    by_name = {s.name: s for s in specs}
+    recorded = {r.name for r in plan.releases}
+    for s in specs:
+        if s.name not in recorded:
+            raise PlanMismatchError(
+                f"release {s.name!r} ({s.description or 'no description'}) is not in the "
+                f"plan, but this configuration makes it (the plan has: "
+                f"{', '.join(sorted(recorded))})", s.name)
+    releases = []
+    for r in plan.releases:
+        s = by_name.get(r.name)
+        if s is None:
+            raise PlanMismatchError(
+                f"release {r.name!r} is in the plan, but this configuration does not make it "
+                f"(it makes: {', '.join(by_name)})", r.name)
+        for what, recorded_value, expected in (("sensitivity", r.sensitivity, s.sensitivity),
+                                               ("repetitions", r.repetitions, s.repetitions),
+                                               ("scope", r.scope, s.scope)):
+            same = (math.isclose(recorded_value, expected, rel_tol=1e-9, abs_tol=0.0)
+                    if what == "sensitivity" else recorded_value == expected)
+            if not same:
+                raise PlanMismatchError(
+                    f"release {r.name!r} has {what} {recorded_value!r} in the plan, but this "
+                    f"configuration makes it with {what} {expected!r}", r.name)
+        releases.append(r if r.mechanism else replace(r, mechanism=s.mechanism))
+    return replace(plan, releases=tuple(releases))
+
+
+def check_same_noise(plan: PrivacyPlan, other: PrivacyPlan, other_name: str) -> None:
+    """Both plans add the same noise: the same releases with the same sensitivity, noise
+    multiplier, repetitions and scope (e.g. a plan file and the plan an earlier step
+    recorded). Raises :class:`PlanMismatchError` naming the first release that differs."""
+    theirs = {r.name: r for r in other.releases}
+    mine = {r.name for r in plan.releases}
+    for name in sorted(mine ^ set(theirs)):
+        where = "this plan" if name in mine else other_name
+        raise PlanMismatchError(f"release {name!r} is only in {where}, not in both "
+                                f"({other_name} and this plan differ)", name)
+    for r in plan.releases:
+        o = theirs[r.name]
+        for what in ("sensitivity", "noise_multiplier", "repetitions", "scope"):
+            a, b = getattr(r, what), getattr(o, what)
+            same = (math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+                    if isinstance(a, float) else a == b)
+            if not same:
+                raise PlanMismatchError(f"release {r.name!r} has {what} {a!r} in this plan "
+                                        f"but {b!r} in {other_name}", r.name)
 
 
 @functools.lru_cache(maxsize=256)
