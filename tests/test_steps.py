@@ -81,6 +81,8 @@ def test_full_chain_writes_the_documented_outputs(digits, tmp_path):
         assert (tmp_path / "eval" / "plots" / f"{name}.png").stat().st_size > 5000
     report = (tmp_path / "eval" / "report.html").read_text()
     assert "data:image/png;base64" in report and "subspace_second_moment" in report
+    # Each plan row names the function that adds its noise.
+    assert "dpsynth.gmm.subspace:" in report
     assert "NOT covered" in metrics["note"]
 
 

@@ -167,7 +167,10 @@ class DPSynthesizer(BaseEstimator):
         Keyword options of another clusterer (for ``dp-kmeans``, overrides of ``depth``
         and ``rounds``).
     budget_weights : dict of str to float or None, default=None
-        Overrides of the relative noise multipliers in :data:`dpsynth.gmm.budget.DEFAULT_WEIGHTS`.
+        Overrides of the relative noise multipliers in
+        :data:`dpsynth.gmm.budget.DEFAULT_WEIGHTS` (each default sits in the module that
+        adds that release's noise); a plugin clusterer's ``default_weights`` keys are
+        accepted too.
     second_moment_clip : float or None, default=None
         Centred clipping of the second-order release: records are centred at their
         class's released mean and clipped to this norm C, so the release's sensitivity is

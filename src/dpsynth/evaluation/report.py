@@ -70,12 +70,14 @@ def write_html_report(path: Path, metrics: dict[str, Any], plan: dict[str, Any] 
                      f": epsilon = {_fmt(plan.get('epsilon'))} at delta = "
                      f"{_fmt(plan.get('delta'))} (RDP bound {_fmt(plan.get('epsilon_rdp'))})."
                      "</p><table><tr><th>release</th><th>scope</th><th>sensitivity</th>"
-                     "<th>sigma</th><th>repetitions</th><th>what</th></tr>")
+                     "<th>sigma</th><th>repetitions</th><th>what</th>"
+                     "<th>noise added by</th></tr>")
         for r in plan.get("releases", []):
             parts.append(f"<tr><td>{_fmt(r['name'])}</td><td>{_fmt(r['scope'])}</td>"
                          f"<td>{_fmt(r['sensitivity'])}</td><td>{_fmt(r['sigma'])}</td>"
                          f"<td>{_fmt(r['repetitions'])}</td>"
-                         f"<td>{_fmt(r.get('description', ''))}</td></tr>")
+                         f"<td>{_fmt(r.get('description', ''))}</td>"
+                         f"<td><code>{_fmt(r.get('mechanism', ''))}</code></td></tr>")
         parts.append("</table>")
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
