@@ -857,16 +857,8 @@ SKLEARN_NOT_APPLICABLE = {
     "check_estimators_nan_inf": "the check's labels are floats, refused first ('y must hold "
                                 "integer class labels'); NaN/inf rows are refused by row and "
                                 "column (test_invalid_fit_inputs_are_refused)",
-    "check_estimator_sparse_array": "embeddings are dense; sparse X is refused, but not in "
-                                    "scikit-learn's wording",
-    "check_estimator_sparse_matrix": "embeddings are dense; sparse X is refused, but not in "
-                                     "scikit-learn's wording",
-    "check_estimator_sparse_tag": "embeddings are dense; sparse X is refused, but not in "
-                                  "scikit-learn's wording",
     "check_requires_y_none": "y=None is refused, as 'y must be 1-D with one label per row "
                              "of X', not in scikit-learn's wording",
-    "check_estimators_empty_data_messages": "fit does not yet refuse X with 0 features "
-                                            "(fit input validation, not the estimator API)",
 }
 
 

@@ -950,6 +950,11 @@ def _check_shards(shards: Sequence[Shard]) -> list[Shard]:
 
 
 def _check_shard(i: int, X, y) -> Shard:
+    import scipy.sparse
+
+    if scipy.sparse.issparse(X):
+        raise TypeError("sparse input is not supported: pass the embeddings as a dense "
+                        "array (an EmbeddingSet shard is one)")
     X = X if isinstance(X, np.ndarray) else np.asarray(X)
     y = np.asarray(y)
     if X.ndim != 2:
@@ -957,6 +962,9 @@ def _check_shard(i: int, X, y) -> Shard:
                          + (f" in shard {i}" if i else ""))
     if X.dtype.kind not in "fiu":
         raise ValueError(f"X must hold numbers, got dtype {X.dtype}")
+    if X.shape[1] == 0:  # scikit-learn's wording: nothing to model in zero dimensions
+        raise ValueError(f"0 feature(s) (shape={X.shape}) while a minimum of 1 is required."
+                         + (f" (shard {i})" if i else ""))
     if y.ndim != 1 or len(y) != len(X):
         raise ValueError(f"y must be 1-D with one label per row of X: X has {len(X)} rows, "
                          f"y has shape {y.shape}")
