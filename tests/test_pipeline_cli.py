@@ -91,3 +91,29 @@ def test_compile_writes_a_package_with_the_configured_images(tmp_path, monkeypat
     assert "registry.example.org/ml/dpsynth:2.0-cpu" in text
     assert "ghcr.io" not in text
     assert '[0, 1, 2]' in text
+
+
+def test_compile_swaps_a_component_by_spec_and_refuses_one_that_does_not_fit(tmp_path):
+    """`--component step=spec.yaml`: the spec replaces the step's component; a spec whose
+    inputs or outputs differ is a one-line error naming them."""
+    specs = tmp_path / "specs"
+    result = cli.invoke(app, ["pipeline", "compile-components", "--output", str(specs)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.parent.name for p in specs.glob("*/component.yaml")) == sorted(
+        ["plan", "encode", "dp_cluster", "fit_gmm", "synthesize", "decode", "evaluate"])
+    text = (specs / "synthesize" / "component.yaml").read_text()
+    theirs = tmp_path / "theirs.yaml"
+    theirs.write_text(text.replace("ghcr.io/dpsynth/dpsynth:0.1.0-cpu", "example.org/synth:9"))
+    out = tmp_path / "p.yaml"
+    result = cli.invoke(app, ["pipeline", "compile", "-o", str(out),
+                              "--component", f"synthesize={theirs}"])
+    assert result.exit_code == 0, result.output
+    executors = next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"]
+    assert executors["exec-synthesize"]["container"]["image"] == "example.org/synth:9"
+    misfit = cli.invoke(app, ["pipeline", "compile", "-o", str(out), "--component",
+                              f"synthesize={specs / 'decode' / 'component.yaml'}"])
+    assert misfit.exit_code == 2
+    assert "the replacement for step 'synthesize' does not fit" in misfit.output
+    unknown = cli.invoke(app, ["pipeline", "compile", "-o", str(out),
+                               "--component", f"synthesise={theirs}"])
+    assert unknown.exit_code == 2 and "unknown steps ['synthesise']" in unknown.output

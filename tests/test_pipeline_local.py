@@ -1,6 +1,7 @@
 """The whole Kubeflow pipeline on this machine (kfp.local.SubprocessRunner, use_venv=False).
 
-Each run starts one Python process per task, so these tests take a minute or two each.
+Each run starts one Python process per task, so these tests take up to a minute or two
+each: they are marked slow (they still run in CI).
 """
 
 # No `from __future__ import annotations`: kfp reads the component annotations as types.
@@ -8,8 +9,8 @@ import json
 
 import numpy as np
 import pytest
-from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Output
+from kfp import compiler, dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 from dpsynth import runner
 from dpsynth.config import load_config
@@ -17,6 +18,7 @@ from dpsynth.data.store import EmbeddingSet
 from dpsynth_kfp.local import run_pipeline_locally
 
 SEEDED = pytest.mark.filterwarnings("ignore:noise_seed is set:UserWarning")
+pytestmark = pytest.mark.slow
 
 
 def _config(tmp_path, name: str, *extra: str):
@@ -83,13 +85,35 @@ def flipped_pixels_encode(config: Input[Artifact], split: str, part: int, parts:
                         key={"encoder": "flipped-pixels", "part": [part, parts]})
 
 
+@dsl.component(base_image="unused-in-local-runs")
+def balanced_synthesize(mixture: Input[Model], config: Input[Artifact],
+                        synthetic: Output[Dataset]):
+    """Another team's synthesize: the same format, but balanced classes and its own seed,
+    whatever the configuration says."""
+    from dpsynth import steps
+    from dpsynth.config import load_config
+
+    steps.synthesize(mixture.path, synthetic.path, n=load_config(config.path).synthesize.n,
+                     class_balance="balanced", random_state=7)
+
+
 @SEEDED
-def test_a_custom_encoder_component_replaces_the_built_in(tmp_path):
+def test_custom_components_replace_the_built_ins(tmp_path):
+    """encode swapped by a component object; synthesize by a spec file compiled outside
+    the package (as another team would ship it)."""
+    spec = tmp_path / "their-components" / "synthesize.yaml"
+    spec.parent.mkdir()
+    compiler.Compiler().compile(balanced_synthesize, str(spec))
     config = _config(tmp_path, "swap", "evaluate.image_level=false")  # no decoder for it
     result = run_pipeline_locally(config, tmp_path / "kfp", encode_parts=2,
-                                  components={"encode": flipped_pixels_encode})
+                                  components={"encode": flipped_pixels_encode,
+                                              "synthesize": spec})
     synthetic = EmbeddingSet.open(result["run_dir"] / "synthesize" / "synthetic")
     assert synthetic.encoder == "flipped-pixels"
+    assert synthetic.manifest["key"]["class_balance"] == "balanced"
+    assert synthetic.manifest["key"]["random_state"] == 7
+    _, y = synthetic.load()
+    assert np.ptp(np.bincount(y)) <= 1 and len(y) == 2000
     assert result["metrics"]["encoder"] == "flipped-pixels"
     assert result["metrics"]["accuracy"] > 0.2  # twice chance: it learnt from mirrored digits
     # No decoder inverts the custom encoder: the decode step says so instead of failing.

@@ -1,26 +1,60 @@
-"""The compiled Kubeflow pipeline: up to date, strictly valid, wired as documented."""
+"""The compiled Kubeflow pipeline and component specs: up to date, strictly valid, wired
+as documented, assembled from the specs so that one file swaps a component."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: kfp reads the component annotations as types.
+import shutil
 
+import pytest
 import yaml
 from google.protobuf import json_format
+from kfp import compiler, dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from dpsynth_kfp.compile import COMMITTED, compile_pipeline
+from dpsynth.step_graph import STEP_NAMES, STEPS
+from dpsynth_kfp.compile import (
+    COMMITTED,
+    PIPELINE_DOC,
+    README,
+    compile_pipeline,
+    components_table,
+    parameters_table,
+)
+from dpsynth_kfp.components import COMPONENTS_DIR, compile_components, spec_path
+from dpsynth_kfp.parameters import PARAMETERS
 from dpsynth_kfp.pipeline import build_pipeline
+
+
+@pytest.fixture
+def default_images(monkeypatch):
+    monkeypatch.delenv("DPSYNTH_IMAGE_REGISTRY", raising=False)
+    monkeypatch.delenv("DPSYNTH_IMAGE_TAG", raising=False)
 
 
 def _docs(path):
     return list(yaml.safe_load_all(path.read_text()))
 
 
-def test_committed_pipeline_is_what_the_code_compiles(tmp_path, monkeypatch):
-    monkeypatch.delenv("DPSYNTH_IMAGE_REGISTRY", raising=False)
-    monkeypatch.delenv("DPSYNTH_IMAGE_TAG", raising=False)
+def test_committed_pipeline_is_what_the_code_compiles(tmp_path, default_images):
     fresh = compile_pipeline(tmp_path / "p.yaml")
     assert fresh.read_text() == COMMITTED.read_text(), (
         "pipelines/dpsynth_pipeline.yaml is stale: run `dpsynth pipeline compile`")
+
+
+def test_committed_component_specs_are_what_the_code_compiles(tmp_path, default_images):
+    """One spec per step of the graph, each equal to a fresh compile; the README table of
+    inputs and outputs too."""
+    assert sorted(p.parent.name for p in COMPONENTS_DIR.glob("*/component.yaml")) == \
+        sorted(STEP_NAMES)
+    for fresh in compile_components(tmp_path):
+        step = fresh.parent.name
+        assert fresh.read_text() == spec_path(step).read_text(), (
+            f"components/{step}/component.yaml is stale: run "
+            "`dpsynth pipeline compile-components`")
+    for doc, table in ((README, components_table()), (PIPELINE_DOC, parameters_table())):
+        assert table in doc.read_text(), (
+            f"the table in {doc.name} is stale: run `dpsynth pipeline compile-components`")
 
 
 def _parsed():
@@ -109,8 +143,83 @@ def test_fan_out_condition_and_plan_first():
                    for t in d.tasks.values())
 
 
-def test_component_replacement_must_name_a_step():
-    import pytest
+def test_the_run_form_shows_one_described_parameter_per_table_row():
+    spec, _ = _parsed()
+    params = spec.root.input_definitions.parameters
+    assert sorted(params) == sorted(p.name for p in PARAMETERS)
+    for p in PARAMETERS:
+        assert params[p.name].description == p.description, p.name
+    # The parameters go straight into plan: no task exists only to join override strings.
+    root_components = {t.component_ref.name for t in spec.root.dag.tasks.values()}
+    assert "comp-parameters" not in root_components
+    plan_inputs = spec.root.dag.tasks["plan"].inputs.parameters
+    assert {name: i.component_input_parameter for name, i in plan_inputs.items()} == \
+        {p.input_name: p.name for p in PARAMETERS}
 
+
+def test_the_pipeline_has_one_task_per_step_of_the_graph():
+    spec, k8s = _parsed()
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    names = {t.task_info.name for _, dag in _dags(spec) for t in dag.tasks.values()}
+    assert {n.replace("_", "-") for n in STEP_NAMES} <= names
+    cuda = {s.name.replace("_", "-") for s in STEPS if s.device == "cuda"}
+    for label, executor in executors.items():
+        step = label.removeprefix("exec-").rstrip("-0123456789")
+        assert executor["container"]["image"].endswith("-cuda" if step in cuda else "-cpu")
+    secret = {f"exec-{s.name.replace('_', '-')}" for s in STEPS if s.tracking}
+    assert {label for label, cfg in k8s.items() if cfg.secret_as_env} == secret
+
+
+def test_component_replacement_must_name_a_step():
     with pytest.raises(ValueError, match="unknown steps"):
         build_pipeline(components={"encoder": object()})
+
+
+@dsl.component(base_image="registry.example.org/theirs/synth:1")
+def fixed_synthesize(mixture: Input[Model], config: Input[Artifact],
+                     synthetic: Output[Dataset]):
+    """A replacement that takes and writes what the built-in does."""
+    from dpsynth import steps
+
+    steps.synthesize(mixture.path, synthetic.path, n=100)
+
+
+@dsl.component(base_image="registry.example.org/theirs/synth:1")
+def misfit_synthesize(mixture: Input[Model], seed: int, samples: Output[Dataset]):
+    """Does not take config, needs a seed the pipeline does not pass, writes no synthetic."""
+
+
+def _executor_images(path) -> dict[str, str]:
+    spec = next(yaml.safe_load_all(path.read_text()))
+    return {label: e["container"]["image"]
+            for label, e in spec["deploymentSpec"]["executors"].items()}
+
+
+def test_replacing_one_spec_file_swaps_the_component(tmp_path, default_images):
+    """A copy of components/ with synthesize/component.yaml replaced by a spec built
+    outside the package: the pipeline is assembled with it, its image kept."""
+    folder = tmp_path / "components"
+    shutil.copytree(COMPONENTS_DIR, folder)
+    compiler.Compiler().compile(fixed_synthesize, str(folder / "synthesize" / "component.yaml"))
+    package = tmp_path / "p.yaml"
+    compiler.Compiler().compile(build_pipeline(components_dir=folder), str(package))
+    images = _executor_images(package)
+    assert images["exec-synthesize"] == "registry.example.org/theirs/synth:1"
+    assert images["exec-fit-gmm"] == "ghcr.io/dpsynth/dpsynth:0.1.0-cpu"
+    assert "n=100" in package.read_text()
+    # The same through the compile option, leaving the folder as it is.
+    spec = tmp_path / "theirs.yaml"
+    compiler.Compiler().compile(fixed_synthesize, str(spec))
+    by_option = compile_pipeline(tmp_path / "q.yaml", components={"synthesize": spec})
+    assert by_option.read_text() == package.read_text()
+
+
+def test_a_replacement_that_does_not_fit_is_refused_naming_the_contract(tmp_path):
+    spec = tmp_path / "misfit.yaml"
+    compiler.Compiler().compile(misfit_synthesize, str(spec))
+    with pytest.raises(ValueError, match="synthesize") as info:
+        build_pipeline(components={"synthesize": spec})
+    message = str(info.value)
+    assert "does not take the inputs ['config']" in message
+    assert "requires inputs the pipeline does not pass: ['seed']" in message
+    assert "does not write the outputs ['synthetic']" in message

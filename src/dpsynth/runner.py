@@ -2,9 +2,15 @@
 
 Order matters for privacy: the configuration is validated and the plan built (no data),
 then the budget is checked and the run charged in one transaction of the ledger store
-(:mod:`dpsynth.privacy.ledger_store`), then its MLflow run is made, and only then is any
-private record read. Any failure before the charge leaves the data
-untouched; after it, tracking failures never stop the run (see :mod:`dpsynth.tracking`).
+(:func:`dpsynth.ledger_charge.charge_run`, which the pipeline's plan step calls too), then
+its MLflow run is made, and only then is any private record read. Any failure before the
+charge leaves the data untouched; after it, tracking failures never stop the run (see
+:mod:`dpsynth.tracking`).
+
+The steps run in the order of :data:`dpsynth.step_graph.STEPS`, each reading the
+artifacts the graph names and taking the configuration keys the graph lists; this module
+adds only what an in-process run does around them (output paths, MLflow step runs,
+``run.json``).
 """
 
 from __future__ import annotations
@@ -16,26 +22,24 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dpsynth import steps
 from dpsynth.config import RunConfig
-from dpsynth.data.store import write_json_atomic
-from dpsynth.preflight import check_decoding, preflight
-from dpsynth.privacy.ledger import BudgetCheck, BudgetExceededError, LedgerEntry
-from dpsynth.privacy.ledger_store import (
-    LedgerMirrorWarning,
-    LedgerStore,
-    LedgerUnavailableError,
-    mirror_problems,
-    open_ledger,
-)
-from dpsynth.privacy.plan import PrivacyPlan
-from dpsynth.tracking import Tracker, TrackingUnavailableError, flatten, resolve_tracking_uri
+from dpsynth.data.store import EmbeddingSet, write_json_atomic
+from dpsynth.ledger_charge import ChargedRun, charge_run, finish_run, numeric_metrics
+from dpsynth.preflight import preflight
+from dpsynth.privacy.ledger import BudgetCheck
+from dpsynth.step_graph import STEPS, Step
+from dpsynth.tracking import Tracker
+
+#: Re-exported: ``charge_run`` and ``finish_run`` live in :mod:`dpsynth.ledger_charge`.
+#: :func:`run` calls ``charge_run`` through this module, so patching ``runner.charge_run``
+#: reaches it.
+__all__ = ["ChargedRun", "RunFailedError", "RunResult", "charge_run", "finish_run", "run",
+           "summary"]
 
 
 @dataclass
@@ -49,146 +53,6 @@ class RunResult:
     tracking_error: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def _data_independent_seeds(config: RunConfig) -> dict[str, Any]:
-    return {"seed.model_random_state": config.model.random_state,
-            "seed.synthesize_random_state": config.synthesize.random_state,
-            "seed.evaluate_random_state": config.evaluate.random_state,
-            "seed.noise_seed": config.privacy.noise_seed}
-
-
-@dataclass
-class ChargedRun:
-    """A run that passed the budget check and is charged in the ledger: data may be read."""
-
-    tracker: Tracker
-    run_id: str
-    budget: BudgetCheck
-    plan_path: Path
-
-
-def charge_run(config: RunConfig, out_dir: Path, *,
-               echo: Callable[[str], None] = print) -> ChargedRun:
-    """Plan, check the budget and charge the run in the ledger store, then create its
-    MLflow run (which mirrors the charge in its tags).
-
-    Reads no private data. Refuses (BudgetExceededError, TrackingUnavailableError) before
-    writing anything into ``out_dir``; on success writes ``config.yaml``,
-    ``privacy_plan.json`` and ``privacy_ledger.json`` there and logs them with every
-    parameter. ``dpsynth run`` and the pipeline's plan step both start here. A charge once
-    made is kept, even if creating the MLflow run then fails.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"--out {out_dir} exists and is not a directory")
-    plan = steps.make_plan(config)
-    check_decoding(config)
-    dataset_id = config.data.ledger_id()
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    uri = resolve_tracking_uri(config.tracking.uri, out_dir)
-    tracker = Tracker(uri, config.tracking.experiment, artifact_root=out_dir / "mlartifacts")
-    tracker.open()
-    limit = config.privacy.budget
-    with open_ledger(config.privacy.ledger_uri) as ledger:
-        problems = _mirror_problems(ledger, tracker, dataset_id)
-        # One transaction checks and appends only if the charge fits: runs racing on one
-        # dataset are checked one after the other, so no charge is ever withdrawn.
-        budget = ledger.charge(LedgerEntry.from_plan(plan, dataset_id), limit.epsilon,
-                               limit.delta, private=plan.private)
-        budget = replace(budget, mirror_problems=tuple(problems))
-        if not budget.ok:
-            # Nothing is written: a refused run leaves an earlier run's outputs as they were.
-            raise BudgetExceededError(budget.message() + _mirror_note(problems, tracker.uri))
-        # ----- charged, for good: nothing below takes the charge back -----
-        run_id = _start_charged_run(tracker, config, plan, budget, ledger)
-        budget = _link_run(ledger, budget, run_id, tracker.uri, echo)
-    echo(budget.message())
-    if problems:
-        # The line says it; the warning carries every problem (`dpsynth run` prints it on
-        # stderr), and privacy_ledger.json keeps them.
-        echo(f"warning: the MLflow mirror of the privacy budget ledger disagrees with the "
-             f"ledger store ({len(problems)} problem(s), in privacy_ledger.json "
-             "mirror_problems); the store is the truth")
-        warnings.warn(_mirror_note(problems, tracker.uri).strip(), LedgerMirrorWarning,
-                      stacklevel=2)
-    write_json_atomic(out_dir / "privacy_ledger.json",
-                      {**budget.to_dict(), "ledger_uri": ledger.uri})
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))
-    plan_path = out_dir / steps.PLAN_FILE
-    write_json_atomic(plan_path, plan.to_dict())
-    tracker.log_params(run_id, {**flatten(config.to_yaml_dict(), "config."),
-                                **_data_independent_seeds(config),
-                                "dataset_id": dataset_id, "encoder": config.encoder.name},
-                       what="run parameters")
-    tracker.log_params(run_id, _plan_params(plan.to_dict()), what="privacy plan parameters")
-    for name in ("config.yaml", "privacy_ledger.json", steps.PLAN_FILE):
-        tracker.log_artifact(run_id, out_dir / name)
-    return ChargedRun(tracker, run_id, budget, plan_path)
-
-
-def _mirror_problems(ledger: LedgerStore, tracker: Tracker, dataset_id: str) -> list[str]:
-    """Compare the ledger store with its MLflow mirror (read between two store reads:
-    see :func:`mirror_problems`). An unreadable mirror is a problem to report, not a
-    reason to refuse: the store is the truth."""
-    before = ledger.history(dataset_id)
-    try:
-        mirror = tracker.ledger_entries(dataset_id)
-    except TrackingUnavailableError as exc:
-        return [f"the mirror could not be read, so it was not compared ({exc})"]
-    return mirror_problems(before, mirror, ledger.history(dataset_id), tracker.uri)
-
-
-def _mirror_note(problems: list[str], tracking_uri: str) -> str:
-    if not problems:
-        return ""
-    return (f" The MLflow mirror of the privacy budget ledger at {tracking_uri} disagrees "
-            "with the ledger store (the store is the truth; every charge in it is counted): "
-            + "; ".join(problems) + ".")
-
-
-def _start_charged_run(tracker: Tracker, config: RunConfig, plan: PrivacyPlan,
-                       budget: BudgetCheck, ledger: LedgerStore) -> str:
-    """The MLflow run of a charged run, its tags mirroring the ledger entry."""
-    charge = replace(LedgerEntry.from_plan(plan, budget.dataset_id),
-                     charge_id=budget.charge_id)
-    try:
-        return tracker.start_run(config.name, {
-            "dpsynth.dataset_id": budget.dataset_id, "dpsynth.encoder": config.encoder.name,
-            "dpsynth.private": str(plan.private).lower(),
-            "dpsynth.noise_seeded": str(plan.noise_seeded).lower()}, ledger_entry=charge)
-    except TrackingUnavailableError as exc:
-        raise TrackingUnavailableError(
-            f"{exc}. Nothing was read, but the privacy budget was already charged (ledger "
-            f"charge {budget.charge_id} at {ledger.uri}, eps = {budget.requested:.3g} on "
-            f"{budget.dataset_id!r}) and the charge is kept: charges are never "
-            "withdrawn.") from None
-
-
-def _link_run(ledger: LedgerStore, budget: BudgetCheck, run_id: str, tracking_uri: str,
-              echo: Callable[[str], None]) -> BudgetCheck:
-    """Append the charge -> MLflow run link; a failure loses only that link (the charge
-    is made and counted), so it is reported, not fatal."""
-    try:
-        ledger.link_run(budget.charge_id, budget.dataset_id, run_id, tracking_uri)
-    except LedgerUnavailableError as exc:
-        echo(f"warning: {exc}. Ledger charge {budget.charge_id} is counted but not linked "
-             f"to MLflow run {run_id}.")
-    mark = budget.nonprivate
-    if mark is not None and mark.new:
-        budget = replace(budget, nonprivate=replace(mark, run_id=run_id))
-    return budget
-
-
-def finish_run(tracker: Tracker, run_id: str, metrics: dict[str, Any] | None,
-               metrics_file: Path | None) -> None:
-    """Log the final metrics to the parent run and close it (best effort)."""
-    if metrics is not None:
-        tracker.log_metrics(run_id, _numeric(metrics), what="metrics")
-    if metrics_file is not None:
-        tracker.log_artifact(run_id, metrics_file)
-    tracker.end_run(run_id, "FINISHED" if metrics is not None else "FAILED")
 
 
 class RunFailedError(RuntimeError):
@@ -323,25 +187,6 @@ def run(config: RunConfig, out_dir: Path, *, progress: bool = True,
     return res
 
 
-def _plan_params(plan: dict[str, Any]) -> dict[str, Any]:
-    out = {f"plan.{k}": plan[k] for k in ("target_epsilon", "epsilon", "epsilon_rdp", "delta",
-                                           "noise_scale", "private", "noise_seeded")}
-    for r in plan["releases"]:
-        out[f"plan.{r['name']}.sigma"] = r["sigma"]
-        out[f"plan.{r['name']}.sensitivity"] = r["sensitivity"]
-        out[f"plan.{r['name']}.repetitions"] = r["repetitions"]
-    return out
-
-
-def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    out = {k: v for k, v in metrics.items() if isinstance(v, int | float)
-           and not isinstance(v, bool)}
-    for prefix in ("per_class_accuracy", "nonprivate_per_class_accuracy"):
-        for c, v in (metrics.get(prefix) or {}).items():
-            out[f"{prefix}.{c}"] = v
-    return out
-
-
 @contextlib.contextmanager
 def _step(tracker: Tracker, name: str) -> Iterator[str | None]:
     with tracker.step(name) as run_id, warnings.catch_warnings():
@@ -350,68 +195,125 @@ def _step(tracker: Tracker, name: str) -> Iterator[str | None]:
         yield run_id
 
 
-def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
-               progress: bool, state: _Progress) -> dict[str, Any]:
-    outputs = state.outputs
-    state.begin("plan")
-    with _step(tracker, "plan") as rid:
-        tracker.log_artifact(rid, plan_path)
-    state.begin("encode")
-    with _step(tracker, "encode") as rid:
-        private_dir = None if config.encoder.cache else out / "private" / "train-embeddings"
-        test_dir = None if config.encoder.cache else out / "private" / "test-embeddings"
-        train = steps.encode(config, "train", private_dir, progress=progress)
-        test = steps.encode(config, "test", test_dir, progress=progress)
-        tracker.log_params(rid, {"encoder": train.encoder, "embedding_dim": train.dim,
+@dataclass
+class _InProcess:
+    """An in-process walk of the step graph: the artifacts written so far, by graph name
+    (EmbeddingSets, folders, files; ``config`` is the RunConfig itself)."""
+
+    config: RunConfig
+    out: Path
+    tracker: Tracker
+    progress: bool
+    outputs: dict[str, str]
+    artifacts: dict[str, Any]
+    metrics: dict[str, Any] | None = None
+
+    def input(self, step: Step, name: str) -> Any:
+        return self.artifacts[step.inputs[name]]
+
+    def path(self, step: Step, name: str) -> Path:
+        value = self.input(step, name)
+        return value.path if isinstance(value, EmbeddingSet) else value
+
+    def write(self, step: Step, name: str, value: Any, split: str | None = None) -> None:
+        self.artifacts[step.produced(split)[name]] = value
+
+
+def _plan(run: _InProcess, step: Step, rid: str | None) -> None:
+    # charge_run planned and charged before any step: the step run holds its plan.
+    run.tracker.log_artifact(rid, run.artifacts["privacy_plan"])
+
+
+def _encode(run: _InProcess, step: Step, rid: str | None) -> None:
+    config, sets = run.input(step, "config"), {}
+    for split in step.splits:
+        # Without the cache the sets are written under --out, marked private.
+        private = None if config.encoder.cache else run.out / "private" / f"{split}-embeddings"
+        sets[split] = steps.encode(config, split, private, progress=run.progress)
+        run.write(step, "embeddings", sets[split], split)
+    train, test = sets["train"], sets["test"]
+    run.tracker.log_params(rid, {"encoder": train.encoder, "embedding_dim": train.dim,
                                  "dataset_id": train.manifest["dataset_id"],
                                  "test_dataset_id": test.manifest["dataset_id"],
                                  "n_test": test.count}, what="encode parameters")
-        outputs["train_embeddings (private)"] = str(train.path)
-        outputs["test_embeddings"] = str(test.path)
-    state.begin("dp_cluster")
-    with _step(tracker, "dp_cluster") as rid:
-        clusters = steps.dp_cluster(train.path, plan_path, out / "clusters")
-        tracker.log_artifact(rid, clusters, "clusters")
-        outputs["clusters"] = str(clusters)
-    state.begin("fit_gmm")
-    with _step(tracker, "fit_gmm") as rid:
-        mixture = steps.fit_gmm(train.path, clusters, plan_path, out / "mixture")
-        tracker.log_artifact(rid, mixture, "mixture")
-        outputs["mixture"] = str(mixture)
-    s = config.synthesize
-    state.begin("synthesize")
-    with _step(tracker, "synthesize") as rid:
-        synthetic = steps.synthesize(mixture, out / "synthetic", n=s.n,
-                                     class_balance=s.class_balance,
-                                     random_state=s.random_state, shard_rows=s.shard_rows)
-        tracker.log_params(rid, {"n": s.n, "class_balance": s.class_balance,
-                                 "random_state": s.random_state}, what="synthesize parameters")
-        outputs["synthetic_embeddings"] = str(synthetic.path)
-    decoded = None
-    if config.decode.enabled is not False:
-        state.begin("decode")
-        with _step(tracker, "decode") as rid:
-            decoded = steps.decode(synthetic.path, out / "decoded",
-                                   per_class=config.decode.per_class,
-                                   decoder=config.decode.decoder, options=config.decode.options)
-            if decoded is None and config.decode.enabled:
-                raise ValueError(f"decode.enabled is true but encoder {synthetic.encoder!r} "
-                                 "has no decoder")
-            if decoded is not None:
-                tracker.log_artifact(rid, decoded / "grid.png", "decoded")
-                outputs["decoded_grid"] = str(decoded / "grid.png")
-    state.begin("evaluate")
-    with _step(tracker, "evaluate") as rid:
-        ev_dir = out / "evaluation"
-        metrics = steps.evaluate_run(synthetic.path, test.path, ev_dir, config,
-                                     train_dir=train.path, plan_path=plan_path,
-                                     decoded_dir=decoded, progress=progress)
-        tracker.log_metrics(rid, _numeric(metrics), what="evaluate metrics")
-        tracker.log_artifact(rid, ev_dir, "evaluation")
-        outputs.update(report=str(ev_dir / "report.html"), plots=str(ev_dir / "plots"))
+    run.outputs["train_embeddings (private)"] = str(train.path)
+    run.outputs["test_embeddings"] = str(test.path)
+
+
+def _dp_cluster(run: _InProcess, step: Step, rid: str | None) -> None:
+    clusters = steps.dp_cluster(run.path(step, "embeddings"), run.path(step, "privacy_plan"),
+                                run.out / "clusters")
+    run.tracker.log_artifact(rid, clusters, "clusters")
+    run.outputs["clusters"] = str(clusters)
+    run.write(step, "clusters", clusters)
+
+
+def _fit_gmm(run: _InProcess, step: Step, rid: str | None) -> None:
+    mixture = steps.fit_gmm(run.path(step, "embeddings"), run.path(step, "clusters"),
+                            run.path(step, "privacy_plan"), run.out / "mixture")
+    run.tracker.log_artifact(rid, mixture, "mixture")
+    run.outputs["mixture"] = str(mixture)
+    run.write(step, "mixture", mixture)
+
+
+def _synthesize(run: _InProcess, step: Step, rid: str | None) -> None:
+    kwargs = step.kwargs(run.input(step, "config"))
+    synthetic = steps.synthesize(run.path(step, "mixture"), run.out / "synthetic", **kwargs)
+    run.tracker.log_params(rid, {k: kwargs[k] for k in ("n", "class_balance", "random_state")},
+                           what="synthesize parameters")
+    run.outputs["synthetic_embeddings"] = str(synthetic.path)
+    run.write(step, "synthetic", synthetic)
+
+
+def _decode(run: _InProcess, step: Step, rid: str | None) -> None:
+    config, synthetic = run.input(step, "config"), run.input(step, "synthetic")
+    decoded = steps.decode(synthetic.path, run.out / "decoded", **step.kwargs(config))
+    if decoded is None and config.decode.enabled:
+        raise ValueError(f"decode.enabled is true but encoder {synthetic.encoder!r} "
+                         "has no decoder")
+    if decoded is not None:
+        run.tracker.log_artifact(rid, decoded / "grid.png", "decoded")
+        run.outputs["decoded_grid"] = str(decoded / "grid.png")
+        run.write(step, "decoded", decoded)
+
+
+def _evaluate(run: _InProcess, step: Step, rid: str | None) -> None:
+    ev_dir = run.out / "evaluation"
+    present = {kw: run.artifacts[art] for kw, art in step.reads_if_present.items()
+               if art in run.artifacts}
+    metrics = steps.evaluate_run(run.path(step, "synthetic"), run.path(step, "test"), ev_dir,
+                                 run.input(step, "config"), train_dir=run.path(step, "train"),
+                                 plan_path=run.path(step, "privacy_plan"),
+                                 progress=run.progress, **present)
+    run.tracker.log_metrics(rid, numeric_metrics(metrics), what="evaluate metrics")
+    run.tracker.log_artifact(rid, ev_dir, "evaluation")
+    run.outputs.update(report=str(ev_dir / "report.html"), plots=str(ev_dir / "plots"))
+    run.write(step, "evaluation", ev_dir)
+    run.metrics = metrics
+
+
+#: What ``dpsynth run`` does for each step of the graph (paths under --out, MLflow).
+_IN_PROCESS: dict[str, Callable[[_InProcess, Step, str | None], None]] = {
+    "plan": _plan, "encode": _encode, "dp_cluster": _dp_cluster, "fit_gmm": _fit_gmm,
+    "synthesize": _synthesize, "decode": _decode, "evaluate": _evaluate}
+assert set(_IN_PROCESS) == {s.name for s in STEPS}, "every step of the graph runs in-process"
+
+
+def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
+               progress: bool, state: _Progress) -> dict[str, Any]:
+    """Walk the step graph in its order; the plan was charged before (``charge_run``)."""
+    run = _InProcess(config, out, tracker, progress, state.outputs,
+                     {"config": config, "privacy_plan": plan_path})
+    for step in STEPS:
+        if not step.enabled(config):
+            continue
+        state.begin(step.name)
+        with _step(tracker, step.name) as rid:
+            _IN_PROCESS[step.name](run, step, rid)
+    metrics = run.metrics
     # metrics.json at the top of the output too: the one file a script reads.
     write_json_atomic(out / "metrics.json", metrics)
-    outputs["metrics"] = str(out / "metrics.json")
+    state.outputs["metrics"] = str(out / "metrics.json")
     state.begin(None)
     return metrics
 

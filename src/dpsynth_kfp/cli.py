@@ -26,6 +26,10 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a conf
                                                   "(key=value, repeatable).")]
 ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="Pipeline parameter "
                                                     "name=value (repeatable; value is YAML).")]
+ComponentOpt = Annotated[list[str] | None, typer.Option(
+    "--component", help="Replace a step's component: step=path/to/component.yaml "
+    "(repeatable). The spec must take the step's inputs and write its outputs "
+    "(components/README.md).")]
 
 
 def _fail(message: str) -> None:
@@ -33,19 +37,53 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _components(specs: list[str] | None) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for text in specs or []:
+        step, sep, path = text.partition("=")
+        if not sep or not step or not path:
+            _fail(f"--component expects step=path/to/component.yaml, got {text!r}")
+        if not Path(path).is_file():
+            _fail(f"--component {text!r}: {path} does not exist")
+        out[step] = Path(path)
+    return out
+
+
 @app.command("compile")
 def compile_(
     output: Annotated[Path, typer.Option("--output", "-o")] = DEFAULT_PACKAGE,
     encode_parts: Annotated[int, typer.Option(help="Encode fan-out width.")] = 4,
+    component: ComponentOpt = None,
 ) -> None:
-    """Compile the pipeline to YAML (the committed file is pipelines/dpsynth_pipeline.yaml).
+    """Compile the pipeline to YAML (the committed file is pipelines/dpsynth_pipeline.yaml),
+    assembled from the component specs components/<step>/component.yaml.
 
     Images: $DPSYNTH_IMAGE_REGISTRY and $DPSYNTH_IMAGE_TAG (default ghcr.io/dpsynth, 0.1.0).
     """
     from dpsynth_kfp.compile import compile_pipeline
 
-    compile_pipeline(output, encode_parts=encode_parts)
+    try:
+        compile_pipeline(output, encode_parts=encode_parts, components=_components(component))
+    except ValueError as exc:  # a replacement that does not fit, an unknown step
+        _fail(str(exc))
     typer.echo(f"wrote {output}")
+
+
+@app.command("compile-components")
+def compile_components_(
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Folder for <step>/component.yaml (default: the "
+        "repository's components/; then the tables in components/README.md and "
+        "docs/pipeline.md are refreshed too).")] = None,
+) -> None:
+    """Compile each built-in component to its own spec, <folder>/<step>/component.yaml."""
+    from dpsynth_kfp.compile import COMPONENTS_DIR, write_components
+
+    if output is None:
+        written = write_components(COMPONENTS_DIR)
+    else:
+        written = write_components(output, docs=False)
+    typer.echo("wrote " + ", ".join(str(p) for p in written))
 
 
 @app.command("run-local")
@@ -55,6 +93,7 @@ def run_local(
     pipeline_root: Annotated[Path, typer.Option(help="Where the local runner keeps every "
                                                 "task's outputs.")] = Path("kfp-local"),
     encode_parts: Annotated[int, typer.Option(help="Encode fan-out width.")] = 2,
+    component: ComponentOpt = None,
 ) -> None:
     """Run the whole pipeline on this machine with kfp's SubprocessRunner (no cluster)."""
     from dpsynth.config import ConfigError, load_config
@@ -64,8 +103,12 @@ def run_local(
         cfg = load_config(config, set_ or [])
     except ConfigError as exc:
         _fail(str(exc))
+    replacements = _components(component)
     try:
-        result = run_pipeline_locally(cfg, pipeline_root, encode_parts=encode_parts)
+        result = run_pipeline_locally(cfg, pipeline_root, encode_parts=encode_parts,
+                                      components=replacements)
+    except ValueError as exc:  # a replacement that does not fit, an unknown step
+        _fail(str(exc))
     except RuntimeError as exc:  # kfp.local: a task failed; its log is printed above
         _fail(f"{exc} (each task's log is above; outputs under {pipeline_root})")
     typer.echo(json.dumps({k: result["metrics"][k] for k in

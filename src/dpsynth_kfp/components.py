@@ -1,19 +1,28 @@
-"""One Kubeflow Pipelines (v2) component per step: thin, typed bindings of artifacts to
-``dpsynth.steps``. No logic lives here beyond binding; everything a component does is a
-call into the library, so the in-process ``dpsynth run`` and the pipeline share one code
-path (see docs/pipeline.md).
+"""One Kubeflow Pipelines (v2) component per step of :data:`dpsynth.step_graph.STEPS`:
+thin, typed bindings of artifacts to ``dpsynth.steps``. No logic lives here beyond binding;
+everything a component does is a call into the library, so the in-process ``dpsynth run``
+and the pipeline share one code path (see docs/pipeline.md).
 
-Components run in the images built from ``components/Dockerfile.cpu`` and
-``components/Dockerfile.cuda``; ``DPSYNTH_IMAGE_REGISTRY`` and ``DPSYNTH_IMAGE_TAG`` name
-them at compile time (one registry and tag for all).
+Each component is defined at module level and compiled to its own spec,
+``components/<step>/component.yaml`` (``dpsynth pipeline compile-components``); the
+pipeline is assembled from those files (:func:`load_step`), so replacing one file swaps
+the component. The specs name the default images (:data:`DEFAULT_IMAGES`);
+``DPSYNTH_IMAGE_REGISTRY`` and ``DPSYNTH_IMAGE_TAG`` re-point them when the pipeline is
+compiled (one registry and tag for all). The images are built from
+``components/Dockerfile.cpu`` and ``components/Dockerfile.cuda``.
 
 Lightweight components ship their function source to the pod, so every import is inside
-the function body.
+the function body. The descriptions of the inputs (``Args:``) and of the outputs
+(``Returns:``, kfp's convention) go into the specs.
 """
 
+import linecache
 import os
+import tempfile
+from pathlib import Path
 
-from kfp import dsl
+import yaml
+from kfp import compiler, components, dsl
 from kfp.dsl import (
     HTML,
     Artifact,
@@ -25,188 +34,308 @@ from kfp.dsl import (
     Model,
     Output,
 )
+from kfp.dsl.base_component import BaseComponent
+
+from dpsynth.step_graph import STEP_NAMES
+from dpsynth.step_graph import step as graph_step
+from dpsynth_kfp.parameters import PARAMETERS
 
 DEFAULT_REGISTRY = "ghcr.io/dpsynth"
 DEFAULT_TAG = "0.1.0"
+#: Where the committed specs live: ``components/<step>/component.yaml``.
+COMPONENTS_DIR = Path(__file__).resolve().parents[2] / "components"
+SPEC_FILE = "component.yaml"
 
 
-def image(kind: str) -> str:
-    """The container image of ``kind`` ("cpu" or "cuda") from the configured registry/tag."""
-    registry = os.environ.get("DPSYNTH_IMAGE_REGISTRY", DEFAULT_REGISTRY).rstrip("/")
-    tag = os.environ.get("DPSYNTH_IMAGE_TAG", DEFAULT_TAG)
-    return f"{registry}/dpsynth:{tag}-{kind}"
+def image(kind: str, registry: str | None = None, tag: str | None = None) -> str:
+    """The container image of ``kind`` ("cpu" or "cuda"); registry and tag default to
+    $DPSYNTH_IMAGE_REGISTRY and $DPSYNTH_IMAGE_TAG, else ghcr.io/dpsynth and 0.1.0."""
+    registry = (registry or os.environ.get("DPSYNTH_IMAGE_REGISTRY", DEFAULT_REGISTRY))
+    tag = tag or os.environ.get("DPSYNTH_IMAGE_TAG", DEFAULT_TAG)
+    return f"{registry.rstrip('/')}/dpsynth:{tag}-{kind}"
 
 
-def define_components() -> dict[str, object]:
-    """Build the components now (so the image env vars are read at compile time)."""
-    cpu, cuda = image("cpu"), image("cuda")
+#: The images the component specs name ("cpu" or "cuda", as the step graph's device).
+DEFAULT_IMAGES = {kind: image(kind, DEFAULT_REGISTRY, DEFAULT_TAG) for kind in ("cpu", "cuda")}
+CPU, CUDA = DEFAULT_IMAGES["cpu"], DEFAULT_IMAGES["cuda"]
 
-    @dsl.component(base_image=cpu)
-    def plan(config_yaml: str, overrides: list, config: Output[Artifact],
-             privacy_plan: Output[Artifact], ledger: Output[Markdown]) -> str:
-        """Validate the configuration, build the privacy plan and check and charge the
-        dataset's budget in the ledger. Reads no private data; a refusal fails the
-        pipeline here, before any encode task starts. Returns the MLflow run id."""
-        import os
-        import shutil
-        import tempfile
-        from pathlib import Path
 
-        import yaml
+# ------------------------------------------------------------------------------ plan
+def _plan_component() -> BaseComponent:
+    """The plan component, its inputs generated from the parameter table
+    (:data:`dpsynth_kfp.parameters.PARAMETERS`) so that they are written once. The shipped
+    function only forwards its arguments to :func:`dpsynth_kfp.plan_task.run`."""
+    inputs = "".join(f"    {p.input_name}: {p.type.__name__} = {p.default!r},\n"
+                     for p in PARAMETERS)
+    args = "".join(f"        {p.input_name}: {p.description}\n" for p in PARAMETERS)
+    source = (
+        "def plan(\n"
+        "    config: Output[Artifact],\n"
+        "    privacy_plan: Output[Artifact],\n"
+        "    ledger: Output[Markdown],\n"
+        f"{inputs}"
+        ") -> str:\n"
+        f'    """{graph_step("plan").summary}\n\n'
+        "    A refusal fails the pipeline here, before any encode task starts. The\n"
+        "    parameters are applied to config_yaml as config overrides\n"
+        "    (dpsynth_kfp.parameters), then overrides.\n\n"
+        "    Args:\n"
+        f"{args}\n"
+        "    Returns:\n"
+        "        config: The validated configuration, the parameters applied (YAML).\n"
+        "        privacy_plan: privacy_plan.json: every noisy release and its noise.\n"
+        "        ledger: The budget check, for the Kubeflow UI.\n"
+        "        Output: The MLflow run id that the evaluate task logs to.\n"
+        '    """\n'
+        "    from dpsynth_kfp.plan_task import run\n\n"
+        "    return run(**locals())\n")
+    # kfp ships the function's source (inspect.getsource): give it a file name to read.
+    filename = "<dpsynth_kfp.components.plan>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace = {"__name__": __name__, "Output": Output, "Artifact": Artifact,
+                 "Markdown": Markdown}
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own template
+    return dsl.component(base_image=CPU)(namespace["plan"])
 
-        from dpsynth.config import load_config_text
-        from dpsynth.runner import charge_run
 
-        cfg = load_config_text(config_yaml, list(overrides))
-        if not (cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")):
-            raise ValueError("no MLflow tracking store: set the pipeline parameter mlflow_uri "
-                             "or the dpsynth-mlflow secret. The privacy budget ledger needs a "
-                             "store that every run of this pipeline shares.")
-        if not (cfg.privacy.ledger_uri or os.environ.get("DPSYNTH_LEDGER_URI")):
-            # The default ledger is a file in the user's home: in a pod it would vanish
-            # with the pod, and every run would find a fresh budget.
-            raise ValueError("no privacy budget ledger: set DPSYNTH_LEDGER_URI in the "
-                             "dpsynth-mlflow secret (or privacy.ledger_uri in the config) to "
-                             "the PostgreSQL ledger that every run shares (see README).")
-        work = Path(tempfile.mkdtemp())
-        charged = charge_run(cfg, work)
-        # Later steps log to the same store: pin the resolved URI into the config.
-        resolved = cfg.to_yaml_dict()
-        resolved["tracking"]["uri"] = charged.tracker.uri
-        Path(config.path).write_text(yaml.safe_dump(resolved, sort_keys=False))
-        shutil.copyfile(charged.plan_path, privacy_plan.path)
-        budget = charged.budget.to_dict()
-        Path(ledger.path).write_text(
-            "# Privacy budget\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in budget.items()))
-        return charged.run_id
+plan = _plan_component()
 
-    @dsl.component(base_image=cuda)
-    def encode(config: Input[Artifact], split: str, part: int, parts: int,
-               embeddings: Output[Dataset]):
-        """Encode part ``part`` of ``parts`` of a split into an EmbeddingSet."""
-        from pathlib import Path
 
-        from dpsynth import steps
-        from dpsynth.config import load_config
+# ---------------------------------------------------------------------------- encode
+@dsl.component(base_image=CUDA)
+def encode(config: Input[Artifact], split: str, part: int, parts: int,
+           embeddings: Output[Dataset]):
+    """Encode part ``part`` of ``parts`` of a split into an EmbeddingSet (private).
 
-        es = steps.encode(load_config(config.path), split, Path(embeddings.path), part=part,
-                          parts=parts, progress=False)
-        embeddings.metadata.update(encoder=es.encoder, dim=es.dim, part=part, parts=parts)
+    Args:
+        config: The run configuration that the plan task wrote.
+        split: "train" or "test".
+        part: Which part of the split's shards, from 0.
+        parts: How many parts the split is encoded in (a public, compile-time width).
 
-    @dsl.component(base_image=cpu)
-    def dp_cluster(embeddings: Input[list[Dataset]], privacy_plan: Input[Artifact],
-                   clusters: Output[Model]):
-        """DP subspace, class counts and sums, DP k-means centres (DP releases)."""
-        from dpsynth import steps
+    Returns:
+        embeddings: The EmbeddingSet of this part (docs/formats.md).
+    """
+    from pathlib import Path
 
-        steps.dp_cluster([e.path for e in embeddings], privacy_plan.path, clusters.path)
+    from dpsynth import steps
+    from dpsynth.config import load_config
 
-    @dsl.component(base_image=cpu)
-    def fit_gmm(embeddings: Input[list[Dataset]], clusters: Input[Model],
-                privacy_plan: Input[Artifact], mixture: Output[Model]):
-        """DP mixture release given the clusters."""
-        from dpsynth import steps
+    es = steps.encode(load_config(config.path), split, Path(embeddings.path), part=part,
+                      parts=parts, progress=False)
+    embeddings.metadata.update(encoder=es.encoder, dim=es.dim, part=part, parts=parts)
 
-        steps.fit_gmm([e.path for e in embeddings], clusters.path, privacy_plan.path,
-                      mixture.path)
 
-    @dsl.component(base_image=cpu)
-    def synthesize(mixture: Input[Model], config: Input[Artifact], synthetic: Output[Dataset]):
-        """Sample the synthetic EmbeddingSet (post-processing)."""
-        from dpsynth import steps
-        from dpsynth.config import load_config
+# ------------------------------------------------------------------------ dp_cluster
+@dsl.component(base_image=CPU)
+def dp_cluster(embeddings: Input[list[Dataset]], privacy_plan: Input[Artifact],
+               clusters: Output[Model]):
+    """DP subspace, class counts and sums, DP k-means centres (DP releases).
 
-        s = load_config(config.path).synthesize
-        es = steps.synthesize(mixture.path, synthetic.path, n=s.n,
-                              class_balance=s.class_balance, random_state=s.random_state,
-                              shard_rows=s.shard_rows)
-        synthetic.metadata.update(count=es.count, **es.manifest["provenance"])
+    Args:
+        embeddings: The training EmbeddingSet's parts, in order.
+        privacy_plan: The plan that sets every release's noise.
 
-    @dsl.component(base_image=cuda)
-    def decode(synthetic: Input[Dataset], config: Input[Artifact], decoded: Output[Artifact],
-               preview: Output[HTML]):
-        """Decode synthetic samples per class; an HTML preview of the grid for the UI."""
-        import base64
-        from pathlib import Path
+    Returns:
+        clusters: A saved clusters-stage synthesizer (DP releases).
+    """
+    from dpsynth import steps
 
-        from dpsynth import steps
-        from dpsynth.config import load_config
+    steps.dp_cluster([e.path for e in embeddings], privacy_plan.path, clusters.path)
 
-        d = load_config(config.path).decode
-        out = steps.decode(synthetic.path, decoded.path, per_class=d.per_class,
-                           decoder=d.decoder, options=d.options)
-        if out is None:
-            Path(preview.path).write_text("<p>This encoder has no decoder.</p>")
-            return
-        data = base64.b64encode((out / "grid.png").read_bytes()).decode()
-        Path(preview.path).write_text(
-            f"<h3>Decoded DP synthetic samples</h3><img src='data:image/png;base64,{data}'>")
 
-    @dsl.component(base_image=cpu)
-    def parameters(dataset: str, train_dir: str, test_dir: str, image_size: int,
-                   encoder: str, epsilon: float, delta: float, components_per_class: int,
-                   n_samples: int, decode: bool, mlflow_uri: str, dataset_id: str,
-                   noise_seed: int, extra_overrides: list) -> list:
-        """The pipeline parameters as ``key=value`` config overrides (pure data). They are
-        applied after ``config_yaml``, so a parameter wins over the same key there."""
-        out = [f"data.source={dataset}", f"encoder.name={encoder}",
-               f"privacy.epsilon={epsilon}", f"privacy.delta={delta}",
-               f"model.components_per_class={components_per_class}",
-               f"synthesize.n={n_samples}", f"decode.enabled={str(decode).lower()}"]
-        if train_dir:
-            out += [f"data.train_dir={train_dir}", f"data.test_dir={test_dir}"]
-        if image_size:
-            out.append(f"data.image_size={image_size}")
-        if mlflow_uri:
-            out.append(f"tracking.uri={mlflow_uri}")
-        if dataset_id:
-            out.append(f"data.dataset_id={dataset_id}")
-        if noise_seed >= 0:
-            out.append(f"privacy.noise_seed={noise_seed}")
-        return out + list(extra_overrides)
+# --------------------------------------------------------------------------- fit_gmm
+@dsl.component(base_image=CPU)
+def fit_gmm(embeddings: Input[list[Dataset]], clusters: Input[Model],
+            privacy_plan: Input[Artifact], mixture: Output[Model]):
+    """DP mixture release given the clusters.
 
-    @dsl.component(base_image=cpu)
-    def evaluate(synthetic: Input[Dataset], test: Input[Dataset],
-                 train: Input[list[Dataset]], privacy_plan: Input[Artifact],
-                 config: Input[Artifact], run_id: str, evaluation: Output[Artifact],
-                 metrics: Output[Metrics], classification: Output[ClassificationMetrics],
-                 report: Output[HTML], summary: Output[Markdown]):
-        """MLP on synthetic data, scored on the real test set; metrics to the KFP UI and
-        to the MLflow run that the plan step charged."""
-        import shutil
-        from pathlib import Path
+    Args:
+        embeddings: The training EmbeddingSet's parts, in order.
+        clusters: dp_cluster's output.
+        privacy_plan: The plan that sets every release's noise.
 
-        from dpsynth import steps
-        from dpsynth.config import load_config
-        from dpsynth.runner import finish_run
-        from dpsynth.tracking import Tracker
+    Returns:
+        mixture: The saved mixture (DP releases).
+    """
+    from dpsynth import steps
 
-        cfg = load_config(config.path)
-        out = Path(evaluation.path)
-        m = steps.evaluate_run(synthetic.path, test.path, out, cfg,
-                               train_dir=[t.path for t in train],
-                               plan_path=privacy_plan.path, progress=False)
-        for key in ("accuracy", "nonprivate_accuracy", "frechet_distance_to_test",
-                    "image_level_accuracy"):
-            if m.get(key) is not None:
-                metrics.log_metric(key, m[key])
-        metrics.log_metric("epsilon", float(m["epsilon"]) if m["private"] else -1.0)
-        metrics.log_metric("delta", m["delta"])
-        classification.log_confusion_matrix(m["class_names"], m["confusion_matrix"])
-        shutil.copyfile(out / "report.html", report.path)
-        lines = [f"- **accuracy (synthetic-trained MLP)**: {100 * m['accuracy']:.1f}%",
-                 f"- **guarantee**: (eps={m['epsilon']}, delta={m['delta']})"
-                 + ("" if m["private"] else " NOT PRIVATE")]
-        if m.get("nonprivate_accuracy") is not None:
-            lines.append(f"- **non-private ceiling**: {100 * m['nonprivate_accuracy']:.1f}% "
-                         "(not covered by the guarantee)")
-        Path(summary.path).write_text("# dpsynth\n\n" + "\n".join(lines) + "\n")
-        tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment).open()
-        tracker.log_artifact(run_id, out, "evaluation")
-        finish_run(tracker, run_id, m, out / "metrics.json")
-        if tracker.not_logged:
-            print(f"not logged to MLflow ({tracker.error}): {tracker.not_logged}")
+    steps.fit_gmm([e.path for e in embeddings], clusters.path, privacy_plan.path,
+                  mixture.path)
 
-    return {"parameters": parameters, "plan": plan, "encode": encode,
-            "dp_cluster": dp_cluster, "fit_gmm": fit_gmm, "synthesize": synthesize,
-            "decode": decode, "evaluate": evaluate}
+
+# ------------------------------------------------------------------------ synthesize
+@dsl.component(base_image=CPU)
+def synthesize(mixture: Input[Model], config: Input[Artifact], synthetic: Output[Dataset]):
+    """Sample the synthetic EmbeddingSet (post-processing).
+
+    Args:
+        mixture: fit_gmm's output.
+        config: The run configuration (its synthesize section).
+
+    Returns:
+        synthetic: The synthetic EmbeddingSet (docs/formats.md).
+    """
+    from dpsynth import steps
+    from dpsynth.config import load_config
+    from dpsynth.step_graph import step
+
+    es = steps.synthesize(mixture.path, synthetic.path,
+                          **step("synthesize").kwargs(load_config(config.path)))
+    synthetic.metadata.update(count=es.count, **es.manifest["provenance"])
+
+
+# ---------------------------------------------------------------------------- decode
+@dsl.component(base_image=CUDA)
+def decode(synthetic: Input[Dataset], config: Input[Artifact], decoded: Output[Artifact],
+           preview: Output[HTML]):
+    """Decode synthetic samples per class; an HTML preview of the grid for the UI.
+
+    Args:
+        synthetic: The synthetic EmbeddingSet.
+        config: The run configuration (its decode section).
+
+    Returns:
+        decoded: images.npy, labels.npy and grid.png.
+        preview: The grid, for the Kubeflow UI.
+    """
+    import base64
+    from pathlib import Path
+
+    from dpsynth import steps
+    from dpsynth.config import load_config
+    from dpsynth.step_graph import step
+
+    out = steps.decode(synthetic.path, decoded.path,
+                       **step("decode").kwargs(load_config(config.path)))
+    if out is None:
+        Path(preview.path).write_text("<p>This encoder has no decoder.</p>")
+        return
+    data = base64.b64encode((out / "grid.png").read_bytes()).decode()
+    Path(preview.path).write_text(
+        f"<h3>Decoded DP synthetic samples</h3><img src='data:image/png;base64,{data}'>")
+
+
+# -------------------------------------------------------------------------- evaluate
+@dsl.component(base_image=CPU)
+def evaluate(synthetic: Input[Dataset], test: Input[Dataset],
+             train: Input[list[Dataset]], privacy_plan: Input[Artifact],
+             config: Input[Artifact], run_id: str, evaluation: Output[Artifact],
+             metrics: Output[Metrics], classification: Output[ClassificationMetrics],
+             report: Output[HTML], summary: Output[Markdown]):
+    """MLP on synthetic data, scored on the real test set; metrics to the KFP UI and
+    to the MLflow run that the plan step charged.
+
+    Args:
+        synthetic: The synthetic EmbeddingSet.
+        test: The test EmbeddingSet.
+        train: The training EmbeddingSet's parts (the non-private baseline).
+        privacy_plan: The plan, for the report.
+        config: The run configuration (its evaluate section).
+        run_id: The MLflow run that plan opened.
+
+    Returns:
+        evaluation: metrics.json, plots and report.html.
+        metrics: Accuracy, epsilon and delta for the Kubeflow UI.
+        classification: The confusion matrix for the Kubeflow UI.
+        report: The HTML report.
+        summary: A Markdown summary.
+    """
+    import shutil
+    from pathlib import Path
+
+    from dpsynth import steps
+    from dpsynth.config import load_config
+    from dpsynth.ledger_charge import finish_run
+    from dpsynth.tracking import Tracker
+
+    cfg = load_config(config.path)
+    out = Path(evaluation.path)
+    m = steps.evaluate_run(synthetic.path, test.path, out, cfg,
+                           train_dir=[t.path for t in train],
+                           plan_path=privacy_plan.path, progress=False)
+    for key in ("accuracy", "nonprivate_accuracy", "frechet_distance_to_test",
+                "image_level_accuracy"):
+        if m.get(key) is not None:
+            metrics.log_metric(key, m[key])
+    metrics.log_metric("epsilon", float(m["epsilon"]) if m["private"] else -1.0)
+    metrics.log_metric("delta", m["delta"])
+    classification.log_confusion_matrix(m["class_names"], m["confusion_matrix"])
+    shutil.copyfile(out / "report.html", report.path)
+    lines = [f"- **accuracy (synthetic-trained MLP)**: {100 * m['accuracy']:.1f}%",
+             f"- **guarantee**: (eps={m['epsilon']}, delta={m['delta']})"
+             + ("" if m["private"] else " NOT PRIVATE")]
+    if m.get("nonprivate_accuracy") is not None:
+        lines.append(f"- **non-private ceiling**: {100 * m['nonprivate_accuracy']:.1f}% "
+                     "(not covered by the guarantee)")
+    Path(summary.path).write_text("# dpsynth\n\n" + "\n".join(lines) + "\n")
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment).open()
+    tracker.log_artifact(run_id, out, "evaluation")
+    finish_run(tracker, run_id, m, out / "metrics.json")
+    if tracker.not_logged:
+        print(f"not logged to MLflow ({tracker.error}): {tracker.not_logged}")
+
+
+#: The built-in components, by step, in the step graph's order.
+COMPONENTS: dict[str, BaseComponent] = {
+    "plan": plan, "encode": encode, "dp_cluster": dp_cluster, "fit_gmm": fit_gmm,
+    "synthesize": synthesize, "decode": decode, "evaluate": evaluate}
+assert tuple(COMPONENTS) == STEP_NAMES, "one component per step of the graph, in order"
+
+
+def define_components() -> dict[str, BaseComponent]:
+    """The built-in components as Python objects, by step (a copy of
+    :data:`COMPONENTS`); the pipeline itself loads their compiled specs."""
+    return dict(COMPONENTS)
+
+
+# ----------------------------------------------------------------------------- specs
+def spec_path(step: str, root: str | Path = COMPONENTS_DIR) -> Path:
+    """``<root>/<step>/component.yaml``."""
+    return Path(root) / step / SPEC_FILE
+
+
+def compile_components(root: str | Path = COMPONENTS_DIR) -> list[Path]:
+    """Compile every built-in component to ``<root>/<step>/component.yaml``."""
+    written = []
+    for name, component in COMPONENTS.items():
+        path = spec_path(name, root)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        compiler.Compiler().compile(component, str(path))
+        written.append(path)
+    return written
+
+
+def _retarget(text: str) -> str:
+    """The spec with the default dpsynth images re-pointed to ``image(kind)`` (the image
+    env vars); any other image, e.g. a replacement's own, is kept."""
+    wanted = {DEFAULT_IMAGES[kind]: image(kind) for kind in DEFAULT_IMAGES}
+    if all(old == new for old, new in wanted.items()):
+        return text
+    docs = list(yaml.safe_load_all(text))
+    for executor in docs[0].get("deploymentSpec", {}).get("executors", {}).values():
+        container = executor.get("container", {})
+        container["image"] = wanted.get(container.get("image"), container.get("image"))
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def load_spec(path: str | Path) -> BaseComponent:
+    """A component spec (``component.yaml``), its dpsynth images re-pointed as
+    :func:`_retarget` says."""
+    component = components.load_component_from_file(str(path))
+    text = _retarget(component.component_yaml)
+    return component if text == component.component_yaml else \
+        components.load_component_from_text(text)
+
+
+def load_step(step: str, root: str | Path = COMPONENTS_DIR) -> BaseComponent:
+    """The component of ``step`` from its spec file. Without the file (an installed
+    package, away from the repository's ``components/`` folder), the built-in the spec is
+    compiled from."""
+    path = spec_path(step, root)
+    if not path.is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / SPEC_FILE
+            compiler.Compiler().compile(COMPONENTS[step], str(path))
+            return load_spec(path)
+    return load_spec(path)

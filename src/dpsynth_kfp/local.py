@@ -4,44 +4,25 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
+from kfp.dsl.base_component import BaseComponent
 
 from dpsynth.config import RunConfig
 from dpsynth.privacy.ledger_store import LEDGER_URI_ENV, default_ledger_uri
+from dpsynth_kfp.parameters import arguments
 from dpsynth_kfp.pipeline import LOCAL, build_pipeline
 
 
-def pipeline_arguments(config: RunConfig) -> dict[str, Any]:
-    """Pipeline parameters that reproduce ``config`` exactly: the whole config travels as
-    ``config_yaml`` and each named parameter carries the same value (they would win)."""
-    from dpsynth.decoders import decoder_for
-
-    decode = config.decode.enabled
-    if decode is None:
-        decode = bool(config.decode.decoder) or decoder_for(
-            config.encoder.name, **config.encoder.options) is not None
-    data = config.data
-    return {
-        "config_yaml": yaml.safe_dump(config.to_yaml_dict(), sort_keys=False),
-        "dataset": data.source, "train_dir": str(data.train_dir or ""),
-        "test_dir": str(data.test_dir or ""), "image_size": data.image_size or 0,
-        "encoder": config.encoder.name, "epsilon": config.privacy.epsilon,
-        "delta": config.privacy.delta,
-        "components_per_class": config.model.components_per_class,
-        "n_samples": config.synthesize.n, "decode": bool(decode),
-        "mlflow_uri": config.tracking.uri or "", "dataset_id": data.dataset_id or "",
-        "noise_seed": -1 if config.privacy.noise_seed is None else config.privacy.noise_seed,
-    }
-
-
 def run_pipeline_locally(config: RunConfig, pipeline_root: str | Path, *,
-                         encode_parts: int = 2, components: dict | None = None
+                         encode_parts: int = 2,
+                         components: Mapping[str, BaseComponent | str | Path] | None = None
                          ) -> dict[str, Any]:
     """Run every component as a subprocess in this Python environment; returns the run's
-    directory and its metrics. Raises RuntimeError if a task fails."""
+    directory and its metrics. ``components`` replaces steps' components (a component or
+    the path of a spec). Raises RuntimeError if a task fails."""
     import kfp.local
 
     pipeline_root = Path(pipeline_root).resolve()
@@ -55,6 +36,7 @@ def run_pipeline_locally(config: RunConfig, pipeline_root: str | Path, *,
         # this machine that is this user's default ledger, as for `dpsynth run`.
         config = config.model_copy(update={"privacy": config.privacy.model_copy(
             update={"ledger_uri": default_ledger_uri()})})
+    pipeline = build_pipeline(encode_parts=encode_parts, settings=LOCAL, components=components)
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False),
                    pipeline_root=str(pipeline_root), raise_on_error=True)
     before = set(pipeline_root.iterdir())
@@ -62,8 +44,7 @@ def run_pipeline_locally(config: RunConfig, pipeline_root: str | Path, *,
     with warnings.catch_warnings():
         # Expected here: the tasks name the cluster images but run in this environment.
         warnings.filterwarnings("ignore", message="You may be attemping to run a task")
-        build_pipeline(encode_parts=encode_parts, settings=LOCAL,
-                       components=components)(**pipeline_arguments(config))
+        pipeline(**arguments(config))
     runs = sorted((p for p in set(pipeline_root.iterdir()) - before if p.is_dir()),
                   key=lambda p: p.stat().st_mtime)
     run_dir = runs[-1]

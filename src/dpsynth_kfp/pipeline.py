@@ -1,26 +1,42 @@
 """The dpsynth pipeline: plan -> encode (fanned out) -> dp_cluster -> fit_gmm ->
 synthesize -> decode (optional) -> evaluate.
 
-``build_pipeline`` is a factory. Any built-in component can be replaced by another that
-honours the same artifact contract (docs/formats.md), for example an encoder component of
-your own. The compile-time settings (fan-out width, GPU, node selector, PVC, secret) are
-arguments of the factory; the run parameters are the pipeline's parameters.
+``build_pipeline`` is a factory. It walks the step graph (:data:`dpsynth.step_graph.STEPS`,
+the same graph ``dpsynth run`` walks), binds each step's component, loaded from its spec
+``components/<step>/component.yaml``, and wires its inputs to the outputs the graph names.
+Its signature and the descriptions in the Kubeflow run form come from the parameter table
+(:data:`dpsynth_kfp.parameters.PARAMETERS`). Any component can be replaced by another
+that honours the same contract (the inputs and outputs of its spec, the artifact formats
+of docs/formats.md): replace the spec file, or name another spec or component in
+``components``. The compile-time settings (fan-out width, GPU, node selector, PVC, secret)
+are arguments of the factory; the run parameters are the pipeline's parameters.
 """
 
+import copy
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from kfp import dsl, kubernetes
+from kfp.dsl.base_component import BaseComponent
 
-from dpsynth_kfp.components import define_components
+from dpsynth.step_graph import PLAN, STEP_NAMES, STEPS, Step
+from dpsynth_kfp.components import COMPONENTS, COMPONENTS_DIR, load_spec, load_step
+from dpsynth_kfp.parameters import NAMES, PARAMETERS, for_key
 
 PIPELINE_NAME = "dpsynth"
-#: Steps that read images or run a decoder: these get the GPU settings and retries.
-GPU_STEPS = ("encode", "decode")
+DESCRIPTION = ("Differentially private synthetic embeddings: plan and budget check, encode, "
+               "DP clustering, DP Gaussian mixture, synthesis, optional decoding, evaluation.")
 
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """How the GPU steps are scheduled and what every pod mounts (compile time)."""
+    """How the GPU steps are scheduled and what every pod mounts (compile time). The GPU
+    steps are the graph's ``device="cuda"`` steps; the secret goes to its ``tracking``
+    steps."""
 
     accelerator_type: str = "nvidia.com/gpu"
     accelerator_limit: int = 1
@@ -47,101 +63,158 @@ LOCAL = ClusterSettings(accelerator_type="", node_selector=None, toleration_key=
                         model_cache_pvc=None, mlflow_secret=None, gpu_retries=0)
 
 
-def _on_cluster(task, step: str, settings: ClusterSettings):
-    if settings.mlflow_secret and step in ("plan", "evaluate"):
+def _on_cluster(task, step: Step, settings: ClusterSettings):
+    if settings.mlflow_secret and step.tracking:
         kubernetes.use_secret_as_env(task, secret_name=settings.mlflow_secret,
                                      secret_key_to_env=settings.mlflow_secret_keys,
                                      optional=True)
-    if settings.model_cache_pvc and step in GPU_STEPS:
+    if step.device != "cuda":
+        return task
+    if settings.model_cache_pvc:
         kubernetes.mount_pvc(task, pvc_name=settings.model_cache_pvc,
                              mount_path=settings.model_cache_mount)
         for var, sub in (("DPSYNTH_CACHE_DIR", "embeddings"), ("DPSYNTH_MODEL_CACHE", "models"),
                          ("HF_HOME", "huggingface"), ("TORCH_HOME", "torch")):
             task.set_env_variable(var, f"{settings.model_cache_mount}/{sub}")
-    if step in GPU_STEPS:
-        if settings.accelerator_type:
-            task.set_accelerator_type(settings.accelerator_type)
-            task.set_accelerator_limit(settings.accelerator_limit)
-        if settings.node_selector:
-            kubernetes.add_node_selector(task, *settings.node_selector)
-        if settings.toleration_key:
-            kubernetes.add_toleration(task, key=settings.toleration_key, operator="Exists",
-                                      effect="NoSchedule")
-        if settings.gpu_retries:
-            task.set_retry(num_retries=settings.gpu_retries, backoff_duration="60s",
-                           backoff_factor=2.0)
+    if settings.accelerator_type:
+        task.set_accelerator_type(settings.accelerator_type)
+        task.set_accelerator_limit(settings.accelerator_limit)
+    if settings.node_selector:
+        kubernetes.add_node_selector(task, *settings.node_selector)
+    if settings.toleration_key:
+        kubernetes.add_toleration(task, key=settings.toleration_key, operator="Exists",
+                                  effect="NoSchedule")
+    if settings.gpu_retries:
+        task.set_retry(num_retries=settings.gpu_retries, backoff_duration="60s",
+                       backoff_factor=2.0)
     return task
 
 
+def _check_contract(step: Step, builtin: BaseComponent, replacement: BaseComponent) -> None:
+    """A replacement takes every input the pipeline passes (the built-in's), needs no
+    other, and writes every output the step graph passes on."""
+    given = builtin.component_spec.inputs or {}
+    takes = replacement.component_spec.inputs or {}
+    writes = replacement.component_spec.outputs or {}
+    problems = []
+    if missing := sorted(set(given) - set(takes)):
+        problems.append(f"it does not take the inputs {missing}")
+    if extra := sorted(n for n, s in takes.items() if n not in given and not s.optional):
+        problems.append(f"it requires inputs the pipeline does not pass: {extra}")
+    if absent := sorted(set(step.outputs) - set(writes)):
+        problems.append(f"it does not write the outputs {absent}")
+    if problems:
+        raise ValueError(f"the replacement for step {step.name!r} does not fit: "
+                         + "; ".join(problems) + f". The step takes {sorted(given)} and "
+                         f"writes {sorted(step.outputs)} (components/README.md).")
+
+
+def _named(component: BaseComponent, step: Step) -> BaseComponent:
+    """``component`` under the step's name, so that its task is the step's task whatever
+    the replacement is called (the same task names, outputs and run folders)."""
+    name = step.name.replace("_", "-")
+    if component.component_spec.name == name:
+        return component
+    renamed = copy.copy(component)
+    renamed.component_spec = dataclasses.replace(component.component_spec, name=name)
+    renamed.name = name
+    return renamed
+
+
+def load_components(components: Mapping[str, BaseComponent | str | Path] | None = None,
+                    root: str | Path = COMPONENTS_DIR) -> dict[str, BaseComponent]:
+    """Every step's component: the spec under ``root`` unless ``components`` names a
+    replacement (a component, or the path of its spec); each is checked against the
+    built-in's contract."""
+    unknown = set(components or {}) - set(STEP_NAMES)
+    if unknown:
+        raise ValueError(f"unknown steps {sorted(unknown)}; steps are {sorted(STEP_NAMES)}")
+    ops = {}
+    for s in STEPS:
+        chosen = (components or {}).get(s.name)
+        if chosen is None:
+            chosen = load_step(s.name, root)
+        elif isinstance(chosen, str | Path):
+            chosen = load_spec(chosen)
+        # A spec file replaced in the folder is checked as a replacement is.
+        _check_contract(s, COMPONENTS[s.name], chosen)
+        ops[s.name] = _named(chosen, s)
+    return ops
+
+
+def _assemble(ops: Mapping[str, BaseComponent], values: Mapping[str, Any], encode_parts: int,
+              settings: ClusterSettings) -> None:
+    """Bind one task per step of the graph, in its order."""
+    #: graph artifact -> a function giving a fresh channel (kfp 2.17 cannot compile one
+    #: Collected shared by several consumers).
+    made: dict[str, Callable[[], Any]] = {}
+
+    def bind(step: Step, **kwargs):
+        task = ops[step.name](**kwargs)
+        task.set_caching_options(False)  # a DP release must never be served from a cache
+        return _on_cluster(task, step, settings)
+
+    def publish(step: Step, task, split: str | None = None, collected: bool = False):
+        for out, artifact in step.produced(split).items():
+            made[artifact] = ((lambda o=task.outputs[out]: dsl.Collected(o)) if collected
+                              else (lambda o=task.outputs[out]: o))
+
+    for step in STEPS:
+        inputs = {name: made[artifact]() for name, artifact in step.inputs.items()}
+        if step.name == PLAN:
+            # The parameters are applied to config_yaml inside the plan task.
+            publish(step, bind(step, **{p.input_name: values[p.name] for p in PARAMETERS}))
+        elif step.splits:
+            for split in step.splits:
+                # Each split of the step: the fan-out split in encode_parts parallel parts.
+                if split == step.fan_out:
+                    with dsl.ParallelFor(list(range(encode_parts))) as part:
+                        task = bind(step, split=split, part=part, parts=encode_parts,
+                                    **inputs)
+                    publish(step, task, split, collected=True)
+                else:
+                    publish(step, bind(step, split=split, part=0, parts=1, **inputs), split)
+        elif step.switch:
+            switch = values[for_key(step.switch).name]
+            with dsl.If(switch == True, name=f"{step.name}-enabled"):  # noqa: E712 - kfp
+                bind(step, **inputs)  # its outputs are not passed on (a condition)
+        else:
+            publish(step, bind(step, **inputs))
+
+
+def _signature() -> inspect.Signature:
+    return inspect.Signature([
+        inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default,
+                          annotation=p.type) for p in PARAMETERS])
+
+
+def _docstring() -> str:
+    """The pipeline's description and its parameters' (kfp reads ``Args:`` into the spec,
+    and the Kubeflow run form shows them)."""
+    return (DESCRIPTION + "\n\nArgs:\n"
+            + "".join(f"    {p.name}: {p.description}\n" for p in PARAMETERS))
+
+
 def build_pipeline(*, encode_parts: int = 4, settings: ClusterSettings = CLUSTER,
-                   components: dict[str, object] | None = None):
+                   components: Mapping[str, BaseComponent | str | Path] | None = None,
+                   components_dir: str | Path = COMPONENTS_DIR):
     """The pipeline function, ready for ``kfp.compiler`` or a local run.
 
     encode_parts: the training set's encode fans out over this many tasks (public and
         fixed at compile time: a width derived from the data would leak its size).
     settings: GPU, node selector, toleration, PVC and secret (``LOCAL`` for none).
-    components: replacements by step name ("encode", "evaluate", ...) for the built-ins;
-        a replacement must take and produce the same inputs and outputs.
+    components: replacements by step name ("encode", "synthesize", ...): a component or
+        the path of a component spec (YAML). A replacement must take the built-in's inputs
+        and write the outputs that later steps read.
+    components_dir: where the built-in specs are (``<dir>/<step>/component.yaml``).
     """
     if encode_parts < 1:
         raise ValueError(f"encode_parts must be >= 1, got {encode_parts}")
-    ops = define_components()
-    unknown = set(components or {}) - set(ops) - {"parameters"}
-    if unknown:
-        raise ValueError(f"unknown steps {sorted(unknown)}; steps are {sorted(ops)}")
-    ops.update(components or {})
+    ops = load_components(components, components_dir)
 
-    def bind(step: str, **kwargs):
-        task = ops[step](**kwargs)
-        task.set_caching_options(False)  # a DP release must never be served from a cache
-        return _on_cluster(task, step, settings)
+    def dpsynth_pipeline(*args):
+        _assemble(ops, dict(zip(NAMES, args, strict=True)), encode_parts, settings)
 
-    @dsl.pipeline(name=PIPELINE_NAME, description=(
-        "Differentially private synthetic embeddings: plan and budget check, encode, DP "
-        "clustering, DP Gaussian mixture, synthesis, optional decoding, evaluation."))
-    def dpsynth_pipeline(
-        config_yaml: str = "",
-        dataset: str = "fashion-mnist",
-        train_dir: str = "",
-        test_dir: str = "",
-        image_size: int = 0,
-        encoder: str = "efficientnet-lite0",
-        epsilon: float = 1.0,
-        delta: float = 1e-5,
-        components_per_class: int = 1,
-        n_samples: int = 60000,
-        decode: bool = False,
-        mlflow_uri: str = "",
-        dataset_id: str = "",
-        noise_seed: int = -1,
-        extra_overrides: list = [],  # noqa: B006 - kfp parameters need literal defaults
-    ):
-        overrides = ops["parameters"](
-            dataset=dataset, train_dir=train_dir, test_dir=test_dir, image_size=image_size,
-            encoder=encoder, epsilon=epsilon, delta=delta,
-            components_per_class=components_per_class, n_samples=n_samples, decode=decode,
-            mlflow_uri=mlflow_uri, dataset_id=dataset_id, noise_seed=noise_seed,
-            extra_overrides=extra_overrides)
-        overrides.set_caching_options(False)
-        planned = bind("plan", config_yaml=config_yaml, overrides=overrides.output)
-        config, privacy_plan = planned.outputs["config"], planned.outputs["privacy_plan"]
-        with dsl.ParallelFor(list(range(encode_parts))) as part:
-            train = bind("encode", config=config, split="train", part=part,
-                         parts=encode_parts)
-
-        def train_parts():
-            # One Collected per consumer: kfp 2.17 cannot compile a shared one.
-            return dsl.Collected(train.outputs["embeddings"])
-
-        test = bind("encode", config=config, split="test", part=0, parts=1)
-        clusters = bind("dp_cluster", embeddings=train_parts(), privacy_plan=privacy_plan)
-        mixture = bind("fit_gmm", embeddings=train_parts(), clusters=clusters.outputs["clusters"],
-                       privacy_plan=privacy_plan)
-        synthetic = bind("synthesize", mixture=mixture.outputs["mixture"], config=config)
-        with dsl.If(decode == True, name="decode-enabled"):  # noqa: E712 - kfp condition
-            bind("decode", synthetic=synthetic.outputs["synthetic"], config=config)
-        bind("evaluate", synthetic=synthetic.outputs["synthetic"],
-             test=test.outputs["embeddings"], train=train_parts(),
-             privacy_plan=privacy_plan, config=config, run_id=planned.outputs["Output"])
-
-    return dpsynth_pipeline
+    dpsynth_pipeline.__signature__ = _signature()
+    dpsynth_pipeline.__doc__ = _docstring()
+    return dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)(dpsynth_pipeline)

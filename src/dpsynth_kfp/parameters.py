@@ -1,0 +1,142 @@
+"""The pipeline's run parameters: one table, mapping each to the config key it sets.
+
+The table builds the pipeline's signature and the descriptions in the Kubeflow run form
+(:func:`dpsynth_kfp.pipeline.build_pipeline`), the plan component's inputs
+(:mod:`dpsynth_kfp.components`), the ``key=value`` overrides that the plan task applies
+(:func:`overrides`) and the arguments that reproduce a configuration for a local run
+(:func:`arguments`). A parameter is added by adding a row here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dpsynth.config import RunConfig
+from dpsynth.step_graph import config_value
+
+
+def _always(_value: Any) -> bool:
+    return True
+
+
+def _non_negative(value: Any) -> bool:
+    return value >= 0
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One pipeline parameter."""
+
+    name: str
+    type: type
+    default: Any
+    description: str
+    #: The config key it overrides; ``None`` for ``config_yaml`` and ``extra_overrides``.
+    key: str | None = None
+    #: Whether a value is applied; otherwise the config's own value stands (an empty
+    #: ``train_dir`` keeps the config's). The default applies every value.
+    applies: Callable[[Any], bool] = field(default=_always, repr=False)
+    #: The plan component's name for the input (default: the parameter's name).
+    plan_input: str | None = None
+
+    @property
+    def input_name(self) -> str:
+        return self.plan_input or self.name
+
+
+#: In the order of the pipeline's signature. The parameters are applied after
+#: ``config_yaml``, so a parameter wins over the same key there; ``extra_overrides`` last.
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("config_yaml", str, "",
+              "A whole run configuration (YAML, as in configs/). The parameters below "
+              "override its keys; empty: the defaults."),
+    Parameter("dataset", str, "fashion-mnist",
+              "Data source: fashion-mnist, digits, image-folder or webdataset "
+              "(data.source).", key="data.source"),
+    Parameter("train_dir", str, "",
+              "image-folder: the private training images, a path every pod can read "
+              "(data.train_dir); empty: the config's.", key="data.train_dir", applies=bool),
+    Parameter("test_dir", str, "",
+              "image-folder: the public test images (data.test_dir); empty: the config's.",
+              key="data.test_dir", applies=bool),
+    Parameter("image_size", int, 0,
+              "image-folder: images are resized to this square size (data.image_size); "
+              "0: the config's.", key="data.image_size", applies=bool),
+    Parameter("encoder", str, "efficientnet-lite0",
+              "Encoder registry name (encoder.name).", key="encoder.name"),
+    Parameter("epsilon", float, 1.0,
+              "The run's DP epsilon, charged to the dataset's budget (privacy.epsilon).",
+              key="privacy.epsilon"),
+    Parameter("delta", float, 1e-5, "The run's DP delta (privacy.delta).",
+              key="privacy.delta"),
+    Parameter("components_per_class", int, 1,
+              "Gaussian mixture components per class (model.components_per_class).",
+              key="model.components_per_class"),
+    Parameter("n_samples", int, 60000, "Synthetic records to sample (synthesize.n).",
+              key="synthesize.n"),
+    Parameter("decode", bool, False,
+              "Run the decode step; needs an encoder with a decoder (decode.enabled).",
+              key="decode.enabled"),
+    Parameter("mlflow_uri", str, "",
+              "MLflow tracking store (tracking.uri); empty: MLFLOW_TRACKING_URI from the "
+              "dpsynth-mlflow secret. One is required: every run shares the ledger.",
+              key="tracking.uri", applies=bool),
+    Parameter("dataset_id", str, "",
+              "The privacy budget ledger's key for the dataset (data.dataset_id); empty: "
+              "derived from the data source.", key="data.dataset_id", applies=bool),
+    Parameter("noise_seed", int, -1,
+              "Tests only: a value >= 0 seeds the noise and marks every output NOT "
+              "private (privacy.noise_seed); -1: fresh noise.",
+              key="privacy.noise_seed", applies=_non_negative),
+    Parameter("extra_overrides", list, [],
+              "More key=value config overrides (YAML values), applied last.",
+              plan_input="overrides"),
+)
+
+NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
+
+
+BY_NAME: dict[str, Parameter] = {p.name: p for p in PARAMETERS}
+
+
+def for_key(key: str) -> Parameter:
+    """The parameter that sets config key ``key``."""
+    found = [p for p in PARAMETERS if p.key == key]
+    if not found:
+        raise KeyError(f"no pipeline parameter sets {key!r}")
+    return found[0]
+
+
+def _format(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def overrides(values: Mapping[str, Any]) -> list[str]:
+    """The ``key=value`` config overrides for the parameter values ``values`` (by plan
+    input name), the extra overrides last. Pure data: the plan task applies them."""
+    out = [f"{p.key}={_format(values[p.input_name])}" for p in PARAMETERS
+           if p.key is not None and p.applies(values[p.input_name])]
+    return out + [str(o) for o in values.get(BY_NAME["extra_overrides"].input_name) or []]
+
+
+def arguments(config: RunConfig) -> dict[str, Any]:
+    """Parameter values that reproduce ``config`` exactly: the whole config travels as
+    ``config_yaml`` and each named parameter carries the same value (they would win)."""
+    import yaml
+
+    from dpsynth.decoders import decoder_for
+
+    out: dict[str, Any] = {"config_yaml": yaml.safe_dump(config.to_yaml_dict(),
+                                                         sort_keys=False)}
+    for p in PARAMETERS:
+        if p.key is None:
+            continue
+        value = config_value(config, p.key)
+        out[p.name] = p.default if value is None else p.type(value)
+    decode = config.decode
+    if decode.enabled is None:  # "when there is a decoder", as `dpsynth run` decides
+        out[for_key("decode.enabled").name] = bool(decode.decoder) or decoder_for(
+            config.encoder.name, **config.encoder.options) is not None
+    return out

@@ -1,0 +1,50 @@
+"""What the pipeline's plan task does (the plan component in
+:mod:`dpsynth_kfp.components` calls :func:`run` with its inputs and outputs).
+
+It applies the run parameters to ``config_yaml`` (:func:`dpsynth_kfp.parameters.overrides`),
+validates the configuration, builds the privacy plan, checks and charges the dataset's
+budget in the ledger (:func:`dpsynth.ledger_charge.charge_run`, as ``dpsynth run`` does)
+and writes the resolved configuration and the plan for the later tasks. It reads no private
+data; a refusal fails the pipeline here, before any encode task starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dpsynth.config import load_config_text
+from dpsynth.ledger_charge import charge_run
+from dpsynth_kfp.parameters import overrides as parameter_overrides
+
+
+def run(*, config_yaml: str, config: Any, privacy_plan: Any, ledger: Any,
+        **parameters: Any) -> str:
+    """Returns the MLflow run id that the evaluate task logs to."""
+    cfg = load_config_text(config_yaml, parameter_overrides(parameters))
+    if not (cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise ValueError("no MLflow tracking store: set the pipeline parameter mlflow_uri "
+                         "or the dpsynth-mlflow secret. The privacy budget ledger needs a "
+                         "store that every run of this pipeline shares.")
+    if not (cfg.privacy.ledger_uri or os.environ.get("DPSYNTH_LEDGER_URI")):
+        # The default ledger is a file in the user's home: in a pod it would vanish
+        # with the pod, and every run would find a fresh budget.
+        raise ValueError("no privacy budget ledger: set DPSYNTH_LEDGER_URI in the "
+                         "dpsynth-mlflow secret (or privacy.ledger_uri in the config) to "
+                         "the PostgreSQL ledger that every run shares (see README).")
+    work = Path(tempfile.mkdtemp())
+    charged = charge_run(cfg, work)
+    # Later steps log to the same store: pin the resolved URI into the config.
+    resolved = cfg.to_yaml_dict()
+    resolved["tracking"]["uri"] = charged.tracker.uri
+    Path(config.path).write_text(yaml.safe_dump(resolved, sort_keys=False))
+    shutil.copyfile(charged.plan_path, privacy_plan.path)
+    budget = charged.budget.to_dict()
+    Path(ledger.path).write_text(
+        "# Privacy budget\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in budget.items()))
+    return charged.run_id
