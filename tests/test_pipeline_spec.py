@@ -30,6 +30,8 @@ from dpsynth_kfp.pipeline import build_pipeline
 def default_images(monkeypatch):
     monkeypatch.delenv("DPSYNTH_IMAGE_REGISTRY", raising=False)
     monkeypatch.delenv("DPSYNTH_IMAGE_TAG", raising=False)
+    monkeypatch.delenv("DPSYNTH_IMAGE_DIGEST_CPU", raising=False)
+    monkeypatch.delenv("DPSYNTH_IMAGE_DIGEST_CUDA", raising=False)
 
 
 def _docs(path):

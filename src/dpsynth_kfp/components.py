@@ -6,10 +6,14 @@ and the pipeline share one code path (see docs/pipeline.md).
 Each component is defined at module level and compiled to its own spec,
 ``components/<step>/component.yaml`` (``dpsynth pipeline compile-components``); the
 pipeline is assembled from those files (:func:`load_step`), so replacing one file swaps
-the component. The specs name the default images (:data:`DEFAULT_IMAGES`);
-``DPSYNTH_IMAGE_REGISTRY`` and ``DPSYNTH_IMAGE_TAG`` re-point them when the pipeline is
-compiled (one registry and tag for all). The images are built from
-``components/Dockerfile.cpu`` and ``components/Dockerfile.cuda``.
+the component. The specs name the default images (:data:`DEFAULT_IMAGES`), one per
+component family ("cpu": plan and the DP/CPU steps, "cuda": encode and decode); when the
+pipeline is compiled, ``DPSYNTH_IMAGE_REGISTRY`` and ``DPSYNTH_IMAGE_TAG`` re-point them
+(``<registry>/dpsynth:<tag>-<family>``), and ``DPSYNTH_IMAGE_DIGEST_CPU`` /
+``DPSYNTH_IMAGE_DIGEST_CUDA`` pin a family to a digest (``<registry>/dpsynth@sha256:...``,
+which wins over the tag). The images are built from ``components/Dockerfile.cpu`` and
+``components/Dockerfile.cuda`` and hold kfp, so every component is compiled with
+``install_kfp_package=False`` (no pip install at pod start).
 
 Lightweight components ship their function source to the pod, so every import is inside
 the function body. The descriptions of the inputs (``Args:``) and of the outputs
@@ -18,6 +22,7 @@ the function body. The descriptions of the inputs (``Args:``) and of the outputs
 
 import linecache
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -47,16 +52,35 @@ COMPONENTS_DIR = Path(__file__).resolve().parents[2] / "components"
 SPEC_FILE = "component.yaml"
 
 
-def image(kind: str, registry: str | None = None, tag: str | None = None) -> str:
-    """The container image of ``kind`` ("cpu" or "cuda"); registry and tag default to
-    $DPSYNTH_IMAGE_REGISTRY and $DPSYNTH_IMAGE_TAG, else ghcr.io/dpsynth and 0.1.0."""
-    registry = (registry or os.environ.get("DPSYNTH_IMAGE_REGISTRY", DEFAULT_REGISTRY))
-    tag = tag or os.environ.get("DPSYNTH_IMAGE_TAG", DEFAULT_TAG)
-    return f"{registry.rstrip('/')}/dpsynth:{tag}-{kind}"
+#: The component families, as the step graph's ``device``.
+FAMILIES = ("cpu", "cuda")
+
+
+def image(kind: str, registry: str | None = None, tag: str | None = None,
+          digest: str | None = None) -> str:
+    """The container image of the component family ``kind`` ("cpu" or "cuda"). Registry
+    and tag default to $DPSYNTH_IMAGE_REGISTRY and $DPSYNTH_IMAGE_TAG, else ghcr.io/dpsynth
+    and 0.1.0; a digest (``sha256:<hex>``; default $DPSYNTH_IMAGE_DIGEST_<KIND>) names the
+    image by digest instead of by tag."""
+    if kind not in FAMILIES:
+        raise ValueError(f"unknown image family {kind!r}; families are {FAMILIES}")
+    registry = (registry or os.environ.get("DPSYNTH_IMAGE_REGISTRY") or DEFAULT_REGISTRY)
+    repository = f"{registry.rstrip('/')}/dpsynth"
+    digest = digest if digest is not None else \
+        os.environ.get(f"DPSYNTH_IMAGE_DIGEST_{kind.upper()}", "")
+    if digest:
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise ValueError(f"image digest for {kind!r} must be sha256:<64 hex digits>, "
+                             f"got {digest!r}")
+        return f"{repository}@{digest}"
+    tag = tag or os.environ.get("DPSYNTH_IMAGE_TAG") or DEFAULT_TAG
+    if tag == "latest":
+        raise ValueError("image tag 'latest' is refused: name a version or a digest")
+    return f"{repository}:{tag}-{kind}"
 
 
 #: The images the component specs name ("cpu" or "cuda", as the step graph's device).
-DEFAULT_IMAGES = {kind: image(kind, DEFAULT_REGISTRY, DEFAULT_TAG) for kind in ("cpu", "cuda")}
+DEFAULT_IMAGES = {kind: image(kind, DEFAULT_REGISTRY, DEFAULT_TAG, "") for kind in FAMILIES}
 CPU, CUDA = DEFAULT_IMAGES["cpu"], DEFAULT_IMAGES["cuda"]
 
 
@@ -95,14 +119,14 @@ def _plan_component() -> BaseComponent:
     namespace = {"__name__": __name__, "Output": Output, "Artifact": Artifact,
                  "Markdown": Markdown}
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own template
-    return dsl.component(base_image=CPU)(namespace["plan"])
+    return dsl.component(base_image=CPU, install_kfp_package=False)(namespace["plan"])
 
 
 plan = _plan_component()
 
 
 # ---------------------------------------------------------------------------- encode
-@dsl.component(base_image=CUDA)
+@dsl.component(base_image=CUDA, install_kfp_package=False)
 def encode(config: Input[Artifact], split: str, part: int, parts: int,
            embeddings: Output[Dataset]):
     """Encode part ``part`` of ``parts`` of a split into an EmbeddingSet (private).
@@ -127,7 +151,7 @@ def encode(config: Input[Artifact], split: str, part: int, parts: int,
 
 
 # ------------------------------------------------------------------------ dp_cluster
-@dsl.component(base_image=CPU)
+@dsl.component(base_image=CPU, install_kfp_package=False)
 def dp_cluster(embeddings: Input[list[Dataset]], privacy_plan: Input[Artifact],
                clusters: Output[Model]):
     """DP subspace, class counts and sums, DP k-means centres (DP releases).
@@ -145,7 +169,7 @@ def dp_cluster(embeddings: Input[list[Dataset]], privacy_plan: Input[Artifact],
 
 
 # --------------------------------------------------------------------------- fit_gmm
-@dsl.component(base_image=CPU)
+@dsl.component(base_image=CPU, install_kfp_package=False)
 def fit_gmm(embeddings: Input[list[Dataset]], clusters: Input[Model],
             privacy_plan: Input[Artifact], mixture: Output[Model]):
     """DP mixture release given the clusters.
@@ -165,7 +189,7 @@ def fit_gmm(embeddings: Input[list[Dataset]], clusters: Input[Model],
 
 
 # ------------------------------------------------------------------------ synthesize
-@dsl.component(base_image=CPU)
+@dsl.component(base_image=CPU, install_kfp_package=False)
 def synthesize(mixture: Input[Model], config: Input[Artifact], synthetic: Output[Dataset]):
     """Sample the synthetic EmbeddingSet (post-processing).
 
@@ -186,7 +210,7 @@ def synthesize(mixture: Input[Model], config: Input[Artifact], synthetic: Output
 
 
 # ---------------------------------------------------------------------------- decode
-@dsl.component(base_image=CUDA)
+@dsl.component(base_image=CUDA, install_kfp_package=False)
 def decode(synthetic: Input[Dataset], config: Input[Artifact], decoded: Output[Artifact],
            preview: Output[HTML]):
     """Decode synthetic samples per class; an HTML preview of the grid for the UI.
@@ -217,7 +241,7 @@ def decode(synthetic: Input[Dataset], config: Input[Artifact], decoded: Output[A
 
 
 # -------------------------------------------------------------------------- evaluate
-@dsl.component(base_image=CPU)
+@dsl.component(base_image=CPU, install_kfp_package=False)
 def evaluate(synthetic: Input[Dataset], test: Input[Dataset],
              train: Input[list[Dataset]], privacy_plan: Input[Artifact],
              config: Input[Artifact], run_id: str, evaluation: Output[Artifact],
