@@ -22,8 +22,11 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, backend_store_uri: str | None = None) -> None:
+        """``backend_store_uri``: e.g. a PostgreSQL URI (tests/pg_server.py); default a
+        sqlite file under ``root``."""
         self.root = Path(root)
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}"
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -36,7 +39,7 @@ class MlflowServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--backend-store-uri", self.backend_store_uri,
              "--artifacts-destination", str(self.root / "artifacts")],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.root,
             start_new_session=True)  # its own process group: stop() reaches the workers

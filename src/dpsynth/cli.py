@@ -98,6 +98,157 @@ def run(
     typer.echo(summary(result))
 
 
+TrackingUriOption = Annotated[str | None, typer.Option(
+    "--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI).")]
+DatasetIdOption = Annotated[str, typer.Option(
+    "--dataset-id", help="Dataset id; the registered model is dpsynth-<dataset-id>.")]
+
+
+def _gates(require_private: bool, max_epsilon: float, max_delta: float, min_accuracy: float,
+           accuracy_tolerance: float, frechet_tolerance: float):
+    from dpsynth.promote import Gates
+
+    return Gates(require_private=require_private, max_epsilon=max_epsilon,
+                 max_delta=max_delta, min_accuracy=min_accuracy,
+                 accuracy_tolerance=accuracy_tolerance, frechet_tolerance=frechet_tolerance)
+
+
+
+def _release_call(fn, *args, **kwargs):
+    """Run a release function; a failed gate or a release problem is exit code 2."""
+    from mlflow.exceptions import MlflowException
+
+    from dpsynth.data.store import EmbeddingSetError
+    from dpsynth.outputs import OutputDirError
+    from dpsynth.promote import ReleaseError
+    from dpsynth.synthesizer import ModelFileError
+
+    try:
+        with _warnings_as_lines():
+            return fn(*args, **kwargs)
+    except (ReleaseError, EmbeddingSetError, OutputDirError, ModelFileError,
+            FileNotFoundError, MlflowException) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _echo_release(release, action: str) -> None:
+    typer.echo(f"{action}: {release.model_name} version {release.version}"
+               + (f" (previous production: {release.previous_production})"
+                  if release.previous_production else ""))
+    typer.echo(json.dumps(release.to_dict(), indent=2))
+
+
+
+@app.command()
+def promote(
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Output directory of a finished `dpsynth run` (or `dpsynth "
+        "resample`) to register and promote.")] = None,
+    dataset_id: Annotated[str | None, typer.Option(
+        "--dataset-id", help="With --version: promote an already registered version.")] = None,
+    version: Annotated[str | None, typer.Option(
+        "--version", help="Registered version to promote (with --dataset-id).")] = None,
+    tracking_uri: TrackingUriOption = None,
+    require_private: Annotated[bool, typer.Option(
+        help="Gate: the release is DP and its noise is not seeded.")] = True,
+    max_epsilon: Annotated[float, typer.Option(help="Gate: epsilon ceiling.")] = 10.0,
+    max_delta: Annotated[float, typer.Option(help="Gate: delta ceiling.")] = 1e-5,
+    min_accuracy: Annotated[float, typer.Option(help="Gate: accuracy floor.")] = 0.1,
+    accuracy_tolerance: Annotated[float, typer.Option(
+        help="Gate: accuracy may be this much below production's.")] = 0.02,
+    frechet_tolerance: Annotated[float, typer.Option(
+        help="Gate: Fréchet distance may be this much above production's.")] = 0.05,
+) -> None:
+    """Register a run's synthetic data and synthesizer as a new version of the MLflow model
+    dpsynth-<dataset_id> and, if every gate passes, move the alias 'production' to it.
+
+    A failed gate exits with code 2 naming the gate; the version stays registered (tag
+    dpsynth.gate) and no alias moves. Reads no private data (post-processing only).
+    """
+    from dpsynth import promote as release_mod
+
+    gates = _gates(require_private, max_epsilon, max_delta, min_accuracy,
+                   accuracy_tolerance, frechet_tolerance)
+    if (out is None) == (version is None) or (version is not None and not dataset_id):
+        typer.echo("error: give either --out DIR or --dataset-id ID --version V", err=True)
+        raise typer.Exit(2)
+    if out is not None:
+        release = _release_call(release_mod.promote, out, gates=gates,
+                                tracking_uri=tracking_uri)
+    else:
+        release = _release_call(release_mod.promote_version, dataset_id, version,
+                                gates=gates, tracking_uri=tracking_uri)
+    _echo_release(release, "promoted")
+
+
+@app.command()
+def rollback(
+    dataset_id: DatasetIdOption,
+    to_version: Annotated[str | None, typer.Option(
+        "--to-version", help="Version to move 'production' to (default: the one the "
+        "current production version replaced).")] = None,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """Move the alias 'production' back to the version it replaced."""
+    from dpsynth import promote as release_mod
+
+    release = _release_call(release_mod.rollback, dataset_id, to_version=to_version,
+                            tracking_uri=tracking_uri)
+    _echo_release(release, "rolled back to")
+
+
+@app.command()
+def fetch(
+    dataset_id: DatasetIdOption,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to download to.")],
+    alias: Annotated[str, typer.Option(help="Registry alias to fetch.")] = "production",
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """Download the synthetic EmbeddingSet of dpsynth-<dataset_id>@<alias> to OUT/synthetic
+    with its metadata (metrics.json, privacy_plan.json, release.json)."""
+    from dpsynth import promote as release_mod
+
+    release = _release_call(release_mod.fetch, dataset_id, out, alias=alias,
+                            tracking_uri=tracking_uri)
+    typer.echo(f"fetched {release.model_name}@{alias} (version {release.version}) to "
+               f"{out / 'synthetic'}")
+
+
+@app.command()
+def resample(
+    dataset_id: DatasetIdOption,
+    n: Annotated[int, typer.Option("--n", help="Number of records to sample.", min=1)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+    alias: Annotated[str, typer.Option(help="Version (alias) to resample.")] = "production",
+    class_balance: Annotated[str, typer.Option(
+        help="proportional | balanced")] = "proportional",
+    random_state: Annotated[int | None, typer.Option(
+        help="Sampling seed (default: fresh).")] = None,
+    register: Annotated[bool, typer.Option(
+        help="Register the resample as a new version.")] = True,
+    promote_: Annotated[bool, typer.Option(
+        "--promote/--no-promote", help="Promote the new version through the gates "
+        "(gate options as for `dpsynth promote`, defaults).")] = False,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """Resample-only refresh: new records from the promoted mixture, written as an
+    EmbeddingSet and registered as a new version tagged dpsynth.resample_of.
+
+    Post-processing of a DP release: no private data is read and no budget is spent.
+    """
+    from dpsynth import promote as release_mod
+
+    gates = release_mod.Gates() if promote_ else None
+    release = _release_call(release_mod.resample, dataset_id, n, out, alias=alias,
+                            class_balance=class_balance, random_state=random_state,
+                            tracking_uri=tracking_uri, register_version=register,
+                            promote_gates=gates)
+    typer.echo(f"resampled {n} records into {out / 'synthetic'}")
+    if release is not None:
+        _echo_release(release, "promoted" if promote_ else "registered")
+
+
 @contextlib.contextmanager
 def _warnings_as_lines() -> Iterator[None]:
     """Warnings (a discarded cache entry, a skipped image, a class below the noise

@@ -1,0 +1,514 @@
+"""Production refresh: promote a run's synthetic data to MLflow, fetch it, roll it back, and
+refresh it by resampling.
+
+Everything here is **post-processing** of differentially private releases and reads no
+private data:
+
+- :func:`promote` reads a ``dpsynth run`` output directory: the saved mixture (every array
+  in it is a DP release or public configuration), the synthetic EmbeddingSet (sampled from
+  that mixture), the privacy plan, and ``metrics.json`` (evaluation results computed by the
+  run). It never opens the private training embeddings or images, whose paths ``run.json``
+  only names.
+- :func:`resample` draws new records from a promoted mixture. A function of a DP release
+  that does not touch the private data again is itself DP with the same (epsilon, delta)
+  (the post-processing property), so resampling has sensitivity zero with respect to the
+  private data, spends no privacy budget and writes nothing to the budget ledger. Its
+  metrics are carried over from the version it resamples (no evaluation runs: evaluating
+  would read the held-out test data).
+- :func:`fetch` and :func:`rollback` only read and move MLflow registry entries.
+
+The registered model ``dpsynth-<dataset_id>`` (the id sanitised for model URIs) gets one
+version per promoted or resampled release. Its model is the synthesizer as an MLflow pyfunc
+(:class:`SynthesizerModel`): ``predict`` on a DataFrame with a column ``n`` (and optional
+``class_balance``, ``random_state``) returns ``n`` fresh samples per row, with labels. So a
+consumer can run ``mlflow.pyfunc.load_model("models:/dpsynth-<dataset>@production")``.
+
+Release flow: the version is always registered first (so every candidate and its gate
+result are on record), then the gates (:class:`Gates`) run; only when all pass does the
+alias ``production`` move to the new version, and the version it replaces gets the alias
+``previous`` (and the new version records it in the tag ``dpsynth.previous_production``),
+which :func:`rollback` moves ``production`` back to. A failed gate leaves every alias where
+it was, tags the version ``dpsynth.gate`` = ``failed: <gate>`` and raises
+:class:`GateFailedError` naming the gate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PRODUCTION = "production"
+PREVIOUS = "previous"
+RELEASE_EXPERIMENT = "dpsynth-releases"
+MODEL_ARTIFACT = "synthesizer"
+TAG_PREFIX = "dpsynth."
+#: Version tags (the gates read the production version's values from these).
+TAG_KIND = "dpsynth.kind"  # "run" or "resample"
+TAG_RESAMPLE_OF = "dpsynth.resample_of"
+TAG_PREVIOUS = "dpsynth.previous_production"
+TAG_GATE = "dpsynth.gate"
+TAG_RELEASE_RUN = "dpsynth.release_run_id"
+TAG_SOURCE_RUN = "dpsynth.source_run_id"
+METRIC_TAGS = ("epsilon", "delta", "private", "noise_seeded", "accuracy",
+               "frechet_distance_to_test")
+RELEASE_FILE = "release.json"
+
+
+class ReleaseError(RuntimeError):
+    """A release cannot be made, found or moved (missing outputs, unknown alias)."""
+
+
+class GateFailedError(ReleaseError):
+    """A promotion gate refused the candidate; ``gate`` names it."""
+
+    def __init__(self, gate: str, message: str, version: str) -> None:
+        super().__init__(f"gate {gate!r} failed: {message} (version {version} is "
+                         f"registered but not aliased '{PRODUCTION}')")
+        self.gate = gate
+        self.version = version
+
+
+@dataclass(frozen=True)
+class Gates:
+    """What a candidate must meet before ``production`` moves to it.
+
+    require_private: the release is DP (finite epsilon) and its noise is not seeded.
+    max_epsilon, max_delta: ceilings on the release's (epsilon, delta).
+    min_accuracy: floor on the synthetic-trained classifier's test accuracy.
+    accuracy_tolerance: accuracy may be at most this much below production's.
+    frechet_tolerance: Fréchet distance to the test set may be at most this much above
+    production's (absolute, in the embedding's units).
+    The two comparative gates are skipped while there is no production version.
+    """
+
+    require_private: bool = True
+    max_epsilon: float = 10.0
+    max_delta: float = 1e-5
+    min_accuracy: float = 0.1
+    accuracy_tolerance: float = 0.02
+    frechet_tolerance: float = 0.05
+
+
+@dataclass
+class Release:
+    """A registered version and where it stands."""
+
+    model_name: str
+    version: str
+    dataset_id: str
+    aliased: bool
+    previous_production: str | None
+    run_id: str
+    tags: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_name(dataset_id: str) -> str:
+    """``dpsynth-<dataset_id>`` with every run of characters a model URI cannot carry
+    (``/``, ``:``, spaces, ...) replaced by ``-``."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", str(dataset_id)).strip("-.")
+    if not clean:
+        raise ReleaseError(f"dataset id {dataset_id!r} has no usable characters")
+    return f"dpsynth-{clean}"
+
+
+def _client(tracking_uri: str | None):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from dpsynth.tracking import _quiet_client
+
+    _quiet_client()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+# ------------------------------------------------------------------------------ pyfunc
+class SynthesizerModel:
+    """Factory of the pyfunc (a class so that importing this module needs no mlflow)."""
+
+    @staticmethod
+    def create():
+        import mlflow.pyfunc
+
+        class _Model(mlflow.pyfunc.PythonModel):
+            """The saved DP mixture; ``predict`` samples from it (post-processing)."""
+
+            def load_context(self, context) -> None:
+                from dpsynth.synthesizer import DPSynthesizer
+
+                self.synth = DPSynthesizer.load(context.artifacts["mixture"])
+
+            def predict(self, context, model_input, params=None):
+                return sample_frame(self.synth, model_input)
+
+        return _Model()
+
+
+def sample_frame(synth, model_input) -> Any:
+    """Samples for each row of ``model_input`` (``n``, optional ``class_balance`` and
+    ``random_state``): a DataFrame with ``label`` and ``e0``..``e{d-1}``."""
+    import pandas as pd
+
+    frame = pd.DataFrame(model_input)
+    if "n" not in frame.columns:
+        raise ValueError("input needs a column 'n' (number of samples)")
+    parts = []
+    for _, row in frame.iterrows():
+        balance = row.get("class_balance")
+        seed = row.get("random_state")
+        X, y = synth.sample(
+            int(row["n"]),
+            class_balance=str(balance) if isinstance(balance, str) else "proportional",
+            random_state=None if seed is None or pd.isna(seed) else int(seed))
+        part = pd.DataFrame(X, columns=[f"e{i}" for i in range(X.shape[1])])
+        part.insert(0, "label", y)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    return ModelSignature(inputs=Schema([
+        ColSpec("long", "n"), ColSpec("string", "class_balance", required=False),
+        ColSpec("long", "random_state", required=False)]))
+
+
+# ------------------------------------------------------------------------------ reading
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReleaseError(f"{path} is missing: not a finished dpsynth run output") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReleaseError(f"{path} is unreadable: {exc}") from None
+
+
+def _dataset_id(out_dir: Path) -> str:
+    run = out_dir / "run.json"
+    if run.is_file():
+        budget = _read_json(run).get("budget") or {}
+        if budget.get("dataset_id"):
+            return str(budget["dataset_id"])
+    release = out_dir / RELEASE_FILE
+    if release.is_file() and _read_json(release).get("dataset_id"):
+        return str(_read_json(release)["dataset_id"])
+    raise ReleaseError(f"{out_dir}: cannot tell the dataset id (no run.json budget entry)")
+
+
+def _candidate_values(metrics: dict[str, Any]) -> dict[str, str]:
+    return {f"{TAG_PREFIX}{k}": str(metrics[k]).lower() if isinstance(metrics[k], bool)
+            else str(metrics[k]) for k in METRIC_TAGS if metrics.get(k) is not None}
+
+
+def _float(tags: dict[str, str], key: str) -> float | None:
+    value = tags.get(f"{TAG_PREFIX}{key}")
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------------------ gates
+def check_gates(candidate: dict[str, str], production: dict[str, str] | None,
+                gates: Gates) -> tuple[str, str] | None:
+    """The first failed gate as ``(name, reason)``, or None when all pass. Both arguments
+    are version tags (``dpsynth.<metric>``)."""
+    eps, delta = _float(candidate, "epsilon"), _float(candidate, "delta")
+    acc, fd = _float(candidate, "accuracy"), _float(candidate, "frechet_distance_to_test")
+    if gates.require_private:
+        if candidate.get(f"{TAG_PREFIX}private") != "true" or eps is None \
+                or not math.isfinite(eps):
+            return "private", "the release is not differentially private (eps = inf)"
+        if candidate.get(f"{TAG_PREFIX}noise_seeded") != "false":
+            return "private", "the release's noise is seeded (reproducible, not private)"
+    if eps is None or not eps <= gates.max_epsilon:
+        return "max_epsilon", f"epsilon {eps} exceeds the ceiling {gates.max_epsilon}"
+    if delta is None or not delta <= gates.max_delta:
+        return "max_delta", f"delta {delta} exceeds the ceiling {gates.max_delta}"
+    if acc is None or not acc >= gates.min_accuracy:
+        return "min_accuracy", f"accuracy {acc} is below the floor {gates.min_accuracy}"
+    if production is not None:
+        p_acc = _float(production, "accuracy")
+        if p_acc is not None and acc < p_acc - gates.accuracy_tolerance:
+            return "accuracy_vs_production", (
+                f"accuracy {acc:.4f} is below production's {p_acc:.4f} minus the "
+                f"tolerance {gates.accuracy_tolerance}")
+        p_fd = _float(production, "frechet_distance_to_test")
+        if p_fd is not None and (fd is None or fd > p_fd + gates.frechet_tolerance):
+            return "frechet_vs_production", (
+                f"Fréchet distance {fd} is above production's {p_fd:.4f} plus the "
+                f"tolerance {gates.frechet_tolerance}")
+    return None
+
+
+def _alias_version(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def promote_version(dataset_id: str, version: str, *, gates: Gates = Gates(),
+                    tracking_uri: str | None = None) -> Release:
+    """Run the gates on registered ``version`` and, if all pass, move ``production`` to it
+    (the replaced version becomes ``previous``). Raises :class:`GateFailedError`."""
+    client = _client(tracking_uri)
+    name = model_name(dataset_id)
+    mv = client.get_model_version(name, str(version))
+    current = _alias_version(client, name, PRODUCTION)
+    if current is not None and current.version == mv.version:
+        return _release(client, name, mv.version, dataset_id, True)
+    failed = check_gates(dict(mv.tags), dict(current.tags) if current else None, gates)
+    if failed:
+        client.set_model_version_tag(name, mv.version, TAG_GATE, f"failed: {failed[0]}")
+        raise GateFailedError(failed[0], failed[1], mv.version)
+    client.set_model_version_tag(name, mv.version, TAG_GATE, "passed")
+    if current is not None:
+        client.set_model_version_tag(name, mv.version, TAG_PREVIOUS, current.version)
+        client.set_registered_model_alias(name, PREVIOUS, current.version)
+    client.set_registered_model_alias(name, PRODUCTION, mv.version)
+    return _release(client, name, mv.version, dataset_id, True)
+
+
+def _release(client, name: str, version: str, dataset_id: str, aliased: bool) -> Release:
+    mv = client.get_model_version(name, version)
+    tags = dict(mv.tags)
+    return Release(name, str(mv.version), dataset_id, aliased, tags.get(TAG_PREVIOUS),
+                   tags.get(TAG_RELEASE_RUN, mv.run_id or ""), tags)
+
+
+# ------------------------------------------------------------------------------ register
+def register(out_dir: Path, *, tracking_uri: str | None = None,
+             extra_tags: dict[str, str] | None = None) -> tuple[str, str]:
+    """Log an output directory (a ``dpsynth run`` or a :func:`resample`) as a release run
+    and register its synthesizer as a new version; returns ``(dataset_id, version)``.
+
+    Reads only DP releases, synthetic samples and run metadata (module docstring).
+    """
+    import mlflow
+    import mlflow.data
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from dpsynth.data.store import EmbeddingSet
+    from dpsynth.synthesizer import DPSynthesizer
+
+    out_dir = Path(out_dir)
+    metrics = _read_json(out_dir / "metrics.json")
+    dataset_id = _dataset_id(out_dir)
+    mixture, synthetic = out_dir / "mixture", out_dir / "synthetic"
+    DPSynthesizer.load(mixture)  # refuse a damaged model before anything is logged
+    synth_set = EmbeddingSet.open(synthetic)
+    client = _client(tracking_uri)
+    name = model_name(dataset_id)
+    source_run = (_read_json(out_dir / "run.json").get("run_id")
+                  if (out_dir / "run.json").is_file() else None)
+    tags = {TAG_KIND: "run", **_candidate_values(metrics),
+            f"{TAG_PREFIX}dataset_id": dataset_id, **(extra_tags or {})}
+    if source_run:
+        tags[TAG_SOURCE_RUN] = str(source_run)
+    mlflow.set_experiment(RELEASE_EXPERIMENT)
+    with mlflow.start_run(run_name=f"release-{name}") as run:
+        mlflow.set_tags(tags)
+        mlflow.log_metrics({k: float(metrics[k]) for k in
+                            ("accuracy", "frechet_distance_to_test", "epsilon", "delta")
+                            if isinstance(metrics.get(k), int | float)
+                            and math.isfinite(float(metrics[k]))})
+        mlflow.log_artifacts(str(synthetic), "synthetic")
+        mlflow.log_artifacts(str(mixture), "mixture")
+        for file in ("metrics.json", "privacy_plan.json", "config.yaml", RELEASE_FILE):
+            if (out_dir / file).is_file():
+                mlflow.log_artifact(str(out_dir / file))
+        if (out_dir / "decoded" / "grid.png").is_file():
+            mlflow.log_artifact(str(out_dir / "decoded" / "grid.png"), "decoded")
+        # Lineage: the private dataset by id only (no data, no digest of it), and the
+        # synthetic set with its digest, as the run's inputs.
+        artifact_uri = mlflow.get_artifact_uri("synthetic")
+        X, y = synth_set.load()
+        synthetic_ds = mlflow.data.from_numpy(X, targets=y, source=_source(artifact_uri),
+                                              name=f"synthetic:{dataset_id}")
+        private_ds = MetaDataset(source=HTTPDatasetSource(f"dpsynth://{dataset_id}"),
+                                 name=dataset_id)
+        mlflow.log_input(private_ds, context="private-source (not logged; DP releases only)")
+        mlflow.log_input(synthetic_ds, context="synthetic")
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT, python_model=SynthesizerModel.create(),
+            artifacts={"mixture": str(mixture)}, signature=_signature(),
+            pip_requirements=["dpsynth", "mlflow", "numpy", "pandas", "scikit-learn"])
+        run_id = run.info.run_id
+    mv = mlflow.register_model(info.model_uri, name, tags={**tags, TAG_RELEASE_RUN: run_id})
+    client.set_model_version_tag(name, mv.version, TAG_RELEASE_RUN, run_id)
+    return dataset_id, str(mv.version)
+
+
+def _source(uri: str):
+    """A dataset source for an artifact URI: MLflow's own resolver where it has one (a
+    local path, s3://, ...), else the URI kept as an opaque location (``mlflow-artifacts:``
+    has no resolver)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    try:
+        return resolve_dataset_source(uri)
+    except Exception:  # noqa: BLE001 - no resolver for this scheme
+        return HTTPDatasetSource(uri)
+
+
+def promote(out_dir: Path, *, gates: Gates = Gates(),
+            tracking_uri: str | None = None) -> Release:
+    """Register the run in ``out_dir`` as a new version of ``dpsynth-<dataset_id>`` and
+    promote it through the gates. On a failed gate the version stays registered (tag
+    ``dpsynth.gate``) and :class:`GateFailedError` is raised; ``production`` is unchanged.
+    """
+    dataset_id, version = register(out_dir, tracking_uri=tracking_uri)
+    return promote_version(dataset_id, version, gates=gates, tracking_uri=tracking_uri)
+
+
+# ------------------------------------------------------------------------------ rollback
+def rollback(dataset_id: str, *, to_version: str | None = None,
+             tracking_uri: str | None = None) -> Release:
+    """Move ``production`` back to the version it replaced (``to_version`` to choose one).
+    No gates: the target was production before. ``previous`` then points at the version
+    the target itself replaced (or is removed)."""
+    client = _client(tracking_uri)
+    name = model_name(dataset_id)
+    current = _alias_version(client, name, PRODUCTION)
+    if current is None:
+        raise ReleaseError(f"{name} has no '{PRODUCTION}' version to roll back")
+    target = to_version or current.tags.get(TAG_PREVIOUS)
+    if target is None:
+        prev = _alias_version(client, name, PREVIOUS)
+        target = prev.version if prev else None
+    if target is None:
+        raise ReleaseError(f"{name}@{PRODUCTION} (version {current.version}) replaced no "
+                           "earlier version: nothing to roll back to")
+    target_mv = client.get_model_version(name, str(target))
+    client.set_registered_model_alias(name, PRODUCTION, target_mv.version)
+    client.set_model_version_tag(name, current.version, f"{TAG_PREFIX}rolled_back", "true")
+    before = target_mv.tags.get(TAG_PREVIOUS)
+    if before:
+        client.set_registered_model_alias(name, PREVIOUS, before)
+    elif _alias_version(client, name, PREVIOUS) is not None:
+        client.delete_registered_model_alias(name, PREVIOUS)
+    return _release(client, name, target_mv.version, dataset_id, True)
+
+
+# ------------------------------------------------------------------------------ fetch
+def _prepare_out(out: Path) -> None:
+    from dpsynth.outputs import remove_embedding_set
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ReleaseError(f"--out {out} is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / RELEASE_FILE).is_file():
+        raise ReleaseError(f"--out {out} is not empty and holds no earlier fetch or "
+                           f"resample ({RELEASE_FILE}); choose an empty or new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    remove_embedding_set(out / "synthetic")
+    if (out / "mixture").is_dir():
+        for file in ("params.json", "arrays.npz", "embedding_info.json"):
+            (out / "mixture" / file).unlink(missing_ok=True)
+
+
+def fetch(dataset_id: str, out: Path, *, alias: str = PRODUCTION,
+          tracking_uri: str | None = None, with_mixture: bool = False) -> Release:
+    """Download the ``alias`` version's synthetic EmbeddingSet to ``out/synthetic`` with its
+    metadata (``metrics.json``, ``privacy_plan.json``, ``release.json``)."""
+    from dpsynth.data.store import EmbeddingSet
+
+    client = _client(tracking_uri)
+    name = model_name(dataset_id)
+    mv = _alias_version(client, name, alias)
+    if mv is None:
+        raise ReleaseError(f"{name} has no version with alias '{alias}'")
+    release = _release(client, name, mv.version, dataset_id, True)
+    out = Path(out)
+    _prepare_out(out)
+    with tempfile.TemporaryDirectory(prefix="dpsynth-fetch-") as tmp:
+        wanted = ["synthetic", "metrics.json", "privacy_plan.json"]
+        if with_mixture:
+            wanted.append("mixture")
+        listed = {a.path for a in client.list_artifacts(release.run_id)}
+        for path in wanted:
+            if path in listed:
+                client.download_artifacts(release.run_id, path, tmp)
+        for path in wanted:
+            src = Path(tmp) / path
+            if src.is_dir():
+                shutil.copytree(src, out / path, dirs_exist_ok=True)
+            elif src.is_file():
+                shutil.copy2(src, out / path)
+    EmbeddingSet.open(out / "synthetic")  # verify the shards against the manifest
+    (out / RELEASE_FILE).write_text(json.dumps(
+        {**release.to_dict(), "alias": alias, "model_uri": f"models:/{name}@{alias}"},
+        indent=2))
+    return release
+
+
+# ------------------------------------------------------------------------------ resample
+def resample(dataset_id: str, n: int, out: Path, *, alias: str = PRODUCTION,
+             class_balance: str = "proportional", random_state: int | None = None,
+             tracking_uri: str | None = None, register_version: bool = True,
+             promote_gates: Gates | None = None) -> Release | None:
+    """Resample-only refresh: ``n`` new records from the ``alias`` version's mixture,
+    written to ``out/synthetic`` and (``register_version``) registered as a new version
+    tagged ``dpsynth.resample_of`` = the source version; with ``promote_gates`` it is then
+    promoted through them.
+
+    Post-processing of a DP release: the mixture is read from MLflow, no private record is
+    read, no budget is charged and the ledger is not touched; the privacy guarantee is the
+    source version's. Metrics are the source version's (carried over, marked so).
+    """
+    from dpsynth import steps
+
+    release = fetch(dataset_id, out, alias=alias, tracking_uri=tracking_uri,
+                    with_mixture=True)
+    out = Path(out)
+    if not (out / "mixture" / "params.json").is_file():
+        raise ReleaseError(f"version {release.version} carries no mixture to resample")
+    seed = random_state if random_state is not None else int(
+        np.random.default_rng().integers(0, 2**31 - 1))
+    from dpsynth.outputs import remove_embedding_set
+
+    remove_embedding_set(out / "synthetic")
+    steps.synthesize(out / "mixture", out / "synthetic", n=int(n),
+                     class_balance=class_balance, random_state=seed)
+    metrics_file = out / "metrics.json"
+    metrics = _read_json(metrics_file) if metrics_file.is_file() else {}
+    metrics.update({"n_synthetic": int(n), "metrics_from_version": release.version,
+                    "resample_of_version": release.version})
+    metrics_file.write_text(json.dumps(metrics, indent=2))
+    (out / RELEASE_FILE).write_text(json.dumps(
+        {"dataset_id": dataset_id, "resample_of": f"{release.model_name}/{release.version}",
+         "n": int(n), "class_balance": class_balance, "random_state": seed,
+         "note": "post-processing of a DP release: no privacy budget spent, no private "
+                 "data read"}, indent=2))
+    if not register_version:
+        return None
+    _, version = register(out, tracking_uri=tracking_uri, extra_tags={
+        TAG_KIND: "resample", TAG_RESAMPLE_OF: release.version,
+        f"{TAG_PREFIX}metrics_from_version": release.version})
+    if promote_gates is not None:
+        return promote_version(dataset_id, version, gates=promote_gates,
+                               tracking_uri=tracking_uri)
+    client = _client(tracking_uri)
+    return _release(client, model_name(dataset_id), version, dataset_id, False)

@@ -1,0 +1,185 @@
+"""Production refresh (`dpsynth promote` / `fetch` / `rollback` / `resample`) against a real
+``mlflow server`` whose backend store is a throwaway PostgreSQL cluster.
+
+One PostgreSQL, one MLflow server and one quick digits run per module. The tests run in
+file order and build on each other's registry state: promote (version 1, production),
+failing gates (versions registered, alias unchanged), fetch, resample-only refresh
+promoted through the gates, rollback to version 1.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from mlflow_server import MlflowServer
+from pg_server import PostgresServer, postgres_bin_dir
+from typer.testing import CliRunner
+
+from dpsynth import runner
+from dpsynth.cli import app
+from dpsynth.config import load_config
+from dpsynth.data.store import EmbeddingSet
+from dpsynth.privacy.ledger_store import LEDGER_URI_ENV, open_ledger
+from dpsynth.promote import PREVIOUS, PRODUCTION, TAG_GATE, TAG_RESAMPLE_OF, model_name
+
+DATASET = f"digits-promote/{uuid.uuid4().hex[:6]}"  # sanitised: '/' becomes '-'
+NAME = model_name(DATASET)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL binaries (initdb) not found: scripts/setup.sh installs "
+                    "Debian's postgresql")
+    pg = PostgresServer(bin_dir).start()
+    srv = None
+    try:
+        backend = pg.uri().replace("postgresql://", "postgresql+psycopg://", 1)
+        srv = MlflowServer(tmp_path_factory.mktemp("mlflow-pg"), backend).start()
+        yield srv
+    finally:
+        if srv is not None:
+            srv.stop()
+        pg.stop()
+
+
+@pytest.fixture(scope="module")
+def ledger_uri(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('promote-ledger') / 'ledger.sqlite'}"
+
+
+@pytest.fixture(scope="module")
+def run_out(server, ledger_uri, tmp_path_factory):
+    """One quick, private digits run tracked on the server (charged to ``ledger_uri``)."""
+    out = tmp_path_factory.mktemp("run")
+    cache = tmp_path_factory.mktemp("cache")
+    config = load_config("configs/digits-quick.yaml", [
+        f"encoder.cache_dir={cache}", "evaluate.epochs=5", "synthesize.n=2000",
+        f"data.dataset_id={DATASET}", f"tracking.uri={server.uri}"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(LEDGER_URI_ENV, ledger_uri)
+        runner.run(config, out, progress=False, echo=lambda _: None)
+    return out
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _alias(server, alias: str = PRODUCTION) -> str:
+    return str(MlflowClient(server.uri).get_model_version_by_alias(NAME, alias).version)
+
+
+def test_promote_sets_production_and_the_pyfunc_samples(server, run_out, monkeypatch):
+    result = _cli("promote", "--out", run_out, "--tracking-uri", server.uri)
+    assert result.exit_code == 0, result.output
+    assert _alias(server) == "1"
+    client = MlflowClient(server.uri)
+    mv = client.get_model_version(NAME, "1")
+    assert mv.tags[TAG_GATE] == "passed" and mv.tags["dpsynth.private"] == "true"
+    run = client.get_run(mv.tags["dpsynth.release_run_id"])
+    contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
+    assert "synthetic" in contexts and any("private-source" in c for c in contexts)
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"synthetic", "mixture", "metrics.json", "privacy_plan.json", "decoded"} <= top
+
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@{PRODUCTION}")
+    samples = model.predict(pd.DataFrame({"n": [50], "random_state": [3]}))
+    assert samples.shape == (50, 65)  # label + 64 pixel dimensions
+    assert set(samples["label"]) <= set(range(10))
+    balanced = model.predict(pd.DataFrame({"n": [40], "class_balance": ["balanced"]}))
+    assert np.bincount(balanced["label"], minlength=10).tolist() == [4] * 10
+
+
+@pytest.mark.parametrize(("option", "gate"), [
+    (("--max-epsilon", "1"), "max_epsilon"),
+    (("--min-accuracy", "0.99"), "min_accuracy"),
+    (("--accuracy-tolerance", "-0.5"), "accuracy_vs_production"),
+    (("--frechet-tolerance", "-1"), "frechet_vs_production"),
+])
+def test_a_failed_gate_leaves_production_where_it_was(server, run_out, option, gate):
+    before = _alias(server)
+    result = _cli("promote", "--out", run_out, "--tracking-uri", server.uri, *option)
+    assert result.exit_code == 2, result.output
+    assert f"gate '{gate}' failed" in result.output
+    assert _alias(server) == before
+    client = MlflowClient(server.uri)
+    newest = max(int(v.version) for v in client.search_model_versions(f"name = '{NAME}'"))
+    assert client.get_model_version(NAME, str(newest)).tags[TAG_GATE] == f"failed: {gate}"
+
+
+def test_promote_by_version_runs_the_gates_too(server, run_out):
+    client = MlflowClient(server.uri)
+    failed = max(int(v.version) for v in client.search_model_versions(f"name = '{NAME}'"))
+    result = _cli("promote", "--dataset-id", DATASET, "--version", failed,
+                  "--tracking-uri", server.uri, "--max-delta", "1e-9")
+    assert result.exit_code == 2 and "gate 'max_delta' failed" in result.output
+    assert _alias(server) == "1"
+
+
+def test_fetch_downloads_the_production_set(server, run_out, tmp_path):
+    out = tmp_path / "fetched"
+    result = _cli("fetch", "--dataset-id", DATASET, "--out", out, "--tracking-uri",
+                  server.uri)
+    assert result.exit_code == 0, result.output
+    fetched, original = EmbeddingSet.open(out / "synthetic"), EmbeddingSet.open(
+        run_out / "synthetic")
+    assert fetched.count == original.count == 2000
+    np.testing.assert_array_equal(fetched.load()[0], original.load()[0])
+    release = json.loads((out / "release.json").read_text())
+    assert release["version"] == "1" and release["model_uri"] == f"models:/{NAME}@production"
+    assert json.loads((out / "metrics.json").read_text())["private"] is True
+    assert (out / "privacy_plan.json").is_file()
+    # A second fetch into the same folder replaces it; someone else's folder is refused.
+    assert _cli("fetch", "--dataset-id", DATASET, "--out", out, "--tracking-uri",
+                server.uri).exit_code == 0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mine.txt").write_text("x")
+    refused = _cli("fetch", "--dataset-id", DATASET, "--out", tmp_path / "other",
+                   "--tracking-uri", server.uri)
+    assert refused.exit_code == 2 and "not empty" in refused.output
+
+
+def test_resample_only_refresh_spends_no_budget_and_promotes(server, run_out, ledger_uri,
+                                                            tmp_path, monkeypatch):
+    monkeypatch.setenv(LEDGER_URI_ENV, ledger_uri)
+    with open_ledger() as ledger:
+        charges_before = ledger.entries(DATASET)
+    assert len(charges_before) == 1  # the run's own charge
+    out = tmp_path / "resampled"
+    result = _cli("resample", "--dataset-id", DATASET, "--n", "300", "--out", out,
+                  "--promote", "--tracking-uri", server.uri)
+    assert result.exit_code == 0, result.output
+    with open_ledger() as ledger:
+        assert ledger.entries(DATASET) == charges_before
+    synthetic = EmbeddingSet.open(out / "synthetic")
+    assert synthetic.count == 300 and synthetic.manifest["provenance"]["private"] is True
+    new = _alias(server)
+    assert new != "1" and _alias(server, PREVIOUS) == "1"
+    mv = MlflowClient(server.uri).get_model_version(NAME, new)
+    assert mv.tags[TAG_RESAMPLE_OF] == "1" and mv.tags["dpsynth.kind"] == "resample"
+
+
+def test_rollback_moves_production_back(server, run_out):
+    current = _alias(server)
+    assert current != "1"
+    result = _cli("rollback", "--dataset-id", DATASET, "--tracking-uri", server.uri)
+    assert result.exit_code == 0, result.output
+    assert _alias(server) == "1"
+    client = MlflowClient(server.uri)
+    assert client.get_model_version(NAME, current).tags["dpsynth.rolled_back"] == "true"
+    with pytest.raises(Exception, match="(?i)alias|not found"):
+        client.get_model_version_by_alias(NAME, PREVIOUS)
+    # Version 1 replaced nothing: a second rollback is refused, production unchanged.
+    again = _cli("rollback", "--dataset-id", DATASET, "--tracking-uri", server.uri)
+    assert again.exit_code == 2 and "nothing to roll back" in again.output
+    assert _alias(server) == "1"
