@@ -5,6 +5,7 @@ checking fails here."""
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -190,6 +191,18 @@ def test_overlays_pick_the_gpu_label_variants():
     assert list(selectors["prod"]) == ["cloud.google.com/gke-accelerator"]
 
 
+def test_overlays_pin_every_logical_image():
+    """The base names images logically; each overlay's images: must pin each of them
+    (an entry whose name matches nothing is silently ignored by kustomize)."""
+    logical = {c["image"] for o in render(MANIFESTS / "base") for _, c in
+               _workload_containers(o)}
+    assert all(":" not in name and "/" not in name for name in logical), logical
+    for name in OVERLAYS:
+        spec = yaml.safe_load((MANIFESTS / "overlays" / name / "kustomization.yaml")
+                              .read_text())
+        assert {image["name"] for image in spec["images"]} == logical, name
+
+
 def test_readme_lists_every_secret_key_the_objects_reference(overlay):
     readme = (MANIFESTS / "README.md").read_text()
     refs = set()
@@ -297,6 +310,16 @@ def test_a_configmap_with_a_password_fails():
     obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
            "data": {"app.ini": "[db]\npassword = hunter2\n"}}
     assert policy_problems([obj])
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_each_check_fails_the_rendered_overlay_broken_the_same_way(case):
+    """The same breakages applied to the real MLflow Deployment of the dev overlay."""
+    objects = copy.deepcopy(render(MANIFESTS / "overlays" / "dev"))
+    mlflow = next(o for o in objects if o["kind"] == "Deployment"
+                  and o["metadata"]["name"] == "mlflow")
+    BROKEN[case](mlflow)
+    assert policy_problems(objects), case
 
 
 def test_a_listed_exception_allows_a_writable_root():
