@@ -183,3 +183,30 @@ def test_rollback_moves_production_back(server, run_out):
     again = _cli("rollback", "--dataset-id", DATASET, "--tracking-uri", server.uri)
     assert again.exit_code == 2 and "nothing to roll back" in again.output
     assert _alias(server) == "1"
+
+
+def test_pipeline_promote_task_publishes_step_artifacts(server, run_out, tmp_path):
+    """What the pipeline's promote task calls: separate step outputs instead of --out."""
+    from dpsynth.promote import promote_artifacts
+
+    config = tmp_path / "config.yaml"
+    config.write_text((run_out / "config.yaml").read_text())
+    release = promote_artifacts(
+        mixture=run_out / "mixture", synthetic=run_out / "synthetic",
+        metrics=run_out / "evaluation" / "metrics.json",
+        privacy_plan=run_out / "privacy_plan.json", config=config,
+        decoded=run_out / "decoded", source_run_id="kfp-run", tracking_uri=server.uri)
+    assert release.model_name == NAME and _alias(server) == release.version
+    assert release.previous_production == "1" and _alias(server, PREVIOUS) == "1"
+    assert release.tags["dpsynth.source_run_id"] == "kfp-run"
+
+
+def test_pipeline_tasks_compile(tmp_path):
+    from kfp import compiler
+
+    from dpsynth_kfp.promote_task import promote, resample
+
+    for component in (promote, resample):
+        file = tmp_path / f"{component.name}.yaml"
+        compiler.Compiler().compile(component, str(file))
+        assert "dpsynth.promote" in file.read_text()

@@ -40,6 +40,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,8 @@ class SynthesizerModel:
     @staticmethod
     def create():
         import mlflow.pyfunc
+
+        warnings.filterwarnings("ignore", message="(?s).*Add type hints to the `predict`")
 
         class _Model(mlflow.pyfunc.PythonModel):
             """The saved DP mixture; ``predict`` samples from it (post-processing)."""
@@ -350,10 +353,13 @@ def register(out_dir: Path, *, tracking_uri: str | None = None,
                                  name=dataset_id)
         mlflow.log_input(private_ds, context="private-source (not logged; DP releases only)")
         mlflow.log_input(synthetic_ds, context="synthetic")
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT, python_model=SynthesizerModel.create(),
-            artifacts={"mixture": str(mixture)}, signature=_signature(),
-            pip_requirements=["dpsynth", "mlflow", "numpy", "pandas", "scikit-learn"])
+        with warnings.catch_warnings():
+            # The signature is explicit; an input example would make MLflow sample once.
+            warnings.filterwarnings("ignore", message="(?s).*(type hints|input example)")
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT, python_model=SynthesizerModel.create(),
+                artifacts={"mixture": str(mixture)}, signature=_signature(),
+                pip_requirements=["dpsynth", "mlflow", "numpy", "pandas", "scikit-learn"])
         run_id = run.info.run_id
     mv = mlflow.register_model(info.model_uri, name, tags={**tags, TAG_RELEASE_RUN: run_id})
     client.set_model_version_tag(name, mv.version, TAG_RELEASE_RUN, run_id)
@@ -381,6 +387,31 @@ def promote(out_dir: Path, *, gates: Gates = Gates(),
     """
     dataset_id, version = register(out_dir, tracking_uri=tracking_uri)
     return promote_version(dataset_id, version, gates=gates, tracking_uri=tracking_uri)
+
+
+def promote_artifacts(*, mixture: Path, synthetic: Path, metrics: Path, privacy_plan: Path,
+                      config: Path, decoded: Path | None = None, source_run_id: str = "",
+                      gates: Gates = Gates(), tracking_uri: str | None = None) -> Release:
+    """:func:`promote` for separate step outputs (a pipeline's artifacts) instead of a run's
+    ``--out``: they are staged, as links or copies, in the layout :func:`register` reads.
+    The dataset id is the config's ledger id. Raises :class:`GateFailedError` like
+    :func:`promote`."""
+    from dpsynth.config import load_config
+
+    dataset_id = load_config(Path(config)).data.ledger_id()
+    with tempfile.TemporaryDirectory(prefix="dpsynth-release-") as tmp:
+        stage = Path(tmp)
+        shutil.copytree(mixture, stage / "mixture")
+        shutil.copytree(synthetic, stage / "synthetic")
+        shutil.copy2(metrics, stage / "metrics.json")
+        shutil.copy2(privacy_plan, stage / "privacy_plan.json")
+        shutil.copy2(config, stage / "config.yaml")
+        if decoded is not None and (Path(decoded) / "grid.png").is_file():
+            (stage / "decoded").mkdir()
+            shutil.copy2(Path(decoded) / "grid.png", stage / "decoded" / "grid.png")
+        (stage / "run.json").write_text(json.dumps(
+            {"run_id": source_run_id or None, "budget": {"dataset_id": dataset_id}}))
+        return promote(stage, gates=gates, tracking_uri=tracking_uri)
 
 
 # ------------------------------------------------------------------------------ rollback
