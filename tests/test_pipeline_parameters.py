@@ -59,7 +59,7 @@ def test_the_arguments_reproduce_the_configuration(config_file, extra):
 def test_the_plan_component_takes_the_table():
     signature = inspect.signature(plan.python_func)
     taken = {name: (p.annotation, p.default) for name, p in signature.parameters.items()
-             if name not in ("config", "privacy_plan", "ledger")}
+             if name not in ("config", "privacy_plan", "ledger", "kfp_run_id")}
     assert taken == {p.input_name: (p.type, p.default) for p in PARAMETERS}
     for p in PARAMETERS:
         assert plan.component_spec.inputs[p.input_name].description == p.description

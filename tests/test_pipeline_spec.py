@@ -23,7 +23,7 @@ from dpsynth_kfp.compile import (
 )
 from dpsynth_kfp.components import COMPONENTS_DIR, compile_components, spec_path
 from dpsynth_kfp.parameters import PARAMETERS
-from dpsynth_kfp.pipeline import build_pipeline
+from dpsynth_kfp.pipeline import DEFAULT_RESOURCES, build_pipeline
 
 
 @pytest.fixture
@@ -117,7 +117,58 @@ def test_gpu_steps_request_a_gpu_node_cache_and_retries():
         tasks.update(dag.tasks)
     assert tasks["encode"].retry_policy.max_retry_count == 2
     assert tasks["decode"].retry_policy.max_retry_count == 2
-    assert not tasks["dp-cluster"].HasField("retry_policy")
+
+
+def _tasks(spec):
+    tasks = {}
+    for _, dag in _dags(spec):
+        tasks.update({n: t for n, t in dag.tasks.items() if t.HasField("component_ref")})
+    return tasks
+
+
+def test_every_task_has_requests_limits_and_a_timeout():
+    spec, k8s = _parsed()
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    steps = {s.name.replace("_", "-"): s.name for s in STEPS}
+    for label, executor in executors.items():
+        step = steps[label.removeprefix("exec-").rsplit("-", 1)[0]] \
+            if label.removeprefix("exec-") not in steps else steps[label.removeprefix("exec-")]
+        want = DEFAULT_RESOURCES[step]
+        res = executor["container"]["resources"]
+        assert res["resourceCpuRequest"] == want.cpu_request, label
+        assert res["resourceCpuLimit"] == want.cpu_limit, label
+        assert res["resourceMemoryRequest"] == want.memory_request, label
+        assert res["resourceMemoryLimit"] == want.memory_limit, label
+        assert k8s[label].active_deadline_seconds == want.timeout_s, label
+
+
+def test_every_idempotent_task_retries_and_plan_never_does():
+    spec, _ = _parsed()
+    tasks = _tasks(spec)
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    assert {n for n, t in tasks.items()
+            if spec.components[t.component_ref.name].executor_label in executors} >= \
+        {s.name.replace("_", "-") for s in STEPS}
+    for name, task in tasks.items():
+        if spec.components[task.component_ref.name].executor_label not in executors:
+            continue  # a DAG (the loop, the condition)
+        if name == "plan":
+            assert not task.HasField("retry_policy")
+        else:
+            assert task.retry_policy.max_retry_count == 2, name
+            assert task.retry_policy.backoff_duration.seconds == 60, name
+
+
+def test_plan_is_never_cached_even_when_the_client_enables_caching():
+    """Caching is off on every task, and plan takes the run's id: a client that turns
+    caching on for the whole run (create_run_from_pipeline_package(enable_caching=True))
+    still finds no cache entry for plan, so the budget is charged on every run."""
+    spec, _ = _parsed()
+    for name, task in _tasks(spec).items():
+        assert not task.caching_options.enable_cache, name
+    plan = spec.root.dag.tasks["plan"]
+    run_id = plan.inputs.parameters["kfp_run_id"]
+    assert run_id.runtime_value.constant.string_value == dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
 
 def test_fan_out_condition_and_plan_first():
@@ -155,8 +206,8 @@ def test_the_run_form_shows_one_described_parameter_per_table_row():
     root_components = {t.component_ref.name for t in spec.root.dag.tasks.values()}
     assert "comp-parameters" not in root_components
     plan_inputs = spec.root.dag.tasks["plan"].inputs.parameters
-    assert {name: i.component_input_parameter for name, i in plan_inputs.items()} == \
-        {p.input_name: p.name for p in PARAMETERS}
+    assert {name: i.component_input_parameter for name, i in plan_inputs.items()
+            if name != "kfp_run_id"} == {p.input_name: p.name for p in PARAMETERS}
 
 
 def test_the_pipeline_has_one_task_per_step_of_the_graph():

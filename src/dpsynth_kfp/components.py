@@ -91,12 +91,16 @@ def _plan_component() -> BaseComponent:
     function only forwards its arguments to :func:`dpsynth_kfp.plan_task.run`."""
     inputs = "".join(f"    {p.input_name}: {p.type.__name__} = {p.default!r},\n"
                      for p in PARAMETERS)
-    args = "".join(f"        {p.input_name}: {p.description}\n" for p in PARAMETERS)
+    args = ("        kfp_run_id: The Kubeflow run's id (the pipeline passes\n"
+            "            dsl.PIPELINE_JOB_ID_PLACEHOLDER): a per-run input, so plan is never\n"
+            "            served from a cache, even when the client enables caching.\n"
+            + "".join(f"        {p.input_name}: {p.description}\n" for p in PARAMETERS))
     source = (
         "def plan(\n"
         "    config: Output[Artifact],\n"
         "    privacy_plan: Output[Artifact],\n"
         "    ledger: Output[Markdown],\n"
+        "    kfp_run_id: str,\n"
         f"{inputs}"
         ") -> str:\n"
         f'    """{graph_step("plan").summary}\n\n'

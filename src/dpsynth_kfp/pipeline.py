@@ -33,10 +33,36 @@ DESCRIPTION = ("Differentially private synthetic embeddings: plan and budget che
 
 
 @dataclass(frozen=True)
+class TaskResources:
+    """One task's CPU/memory requests and limits (Kubernetes quantities) and its timeout."""
+
+    cpu_request: str
+    cpu_limit: str
+    memory_request: str
+    memory_limit: str
+    timeout_s: int
+
+
+#: Per step: plan is light and short; the DP/CPU steps hold the training embeddings in
+#: memory; encode and decode run models on the GPU (decode: a diffusion model).
+DEFAULT_RESOURCES: dict[str, TaskResources] = {
+    "plan": TaskResources("500m", "2", "1Gi", "4Gi", 30 * 60),
+    "encode": TaskResources("4", "8", "16Gi", "32Gi", 6 * 3600),
+    "dp_cluster": TaskResources("2", "4", "4Gi", "16Gi", 2 * 3600),
+    "fit_gmm": TaskResources("2", "4", "4Gi", "16Gi", 2 * 3600),
+    "synthesize": TaskResources("1", "2", "2Gi", "8Gi", 3600),
+    "decode": TaskResources("4", "8", "16Gi", "32Gi", 4 * 3600),
+    "evaluate": TaskResources("2", "4", "4Gi", "16Gi", 2 * 3600),
+}
+assert tuple(DEFAULT_RESOURCES) == STEP_NAMES, "resources for every step of the graph"
+
+
+@dataclass(frozen=True)
 class ClusterSettings:
-    """How the GPU steps are scheduled and what every pod mounts (compile time). The GPU
+    """How the tasks are scheduled and what every pod mounts (compile time). The GPU
     steps are the graph's ``device="cuda"`` steps; the secret goes to its ``tracking``
-    steps."""
+    steps. Every task gets ``resources[step]`` (requests, limits, a timeout); every task
+    but plan, whose budget charge must not repeat, is retried ``retries`` times."""
 
     accelerator_type: str = "nvidia.com/gpu"
     accelerator_limit: int = 1
@@ -53,14 +79,19 @@ class ClusterSettings:
         "MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN",
         # The privacy budget ledger (PostgreSQL, as its INSERT/SELECT-only role).
         "DPSYNTH_LEDGER_URI": "DPSYNTH_LEDGER_URI"})
-    gpu_retries: int = 2
+    #: Requests, limits and timeout by step; None: none (BestEffort, no timeout).
+    resources: dict[str, TaskResources] | None = field(
+        default_factory=lambda: dict(DEFAULT_RESOURCES))
+    #: Retries of every idempotent task (all but plan), with exponential backoff.
+    retries: int = 2
+    retry_backoff: str = "60s"
 
 
 #: The committed pipeline's settings.
 CLUSTER = ClusterSettings()
 #: For local runs: no cluster objects at all (the local runner has no Kubernetes).
 LOCAL = ClusterSettings(accelerator_type="", node_selector=None, toleration_key=None,
-                        model_cache_pvc=None, mlflow_secret=None, gpu_retries=0)
+                        model_cache_pvc=None, mlflow_secret=None, resources=None, retries=0)
 
 
 def _on_cluster(task, step: Step, settings: ClusterSettings):
@@ -68,6 +99,16 @@ def _on_cluster(task, step: Step, settings: ClusterSettings):
         kubernetes.use_secret_as_env(task, secret_name=settings.mlflow_secret,
                                      secret_key_to_env=settings.mlflow_secret_keys,
                                      optional=True)
+    if settings.resources:
+        r = settings.resources[step.name]
+        task.set_cpu_request(r.cpu_request).set_cpu_limit(r.cpu_limit)
+        task.set_memory_request(r.memory_request).set_memory_limit(r.memory_limit)
+        kubernetes.set_timeout(task, r.timeout_s)
+    if settings.retries and step.name != PLAN:
+        # Every step but plan is idempotent (it rewrites its own outputs); plan charges
+        # the budget, which must happen once.
+        task.set_retry(num_retries=settings.retries, backoff_duration=settings.retry_backoff,
+                       backoff_factor=2.0)
     if step.device != "cuda":
         return task
     if settings.model_cache_pvc:
@@ -84,9 +125,6 @@ def _on_cluster(task, step: Step, settings: ClusterSettings):
     if settings.toleration_key:
         kubernetes.add_toleration(task, key=settings.toleration_key, operator="Exists",
                                   effect="NoSchedule")
-    if settings.gpu_retries:
-        task.set_retry(num_retries=settings.gpu_retries, backoff_duration="60s",
-                       backoff_factor=2.0)
     return task
 
 
@@ -163,7 +201,10 @@ def _assemble(ops: Mapping[str, BaseComponent], values: Mapping[str, Any], encod
         inputs = {name: made[artifact]() for name, artifact in step.inputs.items()}
         if step.name == PLAN:
             # The parameters are applied to config_yaml inside the plan task.
-            publish(step, bind(step, **{p.input_name: values[p.name] for p in PARAMETERS}))
+            # kfp_run_id: a per-run input, so that plan's cache key differs on every run even
+            # when the client turns caching on for the whole run (the charge must happen).
+            publish(step, bind(step, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                               **{p.input_name: values[p.name] for p in PARAMETERS}))
         elif step.splits:
             for split in step.splits:
                 # Each split of the step: the fan-out split in encode_parts parallel parts.

@@ -24,8 +24,9 @@ from dpsynth_kfp.parameters import overrides as parameter_overrides
 
 
 def run(*, config_yaml: str, config: Any, privacy_plan: Any, ledger: Any,
-        **parameters: Any) -> str:
-    """Returns the MLflow run id that the evaluate task logs to."""
+        kfp_run_id: str = "", **parameters: Any) -> str:
+    """Returns the MLflow run id that the evaluate task logs to. ``kfp_run_id`` (the
+    Kubeflow run's id) only makes plan's cache key differ on every run."""
     cfg = load_config_text(config_yaml, parameter_overrides(parameters))
     if not (cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")):
         raise ValueError("no MLflow tracking store: set the pipeline parameter mlflow_uri "
@@ -46,5 +47,6 @@ def run(*, config_yaml: str, config: Any, privacy_plan: Any, ledger: Any,
     shutil.copyfile(charged.plan_path, privacy_plan.path)
     budget = charged.budget.to_dict()
     Path(ledger.path).write_text(
-        "# Privacy budget\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in budget.items()))
+        "# Privacy budget\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in budget.items())
+        + (f"\n- **Kubeflow run**: {kfp_run_id}" if kfp_run_id else ""))
     return charged.run_id
