@@ -132,30 +132,67 @@ def _parse_params(params: list[str] | None, config: Path | None) -> dict[str, ob
     return out
 
 
-def _client(host: str):
+HostOpt = Annotated[str, typer.Option(
+    help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888 or "
+    "https://kubeflow.example.org/pipeline.")]
+NamespaceOpt = Annotated[str | None, typer.Option(
+    help="Namespace (Kubeflow profile) of a multi-user KFP: experiments, pipelines and "
+    "recurring runs are looked up and created there. Leave out on a single-user KFP.")]
+TokenOpt = Annotated[str | None, typer.Option(
+    envvar="KFP_TOKEN", show_default=False,
+    help="Bearer token sent as the Authorization header. Prefer the environment variable "
+    "(a command line is visible to other users).")]
+TokenFileOpt = Annotated[Path | None, typer.Option(
+    help="File holding the bearer token, re-read on every request (e.g. a projected "
+    "ServiceAccount token, /var/run/secrets/kubeflow/pipelines/token).")]
+CaBundleOpt = Annotated[Path | None, typer.Option(
+    "--ca-bundle", help="PEM file of the CA(s) that signed the API's TLS certificate "
+    "(a private CA).")]
+
+
+def _client(host: str, *, namespace: str | None = None, token: str | None = None,
+            token_file: Path | None = None, ca_bundle: Path | None = None):
     import warnings
 
     import kfp
 
+    if token and token_file:
+        _fail("give a token (--token or $KFP_TOKEN) or --token-file, not both")
+    for option, path in (("--token-file", token_file), ("--ca-bundle", ca_bundle)):
+        if path is not None and not path.is_file():
+            _fail(f"{option} {path} does not exist")
+    kwargs: dict[str, object] = {"host": host}
+    if namespace:
+        kwargs["namespace"] = namespace
+    if token:
+        kwargs["existing_token"] = token
+    if token_file is not None:
+        from kfp.client import ServiceAccountTokenVolumeCredentials
+
+        kwargs["credentials"] = ServiceAccountTokenVolumeCredentials(str(token_file))
+    if ca_bundle is not None:
+        kwargs["ssl_ca_cert"] = str(ca_bundle)
     try:
         with warnings.catch_warnings():
             # Documented in docs/pipeline.md: KFP 2.x servers only.
             warnings.filterwarnings("ignore", message="This client only works with Kubeflow")
-            return kfp.Client(host=host)
+            return kfp.Client(**kwargs)
     except Exception as exc:  # noqa: BLE001 - any connection failure
         _fail(f"cannot reach the Kubeflow Pipelines API at {host}: {exc}")
 
 
-def _check_package(package: Path, params: dict[str, object]) -> None:
+def _check_package(package: Path, params: dict[str, object]) -> dict[str, dict]:
+    """The package's parameter definitions; unknown ``params`` are refused."""
     if not package.is_file():
         _fail(f"pipeline package {package} does not exist; run `dpsynth pipeline compile`")
     import yaml
 
     spec = next(yaml.safe_load_all(package.read_text()))
-    known = set(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
-    unknown = sorted(set(params) - known)
+    known = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    unknown = sorted(set(params) - set(known))
     if unknown:
         _fail(f"unknown pipeline parameters {unknown}; the pipeline takes {sorted(known)}")
+    return known
 
 
 def _api_error(action: str, host: str, exc: Exception) -> None:
@@ -168,51 +205,322 @@ def _api_error(action: str, host: str, exc: Exception) -> None:
 
 @app.command()
 def submit(
-    host: Annotated[str, typer.Option(help="KFP API endpoint, e.g. http://ml-pipeline:8888.")],
+    host: HostOpt,
     experiment: Annotated[str, typer.Option(help="KFP experiment name.")] = "dpsynth",
     run_name: Annotated[str | None, typer.Option(help="Run name.")] = None,
     package: Annotated[Path, typer.Option(help="Compiled pipeline YAML.")] = DEFAULT_PACKAGE,
     config: ConfigOpt = None,
     param: ParamOpt = None,
+    namespace: NamespaceOpt = None,
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_bundle: CaBundleOpt = None,
 ) -> None:
     """Start one run of the compiled pipeline on a Kubeflow cluster."""
+    namespace = namespace or None  # an empty --namespace (an unset CI variable): none
     params = _parse_params(param, config)
     _check_package(package, params)
-    client = _client(host)
+    client = _client(host, namespace=namespace, token=token, token_file=token_file,
+                     ca_bundle=ca_bundle)
     try:
         result = client.create_run_from_pipeline_package(
-            str(package), arguments=params, run_name=run_name, experiment_name=experiment)
+            str(package), arguments=params, run_name=run_name, experiment_name=experiment,
+            namespace=namespace)
     except Exception as exc:  # noqa: BLE001 - ApiException and connection errors
         _api_error("submitting the run", host, exc)
     typer.echo(f"submitted run {result.run_id} in experiment {experiment!r}")
 
 
+def _by_name(name: str) -> str:
+    """A v2beta1 list filter: display_name equals ``name``."""
+    return json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name",
+                                       "stringValue": name}]})
+
+
+def _recurring_runs(client, experiment_id: str, name: str) -> list:
+    """Every recurring run named ``name`` in the experiment (all pages)."""
+    found, token = [], ""
+    while True:
+        page = client.list_recurring_runs(page_token=token, page_size=100,
+                                          experiment_id=experiment_id, filter=_by_name(name))
+        found += [r for r in page.recurring_runs or [] if r.display_name == name]
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+def _upload_version(client, package: Path, pipeline_name: str, version_name: str,
+                    namespace: str | None) -> tuple[str, str]:
+    """(pipeline id, version id) of ``version_name`` of the pipeline ``pipeline_name``:
+    the pipeline is created when missing, the package uploaded as that version unless a
+    version of that name exists (then it is reused: the default name is the package's
+    digest, so the same package maps to the same version)."""
+    import kfp_server_api
+
+    found = client.list_pipelines(filter=_by_name(pipeline_name), namespace=namespace,
+                                  page_size=100).pipelines or []
+    found = [p for p in found if p.display_name == pipeline_name]
+    if len(found) > 1:
+        _fail(f"{len(found)} pipelines are named {pipeline_name!r}; name one with "
+              "--pipeline-name")
+    if found:
+        pipeline_id = found[0].pipeline_id
+    else:
+        created = client.pipelines.pipeline_service_create_pipeline(
+            pipeline=kfp_server_api.V2beta1Pipeline(
+                display_name=pipeline_name, namespace=namespace,
+                description="dpsynth: differentially private synthetic data"))
+        pipeline_id = created.pipeline_id
+        typer.echo(f"created pipeline {pipeline_name!r} ({pipeline_id})")
+    versions = client.list_pipeline_versions(pipeline_id, page_size=100,
+                                             filter=_by_name(version_name))
+    same = [v for v in versions.pipeline_versions or [] if v.display_name == version_name]
+    if same:
+        typer.echo(f"pipeline version {version_name!r} exists ({same[0].pipeline_version_id}); "
+                   "reusing it")
+        return pipeline_id, same[0].pipeline_version_id
+    with contextlib.redirect_stdout(None):  # kfp prints a UI link; ours is below
+        version = client.upload_pipeline_version(str(package), version_name,
+                                                 pipeline_id=pipeline_id)
+    typer.echo(f"uploaded {package} as version {version_name!r} "
+               f"({version.pipeline_version_id}) of pipeline {pipeline_name!r}")
+    return pipeline_id, version.pipeline_version_id
+
+
+def _run_config(definitions: dict[str, dict], params: dict[str, object]):
+    """The configuration a run of the package with ``params`` resolves at its plan step:
+    the package's defaults, then ``params``, applied to ``config_yaml`` as the plan task
+    does (:mod:`dpsynth_kfp.plan_task`)."""
+    from dpsynth.config import load_config_text
+    from dpsynth_kfp.parameters import PARAMETERS, overrides
+
+    values = {}
+    for p in PARAMETERS:
+        default = definitions.get(p.name, {}).get("defaultValue", p.default)
+        values[p.input_name] = params.get(p.name, default)
+    return load_config_text(str(values["config_yaml"] or ""), overrides(values),
+                            source="config_yaml")
+
+
+#: The runway is counted up to this many runs; beyond it, "at least" this many.
+RUNWAY_CAP = 10_000
+
+
+def budget_runway(config, ledger_uri: str | None) -> tuple[int | None, str]:
+    """How many runs of ``config`` still fit in its dataset's lifetime budget, according
+    to the ledger: ``(None, why)`` when no limit applies (a dataset marked non-private),
+    ``(0, why)`` when not even one run fits, else ``(n, summary)`` (n may be
+    :data:`RUNWAY_CAP`, meaning at least that many). Reads the ledger, charges nothing."""
+    import dp_accounting
+
+    from dpsynth import steps
+    from dpsynth.privacy.accounting import pld_epsilon
+    from dpsynth.privacy.ledger import LedgerEntry, check_budget
+    from dpsynth.privacy.ledger_store import open_ledger
+
+    plan = steps.make_plan(config)
+    dataset_id = config.data.ledger_id()
+    entry = LedgerEntry.from_plan(plan, dataset_id)
+    limit = config.privacy.budget
+    with open_ledger(ledger_uri or config.privacy.ledger_uri) as ledger:
+        history = ledger.history(dataset_id)
+    previous = list(history.charges)
+    first = check_budget(previous, entry, limit.epsilon, limit.delta,
+                         nonprivate=history.nonprivate)
+    if first.nonprivate is not None:
+        return None, first.summary_line()
+    if not first.ok:
+        return 0, first.message()
+
+    def fits(k: int) -> bool:  # the plan step's check after k more runs of this plan
+        event = dp_accounting.ComposedDpEvent(
+            [e.dp_event() for e in previous]
+            + [dp_accounting.SelfComposedDpEvent(entry.dp_event(), k)])
+        return pld_epsilon(event, first.delta) <= first.limit
+
+    low, high = 1, 2  # fits(low) holds; find the first high that does not fit
+    while high <= RUNWAY_CAP and fits(high):
+        low, high = high, high * 2
+    if high > RUNWAY_CAP:
+        low = RUNWAY_CAP if fits(RUNWAY_CAP) else low
+        high = RUNWAY_CAP + 1 if low == RUNWAY_CAP else RUNWAY_CAP
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    at_least = "at least " if low >= RUNWAY_CAP else ""
+    return low, (f"{at_least}{low} more run(s) fit in the lifetime budget of dataset "
+                 f"{dataset_id!r}: eps {first.limit:.3g} at delta {first.delta:g}, eps "
+                 f"{first.spent:.3g} spent over {first.previous_runs} earlier run(s), each "
+                 f"run eps {first.requested:.3g} at that delta (PLD composition, as the plan "
+                 "step checks)")
+
+
+def _runway_or_refuse(definitions: dict[str, dict], params: dict[str, object],
+                      ledger_uri: str | None, cron: str) -> None:
+    import os
+
+    from dpsynth.config import ConfigError
+    from dpsynth.privacy.ledger_store import LEDGER_URI_ENV, LedgerUnavailableError
+
+    try:
+        config = _run_config(definitions, params)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if not (ledger_uri or config.privacy.ledger_uri or os.environ.get(LEDGER_URI_ENV)):
+        _fail("no privacy budget ledger to count the runway in: pass --ledger-uri (the "
+              f"cluster's shared ledger; a read-only role is enough) or set {LEDGER_URI_ENV}, "
+              "or --no-budget-check")
+    try:
+        runs, text = budget_runway(config, ledger_uri)
+    except LedgerUnavailableError as exc:
+        _fail(f"{exc} (or pass --no-budget-check)")
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        _fail(f"cannot plan the scheduled run: {type(exc).__name__}: {exc}")
+    if runs is None:
+        typer.echo(f"budget runway: no limit: {text}")
+    elif runs == 0:
+        _fail(f"{text}\nRefusing to schedule: not one run of this schedule fits in the "
+              "budget. Nothing was sent to Kubeflow.")
+    else:
+        typer.echo(f"budget runway: {text}. On cron {cron!r}, the plan step refuses every run "
+                   "after those (nothing is read or released then).")
+
+
+LedgerUriOpt = Annotated[str | None, typer.Option(
+    help="Privacy budget ledger to count the budget runway in (default: the config's "
+    "privacy.ledger_uri, else $DPSYNTH_LEDGER_URI). Only read.")]
+ExperimentOpt = Annotated[str, typer.Option(help="KFP experiment name.")]
+NameOpt = Annotated[str, typer.Option(help="Recurring run name (unique in the experiment).")]
+
+
 @app.command()
 def schedule(
-    host: Annotated[str, typer.Option(help="KFP API endpoint.")],
+    host: HostOpt,
     cron: Annotated[str, typer.Option(help=CRON_HELP)],
-    name: Annotated[str, typer.Option(help="Recurring run name.")] = "dpsynth-refresh",
-    experiment: Annotated[str, typer.Option(help="KFP experiment name.")] = "dpsynth",
+    name: NameOpt = "dpsynth-refresh",
+    experiment: ExperimentOpt = "dpsynth",
     max_concurrency: Annotated[int, typer.Option(help="Runs allowed at once.")] = 1,
     package: Annotated[Path, typer.Option(help="Compiled pipeline YAML.")] = DEFAULT_PACKAGE,
     config: ConfigOpt = None,
     param: ParamOpt = None,
+    pipeline_name: Annotated[str, typer.Option(
+        help="Upload the package as a new version of this pipeline (created when "
+        "missing) and schedule that version.")] = "dpsynth",
+    version_name: Annotated[str | None, typer.Option(
+        help="Name of the uploaded version (e.g. the git commit); default: the package's "
+        "SHA-256 digest. An existing version of that name is reused.")] = None,
+    embed_spec: Annotated[bool, typer.Option(
+        "--embed-spec", help="Embed the package in the recurring run instead of "
+        "uploading a pipeline version.")] = False,
+    ledger_uri: LedgerUriOpt = None,
+    budget_check: Annotated[bool, typer.Option(
+        "--budget-check/--no-budget-check", help="Count the budget runway in the ledger "
+        "and refuse a schedule that cannot run once. Every run is still checked and "
+        "charged at its plan step.")] = True,
+    namespace: NamespaceOpt = None,
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_bundle: CaBundleOpt = None,
 ) -> None:
-    """Create a recurring run (e.g. a nightly production refresh). Every run is charged
-    against the dataset's privacy budget; once it is spent, runs fail at the plan step."""
+    """Create or replace the recurring run NAME (e.g. a nightly production refresh).
+
+    Idempotent: a recurring run of the same name in the experiment is replaced (KFP has
+    no update: the new one is created, then the old deleted; a paused one stays paused).
+    Runs never catch up on missed intervals (no_catchup): each run spends privacy budget.
+    Prints the budget runway, how many runs still fit in the dataset's lifetime budget,
+    and refuses a schedule that cannot run once.
+    """
+    import hashlib
+
+    namespace = namespace or None  # an empty --namespace (an unset CI variable): none
     fields = cron.split()
     if len(fields) != 6:
         _fail(f"--cron needs 6 fields (seconds first), got {len(fields)} in {cron!r}. "
               + CRON_HELP)
     params = _parse_params(param, config)
-    _check_package(package, params)
-    client = _client(host)
+    definitions = _check_package(package, params)
+    if budget_check:
+        _runway_or_refuse(definitions, params, ledger_uri, cron)
+    else:
+        typer.echo("budget runway: not checked (--no-budget-check); every run is still "
+                   "checked and charged at its plan step")
+    client = _client(host, namespace=namespace, token=token, token_file=token_file,
+                     ca_bundle=ca_bundle)
+    source: dict[str, str] = {"pipeline_package_path": str(package)}
     try:
-        exp = client.create_experiment(experiment)
+        exp = client.create_experiment(experiment, namespace=namespace)
+        if not embed_spec:
+            digest = hashlib.sha256(package.read_bytes()).hexdigest()
+            pipeline_id, version_id = _upload_version(
+                client, package, pipeline_name, version_name or f"sha256-{digest[:16]}",
+                namespace)
+            source = {"pipeline_id": pipeline_id, "version_id": version_id}
+        old = _recurring_runs(client, exp.experiment_id, name)
+        paused = any(str(r.status).upper() == "DISABLED" for r in old)
         job = client.create_recurring_run(
             experiment_id=exp.experiment_id, job_name=name, cron_expression=cron,
-            max_concurrency=max_concurrency, params=params,
-            pipeline_package_path=str(package))
+            max_concurrency=max_concurrency, no_catchup=True, params=params,
+            enabled=not paused, **source)
+        for r in old:
+            client.delete_recurring_run(r.recurring_run_id)
+    except typer.Exit:
+        raise
     except Exception as exc:  # noqa: BLE001
         _api_error("creating the recurring run", host, exc)
-    typer.echo(f"scheduled {name!r} ({job.recurring_run_id}) with cron {cron!r}")
+    what = "replaced" if old else "scheduled"
+    typer.echo(f"{what} {name!r} ({job.recurring_run_id}) with cron {cron!r}, no catch-up"
+               + (" (paused, as the one it replaced; `dpsynth pipeline resume`)"
+                  if paused else ""))
+
+
+def _set_enabled(enabled: bool, host: str, name: str, experiment: str,
+                 namespace: str | None, token: str | None, token_file: Path | None,
+                 ca_bundle: Path | None) -> None:
+    namespace = namespace or None
+    client = _client(host, namespace=namespace, token=token, token_file=token_file,
+                     ca_bundle=ca_bundle)
+    action = "resuming" if enabled else "pausing"
+    try:
+        exp = client.get_experiment(experiment_name=experiment, namespace=namespace)
+        found = _recurring_runs(client, exp.experiment_id, name)
+        if not found:
+            _fail(f"no recurring run named {name!r} in experiment {experiment!r} at {host}")
+        for r in found:
+            if enabled:
+                client.enable_recurring_run(r.recurring_run_id)
+            else:
+                client.disable_recurring_run(r.recurring_run_id)
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        _api_error(f"{action} the recurring run", host, exc)
+    ids = ", ".join(r.recurring_run_id for r in found)
+    typer.echo(f"{'resumed' if enabled else 'paused'} {name!r} ({ids})")
+
+
+@app.command()
+def pause(
+    host: HostOpt,
+    name: NameOpt = "dpsynth-refresh",
+    experiment: ExperimentOpt = "dpsynth",
+    namespace: NamespaceOpt = None,
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_bundle: CaBundleOpt = None,
+) -> None:
+    """Pause the recurring run NAME: no runs start until `resume`."""
+    _set_enabled(False, host, name, experiment, namespace, token, token_file, ca_bundle)
+
+
+@app.command()
+def resume(
+    host: HostOpt,
+    name: NameOpt = "dpsynth-refresh",
+    experiment: ExperimentOpt = "dpsynth",
+    namespace: NamespaceOpt = None,
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_bundle: CaBundleOpt = None,
+) -> None:
+    """Resume a paused recurring run NAME. No catch-up: missed intervals are not run."""
+    _set_enabled(True, host, name, experiment, namespace, token, token_file, ca_bundle)

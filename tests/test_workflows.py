@@ -1,0 +1,99 @@
+"""The CI workflow that deploys the scheduled retraining (.github/workflows/retrain.yml):
+valid for GitHub (check-jsonschema's bundled schema), and consistent with this repository
+(the Dockerfiles it builds, the `dpsynth pipeline` options it passes, secrets by reference)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.main import get_command
+
+from dpsynth.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = ROOT / ".github" / "workflows" / "retrain.yml"
+
+
+def _workflow() -> dict:
+    data = yaml.safe_load(WORKFLOW.read_text())
+    data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as True
+    return data
+
+
+def _steps(data: dict) -> list[dict]:
+    return [step for job in data["jobs"].values() for step in job.get("steps", [])]
+
+
+def test_workflow_validates_against_the_github_workflow_schema():
+    pytest.importorskip("check_jsonschema", reason="pip install -e '.[dev]'")
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema",
+         "vendor.github-workflows", str(WORKFLOW)], capture_output=True, text=True,
+        timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_has_a_cron_and_a_manual_trigger_with_inputs():
+    on = _workflow()["on"]
+    (entry,) = on["schedule"]
+    assert len(entry["cron"].split()) == 5  # GitHub's cron; the KFP cron is an input
+    inputs = on["workflow_dispatch"]["inputs"]
+    assert {"action", "kfp_cron", "recurring_run_name", "epsilon"} <= set(inputs)
+    assert set(inputs["action"]["options"]) == {"schedule", "pause", "resume"}
+    assert len(inputs["kfp_cron"]["default"].split()) == 6  # seconds first
+
+
+def test_every_dockerfile_in_the_matrix_exists_and_every_dockerfile_is_built():
+    images = _workflow()["jobs"]["images"]
+    rows = images["strategy"]["matrix"]["include"]
+    built = {row["dockerfile"] for row in rows}
+    present = {str(p.relative_to(ROOT)) for p in (ROOT / "components").glob("Dockerfile*")}
+    assert built == present, ("edit the matrix of jobs.images in .github/workflows/retrain.yml: "
+                              f"it builds {sorted(built)}, components/ has {sorted(present)}")
+    (push,) = [s for s in images["steps"] if s.get("uses", "").startswith(
+        "docker/build-push-action@")]
+    assert push["with"]["file"] == "${{ matrix.dockerfile }}"
+    assert push["with"]["push"] is True
+
+
+def test_secrets_are_referenced_never_inline():
+    text = WORKFLOW.read_text()
+    data = _workflow()
+    sensitive = re.compile(r"token|password|ledger_uri|ca_bundle|username|host$", re.I)
+    for where in [data.get("env", {}), *(j.get("env", {}) for j in data["jobs"].values()),
+                  *(s.get("with", {}) for s in _steps(data))]:
+        for key, value in where.items():
+            if sensitive.search(key) and key not in ("registry",):
+                assert re.fullmatch(r"\$\{\{ secrets\.[A-Z_]+ \}\}", str(value)), (key, value)
+    # Inputs reach shell scripts through env, never spliced into them (script injection).
+    for step in _steps(data):
+        assert "${{" not in step.get("run", ""), step["run"]
+    assert "secrets.KFP_TOKEN" in text and "--token " not in text
+
+
+def _options(*path: str) -> set[str]:
+    command = get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+
+
+def test_the_dpsynth_commands_it_runs_take_the_options_it_passes():
+    runs = "\n".join(s.get("run", "") for s in _steps(_workflow())).replace("\\\n", " ")
+    calls = [line.strip() for line in runs.splitlines() if line.strip().startswith("dpsynth ")]
+    assert any(c.startswith("dpsynth pipeline schedule") for c in calls)
+    assert any(c.startswith("dpsynth pipeline compile") for c in calls)
+    for call in calls:
+        words = shlex.split(call.replace("$KFP_ARGS", "--namespace x --ca-bundle x"))
+        sub = words[2] if not words[2].startswith("$") else "pause"
+        passed = {w for w in words if w.startswith("--")}
+        assert passed <= _options("pipeline", sub), (call, passed - _options("pipeline", sub))
+    for sub in ("pause", "resume"):
+        assert {"--name", "--experiment", "--host", "--namespace", "--ca-bundle"} <= _options(
+            "pipeline", sub)
