@@ -139,3 +139,22 @@ def test_the_plan_step_refuses_an_exhausted_budget_before_any_encode(tmp_path):
     tasks = {p.name for d in run_dirs for p in d.iterdir()}
     assert "plan" in tasks
     assert not any(name.startswith(("encode", "for-loop")) for name in tasks), tasks
+
+
+def test_plan_refuses_unreachable_data_and_charges_nothing(tmp_path):
+    """plan runs the pre-flight before the charge: an image folder that is not there (a
+    data PVC not mounted) fails plan, no encode task starts, and the ledger holds nothing
+    for the dataset."""
+    from dpsynth.privacy.ledger_store import open_ledger
+
+    config = _config(tmp_path, "unreachable", "data.source=image-folder",
+                     f"data.train_dir={tmp_path / 'not-mounted' / 'train'}",
+                     f"data.test_dir={tmp_path / 'not-mounted' / 'test'}",
+                     "data.image_size=8", "data.dataset_id=unreachable")
+    with pytest.raises(RuntimeError):
+        run_pipeline_locally(config, tmp_path / "kfp", encode_parts=2)
+    (run_dir,) = [p for p in (tmp_path / "kfp").iterdir() if p.is_dir()]
+    tasks = {p.name for p in run_dir.iterdir()}
+    assert not any(name.startswith(("encode", "for-loop")) for name in tasks), tasks
+    with open_ledger() as ledger:
+        assert ledger.entries("unreachable") == []

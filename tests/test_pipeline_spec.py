@@ -276,3 +276,25 @@ def test_a_replacement_that_does_not_fit_is_refused_naming_the_contract(tmp_path
     assert "does not take the inputs ['config']" in message
     assert "requires inputs the pipeline does not pass: ['seed']" in message
     assert "does not write the outputs ['synthetic']" in message
+
+
+def test_a_data_pvc_is_mounted_on_plan_and_encode_only(tmp_path, default_images):
+    from dpsynth_kfp.pipeline import ClusterSettings
+
+    path = compile_pipeline(tmp_path / "p.yaml", settings=ClusterSettings(
+        data_pvc="dpsynth-data", plan_checks_encoder=False))
+    platform = _docs(path)[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    mounted = {label for label, cfg in platform.items()
+               if any(m.get("pvcNameParameter", {}).get("runtimeValue", {}).get(
+                   "constant") == "dpsynth-data" or m.get("constant") == "dpsynth-data"
+                   for m in cfg.get("pvcMount", []))}
+    assert mounted == {"exec-plan", "exec-encode", "exec-encode-2"}
+    for label in mounted:
+        (mount,) = [m for m in platform[label]["pvcMount"] if m["mountPath"] == "/data"]
+    spec = _docs(path)[0]
+    env = spec["deploymentSpec"]["executors"]["exec-plan"]["container"]["env"]
+    assert {"name": "DPSYNTH_PLAN_CHECK_ENCODER", "value": "0"} in env
+    # The committed pipeline mounts no data PVC and checks the encoder in plan.
+    committed = _docs(COMMITTED)
+    assert "DPSYNTH_PLAN_CHECK_ENCODER" not in str(committed[0])
+    assert "/data" not in str(committed[1])

@@ -27,6 +27,8 @@ from dpsynth.step_graph import PLAN, STEP_NAMES, STEPS, Step
 from dpsynth_kfp.components import COMPONENTS, COMPONENTS_DIR, load_spec, load_step
 from dpsynth_kfp.parameters import NAMES, PARAMETERS, for_key
 
+#: The steps that read the private data (a data PVC is mounted on them).
+ENCODE = "encode"
 PIPELINE_NAME = "dpsynth"
 DESCRIPTION = ("Differentially private synthetic embeddings: plan and budget check, encode, "
                "DP clustering, DP Gaussian mixture, synthesis, optional decoding, evaluation.")
@@ -79,6 +81,14 @@ class ClusterSettings:
         "MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN",
         # The privacy budget ledger (PostgreSQL, as its INSERT/SELECT-only role).
         "DPSYNTH_LEDGER_URI": "DPSYNTH_LEDGER_URI"})
+    #: A PVC holding the private data (image-folder/webdataset sources), mounted at
+    #: ``data_mount`` on the steps that read it: plan (its pre-flight checks the data is
+    #: reachable before the charge) and encode. None: the data is in the image or remote.
+    data_pvc: str | None = None
+    data_mount: str = "/data"
+    #: plan's pre-flight builds the encoder and encodes one blank image; off for encoders
+    #: whose weights only the GPU model cache holds (the data is still checked).
+    plan_checks_encoder: bool = True
     #: Requests, limits and timeout by step; None: none (BestEffort, no timeout).
     resources: dict[str, TaskResources] | None = field(
         default_factory=lambda: dict(DEFAULT_RESOURCES))
@@ -104,6 +114,10 @@ def _on_cluster(task, step: Step, settings: ClusterSettings):
         task.set_cpu_request(r.cpu_request).set_cpu_limit(r.cpu_limit)
         task.set_memory_request(r.memory_request).set_memory_limit(r.memory_limit)
         kubernetes.set_timeout(task, r.timeout_s)
+    if settings.data_pvc and step.name in (PLAN, ENCODE):
+        kubernetes.mount_pvc(task, pvc_name=settings.data_pvc, mount_path=settings.data_mount)
+    if step.name == PLAN and not settings.plan_checks_encoder:
+        task.set_env_variable("DPSYNTH_PLAN_CHECK_ENCODER", "0")
     if settings.retries and step.name != PLAN:
         # Every step but plan is idempotent (it rewrites its own outputs); plan charges
         # the budget, which must happen once.

@@ -4,8 +4,15 @@
 It applies the run parameters to ``config_yaml`` (:func:`dpsynth_kfp.parameters.overrides`),
 validates the configuration, builds the privacy plan, checks and charges the dataset's
 budget in the ledger (:func:`dpsynth.ledger_charge.charge_run`, as ``dpsynth run`` does)
-and writes the resolved configuration and the plan for the later tasks. It reads no private
-data; a refusal fails the pipeline here, before any encode task starts.
+and writes the resolved configuration and the plan for the later tasks. A refusal fails the
+pipeline here, before any encode task starts.
+
+Before the charge it runs the pre-flight (:func:`check_reachable`): the data must be
+reachable from the pods (folders, file lists, IDX and tar headers: metadata, never a
+record's contents), so a run that cannot read its data costs nothing. The encoder check of
+the pre-flight (build the encoder, encode one all-zero image) can be switched off with
+``DPSYNTH_PLAN_CHECK_ENCODER=0`` (``ClusterSettings.plan_checks_encoder``) for encoders whose
+weights only the GPU steps' model cache holds; the data is checked either way.
 """
 
 from __future__ import annotations
@@ -18,9 +25,35 @@ from typing import Any
 
 import yaml
 
-from dpsynth.config import load_config_text
+from dpsynth.config import RunConfig, load_config_text
 from dpsynth.ledger_charge import charge_run
 from dpsynth_kfp.parameters import overrides as parameter_overrides
+
+#: "0", "false" or "no" skips the pre-flight's encoder check in plan (the data is checked).
+CHECK_ENCODER_ENV = "DPSYNTH_PLAN_CHECK_ENCODER"
+
+
+def check_reachable(cfg: RunConfig, check_encoder: bool | None = None) -> None:
+    """The pre-flight before the charge (:func:`dpsynth.preflight.preflight`, no output
+    folder); without ``check_encoder`` (default: $DPSYNTH_PLAN_CHECK_ENCODER, else on) only
+    the data source's splits. Raises :class:`dpsynth.preflight.PreflightError`."""
+    from dpsynth.data.datasets import DatasetNotFoundError
+    from dpsynth.data.sources import DataSourceError
+    from dpsynth.preflight import PreflightError, preflight, source_image_shape
+
+    if check_encoder is None:
+        check_encoder = os.environ.get(CHECK_ENCODER_ENV, "1").strip().lower() not in (
+            "0", "false", "no")
+    if check_encoder:
+        preflight(cfg, None)
+        return
+    for split in ("train", "test"):
+        try:
+            _, count = source_image_shape(cfg, split)
+        except (DatasetNotFoundError, DataSourceError, FileNotFoundError, ValueError) as exc:
+            raise PreflightError(f"data ({split} split): {exc}") from None
+        if count == 0:
+            raise PreflightError(f"data ({split} split) holds no records")
 
 
 def run(*, config_yaml: str, config: Any, privacy_plan: Any, ledger: Any,
@@ -38,6 +71,8 @@ def run(*, config_yaml: str, config: Any, privacy_plan: Any, ledger: Any,
         raise ValueError("no privacy budget ledger: set DPSYNTH_LEDGER_URI in the "
                          "dpsynth-mlflow secret (or privacy.ledger_uri in the config) to "
                          "the PostgreSQL ledger that every run shares (see README).")
+    # Nothing is charged for a run that cannot read its data.
+    check_reachable(cfg)
     work = Path(tempfile.mkdtemp())
     charged = charge_run(cfg, work)
     # Later steps log to the same store: pin the resolved URI into the config.
