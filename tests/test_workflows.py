@@ -1,6 +1,7 @@
-"""The CI workflow that deploys the scheduled retraining (.github/workflows/retrain.yml):
-valid for GitHub (check-jsonschema's bundled schema), and consistent with this repository
-(the Dockerfiles it builds, the `dpsynth pipeline` options it passes, secrets by reference)."""
+"""The CI workflow that deploys the scheduled retraining (.github/workflows/retrain.yml) and
+its GitLab example (ci/gitlab-ci.example.yml): valid for GitHub/GitLab (check-jsonschema's
+bundled schemas), and consistent with this repository (the Dockerfiles they build, the
+`dpsynth pipeline` options they pass, secrets by reference)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dpsynth.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "retrain.yml"
+GITLAB = ROOT / "ci" / "gitlab-ci.example.yml"
 
 
 def _workflow() -> dict:
@@ -30,12 +32,13 @@ def _steps(data: dict) -> list[dict]:
     return [step for job in data["jobs"].values() for step in job.get("steps", [])]
 
 
-def test_workflow_validates_against_the_github_workflow_schema():
+@pytest.mark.parametrize(("path", "schema"), [(WORKFLOW, "vendor.github-workflows"),
+                                            (GITLAB, "vendor.gitlab-ci")])
+def test_workflow_validates_against_the_ci_schema(path, schema):
     pytest.importorskip("check_jsonschema", reason="pip install -e '.[dev]'")
     result = subprocess.run(
-        [sys.executable, "-m", "check_jsonschema", "--builtin-schema",
-         "vendor.github-workflows", str(WORKFLOW)], capture_output=True, text=True,
-        timeout=120)
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, str(path)],
+        capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -56,6 +59,8 @@ def test_every_dockerfile_in_the_matrix_exists_and_every_dockerfile_is_built():
     present = {str(p.relative_to(ROOT)) for p in (ROOT / "components").glob("Dockerfile*")}
     assert built == present, ("edit the matrix of jobs.images in .github/workflows/retrain.yml: "
                               f"it builds {sorted(built)}, components/ has {sorted(present)}")
+    gitlab = yaml.safe_load(GITLAB.read_text())["images"]["parallel"]["matrix"]
+    assert {row["DOCKERFILE"] for row in gitlab} == present, "and in ci/gitlab-ci.example.yml"
     (push,) = [s for s in images["steps"] if s.get("uses", "").startswith(
         "docker/build-push-action@")]
     assert push["with"]["file"] == "${{ matrix.dockerfile }}"
@@ -75,6 +80,12 @@ def test_secrets_are_referenced_never_inline():
     for step in _steps(data):
         assert "${{" not in step.get("run", ""), step["run"]
     assert "secrets.KFP_TOKEN" in text and "--token " not in text
+    # GitLab: the same names come from masked CI/CD variables, never from the file.
+    gitlab = yaml.safe_load(GITLAB.read_text())
+    for where in (gitlab["variables"], *(j.get("variables", {}) for j in gitlab.values()
+                                         if isinstance(j, dict))):
+        assert not [k for k in where if sensitive.search(k)], where
+    assert "--token " not in GITLAB.read_text()
 
 
 def _options(*path: str) -> set[str]:
@@ -86,7 +97,11 @@ def _options(*path: str) -> set[str]:
 
 def test_the_dpsynth_commands_it_runs_take_the_options_it_passes():
     runs = "\n".join(s.get("run", "") for s in _steps(_workflow())).replace("\\\n", " ")
-    calls = [line.strip() for line in runs.splitlines() if line.strip().startswith("dpsynth ")]
+    gitlab = "\n".join(yaml.safe_load(GITLAB.read_text())["deploy"]["script"])
+    calls = [line.strip().replace("$args", "$KFP_ARGS")
+             for line in (runs + "\n" + gitlab).splitlines()
+             if line.strip().startswith("dpsynth ")]
+    assert len(calls) == 6, calls
     assert any(c.startswith("dpsynth pipeline schedule") for c in calls)
     assert any(c.startswith("dpsynth pipeline compile") for c in calls)
     for call in calls:
