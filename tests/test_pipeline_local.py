@@ -158,3 +158,35 @@ def test_plan_refuses_unreachable_data_and_charges_nothing(tmp_path):
     assert not any(name.startswith(("encode", "for-loop")) for name in tasks), tasks
     with open_ledger() as ledger:
         assert ledger.entries("unreachable") == []
+
+
+@dsl.component(base_image="unused-in-local-runs")
+def failing_fit_gmm(embeddings: Input[list[Dataset]], clusters: Input[Model],
+                    privacy_plan: Input[Artifact], mixture: Output[Model]):
+    """A fit_gmm that fails (as an out-of-memory pod would)."""
+    raise RuntimeError("fit_gmm failed on purpose")
+
+
+@SEEDED
+def test_a_failed_step_ends_the_mlflow_run_failed_and_deletes_the_embeddings(tmp_path):
+    """kfp.local (2.17.3) runs dsl.ExitHandler exit tasks after a failure: the exit task
+    marks the MLflow run FAILED, tags the failed step and deletes every private
+    embeddings artifact of the run from the pipeline root."""
+    from mlflow.tracking import MlflowClient
+
+    from dpsynth_kfp.exit_task import FAILED_STEP_TAG
+
+    config = _config(tmp_path, "fails")
+    with pytest.raises(RuntimeError):
+        run_pipeline_locally(config, tmp_path / "kfp", encode_parts=2,
+                             components={"fit_gmm": failing_fit_gmm})
+    (run_dir,) = [p for p in (tmp_path / "kfp").iterdir() if p.is_dir()]
+    # encode ran (and wrote embeddings), then the exit handler deleted them.
+    assert list(run_dir.glob("**/encode*")) or list(run_dir.glob("**/for-loop-*"))
+    assert not list(run_dir.rglob("embeddings")), list(run_dir.rglob("embeddings"))
+    assert "failed step: fit_gmm" in (run_dir / "finalize" / "cleanup").read_text()
+    client = MlflowClient(config.tracking.uri)
+    (run,) = [r for e in client.search_experiments()
+              for r in client.search_runs([e.experiment_id])]
+    assert run.info.status == "FAILED"
+    assert run.data.tags[FAILED_STEP_TAG] == "fit_gmm"

@@ -23,7 +23,7 @@ from dpsynth_kfp.compile import (
 )
 from dpsynth_kfp.components import COMPONENTS_DIR, compile_components, spec_path
 from dpsynth_kfp.parameters import PARAMETERS
-from dpsynth_kfp.pipeline import DEFAULT_RESOURCES, build_pipeline
+from dpsynth_kfp.pipeline import DEFAULT_RESOURCES, EXIT_RESOURCES, build_pipeline
 
 
 @pytest.fixture
@@ -76,6 +76,13 @@ def _dags(spec):
     for name, comp in spec.components.items():
         if comp.HasField("dag"):
             yield name, comp.dag
+
+
+def _body(spec):
+    """The tasks inside the exit handler: every step's task (the root holds the exit
+    handler's DAG and the exit task)."""
+    (dag,) = [d for _, d in _dags(spec) if "plan" in d.tasks]
+    return dag.tasks
 
 
 def test_every_reference_resolves():
@@ -131,9 +138,9 @@ def test_every_task_has_requests_limits_and_a_timeout():
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
     steps = {s.name.replace("_", "-"): s.name for s in STEPS}
     for label, executor in executors.items():
-        step = steps[label.removeprefix("exec-").rsplit("-", 1)[0]] \
-            if label.removeprefix("exec-") not in steps else steps[label.removeprefix("exec-")]
-        want = DEFAULT_RESOURCES[step]
+        name = label.removeprefix("exec-")
+        step = steps.get(name) or steps.get(name.rsplit("-", 1)[0])
+        want = DEFAULT_RESOURCES[step] if step else EXIT_RESOURCES
         res = executor["container"]["resources"]
         assert res["resourceCpuRequest"] == want.cpu_request, label
         assert res["resourceCpuLimit"] == want.cpu_limit, label
@@ -166,14 +173,14 @@ def test_plan_is_never_cached_even_when_the_client_enables_caching():
     spec, _ = _parsed()
     for name, task in _tasks(spec).items():
         assert not task.caching_options.enable_cache, name
-    plan = spec.root.dag.tasks["plan"]
+    plan = _body(spec)["plan"]
     run_id = plan.inputs.parameters["kfp_run_id"]
     assert run_id.runtime_value.constant.string_value == dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
 
 def test_fan_out_condition_and_plan_first():
     spec, _ = _parsed()
-    root = spec.root.dag.tasks
+    root = _body(spec)
     loops = [t for t in root.values() if t.HasField("parameter_iterator")]
     assert len(loops) == 1
     assert loops[0].parameter_iterator.items.raw == "[0, 1, 2, 3]"  # 4 encode parts
@@ -205,9 +212,10 @@ def test_the_run_form_shows_one_described_parameter_per_table_row():
     # The parameters go straight into plan: no task exists only to join override strings.
     root_components = {t.component_ref.name for t in spec.root.dag.tasks.values()}
     assert "comp-parameters" not in root_components
-    plan_inputs = spec.root.dag.tasks["plan"].inputs.parameters
-    assert {name: i.component_input_parameter for name, i in plan_inputs.items()
-            if name != "kfp_run_id"} == {p.input_name: p.name for p in PARAMETERS}
+    plan_inputs = _body(spec)["plan"].inputs.parameters
+    assert {name: i.component_input_parameter.removeprefix("pipelinechannel--")
+            for name, i in plan_inputs.items() if name != "kfp_run_id"} == \
+        {p.input_name: p.name for p in PARAMETERS}
 
 
 def test_the_pipeline_has_one_task_per_step_of_the_graph():
@@ -220,6 +228,7 @@ def test_the_pipeline_has_one_task_per_step_of_the_graph():
         step = label.removeprefix("exec-").rstrip("-0123456789")
         assert executor["container"]["image"].endswith("-cuda" if step in cuda else "-cpu")
     secret = {f"exec-{s.name.replace('_', '-')}" for s in STEPS if s.tracking}
+    secret.add("exec-finalize")  # the exit handler marks the MLflow run
     assert {label for label, cfg in k8s.items() if cfg.secret_as_env} == secret
 
 
@@ -298,3 +307,45 @@ def test_a_data_pvc_is_mounted_on_plan_and_encode_only(tmp_path, default_images)
     committed = _docs(COMMITTED)
     assert "DPSYNTH_PLAN_CHECK_ENCODER" not in str(committed[0])
     assert "/data" not in str(committed[1])
+
+
+def test_the_exit_handler_wraps_every_step_and_takes_no_task_output():
+    """dsl.ExitHandler: one exit task (finalize) at the root, run after the handler's DAG
+    (every step, plan included) whatever its state, with the DAG's final status; kfp lets
+    it depend on no task, so it takes pipeline parameters and the run id only."""
+    spec, _ = _parsed()
+    root = spec.root.dag.tasks
+    assert set(root) == {"exit-handler-1", "finalize"}
+    exit_task = root["finalize"]
+    assert exit_task.trigger_policy.strategy == \
+        pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.TriggerStrategy.ALL_UPSTREAM_TASKS_COMPLETED
+    assert list(exit_task.dependent_tasks) == ["exit-handler-1"]
+    status = exit_task.inputs.parameters["status"].task_final_status
+    assert status.producer_task == "exit-handler-1"
+    assert exit_task.inputs.parameters["kfp_run_id"].runtime_value.constant.string_value == \
+        dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    assert not exit_task.inputs.artifacts
+    inside = {n for name, d in _dags(spec) if name != "root" for n in d.tasks}
+    assert {s.name.replace("_", "-") for s in STEPS} <= inside
+
+
+def test_exit_task_finds_the_failed_step_and_deletes_only_embeddings(tmp_path):
+    from dpsynth_kfp import exit_task
+
+    run = tmp_path / "dpsynth-2026"
+    for rel in ("plan/config", "for-loop-2/iteration-0/encode/embeddings/shard-0.npz",
+                "encode-2/embeddings/shard-0.npz", "dp-cluster/clusters/arrays.npz",
+                "fit-gmm/other", "finalize/cleanup"):
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_text("x")
+    own = str(run / "finalize" / "cleanup")
+    assert exit_task.run_root(own) == str(run)
+    assert exit_task.run_root("s3://b/v2/artifacts/dpsynth/abc-123/finalize/9/cleanup",
+                              "abc-123") == "s3://b/v2/artifacts/dpsynth/abc-123"
+    paths = list(exit_task._walk(str(run)))
+    assert exit_task.failed_step(paths, decode_enabled=True) == "fit_gmm"
+    deleted = exit_task.delete_private(str(run))
+    assert sorted(deleted) == ["encode-2/embeddings",
+                               "for-loop-2/iteration-0/encode/embeddings"]
+    assert not list(run.rglob("embeddings"))
+    assert (run / "dp-cluster" / "clusters" / "arrays.npz").is_file()

@@ -304,6 +304,45 @@ def evaluate(synthetic: Input[Dataset], test: Input[Dataset],
         print(f"not logged to MLflow ({tracker.error}): {tracker.not_logged}")
 
 
+# ------------------------------------------------------------------ exit handler
+@dsl.component(base_image=CPU, install_kfp_package=False)
+def finalize(status: dsl.PipelineTaskFinalStatus, kfp_run_id: str, config_yaml: str,
+             mlflow_uri: str, decode: bool, cleanup: Output[Artifact]) -> str:
+    """The exit handler: after every task of the run, failed or not. When the run failed,
+    mark the MLflow run FAILED, tag the step that failed and delete the run's private
+    embeddings from the pipeline root.
+
+    Args:
+        status: The final status of the run's tasks (kfp fills it in).
+        kfp_run_id: The Kubeflow run's id (plan tags its MLflow run with it).
+        config_yaml: The pipeline parameter (where the MLflow store is).
+        mlflow_uri: The pipeline parameter (the MLflow store; empty: the config's or
+            MLFLOW_TRACKING_URI from the secret).
+        decode: The pipeline parameter (whether decode ran).
+
+    Returns:
+        cleanup: What was done: the failed step, the deleted artifacts.
+        Output: The failed step ("" when the run succeeded).
+    """
+    from dpsynth_kfp.exit_task import run
+
+    return run(status=status, kfp_run_id=kfp_run_id, config_yaml=config_yaml,
+               mlflow_uri=mlflow_uri, decode=decode, cleanup=cleanup)
+
+
+#: The exit handler's component (not a step of the graph: it runs after them, always).
+EXIT_COMPONENT = finalize
+
+
+def exit_component() -> BaseComponent:
+    """The exit handler's component, its image re-pointed as the steps' are
+    (:func:`_retarget`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / SPEC_FILE
+        compiler.Compiler().compile(EXIT_COMPONENT, str(path))
+        return load_spec(path)
+
+
 #: The built-in components, by step, in the step graph's order.
 COMPONENTS: dict[str, BaseComponent] = {
     "plan": plan, "encode": encode, "dp_cluster": dp_cluster, "fit_gmm": fit_gmm,

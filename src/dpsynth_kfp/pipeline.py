@@ -24,7 +24,13 @@ from kfp import dsl, kubernetes
 from kfp.dsl.base_component import BaseComponent
 
 from dpsynth.step_graph import PLAN, STEP_NAMES, STEPS, Step
-from dpsynth_kfp.components import COMPONENTS, COMPONENTS_DIR, load_spec, load_step
+from dpsynth_kfp.components import (
+    COMPONENTS,
+    COMPONENTS_DIR,
+    exit_component,
+    load_spec,
+    load_step,
+)
 from dpsynth_kfp.parameters import NAMES, PARAMETERS, for_key
 
 #: The steps that read the private data (a data PVC is mounted on them).
@@ -57,6 +63,9 @@ DEFAULT_RESOURCES: dict[str, TaskResources] = {
     "evaluate": TaskResources("2", "4", "4Gi", "16Gi", 2 * 3600),
 }
 assert tuple(DEFAULT_RESOURCES) == STEP_NAMES, "resources for every step of the graph"
+#: The exit handler's task, scheduled like a CPU step (it needs the MLflow secret).
+EXIT_STEP = Step(name="finalize", summary="The exit handler.", tracking=True)
+EXIT_RESOURCES = TaskResources("250m", "1", "512Mi", "2Gi", 30 * 60)
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,7 @@ def _on_cluster(task, step: Step, settings: ClusterSettings):
                                      secret_key_to_env=settings.mlflow_secret_keys,
                                      optional=True)
     if settings.resources:
-        r = settings.resources[step.name]
+        r = settings.resources.get(step.name, EXIT_RESOURCES)
         task.set_cpu_request(r.cpu_request).set_cpu_limit(r.cpu_limit)
         task.set_memory_request(r.memory_request).set_memory_limit(r.memory_limit)
         kubernetes.set_timeout(task, r.timeout_s)
@@ -211,15 +220,32 @@ def _assemble(ops: Mapping[str, BaseComponent], values: Mapping[str, Any], encod
             made[artifact] = ((lambda o=task.outputs[out]: dsl.Collected(o)) if collected
                               else (lambda o=task.outputs[out]: o))
 
-    for step in STEPS:
+    plan_step, *later = STEPS
+    assert plan_step.name == PLAN, "plan comes first in the graph"
+    # The exit handler runs after every task, failed or not: a failed run's MLflow run
+    # ends FAILED (tagged with the failed step) and its private embeddings are deleted.
+    # kfp lets an exit task depend on no task: it takes pipeline parameters and the run id
+    # (plan tags the MLflow run with it).
+    exit_task = exit_component()(kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                   config_yaml=values["config_yaml"],
+                                   mlflow_uri=values[for_key("tracking.uri").name],
+                                   decode=values[for_key("decode.enabled").name])
+    exit_task.set_caching_options(False)
+    _on_cluster(exit_task, EXIT_STEP, settings)
+    with dsl.ExitHandler(exit_task, name="dpsynth-run"):
+        # The parameters are applied to config_yaml inside the plan task. kfp_run_id: a
+        # per-run input, so that plan's cache key differs on every run even when the
+        # client turns caching on for the whole run (the charge must happen).
+        publish(plan_step, bind(plan_step, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                **{p.input_name: values[p.name] for p in PARAMETERS}))
+        _assemble_later(later, values, encode_parts, bind, publish, made)
+
+
+def _assemble_later(later, values, encode_parts, bind, publish, made) -> None:
+    """Bind the steps after plan (inside the exit handler)."""
+    for step in later:
         inputs = {name: made[artifact]() for name, artifact in step.inputs.items()}
-        if step.name == PLAN:
-            # The parameters are applied to config_yaml inside the plan task.
-            # kfp_run_id: a per-run input, so that plan's cache key differs on every run even
-            # when the client turns caching on for the whole run (the charge must happen).
-            publish(step, bind(step, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                               **{p.input_name: values[p.name] for p in PARAMETERS}))
-        elif step.splits:
+        if step.splits:
             for split in step.splits:
                 # Each split of the step: the fan-out split in encode_parts parallel parts.
                 if split == step.fan_out:

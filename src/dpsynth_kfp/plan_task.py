@@ -75,6 +75,13 @@ def run(*, config_yaml: str, config: Any, privacy_plan: Any, ledger: Any,
     check_reachable(cfg)
     work = Path(tempfile.mkdtemp())
     charged = charge_run(cfg, work)
+    if kfp_run_id:
+        # The exit handler finds the MLflow run of a failed Kubeflow run by this tag.
+        from mlflow.tracking import MlflowClient
+
+        from dpsynth_kfp.exit_task import KFP_RUN_TAG
+
+        MlflowClient(charged.tracker.uri).set_tag(charged.run_id, KFP_RUN_TAG, kfp_run_id)
     # Later steps log to the same store: pin the resolved URI into the config.
     resolved = cfg.to_yaml_dict()
     resolved["tracking"]["uri"] = charged.tracker.uri
