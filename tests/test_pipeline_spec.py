@@ -23,7 +23,11 @@ from dpsynth_kfp.compile import (
 )
 from dpsynth_kfp.components import COMPONENTS_DIR, compile_components, spec_path
 from dpsynth_kfp.parameters import PARAMETERS
-from dpsynth_kfp.pipeline import DEFAULT_RESOURCES, EXIT_RESOURCES, build_pipeline
+from dpsynth_kfp.pipeline import (
+    DEFAULT_RESOURCES,
+    EXIT_RESOURCES,
+    build_pipeline,
+)
 
 
 @pytest.fixture

@@ -62,7 +62,19 @@ DEFAULT_RESOURCES: dict[str, TaskResources] = {
     "decode": TaskResources("4", "8", "16Gi", "32Gi", 4 * 3600),
     "evaluate": TaskResources("2", "4", "4Gi", "16Gi", 2 * 3600),
 }
-assert tuple(DEFAULT_RESOURCES) == STEP_NAMES, "resources for every step of the graph"
+#: A step of the graph not in the table (one added later) gets its family's default.
+FAMILY_RESOURCES: dict[str, TaskResources] = {
+    "cpu": TaskResources("1", "4", "2Gi", "16Gi", 2 * 3600),
+    "cuda": TaskResources("4", "8", "16Gi", "32Gi", 6 * 3600)}
+
+
+def resources_for(step: Step, table: dict[str, TaskResources]) -> TaskResources:
+    """``table[step]``, else the exit task's or the step family's default."""
+    if step.name in table:
+        return table[step.name]
+    return EXIT_RESOURCES if step.name == EXIT_STEP.name else FAMILY_RESOURCES[step.device]
+
+
 #: The exit handler's task, scheduled like a CPU step (it needs the MLflow secret).
 EXIT_STEP = Step(name="finalize", summary="The exit handler.", tracking=True)
 EXIT_RESOURCES = TaskResources("250m", "1", "512Mi", "2Gi", 30 * 60)
@@ -119,7 +131,7 @@ def _on_cluster(task, step: Step, settings: ClusterSettings):
                                      secret_key_to_env=settings.mlflow_secret_keys,
                                      optional=True)
     if settings.resources:
-        r = settings.resources.get(step.name, EXIT_RESOURCES)
+        r = resources_for(step, settings.resources)
         task.set_cpu_request(r.cpu_request).set_cpu_limit(r.cpu_limit)
         task.set_memory_request(r.memory_request).set_memory_limit(r.memory_limit)
         kubernetes.set_timeout(task, r.timeout_s)
