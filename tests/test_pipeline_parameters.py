@@ -9,7 +9,14 @@ import pytest
 
 from dpsynth.config import load_config, load_config_text
 from dpsynth_kfp.components import plan
-from dpsynth_kfp.parameters import PARAMETERS, arguments, overrides
+from dpsynth_kfp.parameters import (
+    PARAMETERS,
+    PLAN_PARAMETERS,
+    PROMOTE_PARAMETERS,
+    arguments,
+    overrides,
+)
+from dpsynth_kfp.promote_task import promote
 
 
 def _defaults(**given):
@@ -60,6 +67,21 @@ def test_the_plan_component_takes_the_table():
     signature = inspect.signature(plan.python_func)
     taken = {name: (p.annotation, p.default) for name, p in signature.parameters.items()
              if name not in ("config", "privacy_plan", "ledger", "kfp_run_id")}
-    assert taken == {p.input_name: (p.type, p.default) for p in PARAMETERS}
-    for p in PARAMETERS:
+    assert taken == {p.input_name: (p.type, p.default) for p in PLAN_PARAMETERS}
+    for p in PLAN_PARAMETERS:
         assert plan.component_spec.inputs[p.input_name].description == p.description
+    assert [p.name for p in PARAMETERS] == \
+        [p.name for p in PLAN_PARAMETERS + PROMOTE_PARAMETERS]
+
+
+def test_the_promote_gates_are_the_promote_components_defaults():
+    """The gate parameters (all but the switch) are promote's inputs, with its defaults
+    (those of dpsynth.promote.Gates); none sets a config key."""
+    signature = inspect.signature(promote.python_func)
+    for p in PROMOTE_PARAMETERS:
+        assert p.key is None
+        if p.name == "promote":
+            assert p.default is False
+            continue
+        assert signature.parameters[p.input_name].default == p.default, p.name
+        assert signature.parameters[p.input_name].annotation is p.type, p.name

@@ -17,15 +17,18 @@ from dpsynth_kfp.compile import (
     COMMITTED,
     PIPELINE_DOC,
     README,
+    RESAMPLE_COMMITTED,
     compile_pipeline,
+    compile_resample_pipeline,
     components_table,
     parameters_table,
 )
 from dpsynth_kfp.components import COMPONENTS_DIR, compile_components, spec_path
-from dpsynth_kfp.parameters import PARAMETERS
+from dpsynth_kfp.parameters import PARAMETERS, PLAN_PARAMETERS, PROMOTE_PARAMETERS
 from dpsynth_kfp.pipeline import (
     DEFAULT_RESOURCES,
     EXIT_RESOURCES,
+    PROMOTE_INPUTS,
     build_pipeline,
 )
 
@@ -141,6 +144,7 @@ def test_every_task_has_requests_limits_and_a_timeout():
     spec, k8s = _parsed()
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
     steps = {s.name.replace("_", "-"): s.name for s in STEPS}
+    steps["promote"] = "promote"  # the optional task after evaluate
     for label, executor in executors.items():
         name = label.removeprefix("exec-")
         step = steps.get(name) or steps.get(name.rsplit("-", 1)[0])
@@ -188,8 +192,10 @@ def test_fan_out_condition_and_plan_first():
     loops = [t for t in root.values() if t.HasField("parameter_iterator")]
     assert len(loops) == 1
     assert loops[0].parameter_iterator.items.raw == "[0, 1, 2, 3]"  # 4 encode parts
-    conditions = [t for t in root.values() if t.trigger_policy.condition]
-    assert len(conditions) == 1 and "decode" in conditions[0].trigger_policy.condition
+    conditions = sorted(t.trigger_policy.condition for t in root.values()
+                        if t.trigger_policy.condition)
+    assert len(conditions) == 2  # decode and promote
+    assert "decode" in conditions[0] and "promote" in conditions[1]
     # Nothing reads private data before the plan (budget check) finished: every encode
     # task takes the config artifact that only the plan task produces.
     for _, dag in _dags(spec):
@@ -219,7 +225,7 @@ def test_the_run_form_shows_one_described_parameter_per_table_row():
     plan_inputs = _body(spec)["plan"].inputs.parameters
     assert {name: i.component_input_parameter.removeprefix("pipelinechannel--")
             for name, i in plan_inputs.items() if name != "kfp_run_id"} == \
-        {p.input_name: p.name for p in PARAMETERS}
+        {p.input_name: p.name for p in PLAN_PARAMETERS}
 
 
 def test_the_pipeline_has_one_task_per_step_of_the_graph():
@@ -233,6 +239,7 @@ def test_the_pipeline_has_one_task_per_step_of_the_graph():
         assert executor["container"]["image"].endswith("-cuda" if step in cuda else "-cpu")
     secret = {f"exec-{s.name.replace('_', '-')}" for s in STEPS if s.tracking}
     secret.add("exec-finalize")  # the exit handler marks the MLflow run
+    secret.add("exec-promote")  # the registry is MLflow's
     assert {label for label, cfg in k8s.items() if cfg.secret_as_env} == secret
 
 
@@ -353,3 +360,57 @@ def test_exit_task_finds_the_failed_step_and_deletes_only_embeddings(tmp_path):
                                "for-loop-2/iteration-0/encode/embeddings"]
     assert not list(run.rglob("embeddings"))
     assert (run / "dp-cluster" / "clusters" / "arrays.npz").is_file()
+
+
+def test_promote_runs_after_evaluate_only_when_its_parameter_is_true():
+    """promote: inside the exit handler, in a condition on the ``promote`` run parameter
+    (false by default), reading evaluate's output (so after it), with the gates and the
+    tracking URI from the run parameters; retried, not cached, with the MLflow secret."""
+    spec, k8s = _parsed()
+    params = spec.root.input_definitions.parameters
+    assert params["promote"].default_value.bool_value is False
+    (condition,) = [t for t in _body(spec).values() if "promote" in t.trigger_policy.condition]
+    assert condition.trigger_policy.condition == \
+        "inputs.parameter_values['pipelinechannel--promote'] == true"
+    dag = spec.components[condition.component_ref.name].dag
+    task = dag.tasks["promote"]
+    assert "evaluate" in condition.dependent_tasks
+    artifacts = task.inputs.artifacts
+    assert set(artifacts) == set(PROMOTE_INPUTS) - {"run_id"}  # a parameter: plan's
+    assert artifacts["evaluation"].component_input_artifact == \
+        "pipelinechannel--evaluate-evaluation"
+    inputs = task.inputs.parameters
+    for p in PROMOTE_PARAMETERS:
+        if p.name != "promote":
+            assert inputs[p.input_name].component_input_parameter == \
+                f"pipelinechannel--{p.name}"
+    assert inputs["tracking_uri"].component_input_parameter == "pipelinechannel--mlflow_uri"
+    assert inputs["run_id"].component_input_parameter == "pipelinechannel--plan-Output"
+    assert not task.caching_options.enable_cache
+    assert task.retry_policy.max_retry_count == 2
+    assert k8s["exec-promote"].secret_as_env
+
+
+def test_the_resample_pipeline_is_committed_and_one_secret_retried_task(tmp_path,
+                                                                        default_images):
+    """pipelines/dpsynth_resample.yaml: a fresh compile; one task, resample, with the
+    run parameters, the MLflow secret, requests/limits/timeout, retries and no cache."""
+    fresh = compile_resample_pipeline(tmp_path / "r.yaml")
+    assert fresh.read_text() == RESAMPLE_COMMITTED.read_text(), (
+        "pipelines/dpsynth_resample.yaml is stale: run `dpsynth pipeline compile`")
+    spec_doc, platform_doc = _docs(RESAMPLE_COMMITTED)
+    spec = json_format.ParseDict(spec_doc, pipeline_spec_pb2.PipelineSpec())  # strict
+    assert set(spec.root.dag.tasks) == {"resample"}
+    task = spec.root.dag.tasks["resample"]
+    assert not task.caching_options.enable_cache
+    assert task.retry_policy.max_retry_count == 2
+    params = spec.root.input_definitions.parameters
+    assert set(params) == {"dataset_id", "n_samples", "mlflow_uri", "alias", "promote"}
+    assert all(params[name].description for name in params)
+    assert params["promote"].default_value.bool_value is False
+    executor = platform_doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"][
+        "exec-resample"]
+    assert executor["secretAsEnv"]
+    assert int(executor["activeDeadlineSeconds"]) == DEFAULT_RESOURCES["resample"].timeout_s
+    assert spec_doc["deploymentSpec"]["executors"]["exec-resample"]["container"][
+        "image"].endswith("-cpu")

@@ -54,19 +54,33 @@ def compile_(
     output: Annotated[Path, typer.Option("--output", "-o")] = DEFAULT_PACKAGE,
     encode_parts: Annotated[int, typer.Option(help="Encode fan-out width.")] = 4,
     component: ComponentOpt = None,
+    resample_output: Annotated[Path | None, typer.Option(
+        help="Where to write the resample-only pipeline (default: "
+        "pipelines/dpsynth_resample.yaml when --output is the default package; "
+        "otherwise not written).")] = None,
 ) -> None:
     """Compile the pipeline to YAML (the committed file is pipelines/dpsynth_pipeline.yaml),
-    assembled from the component specs components/<step>/component.yaml.
+    assembled from the component specs components/<step>/component.yaml, and the
+    resample-only pipeline (pipelines/dpsynth_resample.yaml).
 
     Images: $DPSYNTH_IMAGE_REGISTRY and $DPSYNTH_IMAGE_TAG (default ghcr.io/dpsynth, 0.1.0).
     """
-    from dpsynth_kfp.compile import compile_pipeline
+    from dpsynth_kfp.compile import (
+        RESAMPLE_COMMITTED,
+        compile_pipeline,
+        compile_resample_pipeline,
+    )
 
     try:
         compile_pipeline(output, encode_parts=encode_parts, components=_components(component))
     except ValueError as exc:  # a replacement that does not fit, an unknown step
         _fail(str(exc))
     typer.echo(f"wrote {output}")
+    if resample_output is None and output == DEFAULT_PACKAGE:
+        resample_output = RESAMPLE_COMMITTED
+    if resample_output is not None:
+        compile_resample_pipeline(resample_output)
+        typer.echo(f"wrote {resample_output}")
 
 
 @app.command("compile-components")

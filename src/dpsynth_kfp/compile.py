@@ -8,10 +8,17 @@ from kfp.dsl.base_component import BaseComponent
 
 from dpsynth_kfp.components import COMPONENTS, COMPONENTS_DIR, compile_components
 from dpsynth_kfp.parameters import PARAMETERS
-from dpsynth_kfp.pipeline import CLUSTER, ClusterSettings, build_pipeline
+from dpsynth_kfp.pipeline import (
+    CLUSTER,
+    ClusterSettings,
+    build_pipeline,
+    build_resample_pipeline,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "pipelines" / "dpsynth_pipeline.yaml"
+#: The resample-only pipeline (:func:`dpsynth_kfp.pipeline.build_resample_pipeline`).
+RESAMPLE_COMMITTED = ROOT / "pipelines" / "dpsynth_resample.yaml"
 README = COMPONENTS_DIR / "README.md"
 #: docs/pipeline.md holds the table of run parameters.
 PIPELINE_DOC = ROOT / "docs" / "pipeline.md"
@@ -29,6 +36,15 @@ def compile_pipeline(output: str | Path = COMMITTED, *, encode_parts: int = 4,
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(encode_parts=encode_parts, settings=settings,
                                                components=components), str(output))
+    return output
+
+
+def compile_resample_pipeline(output: str | Path = RESAMPLE_COMMITTED, *,
+                              settings: ClusterSettings = CLUSTER) -> Path:
+    """Compile the resample-only pipeline."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_resample_pipeline(settings=settings), str(output))
     return output
 
 

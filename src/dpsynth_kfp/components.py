@@ -43,7 +43,7 @@ from kfp.dsl.base_component import BaseComponent
 
 from dpsynth.step_graph import STEP_NAMES
 from dpsynth.step_graph import step as graph_step
-from dpsynth_kfp.parameters import PARAMETERS
+from dpsynth_kfp.parameters import PLAN_PARAMETERS
 
 DEFAULT_REGISTRY = "ghcr.io/dpsynth"
 DEFAULT_TAG = "0.1.0"
@@ -87,14 +87,14 @@ CPU, CUDA = DEFAULT_IMAGES["cpu"], DEFAULT_IMAGES["cuda"]
 # ------------------------------------------------------------------------------ plan
 def _plan_component() -> BaseComponent:
     """The plan component, its inputs generated from the parameter table
-    (:data:`dpsynth_kfp.parameters.PARAMETERS`) so that they are written once. The shipped
-    function only forwards its arguments to :func:`dpsynth_kfp.plan_task.run`."""
+    (:data:`dpsynth_kfp.parameters.PLAN_PARAMETERS`) so that they are written once. The
+    shipped function only forwards its arguments to :func:`dpsynth_kfp.plan_task.run`."""
     inputs = "".join(f"    {p.input_name}: {p.type.__name__} = {p.default!r},\n"
-                     for p in PARAMETERS)
+                     for p in PLAN_PARAMETERS)
     args = ("        kfp_run_id: The Kubeflow run's id (the pipeline passes\n"
             "            dsl.PIPELINE_JOB_ID_PLACEHOLDER): a per-run input, so plan is never\n"
             "            served from a cache, even when the client enables caching.\n"
-            + "".join(f"        {p.input_name}: {p.description}\n" for p in PARAMETERS))
+            + "".join(f"        {p.input_name}: {p.description}\n" for p in PLAN_PARAMETERS))
     source = (
         "def plan(\n"
         "    config: Output[Artifact],\n"
@@ -337,9 +337,15 @@ EXIT_COMPONENT = finalize
 def exit_component() -> BaseComponent:
     """The exit handler's component, its image re-pointed as the steps' are
     (:func:`_retarget`)."""
+    return retargeted(EXIT_COMPONENT)
+
+
+def retargeted(component: BaseComponent) -> BaseComponent:
+    """A component outside the step graph (the exit handler's, promote), compiled and
+    loaded back with its image re-pointed as the steps' are (:func:`_retarget`)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / SPEC_FILE
-        compiler.Compiler().compile(EXIT_COMPONENT, str(path))
+        compiler.Compiler().compile(component, str(path))
         return load_spec(path)
 
 

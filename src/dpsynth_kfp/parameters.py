@@ -1,7 +1,8 @@
 """The pipeline's run parameters: one table, mapping each to the config key it sets.
 
 The table builds the pipeline's signature and the descriptions in the Kubeflow run form
-(:func:`dpsynth_kfp.pipeline.build_pipeline`), the plan component's inputs
+(:func:`dpsynth_kfp.pipeline.build_pipeline`), the plan component's inputs (the rows
+whose ``task`` is plan; the promote switch and gates go to the promote task)
 (:mod:`dpsynth_kfp.components`), the ``key=value`` overrides that the plan task applies
 (:func:`overrides`) and the arguments that reproduce a configuration for a local run
 (:func:`arguments`). A parameter is added by adding a row here.
@@ -40,6 +41,9 @@ class Parameter:
     applies: Callable[[Any], bool] = field(default=_always, repr=False)
     #: The plan component's name for the input (default: the parameter's name).
     plan_input: str | None = None
+    #: The task that takes it: "plan" (the run's configuration) or "promote" (the
+    #: production refresh after evaluate; no config key, plan does not take it).
+    task: str = "plan"
 
     @property
     def input_name(self) -> str:
@@ -93,9 +97,32 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("extra_overrides", list, [],
               "More key=value config overrides (YAML values), applied last.",
               plan_input="overrides"),
+    Parameter("promote", bool, False,
+              "After evaluate, register the synthetic set and the mixture in the MLflow "
+              "model registry and move the alias production to them if every gate below "
+              "passes (a failed gate fails the run; production stays). Off: no promote "
+              "task.", task="promote"),
+    Parameter("max_epsilon", float, 10.0,
+              "promote gate: the run's epsilon may not exceed this.", task="promote"),
+    Parameter("max_delta", float, 1e-5,
+              "promote gate: the run's delta may not exceed this.", task="promote"),
+    Parameter("min_accuracy", float, 0.1,
+              "promote gate: the synthetic-trained accuracy must reach this.",
+              task="promote"),
+    Parameter("accuracy_tolerance", float, 0.02,
+              "promote gate: accuracy may be at most this much below production's.",
+              task="promote"),
+    Parameter("frechet_tolerance", float, 0.05,
+              "promote gate: the Fréchet distance may be at most this much above "
+              "production's.", task="promote"),
 )
 
 NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
+#: The parameters the plan task takes (its inputs); the others go to the promote task.
+PLAN_PARAMETERS: tuple[Parameter, ...] = tuple(p for p in PARAMETERS if p.task == "plan")
+#: The promote task's parameters, by its input name (the gates' and the switch).
+PROMOTE_PARAMETERS: tuple[Parameter, ...] = tuple(p for p in PARAMETERS
+                                                  if p.task == "promote")
 
 
 BY_NAME: dict[str, Parameter] = {p.name: p for p in PARAMETERS}
@@ -116,7 +143,7 @@ def _format(value: Any) -> str:
 def overrides(values: Mapping[str, Any]) -> list[str]:
     """The ``key=value`` config overrides for the parameter values ``values`` (by plan
     input name), the extra overrides last. Pure data: the plan task applies them."""
-    out = [f"{p.key}={_format(values[p.input_name])}" for p in PARAMETERS
+    out = [f"{p.key}={_format(values[p.input_name])}" for p in PLAN_PARAMETERS
            if p.key is not None and p.applies(values[p.input_name])]
     return out + [str(o) for o in values.get(BY_NAME["extra_overrides"].input_name) or []]
 

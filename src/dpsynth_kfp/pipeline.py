@@ -1,5 +1,5 @@
 """The dpsynth pipeline: plan -> encode (fanned out) -> dp_cluster -> fit_gmm ->
-synthesize -> decode (optional) -> evaluate.
+synthesize -> decode (optional) -> evaluate -> promote (optional, off by default).
 
 ``build_pipeline`` is a factory. It walks the step graph (:data:`dpsynth.step_graph.STEPS`,
 the same graph ``dpsynth run`` walks), binds each step's component, loaded from its spec
@@ -30,8 +30,16 @@ from dpsynth_kfp.components import (
     exit_component,
     load_spec,
     load_step,
+    retargeted,
 )
-from dpsynth_kfp.parameters import NAMES, PARAMETERS, for_key
+from dpsynth_kfp.parameters import (
+    BY_NAME,
+    NAMES,
+    PARAMETERS,
+    PLAN_PARAMETERS,
+    PROMOTE_PARAMETERS,
+    for_key,
+)
 
 #: The steps that read the private data (a data PVC is mounted on them).
 ENCODE = "encode"
@@ -61,6 +69,10 @@ DEFAULT_RESOURCES: dict[str, TaskResources] = {
     "synthesize": TaskResources("1", "2", "2Gi", "8Gi", 3600),
     "decode": TaskResources("4", "8", "16Gi", "32Gi", 4 * 3600),
     "evaluate": TaskResources("2", "4", "4Gi", "16Gi", 2 * 3600),
+    # Not a step of the graph: the optional task after evaluate (MLflow registry calls).
+    "promote": TaskResources("500m", "2", "1Gi", "4Gi", 30 * 60),
+    # The resample-only pipeline's one task: samples n records from the mixture.
+    "resample": TaskResources("1", "2", "2Gi", "8Gi", 3600),
 }
 #: A step of the graph not in the table (one added later) gets its family's default.
 FAMILY_RESOURCES: dict[str, TaskResources] = {
@@ -78,6 +90,14 @@ def resources_for(step: Step, table: dict[str, TaskResources]) -> TaskResources:
 #: The exit handler's task, scheduled like a CPU step (it needs the MLflow secret).
 EXIT_STEP = Step(name="finalize", summary="The exit handler.", tracking=True)
 EXIT_RESOURCES = TaskResources("250m", "1", "512Mi", "2Gi", 30 * 60)
+
+#: The production refresh after evaluate (:mod:`dpsynth_kfp.promote_task`), run only when
+#: the ``promote`` parameter is true; not a step of the graph (``dpsynth run`` does not
+#: promote; ``dpsynth promote`` does). Scheduled like a CPU step, with the MLflow secret.
+PROMOTE_STEP = Step(name="promote", summary="Register and gate the release.", tracking=True)
+#: The promote task's inputs: its input name -> the graph artifact.
+PROMOTE_INPUTS = {"mixture": "mixture", "synthetic": "synthetic", "evaluation": "evaluation",
+                  "privacy_plan": "privacy_plan", "config": "config", "run_id": "run_id"}
 
 
 @dataclass(frozen=True)
@@ -249,8 +269,29 @@ def _assemble(ops: Mapping[str, BaseComponent], values: Mapping[str, Any], encod
         # per-run input, so that plan's cache key differs on every run even when the
         # client turns caching on for the whole run (the charge must happen).
         publish(plan_step, bind(plan_step, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                                **{p.input_name: values[p.name] for p in PARAMETERS}))
+                                **{p.input_name: values[p.name] for p in PLAN_PARAMETERS}))
         _assemble_later(later, values, encode_parts, bind, publish, made)
+        _assemble_promote(values, made, settings)
+
+
+def promote_component() -> BaseComponent:
+    """The promote task's component (:func:`dpsynth_kfp.promote_task.promote`)."""
+    from dpsynth_kfp.promote_task import promote
+
+    return retargeted(promote)
+
+
+def _assemble_promote(values, made, settings: ClusterSettings) -> None:
+    """promote after evaluate, only when the ``promote`` parameter is true. The gates are
+    run parameters; the tracking URI is ``mlflow_uri`` (empty: the secret's)."""
+    switch = values[BY_NAME["promote"].name]
+    gates = {p.input_name: values[p.name] for p in PROMOTE_PARAMETERS if p.name != "promote"}
+    with dsl.If(switch == True, name="promote-enabled"):  # noqa: E712 - kfp
+        task = promote_component()(
+            tracking_uri=values[for_key("tracking.uri").name],
+            **{name: made[artifact]() for name, artifact in PROMOTE_INPUTS.items()}, **gates)
+        task.set_caching_options(False)  # registers a new version on every run
+        _on_cluster(task, PROMOTE_STEP, settings)
 
 
 def _assemble_later(later, values, encode_parts, bind, publish, made) -> None:
@@ -311,3 +352,40 @@ def build_pipeline(*, encode_parts: int = 4, settings: ClusterSettings = CLUSTER
     dpsynth_pipeline.__signature__ = _signature()
     dpsynth_pipeline.__doc__ = _docstring()
     return dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)(dpsynth_pipeline)
+
+
+RESAMPLE_PIPELINE_NAME = "dpsynth-resample"
+RESAMPLE_DESCRIPTION = ("Resample-only refresh: new synthetic records from the promoted "
+                        "mixture in the MLflow registry, registered as a new version. "
+                        "Post-processing of a DP release: no budget, no private data.")
+#: The resample pipeline's one task (:func:`dpsynth_kfp.promote_task.resample`).
+RESAMPLE_STEP = Step(name="resample", summary="Resample the promoted mixture.",
+                     tracking=True)
+
+
+def build_resample_pipeline(*, settings: ClusterSettings = CLUSTER):
+    """The resample-only pipeline: one task, :func:`dpsynth_kfp.promote_task.resample`,
+    scheduled like a CPU step with the MLflow secret."""
+    from dpsynth_kfp.promote_task import resample
+
+    op = retargeted(resample)
+
+    @dsl.pipeline(name=RESAMPLE_PIPELINE_NAME, description=RESAMPLE_DESCRIPTION)
+    def dpsynth_resample(dataset_id: str, n_samples: int = 60000, mlflow_uri: str = "",
+                         alias: str = "production", promote: bool = False):
+        """Resample-only refresh.
+
+        Args:
+            dataset_id: The dataset id (the registered model is dpsynth-<dataset_id>).
+            n_samples: Synthetic records to sample.
+            mlflow_uri: MLflow tracking and registry URI; empty: MLFLOW_TRACKING_URI from
+                the dpsynth-mlflow secret.
+            alias: The registered version to resample (its alias).
+            promote: Promote the new version through the default gates.
+        """
+        task = op(dataset_id=dataset_id, n=n_samples, tracking_uri=mlflow_uri, alias=alias,
+                  promote_version=promote)
+        task.set_caching_options(False)  # fresh records on every run
+        _on_cluster(task, RESAMPLE_STEP, settings)
+
+    return dpsynth_resample

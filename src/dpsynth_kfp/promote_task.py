@@ -1,8 +1,10 @@
 """The pipeline's production-refresh task: ``promote`` (after evaluate) and ``resample``
 (the resample-only mode), thin bindings of :mod:`dpsynth.promote`.
 
-Not yet wired into :func:`dpsynth_kfp.pipeline.dpsynth_pipeline`: a pipeline adds the task
-after evaluate, e.g.::
+The pipeline (:func:`dpsynth_kfp.pipeline.build_pipeline`) binds ``promote`` after
+evaluate inside ``dsl.If(promote == True)`` (the run parameter, off by default), the gates
+from the run parameters; :func:`dpsynth_kfp.pipeline.build_resample_pipeline` is the
+one-task pipeline of ``resample``. The binding is::
 
     promote(mixture=fit_gmm_task.outputs["mixture"],
             synthetic=synthesize_task.outputs["synthetic"],
