@@ -10,6 +10,7 @@ promoted through the gates, rollback to version 1.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import numpy as np
@@ -210,3 +211,19 @@ def test_pipeline_tasks_compile(tmp_path):
         file = tmp_path / f"{component.name}.yaml"
         compiler.Compiler().compile(component, str(file))
         assert "dpsynth.promote" in file.read_text()
+
+
+def test_a_release_call_leaves_the_callers_tracking_uri_alone(tmp_path, monkeypatch):
+    """promote/fetch/... point MLflow's process-wide URI at their store while they work;
+    afterwards the caller's own MLflow calls must go where they went before."""
+    import mlflow
+
+    from dpsynth import promote
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(None)
+    with pytest.raises(promote.ReleaseError, match="no version with alias"):
+        promote.fetch("nothing-here", tmp_path / "f",
+                      tracking_uri=f"sqlite:///{tmp_path / 'registry.db'}")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert str(tmp_path) not in mlflow.get_tracking_uri()

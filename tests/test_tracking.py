@@ -330,7 +330,7 @@ def test_the_pipeline_plan_step_refuses_without_a_shared_ledger(monkeypatch):
     plan = define_components()["plan"].python_func
     with pytest.raises(ValueError, match="no privacy budget ledger: set DPSYNTH_LEDGER_URI"):
         plan(config_yaml="", overrides=["tracking.uri=http://127.0.0.1:1"], config=None,
-             privacy_plan=None, ledger=None)
+             privacy_plan=None, ledger=None, kfp_run_id="test-run")
 
 
 def test_a_charge_is_kept_when_the_mlflow_run_cannot_be_created(cache, tmp_path, monkeypatch):

@@ -124,6 +124,35 @@ def model_name(dataset_id: str) -> str:
     return f"dpsynth-{clean}"
 
 
+def _keeps_tracking_globals(fn):
+    """MLflow's fluent API (start_run, log_model) reads a process-wide tracking URI, which
+    :func:`_client` sets; a library call must not leave it (or the env var MLflow mirrors
+    it into) pointing elsewhere for the caller's later MLflow calls."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import mlflow
+
+        saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI",
+                                                    "MLFLOW_REGISTRY_URI")}
+        had_uri = mlflow.tracking._tracking_service.utils.is_tracking_uri_set()
+        saved_uri = mlflow.get_tracking_uri() if had_uri else None
+        saved_registry = mlflow.get_registry_uri() if had_uri else None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            mlflow.set_tracking_uri(saved_uri)
+            mlflow.set_registry_uri(saved_registry)
+
+    return wrapper
+
+
 def _client(tracking_uri: str | None):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -270,6 +299,7 @@ def _alias_version(client, name: str, alias: str):
         return None
 
 
+@_keeps_tracking_globals
 def promote_version(dataset_id: str, version: str, *, gates: Gates = Gates(),
                     tracking_uri: str | None = None) -> Release:
     """Run the gates on registered ``version`` and, if all pass, move ``production`` to it
@@ -300,6 +330,7 @@ def _release(client, name: str, version: str, dataset_id: str, aliased: bool) ->
 
 
 # ------------------------------------------------------------------------------ register
+@_keeps_tracking_globals
 def register(out_dir: Path, *, tracking_uri: str | None = None,
              extra_tags: dict[str, str] | None = None) -> tuple[str, str]:
     """Log an output directory (a ``dpsynth run`` or a :func:`resample`) as a release run
@@ -415,6 +446,7 @@ def promote_artifacts(*, mixture: Path, synthetic: Path, metrics: Path, privacy_
 
 
 # ------------------------------------------------------------------------------ rollback
+@_keeps_tracking_globals
 def rollback(dataset_id: str, *, to_version: str | None = None,
              tracking_uri: str | None = None) -> Release:
     """Move ``production`` back to the version it replaced (``to_version`` to choose one).
@@ -460,6 +492,7 @@ def _prepare_out(out: Path) -> None:
             (out / "mixture" / file).unlink(missing_ok=True)
 
 
+@_keeps_tracking_globals
 def fetch(dataset_id: str, out: Path, *, alias: str = PRODUCTION,
           tracking_uri: str | None = None, with_mixture: bool = False) -> Release:
     """Download the ``alias`` version's synthetic EmbeddingSet to ``out/synthetic`` with its
@@ -496,6 +529,7 @@ def fetch(dataset_id: str, out: Path, *, alias: str = PRODUCTION,
 
 
 # ------------------------------------------------------------------------------ resample
+@_keeps_tracking_globals
 def resample(dataset_id: str, n: int, out: Path, *, alias: str = PRODUCTION,
              class_balance: str = "proportional", random_state: int | None = None,
              tracking_uri: str | None = None, register_version: bool = True,
