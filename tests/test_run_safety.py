@@ -238,3 +238,15 @@ def test_an_image_damaged_past_its_header_fails_after_the_charge_in_one_line(fol
     assert result.stderr.count("\n") == 1 and "broken.png" in result.stderr
     assert "charge is kept" in result.stderr and len(charges) == 1
     assert json.loads((out / "run.json").read_text())["failed_step"] == "encode"
+
+
+def test_a_data_only_preflight_checks_the_data_without_the_encoder(folders):
+    """The pipeline's plan pod may not hold the encoder's weights: it checks the data."""
+    cfg = load_config(None, _folder_args(folders, "encoder.name=no-such-encoder")[1::2])
+    report = preflight(cfg, None, data_only=True)
+    assert report.records == {"train": 120, "test": 9} and report.cache == {}
+    with pytest.raises(PreflightError, match="encoder.name: unknown encoder"):
+        preflight(cfg, None)
+    (folders / "train").rename(folders / "gone")
+    with pytest.raises(PreflightError, match="image folder .*train does not exist"):
+        preflight(cfg, None, data_only=True)

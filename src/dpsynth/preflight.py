@@ -159,9 +159,12 @@ def check_decoding(config: RunConfig) -> None:
             "none that inverts it: set decode.decoder (e.g. unclip) or turn them off")
 
 
-def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = False
-              ) -> PreflightReport:
-    """Check everything the run needs without reading a record; raise PreflightError."""
+def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = False,
+              data_only: bool = False) -> PreflightReport:
+    """Check everything the run needs without reading a record; raise PreflightError.
+
+    ``data_only`` checks the data source's splits alone: no encoder, cache or decoder
+    (a pipeline's plan pod, which may not hold the encoder's weights)."""
     from dpsynth.data.datasets import DatasetNotFoundError
     from dpsynth.data.sources import DataSourceError
     from dpsynth.steps import check_cached_encoding
@@ -172,7 +175,7 @@ def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = Fals
         except OutputDirError as exc:
             raise PreflightError(str(exc)) from None
         _check_output_sets(Path(out_dir), config)
-    encoder = make_encoder_or_explain(config)
+    encoder = None if data_only else make_encoder_or_explain(config)
     for split, role in (("train", "private training"), ("test", "test")):
         try:
             shape, count = source_image_shape(config, split)
@@ -183,12 +186,16 @@ def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = Fals
         if split == "train":
             _check_image_folder_classes(config)
         report.image_shape[split], report.records[split] = shape, count
+        if data_only:
+            continue
         check_encoder_takes(encoder, shape, role)
         if config.encoder.cache:
             try:
                 report.cache[split] = check_cached_encoding(config, split)
             except (StepInputError, OSError, ValueError) as exc:
                 raise PreflightError(f"embedding cache ({split} split): {exc}") from None
+    if data_only:
+        return report
     try:
         check_decoding(config)
     except (StepInputError, KeyError) as exc:

@@ -37,23 +37,12 @@ def check_reachable(cfg: RunConfig, check_encoder: bool | None = None) -> None:
     """The pre-flight before the charge (:func:`dpsynth.preflight.preflight`, no output
     folder); without ``check_encoder`` (default: $DPSYNTH_PLAN_CHECK_ENCODER, else on) only
     the data source's splits. Raises :class:`dpsynth.preflight.PreflightError`."""
-    from dpsynth.data.datasets import DatasetNotFoundError
-    from dpsynth.data.sources import DataSourceError
-    from dpsynth.preflight import PreflightError, preflight, source_image_shape
+    from dpsynth.preflight import preflight
 
     if check_encoder is None:
         check_encoder = os.environ.get(CHECK_ENCODER_ENV, "1").strip().lower() not in (
             "0", "false", "no")
-    if check_encoder:
-        preflight(cfg, None)
-        return
-    for split in ("train", "test"):
-        try:
-            _, count = source_image_shape(cfg, split)
-        except (DatasetNotFoundError, DataSourceError, FileNotFoundError, ValueError) as exc:
-            raise PreflightError(f"data ({split} split): {exc}") from None
-        if count == 0:
-            raise PreflightError(f"data ({split} split) holds no records")
+    preflight(cfg, None, data_only=not check_encoder)
 
 
 def run(*, config_yaml: str, config: Any, privacy_plan: Any, ledger: Any,
