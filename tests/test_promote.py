@@ -138,7 +138,11 @@ def test_fetch_downloads_the_production_set(server, run_out, tmp_path):
     np.testing.assert_array_equal(fetched.load()[0], original.load()[0])
     release = json.loads((out / "release.json").read_text())
     assert release["version"] == "1" and release["model_uri"] == f"models:/{NAME}@production"
-    assert json.loads((out / "metrics.json").read_text())["private"] is True
+    published = json.loads((out / "metrics.json").read_text())
+    assert published["private"] is True
+    # The run's non-private baseline (no noise, not covered) is not published.
+    assert json.loads((run_out / "metrics.json").read_text())["nonprivate_accuracy"] is not None
+    assert not [k for k in published if k.startswith("nonprivate_")]
     assert (out / "privacy_plan.json").is_file()
     # A second fetch into the same folder replaces it; someone else's folder is refused.
     assert _cli("fetch", "--dataset-id", DATASET, "--out", out, "--tracking-uri",
