@@ -52,24 +52,17 @@ class _Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _numbers_are_not_booleans(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic takes YAML's true as 1: `model.subspace_dim=true` must not mean r = 1.
+        # pydantic takes YAML's true as 1: `model.subspace_dim=true` must not mean r = 1,
+        # nor `privacy.epsilon=true` epsilon = 1.
         if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
             raise ValueError(f"must be a number, not the boolean {str(value).lower()}")
         return value
 
 
-def _not_bool(value: Any) -> Any:
-    # YAML reads true/false as booleans and pydantic would take True as 1.0: a privacy
-    # parameter given as a boolean is a mistake, never epsilon = 1.
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, not the boolean {str(value).lower()}")
-    return value
-
-
 def _epsilon(value: Any) -> float:
     if isinstance(value, str) and value.strip().lower() in ("inf", "infinity"):
         return math.inf
-    return _not_bool(value)
+    return value
 
 
 class DataConfig(_Section):
@@ -166,7 +159,6 @@ class _EpsilonDelta(_Section):
     delta: float
 
     _parse_eps = field_validator("epsilon", mode="before")(_epsilon)
-    _parse_delta = field_validator("delta", mode="before")(_not_bool)
 
     @model_validator(mode="after")
     def _valid(self) -> _EpsilonDelta:
