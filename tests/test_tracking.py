@@ -324,10 +324,10 @@ def test_decoding_without_a_decoder_is_refused_before_any_work(tmp_path, monkeyp
 def test_the_pipeline_plan_step_refuses_without_a_shared_ledger(monkeypatch):
     """In a pod, the default ledger file would vanish with the pod: every pipeline run
     would find a fresh budget. The plan step must be given the shared ledger."""
-    from dpsynth_kfp.components import define_components
+    from dpsynth_kfp.components import COMPONENTS
 
     monkeypatch.delenv("DPSYNTH_LEDGER_URI")
-    plan = define_components()["plan"].python_func
+    plan = COMPONENTS["plan"].python_func
     with pytest.raises(ValueError, match="no privacy budget ledger: set DPSYNTH_LEDGER_URI"):
         plan(config_yaml="", overrides=["tracking.uri=http://127.0.0.1:1"], config=None,
              privacy_plan=None, ledger=None, kfp_run_id="test-run")

@@ -356,12 +356,6 @@ COMPONENTS: dict[str, BaseComponent] = {
 assert tuple(COMPONENTS) == STEP_NAMES, "one component per step of the graph, in order"
 
 
-def define_components() -> dict[str, BaseComponent]:
-    """The built-in components as Python objects, by step (a copy of
-    :data:`COMPONENTS`); the pipeline itself loads their compiled specs."""
-    return dict(COMPONENTS)
-
-
 # ----------------------------------------------------------------------------- specs
 def spec_path(step: str, root: str | Path = COMPONENTS_DIR) -> Path:
     """``<root>/<step>/component.yaml``."""
