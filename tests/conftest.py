@@ -1,9 +1,11 @@
-"""Test-wide safety: no test ever charges the user's real privacy budget ledger.
+"""Test-wide safety: no test ever charges the user's real privacy budget ledger, nor
+writes into the user's MLflow store.
 
-The ledger defaults to a per-user file (``~/.local/share/dpsynth/ledger.sqlite``), which a
-test run would fill with charges and, worse, could exhaust. Every test gets a throwaway
-ledger through ``$DPSYNTH_LEDGER_URI``; subprocesses (CLI runs, kfp's local runner)
-inherit it.
+Both default to the per-user dpsynth home (``~/.local/share/dpsynth``: ``ledger.sqlite``,
+``mlflow.db``, ``mlartifacts/``), which a test run would fill with charges and runs and,
+worse, could exhaust. Every test gets a throwaway ledger through ``$DPSYNTH_LEDGER_URI``
+and a throwaway home through ``$DPSYNTH_HOME`` (so even a test that unsets the ledger
+variable lands in its own home); subprocesses (CLI runs, kfp's local runner) inherit both.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from dpsynth.privacy.ledger_store import LEDGER_URI_ENV
+from dpsynth.tracking import HOME_ENV
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -19,19 +22,30 @@ def _session_ledger(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     path = tmp_path_factory.mktemp("session-ledger") / "ledger.sqlite"
     patch.setenv(LEDGER_URI_ENV, f"sqlite:///{path}")
+    patch.setenv(HOME_ENV, str(tmp_path_factory.mktemp("session-home")))
     yield
     patch.undo()
 
 
 @pytest.fixture(autouse=True)
 def _test_ledger(tmp_path_factory):
-    """A fresh ledger per test (in its own folder: tests may list their tmp_path). Its own
-    MonkeyPatch, not the test's: a test's ``monkeypatch.undo()`` must not switch ledgers
-    halfway."""
+    """A fresh ledger and dpsynth home per test (each in its own folder: tests may list
+    their tmp_path). Its own MonkeyPatch, not the test's: a test's ``monkeypatch.undo()``
+    must not switch ledgers halfway."""
     path = tmp_path_factory.mktemp("ledger") / "ledger.sqlite"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(LEDGER_URI_ENV, f"sqlite:///{path}")
+        patch.setenv(HOME_ENV, str(tmp_path_factory.mktemp("home")))
         yield path
+
+
+@pytest.fixture
+def dpsynth_home():
+    """This test's dpsynth home (``$DPSYNTH_HOME``): the embedded MLflow store is there."""
+    import os
+    from pathlib import Path
+
+    return Path(os.environ[HOME_ENV])
 
 
 @pytest.fixture

@@ -200,7 +200,8 @@ def test_a_full_disk_during_synthesis_fails_the_run_cleanly(tmp_path, monkeypatc
     assert _charges() == 2
 
 
-def test_a_full_disk_while_creating_the_embedded_store_leaves_nothing(tmp_path, monkeypatch):
+def test_a_full_disk_while_creating_the_embedded_store_leaves_nothing(tmp_path, monkeypatch,
+                                                                     dpsynth_home):
     """The disk fills up halfway through MLflow's schema migration: before the fix this
     left a half-migrated mlflow.db that every later run failed on."""
     import mlflow.store.db.utils as db_utils
@@ -218,8 +219,8 @@ def test_a_full_disk_while_creating_the_embedded_store_leaves_nothing(tmp_path, 
     assert result.exit_code == 2, result.output
     assert "cannot create the embedded tracking store" in result.output
     assert "No space left on device" in result.output
-    assert not (out / "mlflow.db").exists()
-    assert [p.name for p in out.glob(".mlflow.db*")] == []
+    assert not (dpsynth_home / "mlflow.db").exists()
+    assert [p.name for p in dpsynth_home.glob(".mlflow.db*")] == []
     assert _charges() == 0
     monkeypatch.setattr(db_utils, "_upgrade_db", real_upgrade)
     _finished_run_is_consistent(out, cli.invoke(app, ["run", "--out", str(out),

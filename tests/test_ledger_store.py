@@ -214,6 +214,7 @@ def test_concurrent_charges_from_threads_never_exceed_the_budget(sqlite_uri, mon
 # ------------------------------------------------------------- where it lives
 def test_the_default_ledger_is_per_user_and_env_and_config_override_it(monkeypatch, tmp_path):
     monkeypatch.delenv(LEDGER_URI_ENV)
+    monkeypatch.delenv("DPSYNTH_HOME")
     monkeypatch.delenv("XDG_DATA_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_ledger_uri() == (

@@ -277,7 +277,7 @@ def test_server_lost_mid_run_still_finishes_and_says_what_was_not_logged(
     assert "NOT LOGGED to MLflow" in runner.summary(result)
 
 
-def test_cli_run_with_the_embedded_store(cache, tmp_path):
+def test_cli_run_with_the_embedded_store(cache, tmp_path, dpsynth_home):
     cli = CliRunner()
     args = ["run", "--config", "configs/digits-quick.yaml", "--out", str(tmp_path / "o"),
             "--no-progress", "--set", f"encoder.cache_dir={cache}", "--set", "evaluate.epochs=5",
@@ -287,10 +287,10 @@ def test_cli_run_with_the_embedded_store(cache, tmp_path):
     assert "accuracy" in first.output and "report" in first.output
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert {"accuracy", "nonprivate_accuracy", "epsilon", "delta"} <= metrics.keys()
-    assert (tmp_path / "o" / "mlflow.db").is_file()
-    runs = MlflowClient(f"sqlite:///{tmp_path / 'o' / 'mlflow.db'}").search_runs(
-        [MlflowClient(f"sqlite:///{tmp_path / 'o' / 'mlflow.db'}")
-         .get_experiment_by_name("dpsynth").experiment_id])
+    # The embedded store is the per-user one ($DPSYNTH_HOME), not under --out.
+    assert (dpsynth_home / "mlflow.db").is_file() and not (tmp_path / "o" / "mlflow.db").exists()
+    store = MlflowClient(f"sqlite:///{dpsynth_home / 'mlflow.db'}")
+    runs = store.search_runs([store.get_experiment_by_name("dpsynth").experiment_id])
     assert len(runs) == 1 + len(STEP_NAMES)
     before = {p: p.read_bytes() for p in (tmp_path / "o").rglob("*.json")}
     second = cli.invoke(app, args)  # eps 8 (7.06 at the budget delta) twice: over 9

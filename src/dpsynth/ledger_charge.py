@@ -72,8 +72,8 @@ def charge_run(config: RunConfig, out_dir: Path, *,
     dataset_id = config.data.ledger_id()
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    uri = resolve_tracking_uri(config.tracking.uri, out_dir)
-    tracker = Tracker(uri, config.tracking.experiment, artifact_root=out_dir / "mlartifacts")
+    uri = resolve_tracking_uri(config.tracking.uri)
+    tracker = Tracker(uri, config.tracking.experiment)
     tracker.open()
     limit = config.privacy.budget
     with open_ledger(config.privacy.ledger_uri) as ledger:

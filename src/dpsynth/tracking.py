@@ -8,6 +8,12 @@ The ledger itself is an append-only table (:mod:`dpsynth.privacy.ledger_store`);
 charged run also carries its entry as tags here, a mirror that the run compares with the
 store and never counts (anyone who can write to MLflow can delete a tag).
 
+Where: ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else an embedded SQLite store in the
+per-user dpsynth home (:func:`dpsynth_home`), next to the budget ledger: every run of the
+user, whatever its ``--out``, goes into one history. ``--out`` keeps a copy of the run's
+own records (``run.json``, ``privacy_ledger.json``, ``privacy_plan.json``, ``config.yaml``,
+``metrics.json``).
+
 Two failure policies:
 - Before any data is read (:meth:`Tracker.open`, :meth:`Tracker.start_run`), a tracking
   failure is fatal: a run that cannot be recorded must not start.
@@ -26,6 +32,8 @@ from typing import Any
 
 from dpsynth.privacy.ledger import LedgerEntry
 
+#: Overrides the per-user home of the embedded MLflow store and the ledger.
+HOME_ENV = "DPSYNTH_HOME"
 LEDGER_DATASET_TAG = "dpsynth.ledger.dataset_id"
 LEDGER_ENTRY_TAG = "dpsynth.ledger.entry"
 #: The ledger store's id of the run's charge: what the mirror is compared by.
@@ -39,13 +47,42 @@ class TrackingUnavailableError(RuntimeError):
     """The tracking store cannot be reached when it must be (before data is read)."""
 
 
-def resolve_tracking_uri(configured: str | None, out_dir: Path) -> str:
-    """Config, then $MLFLOW_TRACKING_URI, then an embedded sqlite store under ``out_dir``."""
+def dpsynth_home() -> Path:
+    """The per-user home of what outlives one run: the embedded MLflow store
+    (``mlflow.db``, ``mlartifacts/``) and the SQLite budget ledger (``ledger.sqlite``).
+
+    ``$DPSYNTH_HOME``, else ``$XDG_DATA_HOME/dpsynth``, else ``~/.local/share/dpsynth``;
+    never under ``--out``: a ledger or run history that a new output directory resets
+    would be no ledger (each ``--out`` keeps a copy of its own run's records instead).
+    """
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).expanduser().resolve()
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home).expanduser().resolve() / "dpsynth"
+
+
+def default_tracking_uri() -> str:
+    """The embedded MLflow store: ``sqlite:///<dpsynth home>/mlflow.db``."""
+    return f"sqlite:///{dpsynth_home() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(configured: str | None) -> str:
+    """``tracking.uri``, then ``$MLFLOW_TRACKING_URI``, then the embedded store in the
+    per-user home (:func:`default_tracking_uri`), shared by every run of this user
+    whatever its ``--out``."""
     if configured:
         return configured
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(Path(out_dir).resolve() / 'mlflow.db')}"
+    return default_tracking_uri()
+
+
+def embedded_artifact_root(uri: str) -> Path | None:
+    """Where an embedded (sqlite file) store keeps its artifacts: ``mlartifacts/`` beside
+    the database file; None for a server, which has its own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
 
 
 def create_embedded_store(uri: str) -> None:
@@ -64,6 +101,12 @@ def create_embedded_store(uri: str) -> None:
     if db.exists():
         return
     import logging
+
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrackingUnavailableError(
+            f"cannot create the folder of the embedded tracking store {db}: {exc}") from None
 
     from mlflow.tracking import MlflowClient
 
@@ -131,8 +174,9 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=self.uri)
             found = self._client.get_experiment_by_name(self.experiment)
             if found is None:
-                location = (self.artifact_root.resolve().as_uri()
-                            if self.artifact_root and self.uri.startswith("sqlite:") else None)
+                root = self.artifact_root or embedded_artifact_root(self.uri)
+                location = (root.resolve().as_uri()
+                            if root and self.uri.startswith("sqlite:") else None)
                 self.experiment_id = self._client.create_experiment(
                     self.experiment, artifact_location=location)
             else:

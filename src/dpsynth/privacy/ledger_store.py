@@ -29,8 +29,10 @@ Rows, by ``kind``:
 - ``nonprivate``: the dataset was declared non-private (see :mod:`dpsynth.privacy.ledger`).
 
 Where: ``privacy.ledger_uri``, else ``$DPSYNTH_LEDGER_URI``, else the per-user SQLite file
-``$XDG_DATA_HOME/dpsynth/ledger.sqlite`` (``~/.local/share/dpsynth/ledger.sqlite``). Never
-under ``--out``: a budget that a new output directory resets is no budget.
+``ledger.sqlite`` in the dpsynth home, beside the embedded MLflow store: ``$DPSYNTH_HOME``,
+else ``$XDG_DATA_HOME/dpsynth``, else ``~/.local/share/dpsynth``. Never under ``--out``: a
+budget that a new output directory resets is no budget (``--out`` keeps a copy of the
+run's charge, ``privacy_ledger.json``).
 
 The MLflow tags stay as a mirror of the ledger; :func:`mirror_problems` says where the
 mirror disagrees with the store, which is the truth.
@@ -54,7 +56,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from dpsynth.privacy.ledger import BudgetCheck, LedgerEntry, NonPrivateMark, check_budget
-from dpsynth.tracking import TrackingUnavailableError
+from dpsynth.tracking import TrackingUnavailableError, dpsynth_home
 
 LEDGER_URI_ENV = "DPSYNTH_LEDGER_URI"
 TABLE = "dpsynth_ledger"
@@ -80,11 +82,12 @@ class LedgerMirrorWarning(UserWarning):
 
 # ----------------------------------------------------------------------------- where
 def default_ledger_uri() -> str:
-    """``$DPSYNTH_LEDGER_URI``, else the per-user SQLite file under ``$XDG_DATA_HOME``."""
+    """``$DPSYNTH_LEDGER_URI``, else the per-user SQLite file ``ledger.sqlite`` in the
+    dpsynth home (:func:`dpsynth.tracking.dpsynth_home`: ``$DPSYNTH_HOME``, else
+    ``$XDG_DATA_HOME/dpsynth``, else ``~/.local/share/dpsynth``)."""
     if os.environ.get(LEDGER_URI_ENV):
         return os.environ[LEDGER_URI_ENV]
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"sqlite:///{Path(data_home).resolve() / 'dpsynth' / 'ledger.sqlite'}"
+    return f"sqlite:///{dpsynth_home() / 'ledger.sqlite'}"
 
 
 def resolve_ledger_uri(configured: str | None) -> str:
