@@ -51,6 +51,36 @@ def test_submit_sends_the_compiled_spec_and_the_parameters_as_given():
         assert params["config_yaml"] == f.read()
 
 
+def test_submit_with_a_config_keeps_its_values_where_no_param_is_given(tmp_path):
+    """The plan task applies every parameter over config_yaml: a parameter left at the
+    package's default (dataset=fashion-mnist, epsilon=1) would silently replace the
+    config's own. Each one not given carries the config's value; --param still wins."""
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {source: digits}\nencoder: {name: pixels}\n"
+                      "privacy: {epsilon: 0.5, delta: 1.0e-6}\nsynthesize: {n: 1234}\n")
+    with FakeKfp() as kfp:
+        result = cli.invoke(app, ["pipeline", "submit", "--host", kfp.url,
+                                  "--config", str(config), "--param", "n_samples=99"])
+    assert result.exit_code == 0, result.output
+    (run,) = kfp.posted("/runs")
+    params = run["runtime_config"]["parameters"]
+    assert (params["dataset"], params["encoder"]) == ("digits", "pixels")
+    assert (params["epsilon"], params["delta"]) == (0.5, 1e-6)
+    assert params["n_samples"] == 99  # given: wins over the config's 1234
+    assert params["config_yaml"] == config.read_text()
+
+
+def test_submit_refuses_an_invalid_config_before_contacting_kfp(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("privacy: {epsilon: -1}\n")
+    with FakeKfp() as kfp:
+        result = cli.invoke(app, ["pipeline", "submit", "--host", kfp.url,
+                                  "--config", str(config)])
+        assert not kfp.posted("/runs")
+    assert result.exit_code != 0
+    assert "privacy" in result.output and "epsilon" in result.output
+
+
 def test_schedule_embeds_the_spec_on_request_with_the_six_field_cron():
     with FakeKfp() as kfp:
         result = cli.invoke(app, [

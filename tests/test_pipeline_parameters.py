@@ -70,8 +70,10 @@ def test_the_plan_component_takes_the_table():
     assert taken == {p.input_name: (p.type, p.default) for p in PLAN_PARAMETERS}
     for p in PLAN_PARAMETERS:
         assert plan.component_spec.inputs[p.input_name].description == p.description
-    assert [p.name for p in PARAMETERS] == \
-        [p.name for p in PLAN_PARAMETERS + PROMOTE_PARAMETERS]
+    # Every other parameter goes to the promote task, or says how pods are scheduled
+    # (the data claim: a mount, no task input).
+    others = [p for p in PARAMETERS if p not in PLAN_PARAMETERS + PROMOTE_PARAMETERS]
+    assert [(p.name, p.task, p.key) for p in others] == [("data_pvc", "cluster", None)]
 
 
 def test_the_promote_gates_are_the_promote_components_defaults():

@@ -3,6 +3,7 @@ as documented, assembled from the specs so that one file swaps a component."""
 
 # No `from __future__ import annotations`: kfp reads the component annotations as types.
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -122,7 +123,7 @@ def test_gpu_steps_request_a_gpu_node_cache_and_retries():
         assert executors[label]["container"]["image"].endswith("-cuda")
         assert k8s[label].node_selector.labels["nvidia.com/gpu.present"] == "true"
         assert k8s[label].tolerations[0].key == "nvidia.com/gpu"
-        assert k8s[label].pvc_mount[0].mount_path == "/cache"
+        assert "/cache" in [m.mount_path for m in k8s[label].pvc_mount]
     for label in ("exec-plan", "exec-evaluate"):
         assert k8s[label].secret_as_env[0].secret_name == "dpsynth-mlflow"
         assert executors[label]["container"]["image"].endswith("-cpu")
@@ -298,26 +299,38 @@ def test_a_replacement_that_does_not_fit_is_refused_naming_the_contract(tmp_path
     assert "does not write the outputs ['synthetic']" in message
 
 
-def test_a_data_pvc_is_mounted_on_plan_and_encode_only(tmp_path, default_images):
+def _data_mounts(path: Path) -> dict[str, dict]:
+    """Executor label -> its /data mount."""
+    platform = _docs(path)[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    return {label: m for label, cfg in platform.items() for m in cfg.get("pvcMount", [])
+            if m["mountPath"] == "/data"}
+
+
+def test_the_data_pvc_is_a_run_parameter_mounted_on_plan_and_encode_only(
+        tmp_path, default_images):
+    """The claim holding the private data is picked in the run form (parameter
+    ``data_pvc``), not compiled in; only the steps that read the data mount it."""
     from dpsynth_kfp.pipeline import ClusterSettings
 
     path = compile_pipeline(tmp_path / "p.yaml", settings=ClusterSettings(
-        data_pvc="dpsynth-data", plan_checks_encoder=False))
-    platform = _docs(path)[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    mounted = {label for label, cfg in platform.items()
-               if any(m.get("pvcNameParameter", {}).get("runtimeValue", {}).get(
-                   "constant") == "dpsynth-data" or m.get("constant") == "dpsynth-data"
-                   for m in cfg.get("pvcMount", []))}
-    assert mounted == {"exec-plan", "exec-encode", "exec-encode-2"}
-    for label in mounted:
-        (mount,) = [m for m in platform[label]["pvcMount"] if m["mountPath"] == "/data"]
+        plan_checks_encoder=False))
+    mounts = _data_mounts(path)
+    assert set(mounts) == {"exec-plan", "exec-encode", "exec-encode-2"}
+    for mount in mounts.values():
+        assert mount["pvcNameParameter"] == {
+            "componentInputParameter": "pipelinechannel--data_pvc"}
     spec = _docs(path)[0]
+    assert spec["root"]["inputDefinitions"]["parameters"]["data_pvc"]["defaultValue"] == \
+        "dpsynth-data"
     env = spec["deploymentSpec"]["executors"]["exec-plan"]["container"]["env"]
     assert {"name": "DPSYNTH_PLAN_CHECK_ENCODER", "value": "0"} in env
-    # The committed pipeline mounts no data PVC and checks the encoder in plan.
-    committed = _docs(COMMITTED)
-    assert "DPSYNTH_PLAN_CHECK_ENCODER" not in str(committed[0])
-    assert "/data" not in str(committed[1])
+    # The committed pipeline mounts the parameter's claim too, and checks the encoder in
+    # plan; a pipeline compiled without a data volume mounts nothing at /data.
+    assert set(_data_mounts(COMMITTED)) == set(mounts)
+    assert "DPSYNTH_PLAN_CHECK_ENCODER" not in str(_docs(COMMITTED)[0])
+    bare = compile_pipeline(tmp_path / "bare.yaml", settings=ClusterSettings(
+        mount_data=False))
+    assert _data_mounts(bare) == {}
 
 
 def test_the_exit_handler_wraps_every_step_and_takes_no_task_output():
@@ -360,6 +373,64 @@ def test_exit_task_finds_the_failed_step_and_deletes_only_embeddings(tmp_path):
                                "for-loop-2/iteration-0/encode/embeddings"]
     assert not list(run.rglob("embeddings"))
     assert (run / "dp-cluster" / "clusters" / "arrays.npz").is_file()
+
+
+def test_the_exit_task_gets_the_pipeline_roots_credentials_and_endpoint():
+    """The exit handler deletes from KFP's MinIO pipeline root: it reads KFP's own
+    MinIO secret (optional, as AWS keys) and the MinIO endpoint; no other task does."""
+    spec, k8s = _parsed()
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    with_root_secret = {label for label, cfg in k8s.items()
+                        if any(s.secret_name == "mlpipeline-minio-artifact"
+                               for s in cfg.secret_as_env)}
+    assert with_root_secret == {"exec-finalize"}
+    (secret,) = [s for s in k8s["exec-finalize"].secret_as_env
+                 if s.secret_name == "mlpipeline-minio-artifact"]
+    assert {m.secret_key: m.env_var for m in secret.key_to_env} == {
+        "accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
+    assert secret.optional
+    env = {e["name"]: e["value"] for e in executors["exec-finalize"]["container"]["env"]}
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio-service.kubeflow:9000"
+
+
+def test_exit_task_deletes_the_embeddings_from_a_minio_pipeline_root(monkeypatch):
+    """KFP's default pipeline root is minio://bucket/...: the exit handler lists and
+    deletes there through S3's protocol (a loopback S3 server stands in for MinIO)."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+    from mlflow_server import free_port
+
+    from dpsynth_kfp import exit_task
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        for var, value in (("MLFLOW_S3_ENDPOINT_URL", endpoint),
+                           ("AWS_ACCESS_KEY_ID", "minio"), ("AWS_SECRET_ACCESS_KEY", "minio123"),
+                           ("AWS_DEFAULT_REGION", "us-east-1")):
+            monkeypatch.setenv(var, value)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="mlpipeline")
+        run = "v2/artifacts/dpsynth/run-7"
+        keys = [f"{run}/encode/11/embeddings/shard-00000.npz",
+                f"{run}/encode/11/embeddings/manifest.json",
+                f"{run}/encode-2/12/embeddings/shard-00000.npz",
+                f"{run}/dp-cluster/13/clusters/arrays.npz",
+                f"{run}/plan/10/config",
+                "v2/artifacts/dpsynth/run-8/encode/1/embeddings/shard-00000.npz"]
+        for key in keys:
+            s3.put_object(Bucket="mlpipeline", Key=key, Body=b"x")
+        root = exit_task.run_root(f"minio://mlpipeline/{run}/finalize/14/cleanup", "run-7")
+        assert root == f"minio://mlpipeline/{run}"
+        deleted = exit_task.delete_private(root)
+        assert sorted(deleted) == ["encode-2/12/embeddings", "encode/11/embeddings"]
+        left = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="mlpipeline")["Contents"])
+        # The run's other outputs and another run's embeddings stay.
+        assert left == sorted([keys[3], keys[4], keys[5]])
+    finally:
+        server.stop()
 
 
 def test_promote_runs_after_evaluate_only_when_its_parameter_is_true():

@@ -140,9 +140,21 @@ def _parse_params(params: list[str] | None, config: Path | None) -> dict[str, ob
             _fail(f"--param expects name=value, got {text!r}")
         out[name] = yaml.safe_load(raw) if raw else ""
     if config is not None:
+        from dpsynth.config import ConfigError, load_config
+        from dpsynth_kfp.parameters import arguments
+
         if not config.is_file():
             _fail(f"config file {config} does not exist")
+        try:
+            resolved = load_config(config)
+        except ConfigError as exc:
+            _fail(str(exc))
         out["config_yaml"] = config.read_text()
+        # The plan task applies the parameters over config_yaml, so a parameter left at
+        # the package's default (dataset=fashion-mnist, epsilon=1, ...) would replace the
+        # config's own value: each one not given with --param carries the config's value.
+        for name, value in arguments(resolved).items():
+            out.setdefault(name, value)
     return out
 
 

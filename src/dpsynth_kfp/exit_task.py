@@ -50,17 +50,28 @@ def run_root(own_uri: str, kfp_run_id: str = "") -> str:
     return uri.rsplit("/", 2)[0]
 
 
+def store_uri(uri: str) -> str:
+    """``uri`` as MLflow's artifact repositories name it: KFP writes its default pipeline
+    root as ``minio://bucket/key``, which is S3's protocol at another endpoint
+    (``MLFLOW_S3_ENDPOINT_URL``, set on the exit task from the cluster settings)."""
+    return "s3://" + uri.removeprefix("minio://") if uri.startswith("minio://") else uri
+
+
+def _repository(root: str):
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(store_uri(root))
+
+
 def _walk(root: str) -> Iterable[str]:
     """Every path (relative, '/'-separated) under ``root``: a local folder, or any store
-    MLflow's artifact repositories reach (s3://, gs://, ...)."""
+    MLflow's artifact repositories reach (minio:// and s3:// through boto3, gs://, ...)."""
     local = _local(root)
     if local is not None:
         if local.is_dir():
             yield from (p.relative_to(local).as_posix() for p in local.rglob("*"))
         return
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    repo = get_artifact_repository(root)
+    repo = _repository(root)
     todo = [None]
     while todo:
         for info in repo.list_artifacts(todo.pop()):
@@ -100,11 +111,7 @@ def delete_private(root: str) -> list[str]:
             elif target.exists():
                 target.unlink()
         else:
-            from mlflow.store.artifact.artifact_repository_registry import (
-                get_artifact_repository,
-            )
-
-            get_artifact_repository(root).delete_artifacts(rel)
+            _repository(root).delete_artifacts(rel)
         deleted.append(rel)
     return deleted
 

@@ -41,8 +41,9 @@ class Parameter:
     applies: Callable[[Any], bool] = field(default=_always, repr=False)
     #: The plan component's name for the input (default: the parameter's name).
     plan_input: str | None = None
-    #: The task that takes it: "plan" (the run's configuration) or "promote" (the
-    #: production refresh after evaluate; no config key, plan does not take it).
+    #: The task that takes it: "plan" (the run's configuration), "promote" (the
+    #: production refresh after evaluate; no config key, plan does not take it) or
+    #: "cluster" (how pods are scheduled or what they mount: no task input, no config key).
     task: str = "plan"
 
     @property
@@ -68,6 +69,11 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("image_size", int, 0,
               "image-folder: images are resized to this square size (data.image_size); "
               "0: the config's.", key="data.image_size", applies=bool),
+    Parameter("data_pvc", str, "dpsynth-data",
+              "The PersistentVolumeClaim with the private data, mounted at /data on plan "
+              "and encode (image-folder: train_dir=/data/train, test_dir=/data/test). The "
+              "claim must exist in the run's namespace (manifests/ creates dpsynth-data).",
+              task="cluster"),
     Parameter("encoder", str, "efficientnet-lite0",
               "Encoder registry name (encoder.name).", key="encoder.name"),
     Parameter("epsilon", float, 1.0,
@@ -126,6 +132,8 @@ PROMOTE_PARAMETERS: tuple[Parameter, ...] = tuple(p for p in PARAMETERS
 
 
 BY_NAME: dict[str, Parameter] = {p.name: p for p in PARAMETERS}
+#: The parameter naming the data PVC (a "cluster" parameter).
+DATA_PVC = BY_NAME["data_pvc"]
 
 
 def for_key(key: str) -> Parameter:

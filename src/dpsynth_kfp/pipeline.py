@@ -34,6 +34,7 @@ from dpsynth_kfp.components import (
 )
 from dpsynth_kfp.parameters import (
     BY_NAME,
+    DATA_PVC,
     NAMES,
     PARAMETERS,
     PLAN_PARAMETERS,
@@ -120,12 +121,24 @@ class ClusterSettings:
         "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
         "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
         "MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN",
-        # The privacy budget ledger (PostgreSQL, as its INSERT/SELECT-only role).
-        "DPSYNTH_LEDGER_URI": "DPSYNTH_LEDGER_URI"})
-    #: A PVC holding the private data (image-folder/webdataset sources), mounted at
-    #: ``data_mount`` on the steps that read it: plan (its pre-flight checks the data is
-    #: reachable before the charge) and encode. None: the data is in the image or remote.
-    data_pvc: str | None = None
+        # The privacy budget ledger (PostgreSQL, as its INSERT/SELECT-only role), and the
+        # role's password apart from the URI (libpq reads PGPASSWORD).
+        "DPSYNTH_LEDGER_URI": "DPSYNTH_LEDGER_URI",
+        "DPSYNTH_LEDGER_PASSWORD": "PGPASSWORD"})
+    #: The pipeline root's object store, for the exit handler (it deletes a failed run's
+    #: private embeddings there): the secret with its keys (key -> environment variable;
+    #: KFP's own MinIO secret, present in every profile namespace) and its endpoint.
+    #: None: no credentials passed (a local root, or workload identity).
+    pipeline_root_secret: str | None = "mlpipeline-minio-artifact"
+    pipeline_root_secret_keys: dict[str, str] = field(default_factory=lambda: {
+        "accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"})
+    pipeline_root_endpoint: str | None = "http://minio-service.kubeflow:9000"
+    #: Mount the PVC named by the run parameter ``data_pvc`` (the private data of
+    #: image-folder/webdataset sources) at ``data_mount`` on the steps that read it: plan
+    #: (its pre-flight checks the data is reachable before the charge) and encode. The
+    #: claim is chosen per run, not compiled in; False: no data volume (the data is in the
+    #: image or remote), and the parameter is ignored.
+    mount_data: bool = True
     data_mount: str = "/data"
     #: plan's pre-flight builds the encoder and encodes one blank image; off for encoders
     #: whose weights only the GPU model cache holds (the data is still checked).
@@ -142,10 +155,14 @@ class ClusterSettings:
 CLUSTER = ClusterSettings()
 #: For local runs: no cluster objects at all (the local runner has no Kubernetes).
 LOCAL = ClusterSettings(accelerator_type="", node_selector=None, toleration_key=None,
-                        model_cache_pvc=None, mlflow_secret=None, resources=None, retries=0)
+                        model_cache_pvc=None, mlflow_secret=None, resources=None, retries=0,
+                        mount_data=False, pipeline_root_secret=None,
+                        pipeline_root_endpoint=None)
 
 
-def _on_cluster(task, step: Step, settings: ClusterSettings):
+def _on_cluster(task, step: Step, settings: ClusterSettings, data_pvc: Any = None):
+    """Schedule ``task`` as ``settings`` say; ``data_pvc``: the run parameter's channel
+    (mounted on plan and encode when ``settings.mount_data``)."""
     if settings.mlflow_secret and step.tracking:
         kubernetes.use_secret_as_env(task, secret_name=settings.mlflow_secret,
                                      secret_key_to_env=settings.mlflow_secret_keys,
@@ -155,8 +172,8 @@ def _on_cluster(task, step: Step, settings: ClusterSettings):
         task.set_cpu_request(r.cpu_request).set_cpu_limit(r.cpu_limit)
         task.set_memory_request(r.memory_request).set_memory_limit(r.memory_limit)
         kubernetes.set_timeout(task, r.timeout_s)
-    if settings.data_pvc and step.name in (PLAN, ENCODE):
-        kubernetes.mount_pvc(task, pvc_name=settings.data_pvc, mount_path=settings.data_mount)
+    if settings.mount_data and data_pvc is not None and step.name in (PLAN, ENCODE):
+        kubernetes.mount_pvc(task, pvc_name=data_pvc, mount_path=settings.data_mount)
     if step.name == PLAN and not settings.plan_checks_encoder:
         task.set_env_variable("DPSYNTH_PLAN_CHECK_ENCODER", "0")
     if settings.retries and step.name != PLAN:
@@ -245,7 +262,7 @@ def _assemble(ops: Mapping[str, BaseComponent], values: Mapping[str, Any], encod
     def bind(step: Step, **kwargs):
         task = ops[step.name](**kwargs)
         task.set_caching_options(False)  # a DP release must never be served from a cache
-        return _on_cluster(task, step, settings)
+        return _on_cluster(task, step, settings, values[DATA_PVC.name])
 
     def publish(step: Step, task, split: str | None = None, collected: bool = False):
         for out, artifact in step.produced(split).items():
@@ -264,6 +281,12 @@ def _assemble(ops: Mapping[str, BaseComponent], values: Mapping[str, Any], encod
                                    decode=values[for_key("decode.enabled").name])
     exit_task.set_caching_options(False)
     _on_cluster(exit_task, EXIT_STEP, settings)
+    if settings.pipeline_root_secret:
+        kubernetes.use_secret_as_env(exit_task, secret_name=settings.pipeline_root_secret,
+                                     secret_key_to_env=settings.pipeline_root_secret_keys,
+                                     optional=True)
+    if settings.pipeline_root_endpoint:
+        exit_task.set_env_variable("MLFLOW_S3_ENDPOINT_URL", settings.pipeline_root_endpoint)
     with dsl.ExitHandler(exit_task, name="dpsynth-run"):
         # The parameters are applied to config_yaml inside the plan task. kfp_run_id: a
         # per-run input, so that plan's cache key differs on every run even when the
