@@ -2,7 +2,13 @@
 
 Encoders, decoders and clusterers are each a :class:`Registry`. Built-ins register with a
 decorator; a third-party package declares ``name = "package.module:factory"`` under the
-registry's entry point group, and it is loaded on first lookup.
+registry's entry point group, and it is loaded on first lookup. A plugin that fails to
+load is left out of :meth:`Registry.names` and its lookup names the failure; it never
+breaks the lookup of another name.
+
+The run configuration checks its registry names (``encoder.name``, ``decode.decoder``,
+``model.clusterer``) with :meth:`Registry.problem` when it is validated, so an unknown
+name is one ``invalid configuration`` line listing the available names.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ class Registry:
         self.kind = kind
         self.group = group
         self._items: dict[str, Any] = {}
+        #: Plugins whose entry point failed to load: name -> what went wrong.
+        self._broken: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[Any], Any]:
         """Decorator: make ``factory`` available as ``name``."""
@@ -28,13 +36,19 @@ class Registry:
 
     def unregister(self, name: str) -> None:
         self._items.pop(name, None)
+        self._broken.pop(name, None)
 
     def _load_plugins(self) -> None:
         from importlib.metadata import entry_points
 
         for ep in entry_points(group=self.group):
-            if ep.name not in self._items:
+            if ep.name in self._items or ep.name in self._broken:
+                continue
+            try:
                 self._items[ep.name] = ep.load()
+            except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide others
+                self._broken[ep.name] = (f"the {self.kind} plugin {ep.name!r} ({ep.value}) "
+                                         f"failed to load: {type(exc).__name__}: {exc}")
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
@@ -43,9 +57,49 @@ class Registry:
         self._load_plugins()
         return sorted(self._items)
 
+    def problem(self, name: object, *, parametrised: bool = False) -> str | None:
+        """Why ``name`` cannot be looked up (unknown, listing the available names, or a
+        plugin that failed to load), or None. ``parametrised``: ``"prefix:spec"`` names a
+        registered ``prefix`` (encoders: ``"open_clip:ViT-B-32:laion2b_s34b_b79k"``)."""
+        if not isinstance(name, str) or not name:
+            return f"a {self.kind} name must be a non-empty string, got {name!r}"
+        if name not in self._items:
+            self._load_plugins()
+        candidates = [name]
+        if parametrised and ":" in name:
+            candidates.append(name.partition(":")[0])
+        if any(c in self._items for c in candidates):
+            return None
+        for c in candidates:
+            if c in self._broken:
+                return self._broken[c]
+        return f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}"
+
     def get(self, name: str) -> Any:
         if name not in self._items:
             self._load_plugins()
         if name not in self._items:
-            raise KeyError(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}")
+            raise KeyError(self.problem(name))
         return self._items[name]
+
+
+#: The registries a run configuration names, by kind: the package whose import registers
+#: the built-ins, the module and attribute of the :class:`Registry`, and whether names may
+#: be parametrised (``prefix:spec``).
+_CONFIG_REGISTRIES = {
+    "encoder": ("dpsynth.encoders", "dpsynth.encoders.base", "ENCODERS", True),
+    "decoder": ("dpsynth.decoders", "dpsynth.decoders.base", "DECODERS", False),
+    "clusterer": ("dpsynth.clustering", "dpsynth.clustering.registry", "CLUSTERERS", False),
+}
+
+
+def name_problem(kind: str, name: object) -> str | None:
+    """Why ``name`` is not a usable ``kind`` ("encoder", "decoder", "clusterer"), listing
+    the available names, or None. Imports the registry's package (its built-ins register on
+    import) only when called: the configuration, which calls it, is imported early."""
+    import importlib
+
+    package, module, attribute, parametrised = _CONFIG_REGISTRIES[kind]
+    importlib.import_module(package)
+    registry: Registry = getattr(importlib.import_module(module), attribute)
+    return registry.problem(name, parametrised=parametrised)
