@@ -32,7 +32,7 @@ from dpsynth.privacy.ledger_store import (
     mirror_problems,
     open_ledger,
 )
-from dpsynth.privacy.plan import PrivacyPlan
+from dpsynth.privacy.plan import PrivacyPlan, release_threshold
 from dpsynth.tracking import Tracker, TrackingUnavailableError, flatten, resolve_tracking_uri
 
 
@@ -68,6 +68,8 @@ def charge_run(config: RunConfig, out_dir: Path, *,
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"--out {out_dir} exists and is not a directory")
     plan = steps.make_plan(config)
+    # Stated up front, from the plan alone: the classes too small to release.
+    echo(release_threshold(plan).describe())
     check_decoding(config)
     dataset_id = config.data.ledger_id()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""A self-contained HTML report of a run: headline numbers, the privacy plan, the pictures.
+"""A self-contained HTML report of a run: headline numbers, the classes that got no
+synthetic samples and why, the privacy plan, the pictures.
 
 Images are embedded (base64) so that the one file can be opened from MLflow, a Kubeflow
 artifact viewer or a mail attachment, and a relative link to each PNG is kept beside it.
@@ -9,8 +10,11 @@ from __future__ import annotations
 import base64
 import html
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 _TITLES = {
     "projection": "Synthetic vs real test embeddings (2-D projection)",
@@ -18,6 +22,42 @@ _TITLES = {
     "confusion_matrix": "Confusion matrix (MLP trained on synthetic, real test set)",
     "decoded_samples": "Decoded synthetic samples, one row per class",
 }
+
+
+def classes_without_samples(classes: Sequence[Any], class_names: Sequence[str],
+                            labels: np.ndarray, provenance: dict[str, Any]
+                            ) -> list[dict[str, Any]]:
+    """Every class with no synthetic record, and why: ``{"class", "name", "reason"}``.
+
+    The reason is the synthesizer's (``dropped_classes`` of the synthetic set's provenance,
+    written by the synthesize step from ``DPSynthesizer.dropped_classes_``: no component
+    above the noise threshold), else that no record was drawn for it (its share of ``n``
+    rounds to 0). Everything here is public: labels of synthetic records, DP releases.
+    """
+    counts = {c: int(k) for c, k in zip(*np.unique(np.asarray(labels), return_counts=True),
+                                         strict=True)}
+    dropped = {d.get("class"): d for d in provenance.get("dropped_classes") or []
+               if isinstance(d, dict)}
+    out = []
+    for label, name in zip(list(classes), list(class_names), strict=True):
+        label = label.item() if hasattr(label, "item") else label
+        if counts.get(label, 0):
+            continue
+        reason = (dropped[label].get("reason") if label in dropped else
+                  f"no synthetic record was drawn for it (its share of the "
+                  f"{int(np.asarray(labels).size)} synthetic records rounds to 0)")
+        out.append({"class": label, "name": str(name), "reason": str(reason)})
+    return out
+
+
+def _threshold_line(plan: dict[str, Any]) -> str | None:
+    """The plan's smallest releasable class, or None for a plan without count releases."""
+    from dpsynth.privacy.plan import PrivacyPlan, release_threshold
+
+    try:
+        return release_threshold(PrivacyPlan.from_dict(plan)).describe()
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def _pct(x: float | None) -> str:
@@ -58,6 +98,15 @@ def write_html_report(path: Path, metrics: dict[str, Any], plan: dict[str, Any] 
     if not private:
         parts.append("<p class='warn'><b>This run is not private.</b> Do not share its "
                      "outputs as DP data.</p>")
+    missing = metrics.get("classes_without_samples") or []
+    if missing:
+        parts.append("<h2 class='warn'>Classes without synthetic samples</h2><p>These "
+                     "classes are in the class list but got no synthetic record, so a model "
+                     "trained on the synthetic data cannot predict them.</p><table><tr>"
+                     "<th>class</th><th>why</th></tr>"
+                     + "".join(f"<tr><td>{_fmt(m.get('name'))}</td>"
+                               f"<td>{_fmt(m.get('reason'))}</td></tr>" for m in missing)
+                     + "</table>")
     for key, image in images.items():
         data = base64.b64encode(Path(image).read_bytes()).decode()
         rel = os.path.relpath(image, path.parent)
@@ -79,6 +128,9 @@ def write_html_report(path: Path, metrics: dict[str, Any], plan: dict[str, Any] 
                          f"<td>{_fmt(r.get('description', ''))}</td>"
                          f"<td><code>{_fmt(r.get('mechanism', ''))}</code></td></tr>")
         parts.append("</table>")
+        threshold = _threshold_line(plan)
+        if threshold:
+            parts.append(f"<p>{html.escape(threshold)}</p>")
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
     return path

@@ -341,6 +341,80 @@ def build_plan(
                        dict(metadata or {}))
 
 
+# ------------------------------------------------------------- the noise threshold
+#: A mixture component is kept only when its noisy count reaches this many standard
+#: deviations of the count's noise: below it, the noisy mean and covariance divide by a
+#: count that may be mostly noise.
+COUNT_THRESHOLD_SIGMAS = 3.0
+#: ... and never below this many records (a zero-noise plan still needs a covariance).
+COUNT_THRESHOLD_FLOOR = 2.0
+#: The plan entries whose noise sets the threshold, the first one present: the component
+#: counts (more than one component per class), else the class counts (one component per
+#: class, whose count is the class count).
+THRESHOLD_RELEASES = ("component_counts", "class_counts")
+#: The chance of release that :attr:`ReleaseThreshold.reliable_class` guarantees: Phi(2).
+RELIABLE_PROBABILITY = 0.977
+
+
+@dataclass(frozen=True)
+class ReleaseThreshold:
+    """The smallest class a plan can release, known before any data is read.
+
+    A component is kept only if its noisy count reaches ``threshold`` = max(3 sigma, 2),
+    sigma the noise of the count release that sets it (:data:`THRESHOLD_RELEASES`). The
+    derivation, for a class of n records:
+
+    - One component per class: the class's noisy count is n + Z, Z ~ N(0, sigma^2), and
+      the class is released iff n + Z >= threshold, with probability
+      Phi((n - threshold) / sigma). So a class of ``smallest_class`` = ceil(threshold)
+      records is released about half the time, one of ``reliable_class`` =
+      ceil(threshold + 2 sigma) records at least 97.7% of the time (Phi(2)), and one under
+      threshold - 2 sigma under 2.3% of the time. With eps = inf (sigma = 0) exactly the
+      classes of at least 2 records are released.
+    - k > 1 components per class: each component needs that many records of its own, so
+      a class needs at least ``smallest_class`` records in one component, and a class
+      whose records split evenly needs about k times ``reliable_class``.
+
+    A class with no released component gets no synthetic samples; the run states it
+    (``metrics.json`` ``classes_without_samples``, the summary, the report). ``sigma``,
+    ``threshold`` and the class sizes are public: they follow from the plan alone.
+    """
+
+    release: str
+    sigma: float
+    threshold: float
+    smallest_class: int
+    reliable_class: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "reliable_probability": RELIABLE_PROBABILITY}
+
+    def describe(self) -> str:
+        """One line for ``dpsynth plan`` and the run's first lines."""
+        unit, where = (("component", " in one mixture component")
+                       if self.release == "component_counts" else ("class", ""))
+        return (f"smallest releasable class: about {self.smallest_class} records{where} "
+                f"(a {unit} is kept only when its noisy count reaches {self.threshold:.1f} = "
+                f"max(3 sigma, 2), sigma = {self.sigma:.3g} in {self.release!r}); "
+                f"{self.reliable_class}+ records{where}: kept with "
+                f"{100 * RELIABLE_PROBABILITY:.1f}% probability. A smaller class likely gets "
+                "no synthetic samples.")
+
+
+def release_threshold(plan: PrivacyPlan) -> ReleaseThreshold:
+    """The noise threshold of ``plan``'s mixture components and the smallest class it can
+    release (:class:`ReleaseThreshold` derives it). Raises KeyError when the plan has none
+    of the :data:`THRESHOLD_RELEASES`."""
+    for name in THRESHOLD_RELEASES:
+        if name in plan:
+            sigma = plan.release(name).sigma
+            threshold = max(COUNT_THRESHOLD_SIGMAS * sigma, COUNT_THRESHOLD_FLOOR)
+            return ReleaseThreshold(name, sigma, threshold, math.ceil(threshold),
+                                    math.ceil(threshold + 2.0 * sigma))
+    raise KeyError(f"the privacy plan has no count release that sets the noise threshold "
+                   f"(one of {', '.join(THRESHOLD_RELEASES)})")
+
+
 class PlanMismatchError(ValueError):
     """A recorded plan is not the one a configuration makes; ``release`` names the first
     release that differs ("" when the difference is the target or the dimension)."""
