@@ -1,6 +1,7 @@
-"""Scale benchmark: fit time and peak memory against n (issue 2).
+"""Scale benchmark: fit, sample and synthesize time and peak memory against n (issues 2, 14).
 
-    .venv/bin/python benchmarks/scale.py [--sizes 10000 100000 1000000]
+    .venv/bin/python benchmarks/scale.py [--sizes 10000 60000 100000 1000000]
+        [--sample-sizes 60000] [--synthesize-sizes 10000000]
 
 Data: a synthetic 10-class mixture in d = 1280 (L2-normalised rows), written once as a
 float32 memory-mapped .npy under benchmarks/cache/ (1M rows = 5.1 GB) and streamed by
@@ -12,7 +13,15 @@ float32 memory-mapped .npy under benchmarks/cache/ (1M rows = 5.1 GB) and stream
     lot (10x on the privacy calibration), so it never runs in the timed process.
 Baselines: sklearn KMeans and GaussianMixture(covariance_type="diag") with the same
 number of components (10 classes x 1), which need the data in memory.
-Writes benchmarks/results/scale.json.
+
+Sampling (issue 14) uses the mixture fitted (dpsynth defaults) on the 10k-row data, saved
+once under benchmarks/cache/scale_mixture/:
+  * dpsynth-sample: ``DPSynthesizer.sample(n)`` in memory (the n x d float32 result);
+  * dpsynth-synthesize: ``steps.synthesize(n=...)``, the EmbeddingSet streamed to disk shard
+    by shard (n = 10M writes 51 GB under benchmarks/cache/, removed afterwards); its peak
+    RSS stays near one shard whatever n.
+Writes benchmarks/results/scale.json. Timings depend on the machine being otherwise idle:
+record in ``--note`` when it is not, and write such runs to another ``--out``.
 """
 
 from __future__ import annotations
@@ -61,8 +70,37 @@ def make_data(n: int) -> None:
     X_path.with_suffix(".tmp.npy").replace(X_path)
 
 
+MIXTURE = CACHE / "scale_mixture"
+SAMPLING = ("dpsynth-sample", "dpsynth-synthesize")
+
+
+def make_mixture() -> Path:
+    """The mixture the sampling benchmarks draw from: dpsynth defaults on the 10k data."""
+    if (MIXTURE / "params.json").exists():
+        return MIXTURE
+    import warnings
+
+    from dpsynth import DPSynthesizer, steps
+
+    make_data(10_000)
+    X = np.load(data_path(10_000), mmap_mode="r")
+    y = np.load(data_path(10_000).with_suffix(".labels.npy"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        synth = DPSynthesizer(1.0, 1e-5, random_state=0, normalize=True).fit_shards(
+            [(X, y)], classes=range(CLASSES))
+    synth.save(MIXTURE)
+    (MIXTURE / steps.EMBEDDING_INFO).write_text(json.dumps({
+        "encoder": "benchmark", "encoder_options": {}, "dim": D, "normalized": True,
+        "classes": list(range(CLASSES)), "class_names": [str(c) for c in range(CLASSES)],
+        "dataset_id": "scale-benchmark"}))
+    return MIXTURE
+
+
 def measure(method: str, n: int, trace: bool) -> dict:
     """Run in this (fresh) process: fit once; time and RSS, or (trace) the heap peak."""
+    if method in SAMPLING:
+        return measure_sampling(method, n, trace)
     X = np.load(data_path(n), mmap_mode="r")
     y = np.load(data_path(n).with_suffix(".labels.npy"))
     if trace:
@@ -94,6 +132,32 @@ def measure(method: str, n: int, trace: bool) -> dict:
             "seconds": round(seconds, 2), "rss_peak_mb": round(rss_kb / 1024, 1)}
 
 
+def measure_sampling(method: str, n: int, trace: bool) -> dict:
+    """Sample (in memory) or synthesize (streamed to disk) n records from the mixture."""
+    import shutil
+
+    from dpsynth import DPSynthesizer, steps
+
+    out = CACHE / f"synthetic-{os.getpid()}"
+    synth = DPSynthesizer.load(MIXTURE)
+    if trace:
+        tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        if method == "dpsynth-sample":
+            synth.sample(n, random_state=0)
+        else:
+            steps.synthesize(MIXTURE, out, n=n, random_state=0)
+        seconds = time.perf_counter() - start
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    if trace:
+        return {"heap_peak_mb": round(tracemalloc.get_traced_memory()[1] / 2**20, 1)}
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"method": method, "n": n, "d": D, "classes": CLASSES,
+            "seconds": round(seconds, 2), "rss_peak_mb": round(rss_kb / 1024, 1)}
+
+
 def run_one(method: str, n: int, trace: bool) -> dict:
     out = subprocess.run([sys.executable, __file__, "--one", method, str(n)]
                          + (["--trace"] if trace else []),
@@ -103,9 +167,15 @@ def run_one(method: str, n: int, trace: bool) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--sizes", type=int, nargs="+",
+                    default=[10_000, 60_000, 100_000, 1_000_000], help="fit sizes")
     ap.add_argument("--methods", nargs="+",
                     default=["dpsynth", "dpsynth-k3", "sklearn-kmeans", "sklearn-gmm-diag"])
+    ap.add_argument("--sample-sizes", type=int, nargs="*", default=[60_000],
+                    help="n of DPSynthesizer.sample (in memory)")
+    ap.add_argument("--synthesize-sizes", type=int, nargs="*", default=[10_000_000],
+                    help="n of steps.synthesize (streamed to disk: 5 kB a row)")
+    ap.add_argument("--note", default="", help="recorded in setup (e.g. a loaded machine)")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="10k and 100k rows only")
@@ -114,6 +184,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.sizes = [s for s in args.sizes if s <= 100_000]
+        args.synthesize_sizes = [s for s in args.synthesize_sizes if s <= 1_000_000]
     args.out = args.out or str(ROOT / "benchmarks/results" /
                                ("scale-quick.json" if args.quick else "scale.json"))
     if args.one:
@@ -130,6 +201,13 @@ def main() -> None:
                 continue
             rows.append({**run_one(method, n, trace=False), **run_one(method, n, trace=True)})
             print(rows[-1], flush=True)
+    if args.sample_sizes or args.synthesize_sizes:
+        make_mixture()
+    for method, sizes in (("dpsynth-sample", args.sample_sizes),
+                          ("dpsynth-synthesize", args.synthesize_sizes)):
+        for n in sizes:
+            rows.append({**run_one(method, n, trace=False), **run_one(method, n, trace=True)})
+            print(rows[-1], flush=True)
     result = {"rows": rows, "setup": {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                    f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
@@ -137,7 +215,11 @@ def main() -> None:
                           "dpsynth-k3: components_per_class=3",
         "sklearn": "KMeans(n_clusters=10, n_init=1, max_iter=20); "
                    "GaussianMixture(10, 'diag', max_iter=20)",
+        "sampling": "dpsynth-sample / dpsynth-synthesize: the mixture of the dpsynth config "
+                    "fitted on the 10k data (normalize=True); synthesize writes 65,536-row "
+                    "float32 shards",
         "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
+        **({"note": args.note} if args.note else {}),
     }}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -28,7 +28,10 @@ class GroupSums:
         keep = groups >= 0
         Z, groups = Z[keep], groups[keep]
         self.counts += np.bincount(groups, minlength=len(self.counts))
-        # One matrix product (indicator^T @ Z) instead of a slow scatter-add.
+        # One matrix product (indicator^T @ Z) instead of a slow scatter-add. float32 rows
+        # are summed in float32 within the chunk (then added to the float64 total): the
+        # rounding is ~1e-4 R per 40k rows against class-sum noise of sigma >= 0.7 R at any
+        # calibrated epsilon (tests/test_fast_fit.py; argued in GramAccumulator.add).
         onehot = np.zeros((len(groups), len(self.counts)), dtype=Z.dtype)
         onehot[np.arange(len(groups)), groups] = 1.0
         self.sums += onehot.T @ Z

@@ -499,3 +499,79 @@ def write_embedding_set(path: str | Path, X: np.ndarray, y: np.ndarray, *,
             writer.write_shard(i, X[sl], y[sl])
     return writer.finish(n_shards)
 
+
+
+def join_embedding_sets(parts: Sequence[str | Path], path: str | Path, *,
+                        drop_key: Sequence[str] = ("part",),
+                        expected_shards: int | None = None) -> EmbeddingSet:
+    """Join complete EmbeddingSets that each hold some shards of one set (a fanned-out
+    write; shard indices are global) into one set at ``path``.
+
+    The parts must agree on everything but their shards, counts and the ``drop_key``
+    entries of their keys (a part's key says which part it is). Shard files are
+    hard-linked into ``path`` (copied where links are impossible), never re-encoded, and
+    their recorded sha256 and sizes carried over after the files are checked (sizes and
+    headers; hashes were taken when the parts were written). Together the parts must hold
+    each shard index from 0 to ``expected_shards - 1`` (default: up to the largest index)
+    exactly once. The manifest written is the one a single writer of all the shards
+    writes, byte for byte, so the joined set equals a single-process one bit for bit.
+    """
+    path = Path(path)
+    sets = [EmbeddingSet.open(p, verify=False) for p in parts]
+    if not sets:
+        raise EmbeddingSetError("no EmbeddingSet parts to join")
+
+    def shape(manifest: dict[str, Any]) -> dict[str, Any]:
+        key = manifest.get("key")
+        key = ({k: v for k, v in key.items() if k not in drop_key}
+               if isinstance(key, dict) else key)
+        return {k: (key if k == "key" else v) for k, v in manifest.items()
+                if k not in ("count", "shards", "dtype")}
+
+    first = shape(sets[0].manifest)
+    for part in sets[1:]:
+        mine = shape(part.manifest)
+        if mine != first:
+            fields = sorted(k for k in {*mine, *first} if mine.get(k) != first.get(k))
+            raise EmbeddingSetError(f"{part.path} and {sets[0].path} are not parts of one "
+                                    f"set: {', '.join(fields)} differ")
+    dtypes = {p.manifest["dtype"] for p in sets if p.manifest["shards"]}
+    if len(dtypes) > 1:
+        raise EmbeddingSetError(f"the parts hold shards of different dtypes {sorted(dtypes)}")
+    entries = sorted(((shard, p.path) for p in sets for shard in p.manifest["shards"]),
+                     key=lambda e: e[0]["index"])
+    indices = [int(s["index"]) for s, _ in entries]
+    total = (max(indices) + 1 if indices else 1) if expected_shards is None else expected_shards
+    if indices != list(range(total)) and not (not indices and total == 1):
+        missing = sorted(set(range(total)) - set(indices))[:10]
+        repeated = sorted({i for i in indices if indices.count(i) > 1})[:10]
+        raise EmbeddingSetError(f"the parts do not hold shards 0..{total - 1} once each "
+                                f"(missing {missing}, repeated {repeated})")
+    path.mkdir(parents=True, exist_ok=True)
+    if (path / MANIFEST).exists():
+        raise EmbeddingSetError(f"{path} already holds an EmbeddingSet; remove it first")
+    for shard, source in entries:
+        for kind in ("embeddings", "labels"):
+            _link_or_copy(source / shard[kind], path / shard[kind])
+    manifest = dict(sets[0].manifest)
+    key = manifest.get("key")
+    if isinstance(key, dict):
+        manifest["key"] = {k: v for k, v in key.items() if k not in drop_key}
+    manifest.update(dtype=dtypes.pop() if dtypes else manifest["dtype"],
+                    count=sum(int(s["count"]) for s, _ in entries),
+                    shards=[shard for shard, _ in entries], complete=True)
+    write_json_atomic(path / MANIFEST, manifest)
+    return EmbeddingSet.open(path, verify=False)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` becomes ``source``'s bytes: a hard link, or an atomic copy across file
+    systems (or where links are refused)."""
+    tmp = _tmp_name(target)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        with _atomic_file(tmp) as out, open(source, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                out.write(chunk)
+    os.replace(tmp, target)

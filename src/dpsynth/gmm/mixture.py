@@ -304,42 +304,133 @@ def sample_mixture(
     normalize: bool,
     radius: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``counts_per_class[c]`` samples of class c; returns (X, class indices)."""
-    d = params.means.shape[1]
-    X_parts, y_parts = [], []
-    for c, n_c in enumerate(counts_per_class):
-        comps = np.flatnonzero(params.component_class == c)
-        if n_c == 0 or len(comps) == 0:
-            continue
-        w = params.weights[comps] / params.weights[comps].sum()
-        picks = rng.choice(comps, size=int(n_c), p=w)
-        for j in np.unique(picks):
-            m = int((picks == j).sum())
-            X_parts.append(_sample_component(params, j, m, basis, rng, d))
-            y_parts.append(np.full(m, c))
-    if not X_parts:
-        return np.zeros((0, d)), np.zeros(0, dtype=np.int64)
-    X = np.concatenate(X_parts)
-    y = np.concatenate(y_parts)
-    X = bound_norms(X, radius, normalize)
-    order = rng.permutation(len(X))
-    return X[order], y[order]
+    """Draw ``counts_per_class[c]`` samples of class c, in random order; returns (X float32,
+    class indices). One shard of :class:`MixtureSampler` (build that once to draw many)."""
+    sampler = MixtureSampler(params, basis, normalize=normalize, radius=radius)
+    return sampler.draw(np.asarray(counts_per_class, dtype=np.int64), rng)
 
 
-def _sample_component(params: MixtureParams, j: int, m: int, basis: np.ndarray | None,
-                      rng: np.random.Generator, d: int) -> np.ndarray:
-    mean = params.means[j]
-    cov = params.covariances[j]
-    if cov.ndim == 0:
-        return mean + np.sqrt(cov) * rng.standard_normal((m, d))
-    r = cov.shape[0]
-    g = rng.standard_normal((m, r))
-    # Cholesky, not an eigenbasis: repaired covariances are positive definite, and the
-    # factor is a continuous function of the covariance (eigenvectors of repeated, floored
-    # eigenvalues are not), so equal fits give equal samples.
-    low = g * np.sqrt(cov) if cov.ndim == 1 else g @ np.linalg.cholesky(cov).T
-    if basis is None:
-        return mean + low
-    h = rng.standard_normal((m, d))
-    h -= (h @ basis) @ basis.T  # keep only the part orthogonal to the subspace
-    return mean + low @ basis.T + np.sqrt(params.residual_var[j]) * h
+def shard_sizes(n: int, shard_rows: int) -> np.ndarray:
+    """Rows of each shard of an n-row sample cut into shards of ``shard_rows``: full shards
+    and a shorter last one; one empty shard for n = 0 (a set always has a shard)."""
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    sizes = np.full(-(-n // shard_rows), shard_rows, dtype=np.int64)
+    sizes[-1] = n - shard_rows * (len(sizes) - 1)
+    return sizes
+
+
+def shard_class_counts(counts_per_class: np.ndarray, sizes: np.ndarray, stop: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    """How many records of each class shards ``0..stop-1`` hold: (stop, C).
+
+    The exact class totals ``counts_per_class`` are dealt to the shards (``sizes`` rows
+    each) by successive multivariate hypergeometric draws without replacement: exactly the
+    class counts that cutting a randomly permuted n-row sample into those shards gives,
+    which is what sampling everything at once and shuffling did. Only C numbers per shard
+    are drawn, so every process replays the deal of the shards before its own cheaply
+    and all processes agree on it.
+    """
+    remaining = np.asarray(counts_per_class, dtype=np.int64).copy()
+    out = np.zeros((stop, len(remaining)), dtype=np.int64)
+    for s in range(stop):
+        if sizes[s] == remaining.sum():
+            out[s] = remaining
+        elif sizes[s]:
+            out[s] = rng.multivariate_hypergeometric(remaining, int(sizes[s]),
+                                                     method="marginals")
+        remaining -= out[s]
+    return out
+
+
+class MixtureSampler:
+    """Draws shards of samples from a released mixture (post-processing: no budget).
+
+    Everything per component that does not depend on the draw (the Cholesky factor of its
+    covariance, float32 copies of the mean and the subspace basis) is computed once, so a
+    sampler serves any number of shards. Work happens in float32, the synthetic set's
+    dtype, and in the subspace coordinates: a component with subspace V (d, r), mean mu,
+    covariance C (r, r) in the subspace and residual variance s^2 gives
+
+        x = mu + V L g + s (I - V V^T) h  =  mu + s h + (L g - s V^T h) V^T,
+
+    g ~ N(0, I_r), h ~ N(0, I_d), L L^T = C: the only d-dimensional draw is the isotropic
+    residual h (skipped when s = 0), and the subspace part costs two (m, d) x (d, r)
+    products. float32 is safe here: the draws are written as float32 anyway, V is
+    orthonormal to ~1e-7 in float32, and the rounding of a float32 product of bounded
+    values (|x| <= R after bounding) is ~1e-7 relative, far below the sampling noise of
+    any moment (test_streaming.py checks the moments of float32 shards against the model).
+    Memory: one shard (m, d) plus (m, r) coordinates; nothing of size n.
+    """
+
+    def __init__(self, params: MixtureParams, basis: np.ndarray | None, *, normalize: bool,
+                 radius: float) -> None:
+        self.params = params
+        self.normalize = bool(normalize)
+        self.radius = float(radius)
+        self.dim = int(params.means.shape[1])
+        self.basis = None if basis is None else np.asarray(basis, dtype=np.float32)
+        self.basis_t = None if basis is None else np.ascontiguousarray(self.basis.T)
+        self.means = np.asarray(params.means, dtype=np.float32)
+        covs = np.asarray(params.covariances, dtype=np.float64)
+        # Per component: a scalar standard deviation (spherical), per-coordinate standard
+        # deviations (diagonal) or the transposed Cholesky factor (full), all float32.
+        # Cholesky, not an eigenbasis: repaired covariances are positive definite, and the
+        # factor is a continuous function of the covariance (eigenvectors of repeated,
+        # floored eigenvalues are not), so equal fits give equal samples.
+        if covs.ndim < 3:
+            self.factors = np.sqrt(covs).astype(np.float32)
+        else:
+            self.factors = np.array([np.linalg.cholesky(c).T for c in covs],
+                                    dtype=np.float32).reshape(covs.shape)
+        self.residual_sd = np.sqrt(np.asarray(params.residual_var, dtype=np.float64)
+                                   ).astype(np.float32)
+        self.components = [np.flatnonzero(params.component_class == c)
+                           for c in range(int(params.component_class.max(initial=-1)) + 1)]
+
+    def draw(self, counts_per_class: np.ndarray, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """``counts_per_class[c]`` samples of class c in random order: (X float32 (m, d),
+        class indices (m,)). Components are picked by their weights within the class."""
+        m_total = int(np.sum(counts_per_class))
+        X = np.empty((m_total, self.dim), dtype=np.float32)
+        cls = np.empty(m_total, dtype=np.int64)
+        pos = 0
+        for c, n_c in enumerate(counts_per_class):
+            comps = self.components[c] if c < len(self.components) else np.zeros(0, int)
+            if n_c == 0 or len(comps) == 0:
+                continue
+            w = self.params.weights[comps] / self.params.weights[comps].sum()
+            for j, m in zip(comps, rng.multinomial(int(n_c), w), strict=True):
+                if m:
+                    self._component(int(j), X[pos:pos + m], rng)
+                    cls[pos:pos + m] = c
+                    pos += m
+        X, cls = X[:pos], cls[:pos]
+        bound_norms(X, self.radius, self.normalize, inplace=True)
+        order = rng.permutation(pos)
+        return X[order], cls[order]
+
+    def _component(self, j: int, out: np.ndarray, rng: np.random.Generator) -> None:
+        """Fill ``out`` (m, d) with draws of component j."""
+        m = len(out)
+        factor = self.factors[j]
+        if factor.ndim == 0:  # spherical: mu + s h in the full space
+            rng.standard_normal(out=out, dtype=np.float32)
+            out *= factor
+            out += self.means[j]
+            return
+        g = rng.standard_normal((m, len(factor)), dtype=np.float32)
+        low = g * factor if factor.ndim == 1 else g @ factor  # coordinates, cov C
+        if self.basis is None:
+            out[...] = low
+        else:
+            sd = self.residual_sd[j]
+            if sd > 0:
+                rng.standard_normal(out=out, dtype=np.float32)
+                low -= sd * (out @ self.basis)  # remove h's part inside the subspace
+                out *= sd
+                out += low @ self.basis_t
+            else:
+                np.matmul(low, self.basis_t, out=out)
+        out += self.means[j]
