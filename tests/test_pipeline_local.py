@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 def _config(tmp_path, name: str, *extra: str):
     return load_config("configs/digits-quick.yaml", [
         f"encoder.cache_dir={tmp_path / 'cache'}", "encoder.shard_rows=300",
-        "privacy.noise_seed=11", "synthesize.n=2000", "evaluate.epochs=5",
+        "privacy.noise_seed=11", "synthesize.n=2000", "evaluate.steps=40",
         f"data.dataset_id=digits-{name}", "privacy.budget.epsilon=100",
         f"tracking.uri=sqlite:///{tmp_path / (name + '.db')}", *extra])
 
@@ -36,8 +36,8 @@ def _arrays(path):
 
 @SEEDED
 def test_pipeline_run_matches_the_in_process_run(tmp_path):
-    config = _config(tmp_path, "match")
-    local = run_pipeline_locally(config, tmp_path / "kfp", encode_parts=2)
+    config = _config(tmp_path, "match", "synthesize.shard_rows=600")
+    local = run_pipeline_locally(config, tmp_path / "kfp", encode_parts=2, synthesize_parts=2)
     in_process = runner.run(config.model_copy(update={"tracking": config.tracking.model_copy(
         update={"uri": f"sqlite:///{tmp_path / 'inproc.db'}"})}), tmp_path / "out",
         progress=False, echo=lambda _: None)
@@ -50,7 +50,11 @@ def test_pipeline_run_matches_the_in_process_run(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    Xa, ya = EmbeddingSet.open(run_dir / "synthesize" / "synthetic").load()
+    # Synthesized by two parallel tasks (4 shards of 600 rows: 2 + 2), then joined: the
+    # same set, bit for bit, as the in-process run's single call.
+    parts = sorted(run_dir.glob("for-loop-*-iteration-*/synthesize/synthetic"))
+    assert [EmbeddingSet.open(p).count for p in parts] == [1200, 800]
+    Xa, ya = EmbeddingSet.open(run_dir / "join-synthetic" / "synthetic").load()
     Xb, yb = EmbeddingSet.open(tmp_path / "out" / "synthetic").load()
     np.testing.assert_array_equal(Xa, Xb)
     np.testing.assert_array_equal(ya, yb)

@@ -146,6 +146,7 @@ def test_every_task_has_requests_limits_and_a_timeout():
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
     steps = {s.name.replace("_", "-"): s.name for s in STEPS}
     steps["promote"] = "promote"  # the optional task after evaluate
+    steps["join-synthetic"] = "synthesize"  # scheduled as the step whose parts it joins
     for label, executor in executors.items():
         name = label.removeprefix("exec-")
         step = steps.get(name) or steps.get(name.rsplit("-", 1)[0])
@@ -190,9 +191,18 @@ def test_plan_is_never_cached_even_when_the_client_enables_caching():
 def test_fan_out_condition_and_plan_first():
     spec, _ = _parsed()
     root = _body(spec)
-    loops = [t for t in root.values() if t.HasField("parameter_iterator")]
-    assert len(loops) == 1
-    assert loops[0].parameter_iterator.items.raw == "[0, 1, 2, 3]"  # 4 encode parts
+    # Each loop, by the one task in its body.
+    loops = {next(iter(spec.components[t.component_ref.name].dag.tasks)): t
+             for t in root.values() if t.HasField("parameter_iterator")}
+    assert set(loops) == {"encode", "synthesize"}
+    assert loops["encode"].parameter_iterator.items.raw == "[0, 1, 2, 3]"  # 4 encode parts
+    # synthesize in 4 parts, at most 4 at once, joined by one task that reads them all
+    synth = loops["synthesize"]
+    assert synth.parameter_iterator.items.raw == "[0, 1, 2, 3]"
+    assert synth.iterator_policy.parallelism_limit == 4
+    join = root["join-synthetic"]
+    assert join.inputs.artifacts["parts"].task_output_artifact.producer_task == \
+        synth.task_info.name
     conditions = sorted(t.trigger_policy.condition for t in root.values()
                         if t.trigger_policy.condition)
     assert len(conditions) == 2  # decode and promote
@@ -396,9 +406,9 @@ def test_the_exit_task_gets_the_pipeline_roots_credentials_and_endpoint():
 def test_exit_task_deletes_the_embeddings_from_a_minio_pipeline_root(monkeypatch):
     """KFP's default pipeline root is minio://bucket/...: the exit handler lists and
     deletes there through S3's protocol (a loopback S3 server stands in for MinIO)."""
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
+    import boto3
     from mlflow_server import free_port
+    from moto.server import ThreadedMotoServer
 
     from dpsynth_kfp import exit_task
 

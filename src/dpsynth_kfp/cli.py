@@ -53,6 +53,9 @@ def _components(specs: list[str] | None) -> dict[str, Path]:
 def compile_(
     output: Annotated[Path, typer.Option("--output", "-o")] = DEFAULT_PACKAGE,
     encode_parts: Annotated[int, typer.Option(help="Encode fan-out width.")] = 4,
+    synthesize_parts: Annotated[int, typer.Option(
+        help="Synthesize fan-out width (tasks writing ranges of the set's shards, then a "
+        "join).")] = 4,
     component: ComponentOpt = None,
     resample_output: Annotated[Path | None, typer.Option(
         help="Where to write the resample-only pipeline (default: "
@@ -72,7 +75,8 @@ def compile_(
     )
 
     try:
-        compile_pipeline(output, encode_parts=encode_parts, components=_components(component))
+        compile_pipeline(output, encode_parts=encode_parts, synthesize_parts=synthesize_parts,
+                         components=_components(component))
     except ValueError as exc:  # a replacement that does not fit, an unknown step
         _fail(str(exc))
     typer.echo(f"wrote {output}")
@@ -107,6 +111,7 @@ def run_local(
     pipeline_root: Annotated[Path, typer.Option(help="Where the local runner keeps every "
                                                 "task's outputs.")] = Path("kfp-local"),
     encode_parts: Annotated[int, typer.Option(help="Encode fan-out width.")] = 2,
+    synthesize_parts: Annotated[int, typer.Option(help="Synthesize fan-out width.")] = 2,
     component: ComponentOpt = None,
 ) -> None:
     """Run the whole pipeline on this machine with kfp's SubprocessRunner (no cluster)."""
@@ -120,6 +125,7 @@ def run_local(
     replacements = _components(component)
     try:
         result = run_pipeline_locally(cfg, pipeline_root, encode_parts=encode_parts,
+                                      synthesize_parts=synthesize_parts,
                                       components=replacements)
     except ValueError as exc:  # a replacement that does not fit, an unknown step
         _fail(str(exc))

@@ -27,15 +27,17 @@ TABLE_END = "<!-- generated: end -->"
 
 
 def compile_pipeline(output: str | Path = COMMITTED, *, encode_parts: int = 4,
-                     settings: ClusterSettings = CLUSTER,
+                     synthesize_parts: int = 4, settings: ClusterSettings = CLUSTER,
                      components: Mapping[str, BaseComponent | str | Path] | None = None
                      ) -> Path:
     """Compile the pipeline, assembled from the component specs (``components`` names
     replacements by step: a component or a spec path)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(encode_parts=encode_parts, settings=settings,
-                                               components=components), str(output))
+    compiler.Compiler().compile(build_pipeline(encode_parts=encode_parts,
+                                               synthesize_parts=synthesize_parts,
+                                               settings=settings, components=components),
+                                str(output))
     return output
 
 

@@ -194,22 +194,45 @@ def fit_gmm(embeddings: Input[list[Dataset]], clusters: Input[Model],
 
 # ------------------------------------------------------------------------ synthesize
 @dsl.component(base_image=CPU, install_kfp_package=False)
-def synthesize(mixture: Input[Model], config: Input[Artifact], synthetic: Output[Dataset]):
-    """Sample the synthetic EmbeddingSet (post-processing).
+def synthesize(mixture: Input[Model], config: Input[Artifact], synthetic: Output[Dataset],
+               part: int = 0, parts: int = 1):
+    """Sample the synthetic EmbeddingSet (post-processing), or one part of its shards.
 
     Args:
         mixture: fit_gmm's output.
         config: The run configuration (its synthesize section).
+        part: Which part of the set's shards this task writes (0 <= part < parts).
+        parts: How many tasks write the set (a public, compile-time width); with more
+            than one, join_synthetic joins their sets into the one a single task writes.
 
     Returns:
-        synthetic: The synthetic EmbeddingSet (docs/formats.md).
+        synthetic: The synthetic EmbeddingSet (docs/formats.md), or the part's.
     """
     from dpsynth import steps
     from dpsynth.config import load_config
     from dpsynth.step_graph import step
 
-    es = steps.synthesize(mixture.path, synthetic.path,
-                          **step("synthesize").kwargs(load_config(config.path)))
+    es = steps.synthesize_part(mixture.path, synthetic.path, part=part, parts=parts,
+                               **step("synthesize").kwargs(load_config(config.path)))
+    synthetic.metadata.update(count=es.count, part=part, parts=parts,
+                              **es.manifest["provenance"])
+
+
+@dsl.component(base_image=CPU, install_kfp_package=False)
+def join_synthetic(parts: Input[list[Dataset]], synthetic: Output[Dataset]):
+    """Join the synthesize tasks' parts into one synthetic EmbeddingSet, the set one
+    synthesize task would write, bit for bit (not a step of the graph: the pipeline's
+    fan-out of synthesize).
+
+    Args:
+        parts: Every synthesize part's EmbeddingSet.
+
+    Returns:
+        synthetic: The synthetic EmbeddingSet (docs/formats.md).
+    """
+    from dpsynth import steps
+
+    es = steps.join_synthetic([p.path for p in parts], synthetic.path)
     synthetic.metadata.update(count=es.count, **es.manifest["provenance"])
 
 
@@ -332,6 +355,11 @@ def finalize(status: dsl.PipelineTaskFinalStatus, kfp_run_id: str, config_yaml: 
 
 #: The exit handler's component (not a step of the graph: it runs after them, always).
 EXIT_COMPONENT = finalize
+#: Steps the pipeline may run in parts (their component takes ``part`` and ``parts``),
+#: and the component that joins the parts' outputs into the step's output.
+JOINS: dict[str, BaseComponent] = {"synthesize": join_synthetic}
+#: The inputs of a step run in parts; a replacement may leave them out (it runs whole).
+PART_INPUTS = ("part", "parts")
 
 
 def exit_component() -> BaseComponent:

@@ -17,7 +17,7 @@ from dpsynth_kfp.pipeline import LOCAL, build_pipeline
 
 
 def run_pipeline_locally(config: RunConfig, pipeline_root: str | Path, *,
-                         encode_parts: int = 2,
+                         encode_parts: int = 2, synthesize_parts: int = 2,
                          components: Mapping[str, BaseComponent | str | Path] | None = None
                          ) -> dict[str, Any]:
     """Run every component as a subprocess in this Python environment; returns the run's
@@ -36,7 +36,8 @@ def run_pipeline_locally(config: RunConfig, pipeline_root: str | Path, *,
         # this machine that is this user's default ledger, as for `dpsynth run`.
         config = config.model_copy(update={"privacy": config.privacy.model_copy(
             update={"ledger_uri": default_ledger_uri()})})
-    pipeline = build_pipeline(encode_parts=encode_parts, settings=LOCAL, components=components)
+    pipeline = build_pipeline(encode_parts=encode_parts, synthesize_parts=synthesize_parts,
+                              settings=LOCAL, components=components)
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False),
                    pipeline_root=str(pipeline_root), raise_on_error=True)
     before = set(pipeline_root.iterdir())

@@ -27,6 +27,8 @@ from dpsynth.step_graph import PLAN, STEP_NAMES, STEPS, Step
 from dpsynth_kfp.components import (
     COMPONENTS,
     COMPONENTS_DIR,
+    JOINS,
+    PART_INPUTS,
     exit_component,
     load_spec,
     load_step,
@@ -146,6 +148,8 @@ class ClusterSettings:
     #: Requests, limits and timeout by step; None: none (BestEffort, no timeout).
     resources: dict[str, TaskResources] | None = field(
         default_factory=lambda: dict(DEFAULT_RESOURCES))
+    #: How many of a step's parts (synthesize's) run at once (dsl.ParallelFor's cap).
+    parts_parallelism: int = 4
     #: Retries of every idempotent task (all but plan), with exponential backoff.
     retries: int = 2
     retry_backoff: str = "60s"
@@ -207,7 +211,9 @@ def _check_contract(step: Step, builtin: BaseComponent, replacement: BaseCompone
     takes = replacement.component_spec.inputs or {}
     writes = replacement.component_spec.outputs or {}
     problems = []
-    if missing := sorted(set(given) - set(takes)):
+    # A step the pipeline runs in parts may be replaced by a component that runs whole.
+    optional = set(PART_INPUTS) if step.name in JOINS else set()
+    if missing := sorted(set(given) - set(takes) - optional):
         problems.append(f"it does not take the inputs {missing}")
     if extra := sorted(n for n, s in takes.items() if n not in given and not s.optional):
         problems.append(f"it requires inputs the pipeline does not pass: {extra}")
@@ -253,7 +259,7 @@ def load_components(components: Mapping[str, BaseComponent | str | Path] | None 
 
 
 def _assemble(ops: Mapping[str, BaseComponent], values: Mapping[str, Any], encode_parts: int,
-              settings: ClusterSettings) -> None:
+              settings: ClusterSettings, synthesize_parts: int = 1) -> None:
     """Bind one task per step of the graph, in its order."""
     #: graph artifact -> a function giving a fresh channel (kfp 2.17 cannot compile one
     #: Collected shared by several consumers).
@@ -263,6 +269,7 @@ def _assemble(ops: Mapping[str, BaseComponent], values: Mapping[str, Any], encod
         task = ops[step.name](**kwargs)
         task.set_caching_options(False)  # a DP release must never be served from a cache
         return _on_cluster(task, step, settings, values[DATA_PVC.name])
+
 
     def publish(step: Step, task, split: str | None = None, collected: bool = False):
         for out, artifact in step.produced(split).items():
@@ -293,7 +300,8 @@ def _assemble(ops: Mapping[str, BaseComponent], values: Mapping[str, Any], encod
         # client turns caching on for the whole run (the charge must happen).
         publish(plan_step, bind(plan_step, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                                 **{p.input_name: values[p.name] for p in PLAN_PARAMETERS}))
-        _assemble_later(later, values, encode_parts, bind, publish, made)
+        _assemble_later(later, values, encode_parts, bind, publish, made,
+                        {"synthesize": synthesize_parts}, settings, ops)
         _assemble_promote(values, made, settings)
 
 
@@ -317,11 +325,31 @@ def _assemble_promote(values, made, settings: ClusterSettings) -> None:
         _on_cluster(task, PROMOTE_STEP, settings)
 
 
-def _assemble_later(later, values, encode_parts, bind, publish, made) -> None:
+def _runs_in_parts(step: Step, component: BaseComponent, width: int) -> bool:
+    """Whether ``step`` is bound as ``width`` parts and a join: it has a join, more than
+    one part is asked for and its component takes ``part`` and ``parts``."""
+    takes = component.component_spec.inputs or {}
+    return step.name in JOINS and width > 1 and all(i in takes for i in PART_INPUTS)
+
+
+def _assemble_later(later, values, encode_parts, bind, publish, made,
+                    part_widths: Mapping[str, int], settings: ClusterSettings,
+                    ops: Mapping[str, BaseComponent]) -> None:
     """Bind the steps after plan (inside the exit handler)."""
     for step in later:
         inputs = {name: made[artifact]() for name, artifact in step.inputs.items()}
-        if step.splits:
+        width = part_widths.get(step.name, 1)
+        if _runs_in_parts(step, ops[step.name], width):
+            # Each part writes a contiguous range of the set's shards from the same seed;
+            # the join writes the set one task would (the part count is public).
+            with dsl.ParallelFor(list(range(width)),
+                                 parallelism=settings.parts_parallelism) as part:
+                task = bind(step, part=part, parts=width, **inputs)
+            (output,) = step.outputs
+            join = retargeted(JOINS[step.name])(parts=dsl.Collected(task.outputs[output]))
+            join.set_caching_options(False)
+            publish(step, _on_cluster(join, step, settings))
+        elif step.splits:
             for split in step.splits:
                 # Each split of the step: the fan-out split in encode_parts parallel parts.
                 if split == step.fan_out:
@@ -352,25 +380,31 @@ def _docstring() -> str:
             + "".join(f"    {p.name}: {p.description}\n" for p in PARAMETERS))
 
 
-def build_pipeline(*, encode_parts: int = 4, settings: ClusterSettings = CLUSTER,
+def build_pipeline(*, encode_parts: int = 4, synthesize_parts: int = 4,
+                   settings: ClusterSettings = CLUSTER,
                    components: Mapping[str, BaseComponent | str | Path] | None = None,
                    components_dir: str | Path = COMPONENTS_DIR):
     """The pipeline function, ready for ``kfp.compiler`` or a local run.
 
     encode_parts: the training set's encode fans out over this many tasks (public and
         fixed at compile time: a width derived from the data would leak its size).
+    synthesize_parts: synthesize fans out over this many tasks, each writing a range of
+        the set's shards, joined by one more task into the set a single task writes
+        (public, fixed at compile time; 1: one task, no join).
     settings: GPU, node selector, toleration, PVC and secret (``LOCAL`` for none).
     components: replacements by step name ("encode", "synthesize", ...): a component or
         the path of a component spec (YAML). A replacement must take the built-in's inputs
         and write the outputs that later steps read.
     components_dir: where the built-in specs are (``<dir>/<step>/component.yaml``).
     """
-    if encode_parts < 1:
-        raise ValueError(f"encode_parts must be >= 1, got {encode_parts}")
+    for name, width in (("encode_parts", encode_parts), ("synthesize_parts", synthesize_parts)):
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {width!r}")
     ops = load_components(components, components_dir)
 
     def dpsynth_pipeline(*args):
-        _assemble(ops, dict(zip(NAMES, args, strict=True)), encode_parts, settings)
+        _assemble(ops, dict(zip(NAMES, args, strict=True)), encode_parts, settings,
+                  synthesize_parts)
 
     dpsynth_pipeline.__signature__ = _signature()
     dpsynth_pipeline.__doc__ = _docstring()
