@@ -50,6 +50,20 @@ def data_path(n: int) -> Path:
     return CACHE / f"scale_{n}x{D}.npy"
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size: VmHWM, which exec resets. (ru_maxrss is
+    not reset by exec on Linux: a child forked from a large parent reports the parent's
+    RSS as its floor, which inflated rss_peak_mb of runs before issue 14.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def make_data(n: int) -> None:
     X_path, y_path = data_path(n), data_path(n).with_suffix(".labels.npy")
     if X_path.exists() and y_path.exists():
@@ -127,9 +141,8 @@ def measure(method: str, n: int, trace: bool) -> dict:
     seconds = time.perf_counter() - start
     if trace:
         return {"heap_peak_mb": round(tracemalloc.get_traced_memory()[1] / 2**20, 1)}
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"method": method, "n": n, "d": D, "classes": CLASSES,
-            "seconds": round(seconds, 2), "rss_peak_mb": round(rss_kb / 1024, 1)}
+            "seconds": round(seconds, 2), "rss_peak_mb": peak_rss_mb()}
 
 
 def measure_sampling(method: str, n: int, trace: bool) -> dict:
@@ -153,9 +166,8 @@ def measure_sampling(method: str, n: int, trace: bool) -> dict:
         shutil.rmtree(out, ignore_errors=True)
     if trace:
         return {"heap_peak_mb": round(tracemalloc.get_traced_memory()[1] / 2**20, 1)}
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"method": method, "n": n, "d": D, "classes": CLASSES,
-            "seconds": round(seconds, 2), "rss_peak_mb": round(rss_kb / 1024, 1)}
+            "seconds": round(seconds, 2), "rss_peak_mb": peak_rss_mb()}
 
 
 def run_one(method: str, n: int, trace: bool) -> dict:
@@ -169,7 +181,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+",
                     default=[10_000, 60_000, 100_000, 1_000_000], help="fit sizes")
-    ap.add_argument("--methods", nargs="+",
+    ap.add_argument("--methods", nargs="*",
                     default=["dpsynth", "dpsynth-k3", "sklearn-kmeans", "sklearn-gmm-diag"])
     ap.add_argument("--sample-sizes", type=int, nargs="*", default=[60_000],
                     help="n of DPSynthesizer.sample (in memory)")

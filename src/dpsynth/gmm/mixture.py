@@ -360,8 +360,11 @@ class MixtureSampler:
     orthonormal to ~1e-7 in float32, and the rounding of a float32 product of bounded
     values (|x| <= R after bounding) is ~1e-7 relative, far below the sampling noise of
     any moment (test_streaming.py checks the moments of float32 shards against the model).
-    Memory: one shard (m, d) plus (m, r) coordinates; nothing of size n.
+    Memory: one shard (m, d) plus the temporaries of one block of draws; nothing of size n.
     """
+
+    #: Draws made at a time: the temporaries of one block stay small (~20 MB at d = 1280).
+    block_rows = 4096
 
     def __init__(self, params: MixtureParams, basis: np.ndarray | None, *, normalize: bool,
                  radius: float) -> None:
@@ -391,25 +394,33 @@ class MixtureSampler:
     def draw(self, counts_per_class: np.ndarray, rng: np.random.Generator
              ) -> tuple[np.ndarray, np.ndarray]:
         """``counts_per_class[c]`` samples of class c in random order: (X float32 (m, d),
-        class indices (m,)). Components are picked by their weights within the class."""
-        m_total = int(np.sum(counts_per_class))
+        class indices (m,)); classes without a component get none. Components are picked
+        by their weights within the class.
+
+        The random order is drawn first and each block of ``block_rows`` draws is written
+        straight to its rows, so the shard is the only (m, d) array (no shuffled copy)."""
+        counts = np.array([n_c if c < len(self.components) and len(self.components[c])
+                           else 0 for c, n_c in enumerate(counts_per_class)], dtype=np.int64)
+        m_total = int(counts.sum())
         X = np.empty((m_total, self.dim), dtype=np.float32)
         cls = np.empty(m_total, dtype=np.int64)
+        rows = rng.permutation(m_total)  # rows[k]: where the k-th draw goes
+        block = np.empty((min(self.block_rows, m_total), self.dim), dtype=np.float32)
         pos = 0
-        for c, n_c in enumerate(counts_per_class):
-            comps = self.components[c] if c < len(self.components) else np.zeros(0, int)
-            if n_c == 0 or len(comps) == 0:
+        for c, n_c in enumerate(counts):
+            if n_c == 0:
                 continue
+            comps = self.components[c]
             w = self.params.weights[comps] / self.params.weights[comps].sum()
             for j, m in zip(comps, rng.multinomial(int(n_c), w), strict=True):
-                if m:
-                    self._component(int(j), X[pos:pos + m], rng)
-                    cls[pos:pos + m] = c
-                    pos += m
-        X, cls = X[:pos], cls[:pos]
+                for start in range(0, int(m), self.block_rows):
+                    size = min(self.block_rows, int(m) - start)
+                    self._component(int(j), block[:size], rng)
+                    X[rows[pos + start:pos + start + size]] = block[:size]
+                cls[rows[pos:pos + m]] = c
+                pos += int(m)
         bound_norms(X, self.radius, self.normalize, inplace=True)
-        order = rng.permutation(pos)
-        return X[order], cls[order]
+        return X, cls
 
     def _component(self, j: int, out: np.ndarray, rng: np.random.Generator) -> None:
         """Fill ``out`` (m, d) with draws of component j."""
