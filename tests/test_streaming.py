@@ -248,3 +248,23 @@ def test_synthesize_memory_is_one_shard_not_the_set(mixture_dir, tmp_path):
     # 16 MiB pieces: the whole shard at this small d): ~2 shards, not the 10-shard set.
     # (At d = 1280, 65,536-row shards, synthesize peaks at ~1.15 shards.)
     assert peak < 2.5 * shard, f"peak {peak / shard:.2f} shards"
+
+
+def test_join_copies_where_hard_links_are_refused(mixture_dir, tmp_path, monkeypatch):
+    from dpsynth.data import store
+
+    kwargs = {"n": 500, "random_state": 2, "shard_rows": 100}
+    single = steps.synthesize(mixture_dir, tmp_path / "single", **kwargs)
+    dirs = [tmp_path / f"p{p}" for p in range(2)]
+    for p, d in enumerate(dirs):
+        steps.synthesize_part(mixture_dir, d, part=p, parts=2, **kwargs)
+
+    def refuse(*_args, **_kwargs):
+        raise OSError("cross-device link")
+
+    monkeypatch.setattr(store.os, "link", refuse)
+    joined = steps.join_synthetic(dirs, tmp_path / "joined")
+    assert _files(joined.path) == _files(single.path)
+    shard = joined.manifest["shards"][0]["embeddings"]
+    assert (joined.path / shard).stat().st_ino != (dirs[0] / shard).stat().st_ino
+    assert not list(joined.path.glob(".*tmp"))
