@@ -358,3 +358,23 @@ def test_the_example_corpus_is_built_from_the_package_and_kept_when_unchanged(tm
     (out / "train" / "zippy" / "9999.txt").write_text("not in the corpus\n")
     assert script.main(["--out", str(out)]) == 0  # rewrites nothing, removes the stray
     assert make_source(config.data, "train").fingerprint() == before
+
+
+def test_fingerprints_follow_the_files_and_hold_no_text(tmp_path):
+    import os
+
+    text_folder(tmp_path / "t", per_class=3, seed=0)
+    jsonl_file(tmp_path / "a.jsonl", per_class=3, seed=0)
+    folder, table = TextFolderSource(tmp_path / "t"), TextFileSource(tmp_path / "a.jsonl")
+    before = (folder.fingerprint(), table.fingerprint())
+    assert before == (TextFolderSource(tmp_path / "t").fingerprint(),
+                      TextFileSource(tmp_path / "a.jsonl").fingerprint())
+    texts = [t for ts in topic_texts(3, 0).values() for t in ts]
+    assert not any(t in json.dumps(before) for t in texts)
+    edited = tmp_path / "t" / "sport" / "001.txt"
+    edited.write_text("A different text about the match.\n")
+    os.utime(edited, ns=(1, 1))
+    with open(tmp_path / "a.jsonl", "a") as f:
+        f.write(json.dumps({"text": "One more.", "label": "sport"}) + "\n")
+    assert TextFolderSource(tmp_path / "t").fingerprint() != before[0]
+    assert TextFileSource(tmp_path / "a.jsonl").fingerprint() != before[1]
