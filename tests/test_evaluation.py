@@ -35,6 +35,54 @@ def test_mlp_learns_an_easy_problem():
     assert set(np.unique(clf.predict(X_test))) <= {2, 5, 9}
 
 
+def test_mlp_takes_the_same_number_of_steps_whatever_the_number_of_rows():
+    # issue 13: a number of epochs is a number of steps that shrinks with n, and small
+    # data was underfit; the evaluation MLP takes a fixed number of optimiser steps.
+    for n_per_class in (5, 40, 700):
+        X, y = _blobs(n_per_class, seed=0)
+        clf = TwoLayerMLP(hidden=8, steps=37, batch_size=64).fit(X, y)
+        assert clf.steps_taken_ == clf.n_steps(len(X)) == 37
+    # epochs (older benchmarks only) still means passes over the data
+    X, y = _blobs(100, seed=0)
+    assert TwoLayerMLP(hidden=8, epochs=3, batch_size=64).fit(X, y).steps_taken_ == 3 * 5
+
+
+def test_the_runs_mlp_steps_are_the_documented_constant():
+    from dpsynth.config import EvaluateConfig
+    from dpsynth.evaluation.mlp import STEPS
+    from dpsynth.steps import _mlp_params
+
+    assert EvaluateConfig().steps == TwoLayerMLP().steps == STEPS
+    assert _mlp_params(EvaluateConfig())["steps"] == STEPS
+
+
+def test_evaluate_epochs_is_refused_with_its_replacement_named():
+    from dpsynth.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="evaluate.steps"):
+        load_config("configs/digits-quick.yaml", ["evaluate.epochs=15"])
+    assert load_config("configs/digits-quick.yaml", ["evaluate.steps=7"]).evaluate.steps == 7
+
+
+def test_the_default_mlp_fits_small_data_that_15_epochs_underfit():
+    # 10 Gaussian classes, 40 records each (400 rows): 15 epochs at batch 256 are 30
+    # optimiser steps, too few for lr 1e-3; the default fixed number of steps fits them.
+    # Centres 6 apart in 20-d with unit noise: the nearest-centre rule scores ~99%.
+    rng = np.random.default_rng(0)
+    centres = 6.0 / np.sqrt(2) * np.eye(20)[:10]
+
+    def draw(n):
+        y = np.repeat(np.arange(10), n)
+        return (centres[y] + rng.normal(size=(len(y), 20))).astype(np.float32), y
+
+    X, y = draw(40)
+    X_test, y_test = draw(200)
+    before = TwoLayerMLP(epochs=15).fit(X, y).score(X_test, y_test)
+    now = TwoLayerMLP().fit(X, y).score(X_test, y_test)
+    assert now > 0.95
+    assert now > before + 0.05  # 15 epochs: 89% (measured)
+
+
 def test_mlp_rejects_labels_outside_classes():
     X, y = _blobs(20, seed=0)
     with pytest.raises(ValueError, match="not in classes"):
