@@ -258,7 +258,7 @@ def _masked(text: str) -> object:
 
 
 def test_run_outputs_carry_no_digest_of_the_private_data(tmp_path, monkeypatch):
-    extra = ["evaluate.epochs=2", "evaluate.image_level=false", "decode.enabled=false",
+    extra = ["evaluate.steps=4", "evaluate.image_level=false", "decode.enabled=false",
              "synthesize.n=500"]
     records, keys = [], []
     for name in ("a", "b"):

@@ -103,6 +103,19 @@ def test_two_output_directories_share_one_budget(tmp_path, monkeypatch, dpsynth_
     assert experiment.artifact_location == (dpsynth_home / "mlartifacts").as_uri()
     runs_before = len(store.search_runs([experiment.experiment_id]))
 
+    # promote and fetch default to the same home store: the release is registered there,
+    # its artifacts beside it (not in MLflow's ./mlruns of the working folder).
+    from dpsynth import promote
+
+    release = promote.promote(first_out, gates=promote.Gates(min_accuracy=0.0))
+    assert release.aliased
+    assert store.get_model_version_by_alias(release.model_name, promote.PRODUCTION)
+    releases = store.get_experiment_by_name(promote.RELEASE_EXPERIMENT)
+    assert releases.artifact_location == (dpsynth_home / "mlartifacts").as_uri()
+    promote.fetch("digits-two-dirs", tmp_path / "fetched")
+    assert (tmp_path / "fetched" / "synthetic" / "manifest.json").is_file()
+    runs_before = len(store.search_runs([experiment.experiment_id]))
+
     second = _run(second_out, cache)
     assert second.exit_code == 2, second.output
     spent = f"spent eps = {charge['requested_epsilon']:.3g} over 1 earlier run(s)"

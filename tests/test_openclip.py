@@ -85,7 +85,7 @@ def test_tiny_open_clip_runs_through_the_steps(tiny, tmp_path):
     config = load_config("configs/digits-quick.yaml", [
         f"encoder.name=open_clip:dpsynth-tiny:{tiny / 'tiny.pt'}", "encoder.options={}",
         f"encoder.cache_dir={tmp_path / 'cache'}", "model.normalize=null",
-        "model.subspace_dim=8", "synthesize.n=1000", "evaluate.epochs=3",
+        "model.subspace_dim=8", "synthesize.n=1000", "evaluate.steps=12",
         "evaluate.nonprivate_baseline=false"])
     plan = steps.plan(config, tmp_path / "plan.json")
     assert plan.metadata["embedding_dim"] == 16 and plan.metadata["normalize"] is True

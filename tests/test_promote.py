@@ -61,7 +61,7 @@ def run_out(server, ledger_uri, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     cache = tmp_path_factory.mktemp("cache")
     config = load_config("configs/digits-quick.yaml", [
-        f"encoder.cache_dir={cache}", "evaluate.epochs=5", "synthesize.n=2000",
+        f"encoder.cache_dir={cache}", "evaluate.steps=40", "synthesize.n=2000",
         f"data.dataset_id={DATASET}", f"tracking.uri={server.uri}"])
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(LEDGER_URI_ENV, ledger_uri)

@@ -23,7 +23,7 @@ cli = CliRunner()
 def _folder_args(tmp_path: Path, *extra: str) -> list[str]:
     return image_folder_sets(tmp_path, "privacy.epsilon=8", "privacy.budget.epsilon=50",
                              "model.subspace_dim=4", "model.normalize=false",
-                             "synthesize.n=60", "evaluate.epochs=2",
+                             "synthesize.n=60", "evaluate.steps=2",
                              "evaluate.nonprivate_baseline=false",
                              f"data.dataset_id=folder-{tmp_path.name}", *extra)
 

@@ -19,7 +19,7 @@ def digits(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("digits")
     config = load_config("configs/digits-quick.yaml",
                          [f"encoder.cache_dir={tmp / 'cache'}", "privacy.noise_seed=5",
-                          "synthesize.n=3000", "evaluate.epochs=10"])
+                          "synthesize.n=3000", "evaluate.steps=120"])
     plan_path = tmp / "privacy_plan.json"
     steps.plan(config, plan_path)
     return config, tmp, plan_path, steps.encode(config, "train", progress=False), \

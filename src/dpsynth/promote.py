@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from dpsynth.config import DEFAULT_CLASS_BALANCE
+
 PRODUCTION = "production"
 PREVIOUS = "previous"
 RELEASE_EXPERIMENT = "dpsynth-releases"
@@ -154,17 +156,35 @@ def _keeps_tracking_globals(fn):
 
 
 def _client(tracking_uri: str | None):
+    """A client of ``tracking_uri``, else of the store ``dpsynth run`` logs to by default
+    ($MLFLOW_TRACKING_URI, else the embedded store in the per-user home), which is also
+    made MLflow's process-wide URI (see :func:`_restores_tracking_uri`)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from dpsynth.tracking import _quiet_client
+    from dpsynth.tracking import _quiet_client, create_embedded_store, resolve_tracking_uri
 
     _quiet_client()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
+    create_embedded_store(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _release_experiment(client) -> None:
+    """Make the releases' experiment current, created where the store keeps artifacts (an
+    embedded store's beside its database, not MLflow's ./mlruns in the working folder)."""
+    import mlflow
+
+    from dpsynth.tracking import embedded_artifact_root
+
+    if client.get_experiment_by_name(RELEASE_EXPERIMENT) is None:
+        root = embedded_artifact_root(mlflow.get_tracking_uri())
+        client.create_experiment(RELEASE_EXPERIMENT,
+                                 artifact_location=root.resolve().as_uri() if root else None)
+    mlflow.set_experiment(RELEASE_EXPERIMENT)
 
 
 # ------------------------------------------------------------------------------ pyfunc
@@ -205,7 +225,7 @@ def sample_frame(synth, model_input) -> Any:
         seed = row.get("random_state")
         X, y = synth.sample(
             int(row["n"]),
-            class_balance=str(balance) if isinstance(balance, str) else "proportional",
+            class_balance=str(balance) if isinstance(balance, str) else DEFAULT_CLASS_BALANCE,
             random_state=None if seed is None or pd.isna(seed) else int(seed))
         part = pd.DataFrame(X, columns=[f"e{i}" for i in range(X.shape[1])])
         part.insert(0, "label", y)
@@ -371,7 +391,7 @@ def register(out_dir: Path, *, tracking_uri: str | None = None,
             f"{TAG_PREFIX}dataset_id": dataset_id, **(extra_tags or {})}
     if source_run:
         tags[TAG_SOURCE_RUN] = str(source_run)
-    mlflow.set_experiment(RELEASE_EXPERIMENT)
+    _release_experiment(client)
     with mlflow.start_run(run_name=f"release-{name}") as run:
         mlflow.set_tags(tags)
         mlflow.log_metrics({k: float(metrics[k]) for k in
@@ -546,7 +566,7 @@ def fetch(dataset_id: str, out: Path, *, alias: str = PRODUCTION,
 # ------------------------------------------------------------------------------ resample
 @_keeps_tracking_globals
 def resample(dataset_id: str, n: int, out: Path, *, alias: str = PRODUCTION,
-             class_balance: str = "proportional", random_state: int | None = None,
+             class_balance: str = DEFAULT_CLASS_BALANCE, random_state: int | None = None,
              tracking_uri: str | None = None, register_version: bool = True,
              promote_gates: Gates | None = None) -> Release | None:
     """Resample-only refresh: ``n`` new records from the ``alias`` version's mixture,

@@ -232,7 +232,11 @@ def _encode(run: _InProcess, step: Step, rid: str | None) -> None:
         sets[split] = steps.encode(config, split, private, progress=run.progress)
         run.write(step, "embeddings", sets[split], split)
     train, test = sets["train"], sets["test"]
-    run.tracker.log_params(rid, {"encoder": train.encoder, "embedding_dim": train.dim,
+    # The options with the encoder's defaults filled in: the input size is visible even
+    # when the configuration leaves it out.
+    options = {f"encoder_option.{k}": v for k, v in train.manifest["encoder_options"].items()}
+    run.tracker.log_params(rid, {"encoder": train.encoder, **options,
+                                 "embedding_dim": train.dim,
                                  "dataset_id": train.manifest["dataset_id"],
                                  "test_dataset_id": test.manifest["dataset_id"],
                                  "n_test": test.count}, what="encode parameters")
@@ -335,6 +339,8 @@ def summary(result: RunResult) -> str:
     if m.get("nonprivate_accuracy") is not None:
         lines.append(f"  non-private   : {100 * m['nonprivate_accuracy']:.1f}% (same MLP on the "
                      "real private data; not covered by the guarantee)")
+    for gone in m.get("classes_without_samples") or []:
+        lines.append(f"  NO SAMPLES    : class {gone['name']!r}: {gone['reason']}")
     lines.append(f"  budget        : {result.budget.summary_line()}")
     lines.append(f"  outputs       : {result.out_dir}")
     for key in ("report", "metrics", "synthetic_embeddings", "decoded_grid", "privacy_plan"):

@@ -43,10 +43,12 @@ from dpsynth.data.store import (
     EmbeddingSetError,
     EmbeddingSetWriter,
     check_embedding_set,
+    join_embedding_sets,
     open_embeddings,
-    write_embedding_set,
+    read_manifest,
     write_json_atomic,
 )
+from dpsynth.gmm.mixture import shard_sizes
 from dpsynth.outputs import remove_embedding_set
 from dpsynth.privacy import PrivacyPlan
 from dpsynth.privacy.plan import PlanMismatchError, epsilon_to_json
@@ -120,10 +122,14 @@ def _slug(text: str) -> str:
 
 def encoding_key(config: RunConfig, split: str, part: int = 0,
                  parts: int = 1) -> tuple[dict[str, Any], Any]:
-    """The cache key of a split's embeddings (or one part of them) and its source."""
+    """The cache key of a split's embeddings (or one part of them) and its source. The
+    encoder's options are keyed with its defaults filled in (its input size among them)."""
+    from dpsynth.encoders import encoder_options
+
     source = make_source(config.data, split)
     key = {"dataset": source.dataset_id, "source": source.fingerprint(),
-           "encoder": config.encoder.name, "encoder_options": config.encoder.options,
+           "encoder": config.encoder.name,
+           "encoder_options": encoder_options(config.encoder.name, config.encoder.options),
            "shard_rows": config.encoder.shard_rows, "encoding_version": ENCODING_VERSION}
     if parts > 1:
         key["part"] = [part, parts]
@@ -309,7 +315,7 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: 
         remove_embedding_set(out_dir)  # only the set's own files, never a user's
     encoder = make_encoder(config)
     writer = EmbeddingSetWriter(
-        out_dir, encoder=encoder.name, encoder_options=config.encoder.options,
+        out_dir, encoder=encoder.name, encoder_options=key["encoder_options"],
         dim=encoder.dim, normalized=encoder.normalized, classes=source.classes,
         class_names=source.class_names, dataset_id=source.dataset_id, key=key,
         verify=not checked)
@@ -408,24 +414,81 @@ def fit_gmm(embeddings_dir: Embeddings, clusters_dir: Path, plan_path: Path,
 # ------------------------------------------------------------------------ synthesize
 def synthesize(mixture_dir: Path, out_dir: Path, *, n: int, class_balance: str = "proportional",
                random_state: int | None = 0, shard_rows: int = 65536) -> EmbeddingSet:
-    """Sample ``n`` synthetic records into an EmbeddingSet (post-processing: no budget)."""
+    """Sample ``n`` synthetic records into an EmbeddingSet (post-processing: no budget).
+
+    Written shard by shard in float32 as they are drawn
+    (:meth:`~dpsynth.synthesizer.DPSynthesizer.sample_shards`): memory is one shard of
+    ``shard_rows`` rows, whatever ``n``. The set depends only on the mixture, ``n``,
+    ``class_balance``, ``random_state`` and ``shard_rows``; :func:`synthesize_part` +
+    :func:`join_synthetic` write the same set bit for bit from several processes."""
+    return synthesize_part(mixture_dir, out_dir, part=0, parts=1, n=n,
+                           class_balance=class_balance, random_state=random_state,
+                           shard_rows=shard_rows)
+
+
+def synthesize_part(mixture_dir: Path, out_dir: Path, *, part: int, parts: int, n: int,
+                    class_balance: str = "proportional", random_state: int | None = 0,
+                    shard_rows: int = 65536) -> EmbeddingSet:
+    """Part ``part`` of ``parts`` of :func:`synthesize`'s set: a complete EmbeddingSet in
+    ``out_dir`` holding one contiguous group of its shards (``np.array_split`` of the shard
+    indices, as encode's fan-out; indices are the whole set's), whose key adds
+    ``"part": [part, parts]``. :func:`join_synthetic` joins the parts into the set
+    :func:`synthesize` writes. More than one part needs an integer ``random_state``."""
+    if not (isinstance(parts, int) and isinstance(part, int) and 0 <= part < parts):
+        raise ValueError(f"need integers 0 <= part < parts, got part={part!r}, "
+                         f"parts={parts!r}")
+    if parts > 1 and random_state is None:
+        raise ValueError("a synthesis split into parts needs an integer random_state (every "
+                         "part must draw from the same seed)")
     mixture_dir = Path(mixture_dir)
     synth = DPSynthesizer.load(mixture_dir)
     info = json.loads((mixture_dir / EMBEDDING_INFO).read_text())
-    X, y = synth.sample(n, class_balance=class_balance, random_state=random_state)
+    mine = np.array_split(np.arange(len(shard_sizes(int(n), int(shard_rows)))), parts)[part]
+    start, stop = (int(mine[0]), int(mine[-1]) + 1) if len(mine) else (0, 0)
+    shards = synth.sample_shards(n, shard_rows, class_balance=class_balance,
+                                 random_state=random_state, start_shard=start,
+                                 stop_shard=stop)
     plan_ = synth.privacy_plan_
+    # Classes below the noise threshold get no samples: the set says which and why.
+    names = dict(zip(info["classes"], info["class_names"], strict=True))
+    dropped = [{**d, "name": names[d["class"]]} for d in synth.dropped_classes_]
+    key = {"synthetic_of": info["dataset_id"], "n": n, "class_balance": class_balance,
+           "random_state": random_state, "shard_rows": shard_rows}
     out_dir = Path(out_dir)
     # A resample replaces the set: only the files of the set there are removed.
     remove_embedding_set(out_dir)
-    return write_embedding_set(
-        out_dir, X, y, shard_rows=shard_rows, encoder=info["encoder"],
+    writer = EmbeddingSetWriter(
+        out_dir, dim=synth.n_features_in_, encoder=info["encoder"],
         encoder_options=info["encoder_options"], normalized=synth.normalize,
         classes=info["classes"], class_names=info["class_names"],
         dataset_id=f"synthetic:{info['dataset_id']}", synthetic=True,
-        key={"synthetic_of": info["dataset_id"], "n": n, "class_balance": class_balance,
-             "random_state": random_state},
+        key=key if parts == 1 else {**key, "part": [part, parts]},
         provenance={"private": plan_.private, "epsilon": epsilon_to_json(plan_.epsilon_pld),
-                    "delta": plan_.delta, "noise_seeded": plan_.noise_seeded})
+                    "delta": plan_.delta, "noise_seeded": plan_.noise_seeded,
+                    "dropped_classes": dropped})
+    # Memory: the shard being drawn only, not the one just written too (hence no
+    # enumerate(), whose cached result tuple would keep the last shard alive).
+    index = start
+    for X, y in shards:
+        writer.write_shard(index, X, y)
+        index += 1
+        del X, y
+    return writer.finish(None if parts > 1 else stop)
+
+
+def join_synthetic(part_dirs: list[Path], out_dir: Path) -> EmbeddingSet:
+    """Join the sets of :func:`synthesize_part` (every part of one synthesis, any order)
+    into ``out_dir``: the set :func:`synthesize` writes, bit for bit (shard files are
+    hard-linked where possible)."""
+    key = read_manifest(Path(part_dirs[0])).get("key") or {}
+    try:
+        expected = len(shard_sizes(int(key["n"]), int(key["shard_rows"])))
+    except (KeyError, TypeError, ValueError):
+        raise EmbeddingSetError(f"{part_dirs[0]} is not a part of a synthetic set (its key "
+                                "lacks n and shard_rows)") from None
+    out_dir = Path(out_dir)
+    remove_embedding_set(out_dir)
+    return join_embedding_sets(part_dirs, out_dir, expected_shards=expected)
 
 
 # ---------------------------------------------------------------------------- decode
@@ -471,7 +534,7 @@ def _first_per_class(y: np.ndarray, classes: np.ndarray, per_class: int) -> np.n
 
 def _mlp_params(settings: EvaluateConfig) -> dict[str, Any]:
     """The evaluation MLP's settings, the same for every model a run trains."""
-    return {"hidden": settings.hidden, "epochs": settings.epochs, "lr": settings.lr,
+    return {"hidden": settings.hidden, "steps": settings.steps, "lr": settings.lr,
             "batch_size": settings.batch_size, "random_state": settings.random_state}
 
 
@@ -548,7 +611,7 @@ def evaluate(synthetic_dir: Path, test_dir: Embeddings, out_dir: Path, *,
         plot_per_class_accuracy,
         plot_projection,
     )
-    from dpsynth.evaluation.report import write_html_report
+    from dpsynth.evaluation.report import classes_without_samples, write_html_report
 
     settings = settings or EvaluateConfig()
     synthetic = EmbeddingSet.open(synthetic_dir)
@@ -590,7 +653,10 @@ def evaluate(synthetic_dir: Path, test_dir: Embeddings, out_dir: Path, *,
         "classes_without_test_records": [
             synthetic.class_names[int(np.flatnonzero(classes == c)[0])]
             for c in syn_report.classes_without_test_records],
+        "classes_without_samples": classes_without_samples(
+            classes, synthetic.class_names, ys, prov),
         "encoder": synthetic.encoder,
+        "encoder_options": synthetic.manifest.get("encoder_options", {}),
         "note": "accuracy: MLP trained only on DP synthetic embeddings, scored on the real "
                 "test split. nonprivate_*: the same MLP trained on the real private data; "
                 "a ceiling for the data owner, NOT covered by the DP guarantee.",
@@ -599,6 +665,10 @@ def evaluate(synthetic_dir: Path, test_dir: Embeddings, out_dir: Path, *,
         metrics["note"] += (" Per-class accuracy is null for classes with no test record "
                             "(nothing to score): "
                             + ", ".join(metrics["classes_without_test_records"]) + ".")
+    if metrics["classes_without_samples"]:
+        metrics["note"] += (" No synthetic samples (see classes_without_samples for why): "
+                            + ", ".join(m["name"] for m in metrics["classes_without_samples"])
+                            + ".")
     out_dir = Path(out_dir)
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)

@@ -22,15 +22,16 @@ from sklearn.utils.validation import check_is_fitted
 from dpsynth.clustering import GroupSums, assign_components, get_clusterer, project_to_ball
 from dpsynth.gmm.budget import release_specs
 from dpsynth.gmm.mixture import (
-    CLASS_COUNTS,
     COMPONENT_COUNTS,
     COVARIANCE_TYPES,
     MixtureParams,
+    MixtureSampler,
     SecondOrderStats,
     pooled_mixture,
     release_class_stats,
     release_mixture,
-    sample_mixture,
+    shard_class_counts,
+    shard_sizes,
 )
 from dpsynth.gmm.subspace import GramAccumulator, release_subspace
 from dpsynth.preprocessing import NormOverflowError, Shard, bound_norms, iter_located_chunks
@@ -47,10 +48,17 @@ from dpsynth.privacy.plan import (
     epsilon_from_json,
     epsilon_to_json,
     match_specs,
+    release_threshold,
     verify_plan_dict,
 )
 
 FORMAT_VERSION = 1
+#: Shard size of :meth:`DPSynthesizer.sample`: the default of ``steps.synthesize``, so an
+#: in-memory sample equals the set that step writes with the same arguments.
+SAMPLE_SHARD_ROWS = 65536
+#: Largest sample plus one: numpy's multivariate hypergeometric draw (the classes of the
+#: shards) needs fewer than 10^9 items.
+MAX_SAMPLE_ROWS = 10**9
 _FITTED_ATTRIBUTES = ("classes_", "mixture_", "subspace_", "class_totals_", "clusterer_",
                       "privacy_plan_", "epsilon_", "delta_", "private_", "n_features_in_")
 
@@ -550,8 +558,9 @@ class DPSynthesizer(BaseEstimator):
         basis = released.subspace
         dim = int(self.n_features_in_)
         k = int(self.components_per_class)
-        min_count = max(3.0 * plan.release(
-            CLASS_COUNTS if k == 1 else COMPONENT_COUNTS).sigma, 2.0)
+        # max(3 sigma, 2) of the class counts (k = 1) or component counts: the plan's
+        # smallest releasable class (release_threshold derives it) is this threshold.
+        min_count = release_threshold(plan).threshold
         if self.covariance == "tied":
             params = pooled_mixture(released.class_counts, released.class_sums, basis,
                                     released.eigenvalues, released.trace,
@@ -600,17 +609,62 @@ class DPSynthesizer(BaseEstimator):
         """Draw ``n`` synthetic records: (X_syn float32 (n, d), y_syn labels (n,)).
 
         class_balance: ``"proportional"`` to the noisy class totals, or ``"balanced"``.
+        Sampling is post-processing: it spends no privacy budget. The result is the
+        concatenation of :meth:`sample_shards` with ``shard_rows=SAMPLE_SHARD_ROWS`` (what
+        ``steps.synthesize`` writes by default), held in memory: for large n stream the
+        shards instead.
+        """
+        d = int(self.n_features_in_) if hasattr(self, "n_features_in_") else 0
+        X = y = None
+        pos = 0
+        for Xs, ys in self.sample_shards(n, SAMPLE_SHARD_ROWS, class_balance=class_balance,
+                                         random_state=random_state):
+            if X is None and len(Xs) == n:
+                return Xs, ys  # a single shard is the sample: no copy
+            if X is None:
+                X, y = np.empty((n, d), np.float32), np.empty(n, ys.dtype)
+            X[pos:pos + len(Xs)], y[pos:pos + len(ys)] = Xs, ys
+            pos += len(Xs)
+            del Xs, ys  # one shard at a time besides the result
+        return X, y
+
+    def sample_shards(self, n: int, shard_rows: int = SAMPLE_SHARD_ROWS, *,
+                      class_balance: str = "proportional", random_state: int | None = None,
+                      start_shard: int = 0, stop_shard: int | None = None
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stream an ``n``-record sample as shards of ``shard_rows`` rows (the last one
+        shorter; one empty shard for n = 0): yields (X float32 (rows, d), labels (rows,))
+        for shards ``start_shard`` to ``stop_shard - 1`` (default: all of them).
+
+        Memory is one shard, whatever n. The sample is a function of (model, n,
+        shard_rows, class_balance, seed) alone: every shard has its own random stream,
+        ``SeedSequence(seed).spawn(2)[1].spawn(n_shards)[i]``, and the class counts of
+        the shards are dealt from ``SeedSequence(seed).spawn(2)[0]`` (the deal a shuffled
+        whole sample would give; :func:`~dpsynth.gmm.mixture.shard_class_counts`). So any
+        split of the shards over processes writes the same set as one process, and a
+        range of shards needs a seed (``random_state`` here or in the constructor).
         Sampling is post-processing: it spends no privacy budget.
         """
         self._check_fitted()
         if not _is_int(n) or n < 0:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        if n >= MAX_SAMPLE_ROWS:  # numpy's hypergeometric deal of the shards' classes
+            raise ValueError(f"n must be below {MAX_SAMPLE_ROWS:.0e} (5 TB at d = 1280), "
+                             f"got {n}: sample in several runs with different seeds")
+        if not _is_int(shard_rows) or shard_rows < 1:
+            raise ValueError(f"shard_rows must be a positive integer, got {shard_rows!r}")
         if class_balance not in ("proportional", "balanced"):
             raise ValueError(f"class_balance must be 'proportional' or 'balanced', "
                              f"got {class_balance!r}")
         if random_state is not None and (not _is_int(random_state) or random_state < 0):
             raise ValueError(f"random_state must be a non-negative integer or None, "
                              f"got {random_state!r}")
+        sizes = shard_sizes(int(n), int(shard_rows))
+        stop = len(sizes) if stop_shard is None else stop_shard
+        if not (_is_int(start_shard) and _is_int(stop)
+                and 0 <= start_shard <= stop <= len(sizes)):
+            raise ValueError(f"need 0 <= start_shard <= stop_shard <= {len(sizes)} (the "
+                             f"number of shards), got {start_shard!r}, {stop_shard!r}")
         params = self.mixture_
         C = len(self.classes_)
         has = np.isin(np.arange(C), params.component_class)
@@ -619,11 +673,27 @@ class DPSynthesizer(BaseEstimator):
         if share.sum() <= 0:
             raise RuntimeError("no class has a released component to sample from")
         seed = self.random_state if random_state is None else random_state
-        rng = np.random.default_rng(seed)
-        per_class = _apportion(int(n), share / share.sum())
-        X, cls = sample_mixture(params, self.subspace_, per_class, rng,
-                                normalize=self.normalize, radius=float(self.clip_norm))
-        return X.astype(np.float32), self.classes_[cls]
+        if seed is None and (start_shard, stop) != (0, len(sizes)):
+            raise ValueError("sampling a range of shards needs a seed (random_state), so "
+                             "that the ranges sampled by different processes fit together")
+        return self._sample_shards(int(n), sizes, share, np.random.SeedSequence(seed),
+                                   int(start_shard), int(stop))
+
+    def _sample_shards(self, n: int, sizes: np.ndarray, share: np.ndarray,
+                       root: np.random.SeedSequence, start: int, stop: int
+                       ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        per_class = _apportion(n, share / share.sum())
+        # Children of the root, made by key so that shard i's stream needs no other's.
+        deal = np.random.default_rng(np.random.SeedSequence(root.entropy, spawn_key=(0,)))
+        counts = shard_class_counts(per_class, sizes, stop, deal)
+        sampler = MixtureSampler(self.mixture_, self.subspace_, normalize=self.normalize,
+                                 radius=float(self.clip_norm))
+        for i in range(start, stop):
+            rng = np.random.default_rng(np.random.SeedSequence(root.entropy,
+                                                               spawn_key=(1, i)))
+            X, cls = sampler.draw(counts[i], rng)
+            yield X, self.classes_[cls]
+            del X, cls  # the caller holds the shard: no second reference while drawing on
 
     # --------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
@@ -818,6 +888,32 @@ class DPSynthesizer(BaseEstimator):
     def component_class_(self) -> np.ndarray:
         """Index into ``classes_`` of each component's class (read-only)."""
         return self._mixture_field("component_class")
+
+    @property
+    def dropped_classes_(self) -> list[dict[str, object]]:
+        """The classes with no released component, which get no synthetic samples, each
+        as ``{"class", "noisy_count", "threshold", "reason"}``. Derived from the DP
+        releases and the plan (:func:`~dpsynth.privacy.plan.release_threshold`), so
+        public, and the same after :meth:`load`."""
+        kept = set(self._mixture_field("component_class").tolist())
+        limit = release_threshold(self.privacy_plan_)
+        dropped = []
+        for c, label in enumerate(self.classes_.tolist()):
+            if c in kept:
+                continue
+            count = float(self.class_totals_[c])
+            what = ("its noisy record count" if limit.release != COMPONENT_COUNTS
+                    else "the noisy count of each of its mixture components (noisy class "
+                         f"count {count:.1f})")
+            shown = f" ({count:.1f})" if limit.release != COMPONENT_COUNTS else ""
+            dropped.append({
+                "class": label, "noisy_count": count, "threshold": limit.threshold,
+                "reason": f"{what}{shown} is below the noise threshold {limit.threshold:.1f} "
+                          f"= max(3 sigma, 2), sigma = {limit.sigma:.3g} in "
+                          f"{limit.release!r}: the class is too small to release at "
+                          f"eps = {self.privacy_plan_.epsilon:g} (about "
+                          f"{limit.smallest_class}+ records needed)"})
+        return dropped
 
 
 def _read_arrays(file: Path) -> dict[str, np.ndarray]:

@@ -180,6 +180,11 @@ class ImageFolderSource(ImageSource):
     the real paths that are read, class by class in label order, sorted within a class.
     """
 
+    #: The files a class folder's listing takes, and what the folder is called in errors
+    #: (the text source's folders list ``.txt`` files under the same rules).
+    suffixes: tuple[str, ...] = IMAGE_SUFFIXES
+    kind = "image folder"
+
     def __init__(self, root: str | Path, image_size: int, color: str = "rgb",
                  class_names: list[str] | None = None, dataset_id: str | None = None,
                  on_bad_image: str = "fail", workers: int = 4,
@@ -236,22 +241,22 @@ class ImageFolderSource(ImageSource):
             real_folder = Path(os.path.realpath(folder))
             if self._outside(real_folder) and not follow_outside:
                 raise DataSourceError(f"class folder {folder} is a symlink to {real_folder}, "
-                                      f"outside the image folder {self.root}; {hint}")
+                                      f"outside the {self.kind} {self.root}; {hint}")
             fid = _identity(folder)
             if fid in folder_class:
                 raise DataSourceError(
-                    f"class folders {folder_class[fid]!r} and {name!r} of image folder "
+                    f"class folders {folder_class[fid]!r} and {name!r} of {self.kind} "
                     f"{self.root} are the same directory ({real_folder}): every record must "
                     "belong to exactly one class")
             folder_class[fid] = name
             members: dict[tuple[Any, ...], Path] = {}
             for path in sorted(folder.iterdir()):
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                if path.suffix.lower() not in self.suffixes:
                     continue
                 real = Path(os.path.realpath(path))
                 if self._outside(real) and not follow_outside:
-                    raise DataSourceError(f"{path} is a symlink to {real}, outside the image "
-                                          f"folder {self.root}; {hint}")
+                    raise DataSourceError(f"{path} is a symlink to {real}, outside the "
+                                          f"{self.kind} {self.root}; {hint}")
                 fid = _identity(real)
                 owner, listed = file_class.setdefault(fid, (name, path))
                 if owner != name:
@@ -422,6 +427,10 @@ def make_source(data_config, split: str) -> ImageSource:
                                        full.class_names, f"sklearn-digits/{split}"), limit)
         return ArraySource(data, {"dataset": data.dataset_id, "rows": len(data.labels),
                                   "sha256": _digest(data.images, data.labels)})
+    if data_config.source == "text":
+        from dpsynth.data.text import make_text_source
+
+        return make_text_source(data_config, split)
     if data_config.source == "webdataset":
         urls = data_config.train_urls if split == "train" else data_config.test_urls
         source = WebDatasetSource(urls, data_config.image_size, data_config.class_names,

@@ -1,12 +1,22 @@
-"""Encoders: public, frozen maps from images to embeddings, registered by name."""
+"""Encoders: public, frozen maps from images or texts to embeddings, registered by name."""
 
 from dpsynth.encoders import efficientnet as _efficientnet  # noqa: F401  (registers)
 from dpsynth.encoders import openclip as _openclip  # noqa: F401  (registers)
 from dpsynth.encoders import pixels as _pixels  # noqa: F401  (registers)
-from dpsynth.encoders.base import Encoder, available_encoders, get_encoder, register_encoder
+from dpsynth.encoders import sentence_transformers as _sentence_transformers  # noqa: F401
+from dpsynth.encoders.base import (
+    Encoder,
+    available_encoders,
+    encoder_options,
+    get_encoder,
+    register_encoder,
+)
 from dpsynth.encoders.efficientnet import EfficientNetLite0Encoder
 from dpsynth.encoders.openclip import EncoderLoadError, OpenClipEncoder
 from dpsynth.encoders.pixels import PixelEncoder
+from dpsynth.encoders.sentence_transformers import SentenceTransformerEncoder
 
 __all__ = ["EfficientNetLite0Encoder", "Encoder", "EncoderLoadError", "OpenClipEncoder",
-           "PixelEncoder", "available_encoders", "get_encoder", "register_encoder"]
+           "PixelEncoder", "SentenceTransformerEncoder", "available_encoders", "encoder_options",
+           "get_encoder",
+           "register_encoder"]

@@ -7,7 +7,8 @@ set, so encoding is a per-record transform, not a release.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -16,10 +17,14 @@ from dpsynth.registry import Registry
 
 
 class Encoder(ABC):
-    """Maps images (n, H, W) or (n, H, W, C) uint8 to embeddings (n, dim) float32."""
+    """Maps records to embeddings (n, dim) float32: images (n, H, W) or (n, H, W, C) uint8,
+    or, for a text encoder (``modality = "text"``), a sequence of strings. Each encoder
+    checks its own inputs (:meth:`check_inputs`)."""
 
     #: Registry name, recorded with every embedding set.
     name: str = ""
+    #: What it encodes: "image" or "text" (a data source's records must match).
+    modality: str = "image"
     #: Whether embeddings are L2-normalised (unit norm) by construction.
     normalized: bool = False
 
@@ -36,7 +41,7 @@ class Encoder(ABC):
                on_batch: Callable[[int], object] | None = None) -> np.ndarray:
         """Encode all images in batches, optionally with a progress bar of its own or an
         ``on_batch(n_images)`` callback (e.g. a caller's progress bar)."""
-        images = _check_images(images)
+        images = self.check_inputs(images)
         out = np.empty((len(images), self.dim), dtype=np.float32)
         for start, batch in tqdm(self.batches(images, batch_size), disable=not progress,
                                  total=-(-len(images) // batch_size), desc=f"encode {self.name}",
@@ -45,6 +50,17 @@ class Encoder(ABC):
             if on_batch is not None:
                 on_batch(len(batch))
         return out
+
+    def check_inputs(self, inputs):
+        """The inputs as :meth:`encode_batch` takes them, or a ValueError saying what this
+        encoder takes (here: images; a text encoder overrides it)."""
+        if isinstance(inputs, str) or (isinstance(inputs, list | tuple) and inputs
+                                       and isinstance(inputs[0], str)) or (
+                isinstance(inputs, np.ndarray) and inputs.dtype.kind in "OUS"):
+            raise ValueError(f"encoder {self.name!r} encodes images, not text; for a text "
+                             "source use a text encoder (e.g. sentence-transformers:<model "
+                             "folder or package>)")
+        return _check_images(inputs)
 
     @staticmethod
     def batches(images: np.ndarray, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -65,6 +81,22 @@ ENCODERS = Registry("encoder", "dpsynth.encoders")
 #: Decorator: make an encoder factory available to :func:`get_encoder` by name.
 register_encoder = ENCODERS.register
 available_encoders = ENCODERS.names
+
+
+def _factory_name(name: str) -> str:
+    prefix, sep, _ = name.partition(":")
+    return prefix if sep and name not in ENCODERS and prefix in ENCODERS.names() else name
+
+
+def encoder_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``options`` with the encoder's output-shaping defaults filled in (a factory declares
+    them as its ``default_options``, e.g. EfficientNet-Lite0's input ``image_size``).
+
+    This is what the embedding cache keys and what the manifest, the report and MLflow
+    show: a run with no options still says which input size it encoded at, and a default
+    changed later never matches a cache entry made with the old one."""
+    defaults = getattr(ENCODERS.get(_factory_name(name)), "default_options", {})
+    return {**defaults, **(options or {})}
 
 
 def get_encoder(name: str, **kwargs) -> Encoder:

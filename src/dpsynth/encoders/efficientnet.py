@@ -14,6 +14,11 @@ import torch.nn.functional as F
 
 from dpsynth.encoders.base import Encoder, register_encoder
 
+#: The input size (px) when ``image_size`` is not given: the quick local run's, which meets
+#: the 10-minute cold-run target on 2 CPU cores (benchmarks/resolution.py measures the
+#: accuracy each size buys; the pipeline's configuration sets a larger one for GPU encode).
+DEFAULT_IMAGE_SIZE = 64
+
 
 def _load_weights_file() -> str:
     try:
@@ -49,7 +54,7 @@ class EfficientNetLite0Encoder(Encoder):
     name = "efficientnet-lite0"
     normalized = True
 
-    def __init__(self, image_size: int = 64, device: str | None = None,
+    def __init__(self, image_size: int = DEFAULT_IMAGE_SIZE, device: str | None = None,
                  weights: str | None = None) -> None:
         self.image_size = int(image_size)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -80,3 +85,6 @@ class EfficientNetLite0Encoder(Encoder):
 @register_encoder("efficientnet-lite0")
 def _make_efficientnet(**kwargs) -> EfficientNetLite0Encoder:
     return EfficientNetLite0Encoder(**kwargs)
+
+
+_make_efficientnet.default_options = {"image_size": DEFAULT_IMAGE_SIZE}

@@ -84,7 +84,9 @@ def write_html_report(path: Path, metrics: dict[str, Any], plan: dict[str, Any] 
              _fmt(metrics.get("frechet_distance_to_test"))),
             ("Synthetic records / test records",
              f"{metrics.get('n_synthetic')} / {metrics.get('n_test')}"),
-            ("Encoder", _fmt(metrics.get("encoder")))]
+            ("Encoder", _fmt(metrics.get("encoder")) + "".join(
+                f", {html.escape(str(k))}={html.escape(str(v))}"
+                for k, v in (metrics.get("encoder_options") or {}).items()))]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>dpsynth report</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
