@@ -12,6 +12,7 @@ from dpsynth_kfp.components import plan
 from dpsynth_kfp.parameters import (
     PARAMETERS,
     PLAN_PARAMETERS,
+    PRODUCTION_IMAGE_SIZE,
     PROMOTE_PARAMETERS,
     arguments,
     overrides,
@@ -28,15 +29,17 @@ def _defaults(**given):
 def test_the_overrides_are_those_the_parameters_pod_joined():
     """Pinned: what the former `parameters` task returned for the same values (in another
     order: no two set the same key; the extra overrides still come last)."""
+    # The pipeline's default encodes at the production input size (GPU encode).
     assert sorted(overrides(_defaults())) == sorted([
         "data.source=fashion-mnist", "encoder.name=efficientnet-lite0", "privacy.epsilon=1.0",
         "privacy.delta=1e-05", "model.components_per_class=1", "synthesize.n=60000",
-        "decode.enabled=false"])
+        "decode.enabled=false", f"encoder.options.image_size={PRODUCTION_IMAGE_SIZE}"])
     given = overrides(_defaults(
         dataset="image-folder", train_dir="/data/train", test_dir="/data/test",
         image_size=64, decode=True, mlflow_uri="http://mlflow:5000", dataset_id="shop",
-        noise_seed=0, overrides=["evaluate.epochs=3", "data.image_size=32"]))
-    assert given[-2:] == ["evaluate.epochs=3", "data.image_size=32"]
+        encoder_image_size=0,
+        noise_seed=0, overrides=["evaluate.steps=30", "data.image_size=32"]))
+    assert given[-2:] == ["evaluate.steps=30", "data.image_size=32"]
     assert sorted(given[:-2]) == sorted([
         "data.source=image-folder", "encoder.name=efficientnet-lite0", "privacy.epsilon=1.0",
         "privacy.delta=1e-05", "model.components_per_class=1", "synthesize.n=60000",
@@ -50,6 +53,10 @@ def test_the_overrides_are_those_the_parameters_pod_joined():
     ("configs/digits-quick.yaml", ["decode.enabled=false", "data.dataset_id=d"]),
     (None, ["data.source=image-folder", "data.train_dir=/t", "data.test_dir=/s",
             "data.image_size=32", "privacy.epsilon=inf"]),
+    # An encoder option the config leaves out stays out (the encoder's own default), one
+    # it sets travels with it.
+    (None, ["encoder.options={}"]),
+    (None, ["encoder.options={image_size: 96}"]),
 ])
 def test_the_arguments_reproduce_the_configuration(config_file, extra):
     config = load_config(config_file, extra)

@@ -72,10 +72,13 @@ class Step:
 
 
 def config_value(config: RunConfig, key: str) -> Any:
-    """The value at a dotted config key (``"synthesize.n"``)."""
+    """The value at a dotted config key (``"synthesize.n"``); inside a mapping such as
+    ``encoder.options``, None where the key is absent (``"encoder.options.image_size"``)."""
     node: Any = config
     for part in key.split("."):
-        node = getattr(node, part)
+        node = node.get(part) if isinstance(node, dict) else getattr(node, part)
+        if node is None:
+            return None
     return node
 
 

@@ -17,6 +17,11 @@ from typing import Any
 from dpsynth.config import RunConfig
 from dpsynth.step_graph import config_value
 
+#: EfficientNet-Lite0's input size (px) in the pipeline, which encodes on a GPU: the most
+#: accurate size of benchmarks/resolution.py (results in docs/results.md). The quick local
+#: run keeps the encoder's own default (DEFAULT_IMAGE_SIZE), which fits 2 CPU cores.
+PRODUCTION_IMAGE_SIZE = 128
+
 
 def _always(_value: Any) -> bool:
     return True
@@ -45,6 +50,9 @@ class Parameter:
     #: production refresh after evaluate; no config key, plan does not take it) or
     #: "cluster" (how pods are scheduled or what they mount: no task input, no config key).
     task: str = "plan"
+    #: The value that leaves the config's own value standing, which :func:`arguments`
+    #: passes when the config has none (default: the parameter's default).
+    unset: Any = None
 
     @property
     def input_name(self) -> str:
@@ -76,6 +84,12 @@ PARAMETERS: tuple[Parameter, ...] = (
               task="cluster"),
     Parameter("encoder", str, "efficientnet-lite0",
               "Encoder registry name (encoder.name).", key="encoder.name"),
+    Parameter("encoder_image_size", int, PRODUCTION_IMAGE_SIZE,
+              "efficientnet-lite0: the encoder's input size in px "
+              "(encoder.options.image_size); the default is the production size, chosen "
+              "by benchmarks/resolution.py for GPU encode. 0: the config's own (set 0 "
+              "for an encoder without this option).",
+              key="encoder.options.image_size", applies=bool, unset=0),
     Parameter("epsilon", float, 1.0,
               "The run's DP epsilon, charged to the dataset's budget (privacy.epsilon).",
               key="privacy.epsilon"),
@@ -169,7 +183,10 @@ def arguments(config: RunConfig) -> dict[str, Any]:
         if p.key is None:
             continue
         value = config_value(config, p.key)
-        out[p.name] = p.default if value is None else p.type(value)
+        if value is None:
+            out[p.name] = p.default if p.unset is None else p.unset
+        else:
+            out[p.name] = p.type(value)
     decode = config.decode
     if decode.enabled is None:  # "when there is a decoder", as `dpsynth run` decides
         out[for_key("decode.enabled").name] = bool(decode.decoder) or decoder_for(
