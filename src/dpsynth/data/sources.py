@@ -194,33 +194,41 @@ class ImageFolderSource(ImageSource):
                                   f"{on_bad_image!r}")
         self.on_bad_image = on_bad_image
         self.workers = workers
+        self._read_class_folders(root, class_names, follow_symlinks_outside_root,
+                                 records="images", expected="<image files>")
+        self.image_size = int(image_size)
+        self.color = color
+        self.dataset_id = dataset_id or f"image-folder:{self.root.resolve()}"
+
+    def _read_class_folders(self, root: str | Path, class_names: list[str] | None,
+                            follow_outside: bool, *, records: str, expected: str) -> None:
+        """Set :attr:`root`, :attr:`files`, :attr:`labels` and :attr:`class_names` from
+        ``root/<class name>/`` (files with :attr:`suffixes`), refusing what the class
+        docstring says; ``records`` and ``expected`` word the errors."""
         self.skipped: list[str] = []
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DataNotFoundError(f"image folder {self.root} does not exist")
+            raise DataNotFoundError(f"{self.kind} {self.root} does not exist")
         found = sorted(p.name for p in self.root.iterdir() if p.is_dir())
         names = list(class_names) if class_names else found
         if not names:
-            raise DataSourceError(f"image folder {self.root} has no class sub-folders "
-                                  "(expected root/<class name>/<image files>)")
+            raise DataSourceError(f"{self.kind} {self.root} has no class sub-folders "
+                                  f"(expected root/<class name>/{expected})")
         problem = class_name_problem(names, folders=True)
         if problem:
-            raise DataSourceError(f"image folder {self.root}: {problem}")
+            raise DataSourceError(f"{self.kind} {self.root}: {problem}")
         unknown = sorted(set(found) - set(names))
         if unknown:
-            raise DataSourceError(f"image folder {self.root} has folders {unknown} that are "
+            raise DataSourceError(f"{self.kind} {self.root} has folders {unknown} that are "
                                   f"not in class_names {names}")
         self._real_root = Path(os.path.realpath(self.root))
-        files, labels = self._list(names, follow_symlinks_outside_root)
+        files, labels = self._list(names, follow_outside)
         if not files:
-            raise DataSourceError(f"image folder {self.root} holds no images with suffixes "
-                                  f"{', '.join(IMAGE_SUFFIXES)}")
+            raise DataSourceError(f"{self.kind} {self.root} holds no {records} with "
+                                  f"suffixes {', '.join(self.suffixes)} in its class folders")
         self.files = files
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.image_size = int(image_size)
-        self.color = color
         self.class_names = tuple(names)
-        self.dataset_id = dataset_id or f"image-folder:{self.root.resolve()}"
 
     def _outside(self, real: Path) -> bool:
         return not real.is_relative_to(self._real_root)

@@ -28,7 +28,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -69,30 +68,8 @@ class TextFolderSource(ImageFolderSource):
     def __init__(self, root: str | Path, class_names: list[str] | None = None,
                  dataset_id: str | None = None,
                  follow_symlinks_outside_root: bool = False) -> None:
-        self.root = Path(root)
-        self.skipped: list[str] = []
-        if not self.root.is_dir():
-            raise DataNotFoundError(f"text folder {self.root} does not exist")
-        found = sorted(p.name for p in self.root.iterdir() if p.is_dir())
-        names = list(class_names) if class_names else found
-        if not names:
-            raise DataSourceError(f"text folder {self.root} has no class sub-folders "
-                                  "(expected root/<class name>/<text files>.txt)")
-        problem = class_name_problem(names, folders=True)
-        if problem:
-            raise DataSourceError(f"text folder {self.root}: {problem}")
-        unknown = sorted(set(found) - set(names))
-        if unknown:
-            raise DataSourceError(f"text folder {self.root} has folders {unknown} that are "
-                                  f"not in class_names {names}")
-        self._real_root = Path(os.path.realpath(self.root))
-        files, labels = self._list(names, follow_symlinks_outside_root)
-        if not files:
-            raise DataSourceError(f"text folder {self.root} holds no .txt files in its class "
-                                  "folders")
-        self.files = files
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.class_names = tuple(names)
+        self._read_class_folders(root, class_names, follow_symlinks_outside_root,
+                                 records="texts", expected="<text files>.txt")
         self.dataset_id = dataset_id or f"text-folder:{self.root.resolve()}"
 
     @staticmethod

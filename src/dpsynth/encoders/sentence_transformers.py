@@ -135,10 +135,19 @@ class SentenceTransformerEncoder(Encoder):
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         try:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
 
-            model = SentenceTransformer(target, device=str(self.device),
-                                        cache_folder=cache_dir,
-                                        local_files_only=local or offline)
+            # transformers draws a "Loading weights" bar on stderr; a run's own progress
+            # is dpsynth's (and a pipeline pod's log should not hold bars).
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+            try:
+                model = SentenceTransformer(target, device=str(self.device),
+                                            cache_folder=cache_dir,
+                                            local_files_only=local or offline)
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
         except Exception as exc:  # noqa: BLE001 - every failure here is "cannot load"
             hint = (" This machine is offline (HF_HUB_OFFLINE=1): a hub id is read from the "
                     "local hub cache only; give a model folder or an installed model package "
