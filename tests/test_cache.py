@@ -268,8 +268,10 @@ def test_run_outputs_carry_no_digest_of_the_private_data(tmp_path, monkeypatch):
         key, source = steps.encoding_key(config, "train")
         keys.append((key, source.fingerprint()["sha256"]))
         out = tmp_path / name / "out"
-        # A ledger per run: the second run's budget must not show the first one's charge.
+        # A ledger and a tracking store per run: the second run's budget must not show the
+        # first one's charge, nor its MLflow mirror of it.
         monkeypatch.setenv("DPSYNTH_LEDGER_URI", f"sqlite:///{tmp_path / name / 'ledger.db'}")
+        monkeypatch.setenv("DPSYNTH_HOME", str(tmp_path / name / "home"))
         result = runner.run(config, out, progress=False, echo=lambda _: None)
         text = (out / "run.json").read_text()
         digests = [steps._key_digest(key), keys[-1][1],

@@ -105,9 +105,15 @@ def charge_run(config: RunConfig, out_dir: Path, *,
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))
     plan_path = out_dir / steps.PLAN_FILE
     write_json_atomic(plan_path, plan.to_dict())
+    from dpsynth.encoders import encoder_options
+
+    # The encoder's options with its defaults filled in: its input size is on the run even
+    # when the configuration leaves it out.
+    options = encoder_options(config.encoder.name, config.encoder.options)
     tracker.log_params(run_id, {**flatten(config.to_yaml_dict(), "config."),
                                 **_data_independent_seeds(config),
-                                "dataset_id": dataset_id, "encoder": config.encoder.name},
+                                "dataset_id": dataset_id, "encoder": config.encoder.name,
+                                **{f"encoder_option.{k}": v for k, v in options.items()}},
                        what="run parameters")
     tracker.log_params(run_id, _plan_params(plan.to_dict()), what="privacy plan parameters")
     for name in ("config.yaml", "privacy_ledger.json", steps.PLAN_FILE):

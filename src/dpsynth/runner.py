@@ -232,11 +232,7 @@ def _encode(run: _InProcess, step: Step, rid: str | None) -> None:
         sets[split] = steps.encode(config, split, private, progress=run.progress)
         run.write(step, "embeddings", sets[split], split)
     train, test = sets["train"], sets["test"]
-    # The options with the encoder's defaults filled in: the input size is visible even
-    # when the configuration leaves it out.
-    options = {f"encoder_option.{k}": v for k, v in train.manifest["encoder_options"].items()}
-    run.tracker.log_params(rid, {"encoder": train.encoder, **options,
-                                 "embedding_dim": train.dim,
+    run.tracker.log_params(rid, {"encoder": train.encoder, "embedding_dim": train.dim,
                                  "dataset_id": train.manifest["dataset_id"],
                                  "test_dataset_id": test.manifest["dataset_id"],
                                  "n_test": test.count}, what="encode parameters")
