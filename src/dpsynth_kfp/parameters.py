@@ -20,7 +20,7 @@ from dpsynth.step_graph import config_value
 #: EfficientNet-Lite0's input size (px) in the pipeline, which encodes on a GPU: the most
 #: accurate size of benchmarks/resolution.py (results in docs/results.md). The quick local
 #: run keeps the encoder's own default (DEFAULT_IMAGE_SIZE), which fits 2 CPU cores.
-PRODUCTION_IMAGE_SIZE = 128
+PRODUCTION_IMAGE_SIZE = 160
 
 
 def _always(_value: Any) -> bool:
