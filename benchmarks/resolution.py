@@ -38,18 +38,14 @@ from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(Path(__file__).parent))
 from embeddings import CACHE, write_result  # noqa: E402
-from utility import DELTA, DPSGD_GRID, dpsgd_accounted  # noqa: E402
+from utility import DELTA, DPSGD_GRID, dpsgd_accounted, dpsgd_tuning_free  # noqa: E402
 
 from dpsynth import DPSynthesizer  # noqa: E402
 from dpsynth.config import EvaluateConfig  # noqa: E402
 from dpsynth.data import load_fashion_mnist  # noqa: E402
 from dpsynth.encoders import get_encoder  # noqa: E402
 from dpsynth.evaluation import TwoLayerMLP  # noqa: E402
-from dpsynth.evaluation.baselines import (  # noqa: E402
-    dpsgd_noise_multiplier,
-    model_accuracy,
-    train_dpsgd,
-)
+from dpsynth.evaluation.baselines import model_accuracy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [64, 96, 128, 160, 224]
@@ -145,17 +141,9 @@ def main() -> None:
             model = TwoLayerMLP(**mlp).fit(X_syn, y_syn, classes=classes)
             add(size, "dpsynth", eps, model.score(X_test, y_test),
                 val_accuracy=round(model.score(X_val, y_val), 4))
-            q = DPSGD_GRID[0].batch_size / len(X_tr)
-            steps = DPSGD_GRID[0].epochs * int(round(1 / q))
-            sigma = dpsgd_noise_multiplier(q, steps, eps, DELTA)
-            best = None
-            for i, cfg in enumerate(DPSGD_GRID):
-                net = train_dpsgd(X_tr, y_tr, 10, cfg, sigma, seed=i)
-                val = model_accuracy(net, X_val, y_val)
-                if best is None or val > best[0]:
-                    best = (val, cfg, net)
-            add(size, "dp-sgd", eps, model_accuracy(best[2], X_test, y_test),
-                config=best[1].label(), val_accuracy=round(best[0], 4))
+            val, cfg, net, _ = dpsgd_tuning_free(eps, X_tr, y_tr, X_val, y_val, 10)
+            add(size, "dp-sgd", eps, model_accuracy(net, X_test, y_test),
+                config=cfg.label(), val_accuracy=round(val, 4))
             add(size, "dp-sgd-tuning-accounted", eps,
                 dpsgd_accounted(eps, X_tr, y_tr, X_val, y_val, X_test, y_test, 10))
     setup = {"data": "Fashion-MNIST (Debian dataset-fashion-mnist), stratified subsets, "

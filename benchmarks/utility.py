@@ -69,6 +69,24 @@ DPSGD_GRID = [
 SELECTION_SIGMA_RECORDS = 30.0
 
 
+def dpsgd_tuning_free(eps: float, X, y, X_val, y_val, n_classes: int, on_config=None):
+    """Every grid configuration trained at the full (eps, delta), the tuning's cost NOT
+    accounted; the best on validation as (val_accuracy, config, model, noise multiplier).
+    ``on_config(config, val_accuracy)`` sees every configuration."""
+    q = DPSGD_GRID[0].batch_size / len(X)
+    steps = DPSGD_GRID[0].epochs * int(round(1 / q))
+    sigma = dpsgd_noise_multiplier(q, steps, eps, DELTA)
+    best = None
+    for i, cfg in enumerate(DPSGD_GRID):
+        model = train_dpsgd(X, y, n_classes, cfg, sigma, seed=i)
+        val = model_accuracy(model, X_val, y_val)
+        if on_config is not None:
+            on_config(cfg, val)
+        if best is None or val > best[0]:
+            best = (val, cfg, model)
+    return (*best, sigma)
+
+
 def dpsgd_accounted(eps: float, X, y, X_val, y_val, X_test, y_test, n_classes: int) -> float:
     """All grid configs trained + noisy-max selection, composed to (eps, delta)."""
     m = len(DPSGD_GRID)
@@ -145,19 +163,13 @@ def main() -> None:
         add("dp-class-means", eps,
             float((nearest_mean_predict(means, classes, X_test) == y_test).mean()))
         if not math.isinf(eps):
-            q = DPSGD_GRID[0].batch_size / len(X_tr)
-            steps = DPSGD_GRID[0].epochs * int(round(1 / q))
-            sigma = dpsgd_noise_multiplier(q, steps, eps, DELTA)
-            best = None
-            for i, cfg in enumerate(DPSGD_GRID):
-                model = train_dpsgd(X_tr, y_tr, 10, cfg, sigma, seed=i)
-                val = model_accuracy(model, X_val, y_val)
-                grid_log.append({"method": "dp-sgd", "epsilon": str(eps),
-                                 "config": cfg.label(), "val_accuracy": round(val, 4)})
-                if best is None or val > best[0]:
-                    best = (val, cfg, model)
-            add("dp-sgd", eps, model_accuracy(best[2], X_test, y_test),
-                config=best[1].label(), noise_multiplier=round(sigma, 3))
+            _, cfg, model, sigma = dpsgd_tuning_free(
+                eps, X_tr, y_tr, X_val, y_val, 10,
+                on_config=lambda c, v, e=eps: grid_log.append(
+                    {"method": "dp-sgd", "epsilon": str(e), "config": c.label(),
+                     "val_accuracy": round(v, 4)}))
+            add("dp-sgd", eps, model_accuracy(model, X_test, y_test),
+                config=cfg.label(), noise_multiplier=round(sigma, 3))
             add("dp-sgd-tuning-accounted", eps,
                 dpsgd_accounted(eps, X_tr, y_tr, X_val, y_val, X_test, y_test, 10))
     result = {
