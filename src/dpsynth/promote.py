@@ -173,18 +173,16 @@ def _client(tracking_uri: str | None):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _release_experiment(client) -> None:
-    """Make the releases' experiment current, created where the store keeps artifacts (an
-    embedded store's beside its database, not MLflow's ./mlruns in the working folder)."""
+def _release_experiment() -> None:
+    """Make the releases' experiment current, got or created as a run's is
+    (:meth:`dpsynth.tracking.Tracker.open`: an embedded store keeps its artifacts beside
+    its database, not in MLflow's ./mlruns of the working folder)."""
     import mlflow
 
-    from dpsynth.tracking import embedded_artifact_root
+    from dpsynth.tracking import Tracker
 
-    if client.get_experiment_by_name(RELEASE_EXPERIMENT) is None:
-        root = embedded_artifact_root(mlflow.get_tracking_uri())
-        client.create_experiment(RELEASE_EXPERIMENT,
-                                 artifact_location=root.resolve().as_uri() if root else None)
-    mlflow.set_experiment(RELEASE_EXPERIMENT)
+    tracker = Tracker(mlflow.get_tracking_uri(), RELEASE_EXPERIMENT).open()
+    mlflow.set_experiment(experiment_id=tracker.experiment_id)
 
 
 # ------------------------------------------------------------------------------ pyfunc
@@ -391,7 +389,7 @@ def register(out_dir: Path, *, tracking_uri: str | None = None,
             f"{TAG_PREFIX}dataset_id": dataset_id, **(extra_tags or {})}
     if source_run:
         tags[TAG_SOURCE_RUN] = str(source_run)
-    _release_experiment(client)
+    _release_experiment()
     with mlflow.start_run(run_name=f"release-{name}") as run:
         mlflow.set_tags(tags)
         mlflow.log_metrics({k: float(metrics[k]) for k in
