@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/utility.py            # full run (~1 h on 2 cores)
     .venv/bin/python benchmarks/utility.py --quick    # smoke run on a subset
+    .venv/bin/python benchmarks/utility.py --image-size 160 --eps 0.25 0.5 1 2 inf
+                                # the pipeline's encoder size (issue 16): utility-160px.json
 
 Methods, all on the same embeddings, the same two-layer MLP and delta = 1e-5:
   dpsynth                   DPSynthesizer with its default configuration, fixed before
@@ -18,7 +20,8 @@ Methods, all on the same embeddings, the same two-layer MLP and delta = 1e-5:
 
 Hyperparameters are chosen on a validation split carved from the training set (6,000
 records, stratified, seed 0); the test split is only used for the reported accuracy.
-Writes benchmarks/results/utility.json and docs/utility.png.
+Writes benchmarks/results/utility.json and docs/utility.png (at 64 px, the local run's
+encoder size); other sizes write utility-<size>px.json and docs/utility-<size>px.png.
 """
 
 from __future__ import annotations
@@ -114,16 +117,22 @@ def dpsgd_accounted(eps: float, X, y, X_val, y_val, X_test, y_test, n_classes: i
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="subset smoke run")
+    ap.add_argument("--image-size", type=int, default=64,
+                    help="EfficientNet-Lite0 input size in px (the pipeline encodes at 160)")
+    ap.add_argument("--eps", type=float, nargs="+", default=EPSILONS,
+                    help="epsilons to run ('inf' for the non-private dpsynth rows)")
     ap.add_argument("--out", default=None,
-                    help="default: benchmarks/results/utility.json (utility-quick.json with "
-                         "--quick, so a smoke run never overwrites the committed results)")
+                    help="default: benchmarks/results/utility.json at 64 px, utility-<size>px"
+                         ".json at other sizes (utility-quick.json with --quick, so a smoke "
+                         "run never overwrites the committed results)")
     args = ap.parse_args()
+    stem = "utility" if args.image_size == 64 else f"utility-{args.image_size}px"
     args.out = args.out or str(ROOT / "benchmarks/results" /
-                               ("utility-quick.json" if args.quick else "utility.json"))
+                               ("utility-quick.json" if args.quick else f"{stem}.json"))
     torch.set_num_threads(2)
-    X_all, y_all = load_embeddings("train")
-    X_test, y_test = load_embeddings("test")
-    epsilons = EPSILONS
+    X_all, y_all = load_embeddings("train", args.image_size)
+    X_test, y_test = load_embeddings("test", args.image_size)
+    epsilons = args.eps
     if args.quick:
         X_all, y_all, X_test, y_test = X_all[:6000], y_all[:6000], X_test[:2000], y_test[:2000]
         epsilons = [1.0, math.inf]
@@ -177,7 +186,7 @@ def main() -> None:
         "grid": grid_log,
         "setup": {
             "data": "Fashion-MNIST (Debian dataset-fashion-mnist)",
-            "encoder": "efficientnet-lite0, 64 px, L2-normalised, 1280-d",
+            "encoder": f"efficientnet-lite0, {args.image_size} px, L2-normalised, 1280-d",
             "train": len(X_tr), "validation": len(X_val), "test": len(X_test),
             "delta": DELTA, "mlp": MLP,
             "dpsynth_default": {k: v for k, v in DPSynthesizer(1, DELTA).get_params().items()
@@ -186,18 +195,18 @@ def main() -> None:
             "selection_sigma_records": SELECTION_SIGMA_RECORDS, "quick": args.quick,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
                        f"{platform.python_version()}",
-            "command": "python benchmarks/utility.py" + (" --quick" if args.quick else ""),
+            "command": "python " + " ".join(["benchmarks/utility.py", *sys.argv[1:]]),
             "seconds": round(time.perf_counter() - t0),
         },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     if not args.quick:
-        plot(rows, ROOT / "docs/utility.png")
+        plot(rows, ROOT / f"docs/{stem}.png", args.image_size)
     print(f"wrote {args.out}")
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, image_size: int = 64) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -217,7 +226,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xticks(finite, [str(e) for e in finite])
     ax.set_xlabel("epsilon (delta = 1e-5)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Fashion-MNIST, EfficientNet-Lite0 embeddings, two-layer MLP")
+    ax.set_title(f"Fashion-MNIST, EfficientNet-Lite0 at {image_size} px, two-layer MLP")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
