@@ -3,6 +3,7 @@ base CUDA against the pinned torch build, the packages every step imports instal
 family's image, non-root, dependencies before sources, no ``latest``."""
 
 import ast
+import functools
 import importlib.metadata as md
 import os
 import re
@@ -106,8 +107,14 @@ def third_party_imports(source: str, *, module_level_only: bool = False) -> set[
             and n not in ("dpsynth", "dpsynth_kfp", "__future__")}
 
 
+@functools.cache
+def _packages_distributions() -> dict[str, list[str]]:
+    # A scan of every installed distribution's files: seconds each, and asked per import.
+    return md.packages_distributions()
+
+
 def distribution(module: str) -> set[str]:
-    return {canonicalize_name(d) for d in md.packages_distributions().get(module, [])}
+    return {canonicalize_name(d) for d in _packages_distributions().get(module, [])}
 
 
 # ------------------------------------------------------------------------------ tests
@@ -241,7 +248,7 @@ def test_cpu_steps_import_without_the_gpu_only_packages(tmp_path):
 
 
 def _modules_of(dist: str) -> set[str]:
-    return {m for m, ds in md.packages_distributions().items()
+    return {m for m, ds in _packages_distributions().items()
             if any(canonicalize_name(d) == dist for d in ds)}
 
 

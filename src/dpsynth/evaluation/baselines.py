@@ -1,15 +1,24 @@
-"""Baselines on the same embeddings and (epsilon, delta): DP class means and DP-SGD.
+"""Baselines on the same embeddings and (epsilon, delta): DP class means, DP-SGD, DP-LS,
+DP-FC, and closed-form classifiers from a fitted DPSynthesizer's own releases.
 
-DP-SGD uses Opacus for the per-sample clipping and noise; its noise multiplier comes
-from dp-accounting's PLD accountant (Poisson-sampled Gaussian, composed over all steps
-and, when tuning is accounted, over every configuration trained).
+DP-SGD uses Opacus for the per-sample clipping and noise. DP-LS and DP-FC follow the
+description in Mehta et al., "Differentially Private Image Classification from Features"
+(TMLR 2023, arXiv 2211.13403): DP-LS solves a ridge regression on one-hot labels from a
+noisy Gram X^T X and a noisy X^T Y; DP-FC is full-batch DP gradient descent on a softmax
+linear model, preconditioned by a noisy Gram.
+
+Every noise multiplier comes from one helper, :func:`accounted_multiplier`: dp-accounting's
+PLD accountant composed over all noisy releases of a training run, over ``runs`` runs, and
+over a Gaussian noisy-max selection (:func:`noisy_argmax`) when the tuning is accounted.
+Neighbouring datasets differ by adding or removing one record (DESIGN.md).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import dp_accounting
 import numpy as np
@@ -21,7 +30,7 @@ from torch import nn
 from dpsynth.clustering.stats import nearest_centre
 from dpsynth.evaluation.mlp import make_mlp
 from dpsynth.preprocessing import bound_norms
-from dpsynth.privacy import NoiseSource, ReleaseSpec, build_plan
+from dpsynth.privacy import NoiseSource, Release, ReleaseSpec, build_plan
 
 
 def dp_class_means(X: np.ndarray, y: np.ndarray, classes: np.ndarray, epsilon: float,
@@ -48,6 +57,92 @@ def nearest_mean_predict(means: np.ndarray, classes: np.ndarray, X: np.ndarray) 
     return classes[nearest_centre(bound_norms(X, 1.0, normalize=True), means)]
 
 
+# ------------------------------------------------------------------ shared accounting
+
+#: PLD discretisation of the baselines' calibrations (coarser than the plan's 1e-4: the
+#: subsampled DP-SGD events of hundreds of steps stay fast, and the pessimistic PLD
+#: estimate only ever overstates epsilon).
+BASELINE_PLD_DISCRETIZATION = 1e-3
+
+
+def _pld_accountant() -> pld_privacy_accountant.PLDAccountant:
+    return pld_privacy_accountant.PLDAccountant(
+        value_discretization_interval=BASELINE_PLD_DISCRETIZATION)
+
+
+def accounted_multiplier(run_event: Callable[[float], dp_accounting.DpEvent], epsilon: float,
+                         delta: float, *, runs: int = 1,
+                         selection_multiplier: float | None = None,
+                         extra_event: dp_accounting.DpEvent | None = None,
+                         gaussian_load: float | None = None) -> float:
+    """Smallest noise multiplier z (to the search's tolerance) at which ``runs`` runs of
+    ``run_event(z)``, a Gaussian noisy-max selection of noise multiplier
+    ``selection_multiplier`` and ``extra_event`` compose to (epsilon, delta) under PLD.
+
+    The one calibration of every baseline here (DP-SGD, DP-LS, DP-FC, tuning free or
+    accounted), so that they are compared under the same accountant. ``epsilon = inf``
+    gives 0 (no noise).
+
+    ``gaussian_load``: when ``run_event(z)`` composes plain Gaussian mechanisms of noise
+    multipliers z * w_i, each used r_i times, the sum of r_i / w_i^2. Such a composition is
+    exactly mu-GDP with mu^2 = runs * load / z^2 (+ 1 / selection_multiplier^2), which
+    brackets the PLD search tightly, as :mod:`dpsynth.privacy.plan` does; a wide bracket
+    would make PLD evaluate a nearly noiseless Gaussian, which is slow. Without it (the
+    subsampled DP-SGD events) the bracket is [0.3, 200].
+    """
+    if math.isinf(epsilon):
+        return 0.0
+    fixed = [] if extra_event is None else [extra_event]
+    if selection_multiplier is not None:
+        fixed.append(dp_accounting.GaussianDpEvent(selection_multiplier))
+
+    def event(z: float) -> dp_accounting.DpEvent:
+        run = run_event(z)
+        composed = run if runs == 1 else dp_accounting.SelfComposedDpEvent(run, runs)
+        return dp_accounting.ComposedDpEvent([composed, *fixed]) if fixed else composed
+
+    if gaussian_load is None:
+        lower, upper, tol = 0.3, 200.0, 1e-3
+    else:
+        if extra_event is not None:
+            raise ValueError("gaussian_load brackets Gaussian compositions only; pass the "
+                             "selection as selection_multiplier")
+        spare = dp_accounting.get_sigma_gaussian(epsilon, delta) ** -2
+        if selection_multiplier is not None:
+            spare -= selection_multiplier ** -2
+        if spare <= 0:
+            raise ValueError(f"the selection alone spends more than epsilon={epsilon:g}")
+        z = math.sqrt(runs * gaussian_load / spare)
+        lower, upper, tol = 0.8 * z, 1.25 * z, 5e-4 * z
+    return float(dp_accounting.calibrate_dp_mechanism(
+        _pld_accountant, event, epsilon, delta,
+        bracket_interval=ExplicitBracketInterval(lower, upper), tol=tol))
+
+
+def accounted_epsilon(event: dp_accounting.DpEvent, delta: float) -> float:
+    """PLD epsilon at ``delta`` of ``event``, with the calibration's discretisation."""
+    accountant = _pld_accountant()
+    accountant.compose(event)
+    return float(accountant.get_epsilon(delta))
+
+
+def selection_multiplier(n_configs: int, sigma_records: float) -> float:
+    """Noise multiplier of a Gaussian noisy max over ``n_configs`` validation correct-counts,
+    each perturbed by N(0, sigma_records^2): adding or removing one validation record moves
+    every count by at most 1, so the vector of counts has L2 sensitivity sqrt(n_configs)."""
+    return sigma_records / math.sqrt(n_configs)
+
+
+def noisy_argmax(correct_counts: Sequence[float], sigma_records: float,
+                 rng: np.random.Generator) -> int:
+    """Index of the largest count after adding N(0, sigma_records^2) to each (no noise when
+    ``sigma_records`` is 0: the non-private, tuning-free selection)."""
+    counts = np.asarray(correct_counts, dtype=float)
+    if sigma_records > 0:
+        counts = counts + rng.normal(0.0, sigma_records, size=counts.shape)
+    return int(np.argmax(counts))
+
+
 @dataclass(frozen=True)
 class DPSGDConfig:
     hidden: int = 0
@@ -69,20 +164,12 @@ def dpsgd_noise_multiplier(sample_rate: float, steps: int, epsilon: float, delta
 
     ``extra_event`` (e.g. a private selection among the runs) is composed in as well.
     """
-    if math.isinf(epsilon):
-        return 0.0
-
-    def event(sigma: float) -> dp_accounting.DpEvent:
+    def training(sigma: float) -> dp_accounting.DpEvent:
         step = dp_accounting.PoissonSampledDpEvent(sample_rate,
                                                    dp_accounting.GaussianDpEvent(sigma))
-        training = dp_accounting.SelfComposedDpEvent(step, steps * runs)
-        if extra_event is None:
-            return training
-        return dp_accounting.ComposedDpEvent([training, extra_event])
+        return dp_accounting.SelfComposedDpEvent(step, steps)
 
-    return float(dp_accounting.calibrate_dp_mechanism(
-        lambda: pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3),
-        event, epsilon, delta, bracket_interval=ExplicitBracketInterval(0.3, 200.0), tol=1e-3))
+    return accounted_multiplier(training, epsilon, delta, runs=runs, extra_event=extra_event)
 
 
 def train_dpsgd(X: np.ndarray, y: np.ndarray, n_classes: int, config: DPSGDConfig,
@@ -125,3 +212,345 @@ def train_dpsgd(X: np.ndarray, y: np.ndarray, n_classes: int, config: DPSGDConfi
 def model_accuracy(model: nn.Module, X: np.ndarray, y: np.ndarray) -> float:
     pred = model(torch.from_numpy(np.asarray(X, dtype=np.float32))).argmax(1).numpy()
     return float((pred == np.asarray(y)).mean())
+
+
+# ------------------------------------------------------------------------ DP-LS
+
+#: L2 sensitivity of the joint DP-LS release [upper triangle of X^T X | X^T Y] for
+#: ||x|| <= 1 and a one-hot y: adding or removing a record changes the Gram's upper
+#: triangle by that of x x^T, of norm <= ||x||^2 <= 1 (NoiseSource.symmetric_gaussian), and
+#: X^T Y by x y^T, of Frobenius norm ||x|| ||y|| <= 1; together sqrt(1 + 1).
+DPLS_SENSITIVITY = math.sqrt(2.0)
+#: L2 sensitivity of a Gram release alone (DP-FC's preconditioner): ||x||^2 <= 1.
+GRAM_SENSITIVITY = 1.0
+
+
+def _class_index(y: np.ndarray, n_classes: int) -> np.ndarray:
+    idx = np.asarray(y).astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n_classes):
+        raise ValueError(f"labels must be class indices in [0, {n_classes})")
+    return idx
+
+
+def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
+    return np.eye(n_classes)[_class_index(y, n_classes)]
+
+
+def least_squares_statistics(X: np.ndarray, y: np.ndarray,
+                             n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (X^T X (d, d), X^T Y (d, K)) of the records L2-normalised to norm 1 (the
+    pre-processing every release here assumes) and one-hot labels. Never released as is."""
+    Xb = np.asarray(bound_norms(X, 1.0, normalize=True), dtype=np.float64)
+    return Xb.T @ Xb, Xb.T @ one_hot(y, n_classes)
+
+
+@dataclass
+class LeastSquaresRelease:
+    """A PSD Gram (as eigenpairs) and X^T Y, solved as ridge regressions.
+
+    ``vecs`` (d, r) with eigenvalues ``vals`` (r,); when r < d the Gram is ``residual`` on
+    the orthogonal complement of ``vecs`` (a low-rank release plus an isotropic rest, as
+    dpsynth's subspace release gives). ``sigma``: noise std of each Gram entry, which sets
+    the ridge's unit (:meth:`ridge`). Solving is post-processing of the release.
+    """
+
+    vals: np.ndarray
+    vecs: np.ndarray
+    xty: np.ndarray
+    sigma: float
+    residual: float = 0.0
+    _proj: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._proj = self.vecs.T @ self.xty
+
+    @classmethod
+    def from_gram(cls, gram: np.ndarray, xty: np.ndarray, sigma: float) -> LeastSquaresRelease:
+        """Eigenvalues of the noisy symmetric Gram clipped at 0: the nearest PSD matrix in
+        Frobenius norm, so that a ridge >= 0 keeps the system positive definite."""
+        vals, vecs = np.linalg.eigh((gram + gram.T) / 2.0)
+        return cls(np.maximum(vals, 0.0), vecs, xty, sigma)
+
+    @property
+    def dim(self) -> int:
+        return self.vecs.shape[0]
+
+    def ridge(self, scale: float) -> float:
+        """``scale`` times the spectral norm of the Gram noise (about sigma * 2 sqrt(d) for a
+        symmetric Gaussian matrix; sigma * sqrt(d) is used as the unit): the ridge has to
+        swamp the noise's eigenvalues. Public, so choosing among scales costs no budget
+        beyond the selection. Without noise the unit is 1."""
+        return scale * (self.sigma * math.sqrt(self.dim) if self.sigma > 0 else 1.0)
+
+    def solve(self, ridge: float) -> np.ndarray:
+        """W (d, K) minimising ||XW - Y||^2 + ridge ||W||^2 for the released statistics."""
+        W = self.vecs @ (self._proj / (self.vals + ridge)[:, None])
+        if self.vecs.shape[1] < self.dim:
+            rest = self.xty - self.vecs @ self._proj
+            W += rest / (self.residual + ridge)
+        return W
+
+
+def dpls_release(noise_multiplier: float) -> Release:
+    """The DP-LS release (one Gaussian mechanism over the joint statistics)."""
+    return Release("dpls_gram_xty", DPLS_SENSITIVITY, noise_multiplier, scope="global",
+                   description="[upper triangle of X^T X | X^T Y], ||x|| <= 1, y one-hot")
+
+
+def dp_least_squares_release(X: np.ndarray, y: np.ndarray, n_classes: int,
+                             noise_multiplier: float, *, noise_seed: int | None = None,
+                             stats: tuple[np.ndarray, np.ndarray] | None = None
+                             ) -> LeastSquaresRelease:
+    """DP-LS statistics: X^T X and X^T Y plus Gaussian noise of std
+    ``noise_multiplier * sqrt(2)`` per entry (the Gram's noise symmetric), PSD-repaired.
+
+    Sensitivity (add/remove one record): :data:`DPLS_SENSITIVITY` = sqrt(2). ``stats``: the
+    exact :func:`least_squares_statistics` of (X, y), when already computed (one pass over a
+    large X serves every epsilon and draw).
+    """
+    gram, xty = stats if stats is not None else least_squares_statistics(X, y, n_classes)
+    release = dpls_release(noise_multiplier)
+    noise = NoiseSource(noise_seed)
+    return LeastSquaresRelease.from_gram(gram + noise.symmetric_gaussian(release, len(gram)),
+                                         xty + noise.gaussian(release, xty.shape),
+                                         release.sigma)
+
+
+def linear_predict(W: np.ndarray, X: np.ndarray, intercept: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """Arg-max column of X W (+ intercept), X L2-normalised as in training."""
+    scores = np.asarray(bound_norms(X, 1.0, normalize=True), dtype=np.float64) @ W
+    if intercept is not None:
+        scores = scores + intercept
+    return scores.argmax(1)
+
+
+@dataclass
+class Selected:
+    """A trained linear model chosen on validation: weights (d, K), the chosen grid entry,
+    its validation accuracy and the noise multiplier it was trained under."""
+
+    weights: np.ndarray
+    config: object
+    val_accuracy: float
+    noise_multiplier: float
+
+
+def _select(models: Sequence[np.ndarray], configs: Sequence[object], noise_multiplier: float,
+            X_val: np.ndarray, y_val: np.ndarray, sigma_records: float,
+            rng: np.random.Generator) -> Selected:
+    accs = [float((linear_predict(W, X_val) == np.asarray(y_val)).mean()) for W in models]
+    best = noisy_argmax([a * len(y_val) for a in accs], sigma_records, rng)
+    return Selected(models[best], configs[best], accs[best], noise_multiplier)
+
+
+def dp_least_squares(X: np.ndarray, y: np.ndarray, n_classes: int, epsilon: float,
+                     delta: float, ridge_scales: Sequence[float], X_val: np.ndarray,
+                     y_val: np.ndarray, *, account_tuning: bool,
+                     selection_sigma_records: float = 30.0, noise_seed: int | None = None,
+                     stats: tuple[np.ndarray, np.ndarray] | None = None,
+                     rng: np.random.Generator | None = None) -> Selected:
+    """DP-LS with the ridge chosen on the validation split among ``ridge_scales``
+    (:meth:`LeastSquaresRelease.ridge` units).
+
+    Every ridge solves the same release, so the grid is post-processing: tuning free
+    (``account_tuning=False``) releases at the full (epsilon, delta) and takes the best
+    validation accuracy; tuning accounted releases at what a Gaussian noisy max over the
+    grid's validation correct-counts (std ``selection_sigma_records``) leaves, and selects
+    with that noisy max, so the whole is (epsilon, delta)-DP.
+    """
+    rng = rng or np.random.default_rng(noise_seed)
+    noisy_sel = account_tuning and not math.isinf(epsilon) and len(ridge_scales) > 1
+    sel = selection_multiplier(len(ridge_scales), selection_sigma_records) if noisy_sel else None
+    z = accounted_multiplier(lambda m: dpls_release(m).dp_event(), epsilon, delta,
+                             selection_multiplier=sel, gaussian_load=1.0)
+    release = dp_least_squares_release(X, y, n_classes, z, noise_seed=noise_seed, stats=stats)
+    models = [release.solve(release.ridge(c)) for c in ridge_scales]
+    return _select(models, list(ridge_scales), z, X_val, y_val,
+                   selection_sigma_records if noisy_sel else 0.0, rng)
+
+
+# ------------------------------------------------------------------------ DP-FC
+
+
+@dataclass(frozen=True)
+class DPFCConfig:
+    """Full-batch DP gradient descent on a softmax linear model, preconditioned.
+
+    ``gram_share``: fraction of the run's privacy cost (in GDP mu^2) spent on the Gram
+    release; the gradient steps share the rest equally. ``lr = 1`` is a Newton step at the
+    uniform start (the softmax Hessian there is Gram / n_classes on each class direction).
+    ``ridge_scale`` in :meth:`LeastSquaresRelease.ridge` units.
+    """
+
+    steps: int = 30
+    lr: float = 0.5
+    clip: float = 1.0
+    ridge_scale: float = 1.0
+    gram_share: float = 0.25
+
+    def gram_weight(self) -> float:
+        """Gram noise multiplier / step noise multiplier: (1/w^2) / (steps + 1/w^2) is
+        ``gram_share``."""
+        return math.sqrt((1.0 - self.gram_share) / (self.gram_share * self.steps))
+
+    def gaussian_load(self) -> float:
+        return self.steps + self.gram_weight() ** -2
+
+    def dp_event(self, z: float) -> dp_accounting.DpEvent:
+        """Both releases of one run at step noise multiplier z (adaptive composition)."""
+        return dp_accounting.ComposedDpEvent([
+            dpfc_gram_release(z * self.gram_weight()).dp_event(),
+            dpfc_gradient_release(z, self).dp_event()])
+
+    def label(self) -> str:
+        return (f"steps={self.steps},lr={self.lr},clip={self.clip},"
+                f"ridge={self.ridge_scale},gram_share={self.gram_share}")
+
+
+def dpfc_gram_release(noise_multiplier: float) -> Release:
+    """DP-FC's preconditioner: the Gram's upper triangle, sensitivity ||x||^2 <= 1."""
+    return Release("dpfc_gram", GRAM_SENSITIVITY, noise_multiplier, scope="global",
+                   description="upper triangle of X^T X, ||x|| <= 1")
+
+
+def dpfc_gradient_release(noise_multiplier: float, config: DPFCConfig) -> Release:
+    """One full-batch gradient per step: the sum of per-record gradients each clipped to
+    Frobenius norm ``clip``, so adding or removing a record moves it by at most ``clip``."""
+    return Release("dpfc_gradient", config.clip, noise_multiplier, repetitions=config.steps,
+                   scope="global", description="sum of clipped per-record softmax gradients")
+
+
+def per_record_gradient_norms(X: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    """Frobenius norms of the per-record softmax gradients x (p - y)^T: ||x|| ||p - y||."""
+    return np.linalg.norm(X, axis=1) * np.linalg.norm(residual, axis=1)
+
+
+def train_dpfc(X: np.ndarray, y: np.ndarray, n_classes: int, config: DPFCConfig,
+               noise_multiplier: float, *, noise_seed: int | None = None,
+               gram: np.ndarray | None = None) -> np.ndarray:
+    """DP-FC weights (d, K): releases the Gram (noise multiplier ``noise_multiplier *
+    gram_weight``), then ``steps`` noisy clipped full-batch gradients (``noise_multiplier``
+    each), W <- W - lr * K * P^-1 g with P the PSD-repaired noisy Gram + ridge.
+
+    ``gram``: the exact X^T X of the normalised records, when already computed."""
+    Xb = np.asarray(bound_norms(X, 1.0, normalize=True), dtype=np.float64)
+    Y = one_hot(y, n_classes)
+    d = Xb.shape[1]
+    noise = NoiseSource(noise_seed)
+    g_release = dpfc_gram_release(noise_multiplier * config.gram_weight())
+    exact = gram if gram is not None else Xb.T @ Xb
+    pre = LeastSquaresRelease.from_gram(exact + noise.symmetric_gaussian(g_release, d),
+                                        np.zeros((d, 0)), g_release.sigma)
+    ridge = pre.ridge(config.ridge_scale)
+    step_release = dpfc_gradient_release(noise_multiplier, config)
+    W = np.zeros((d, n_classes))
+    for _ in range(config.steps):
+        logits = Xb @ W
+        logits -= logits.max(1, keepdims=True)
+        P = np.exp(logits)
+        P /= P.sum(1, keepdims=True)
+        R = P - Y
+        # Per-record clipping without materialising the (n, d, K) gradients: each record's
+        # gradient x (p - y)^T is rank one, so its norm is a product of two norms.
+        factor = np.minimum(1.0, config.clip / np.maximum(per_record_gradient_norms(Xb, R),
+                                                          1e-12))
+        grad = Xb.T @ (R * factor[:, None]) + noise.gaussian(step_release, (d, n_classes))
+        # P^-1 grad through the eigenpairs: the inverse of the repaired Gram + ridge.
+        W -= config.lr * n_classes * (pre.vecs @ ((pre.vecs.T @ grad)
+                                                  / (pre.vals + ridge)[:, None]))
+    return W
+
+
+def dp_fc(X: np.ndarray, y: np.ndarray, n_classes: int, epsilon: float, delta: float,
+          grid: Sequence[DPFCConfig], X_val: np.ndarray, y_val: np.ndarray, *,
+          account_tuning: bool, selection_sigma_records: float = 30.0,
+          noise_seed: int | None = None, gram: np.ndarray | None = None,
+          rng: np.random.Generator | None = None) -> Selected:
+    """DP-FC, best of ``grid`` on the validation split.
+
+    Tuning free: every configuration trained at the full (epsilon, delta), the best
+    validation accuracy taken (its cost not accounted). Tuning accounted: every
+    configuration trained at one step noise multiplier such that all their releases and a
+    Gaussian noisy max over the validation correct-counts compose to (epsilon, delta).
+    """
+    rng = rng or np.random.default_rng(noise_seed)
+    seeds = (list(np.random.SeedSequence(noise_seed).generate_state(len(grid)))
+             if noise_seed is not None else [None] * len(grid))
+    if account_tuning and not math.isinf(epsilon):
+        sel = selection_multiplier(len(grid), selection_sigma_records) if len(grid) > 1 else None
+        z = accounted_multiplier(
+            lambda m: dp_accounting.ComposedDpEvent([c.dp_event(m) for c in grid]),
+            epsilon, delta, selection_multiplier=sel,
+            gaussian_load=sum(c.gaussian_load() for c in grid))
+        multipliers = [z] * len(grid)
+        sigma_records = selection_sigma_records if sel is not None else 0.0
+    else:
+        multipliers = [accounted_multiplier(c.dp_event, epsilon, delta,
+                                            gaussian_load=c.gaussian_load()) for c in grid]
+        sigma_records = 0.0
+    models = [train_dpfc(X, y, n_classes, c, m, noise_seed=None if s is None else int(s),
+                         gram=gram)
+              for c, m, s in zip(grid, multipliers, seeds, strict=True)]
+    chosen = _select(models, list(grid), multipliers[0], X_val, y_val, sigma_records, rng)
+    chosen.noise_multiplier = multipliers[list(grid).index(chosen.config)]
+    return chosen
+
+
+# --------------------------------------------- closed forms from dpsynth's releases
+# These read only a fitted DPSynthesizer's released (already DP) attributes: computing them
+# is post-processing and costs no privacy budget beyond the synthesizer's own.
+
+
+def _pooled_covariance(synth) -> tuple[np.ndarray | None, np.ndarray, float]:
+    """(basis V (d, q) or None, pooled covariance A in V's coordinates (q, q) or in the
+    embedding space (d, d) without a basis, isotropic residual variance outside V)."""
+    w = np.asarray(synth.weights_, dtype=float)
+    w = w / w.sum()
+    covs = np.asarray(synth.covariances_, dtype=float)
+    basis = synth.subspace_
+    d = synth.n_features_in_
+    if covs.ndim == 1:  # spherical: one variance per component, whole space
+        return None, np.eye(d) * float(w @ covs), 0.0
+    if covs.ndim == 2:  # diagonal
+        covs = np.stack([np.diag(c) for c in covs])
+    pooled = np.einsum("k,kij->ij", w, covs)
+    residual = float(w @ np.asarray(synth.residual_var_, dtype=float))
+    return basis, pooled, max(residual, synth.covariance_floor)
+
+
+def released_lda(synth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Plug-in LDA from the fitted synthesizer's released mixture: component means, a
+    pooled covariance (weights-averaged component covariances: V A V^T + s (I - V V^T)),
+    log component weights. Returns (coef (d, K), intercept (K,), component_class (K,)):
+    the class of ``component_class[argmax(x coef + intercept)]``. One component per class
+    (the default) is plain LDA."""
+    basis, A, s = _pooled_covariance(synth)
+    means = np.asarray(synth.means_, dtype=float)  # (K, d)
+    if basis is None:
+        coef = np.linalg.solve(A, means.T)
+    else:
+        proj = basis.T @ means.T  # (q, K)
+        coef = basis @ np.linalg.solve(A, proj) + (means.T - basis @ proj) / s
+    w = np.asarray(synth.weights_, dtype=float)
+    intercept = -0.5 * np.einsum("kd,dk->k", means, coef) + np.log(w / w.sum())
+    return coef, intercept, np.asarray(synth.component_class_)
+
+
+def released_least_squares(synth) -> LeastSquaresRelease | None:
+    """DP-LS statistics from the synthesizer's releases: the Gram as its released top
+    eigenpairs (V, lambda) plus the released trace's remainder spread evenly over the
+    complement, and X^T Y as the released class sums (records normalised, labels one-hot:
+    column c of X^T Y is class c's sum). ``None`` when no Gram was released (no subspace).
+    """
+    clusters = synth.clusters_
+    if clusters.subspace is None or clusters.eigenvalues is None:
+        return None
+    V, lam = clusters.subspace, np.asarray(clusters.eigenvalues, dtype=float)
+    d, r = V.shape
+    residual = max(clusters.trace - lam.sum(), 0.0) / (d - r) if d > r else 0.0
+    plan = synth.privacy_plan_
+    sigma = plan.release("subspace_second_moment").sigma if "subspace_second_moment" in plan \
+        else 0.0
+    return LeastSquaresRelease(np.maximum(lam, 0.0), V, np.asarray(clusters.class_sums).T,
+                               sigma, residual)
