@@ -10,6 +10,7 @@ import math
 import textwrap
 from dataclasses import replace
 
+import dp_accounting
 import numpy as np
 import pytest
 
@@ -27,6 +28,7 @@ from dpsynth.privacy import (
     validate_epsilon_delta,
     validation,
 )
+from dpsynth.privacy.accounting import gaussian_event, pld_epsilon
 from dpsynth.privacy.plan import (
     PlanMismatchError,
     check_same_noise,
@@ -548,3 +550,28 @@ def test_the_budget_module_only_assembles():
         "lsh_level_counts": 4.0, "lsh_leaf_sums": 1.0, "lloyd_counts": 4.0,
         "lloyd_sums": 1.0, "component_counts": 4.0, "component_sums": 1.0,
         "second_moments": 1.0}
+
+
+@pytest.mark.parametrize("event", [
+    dp_accounting.GaussianDpEvent(1.3),
+    dp_accounting.ComposedDpEvent([gaussian_event(0.74), gaussian_event(5.9, 3),
+                                   gaussian_event(1.48), gaussian_event(1.48)]),
+    dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(dp_accounting.ComposedDpEvent(
+            [gaussian_event(0.74), gaussian_event(1.48, 2)]), 5),
+        dp_accounting.NoOpDpEvent(), gaussian_event(2.0)]),
+    dp_accounting.ComposedDpEvent([gaussian_event(1.0), dp_accounting.NonPrivateDpEvent()]),
+    dp_accounting.ComposedDpEvent([gaussian_event(1.0), dp_accounting.LaplaceDpEvent(3.0)]),
+])
+def test_pld_epsilon_is_the_accountants_bit_for_bit(event):
+    """The cached-Gaussian shortcut of pld_epsilon gives PLDAccountant's own number, also
+    when the cache is warm (each event twice), and falls back for other mechanisms."""
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+
+    from dpsynth.privacy.accounting import PLD_DISCRETIZATION
+
+    accountant = PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
+    accountant.compose(event)
+    expected = float(accountant.get_epsilon(1e-5))
+    assert pld_epsilon(event, 1e-5) == expected
+    assert pld_epsilon(event, 1e-5) == expected
