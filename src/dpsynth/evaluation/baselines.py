@@ -426,6 +426,21 @@ def per_record_gradient_norms(X: np.ndarray, residual: np.ndarray) -> np.ndarray
     return np.linalg.norm(X, axis=1) * np.linalg.norm(residual, axis=1)
 
 
+def clipped_gradient_sum(Xb: np.ndarray, Y: np.ndarray, W: np.ndarray,
+                         clip: float) -> np.ndarray:
+    """Sum over records of the softmax cross-entropy gradient w.r.t. W (d, K), each record's
+    clipped to Frobenius norm ``clip``: DP-FC's per-step statistic before noise."""
+    logits = Xb @ W
+    logits -= logits.max(1, keepdims=True)
+    P = np.exp(logits)
+    P /= P.sum(1, keepdims=True)
+    R = P - Y
+    # Per-record clipping without materialising the (n, d, K) gradients: each record's
+    # gradient x (p - y)^T is rank one, so its norm is a product of two norms.
+    factor = np.minimum(1.0, clip / np.maximum(per_record_gradient_norms(Xb, R), 1e-12))
+    return Xb.T @ (R * factor[:, None])
+
+
 def train_dpfc(X: np.ndarray, y: np.ndarray, n_classes: int, config: DPFCConfig,
                noise_multiplier: float, *, noise_seed: int | None = None,
                gram: np.ndarray | None = None) -> np.ndarray:
@@ -446,16 +461,8 @@ def train_dpfc(X: np.ndarray, y: np.ndarray, n_classes: int, config: DPFCConfig,
     step_release = dpfc_gradient_release(noise_multiplier, config)
     W = np.zeros((d, n_classes))
     for _ in range(config.steps):
-        logits = Xb @ W
-        logits -= logits.max(1, keepdims=True)
-        P = np.exp(logits)
-        P /= P.sum(1, keepdims=True)
-        R = P - Y
-        # Per-record clipping without materialising the (n, d, K) gradients: each record's
-        # gradient x (p - y)^T is rank one, so its norm is a product of two norms.
-        factor = np.minimum(1.0, config.clip / np.maximum(per_record_gradient_norms(Xb, R),
-                                                          1e-12))
-        grad = Xb.T @ (R * factor[:, None]) + noise.gaussian(step_release, (d, n_classes))
+        grad = (clipped_gradient_sum(Xb, Y, W, config.clip)
+                + noise.gaussian(step_release, (d, n_classes)))
         # P^-1 grad through the eigenpairs: the inverse of the repaired Gram + ridge.
         W -= config.lr * n_classes * (pre.vecs @ ((pre.vecs.T @ grad)
                                                   / (pre.vals + ridge)[:, None]))
