@@ -23,6 +23,9 @@ from dpsynth.evaluation.baselines import (
     dp_least_squares,
     dp_least_squares_release,
     dpfc_gradient_release,
+    dpfc_grid_event,
+    dpfc_grid_gram_weight,
+    dpfc_grid_load,
     dpls_release,
     dpsgd_noise_multiplier,
     least_squares_statistics,
@@ -154,14 +157,26 @@ def test_dpfc_multiplier_composes_to_target_with_its_gram_share():
 
 def test_tuning_accounted_schemes_compose_back_to_at_most_target():
     eps = 1.0
-    grid = [DPFCConfig(steps=5), DPFCConfig(steps=15, lr=1.0, gram_share=0.5)]
+    grid = [DPFCConfig(steps=5), DPFCConfig(steps=15, lr=1.0, ridge_scale=4.0)]
     sel = selection_multiplier(len(grid), 30.0)
-    z = accounted_multiplier(
-        lambda m: dp_accounting.ComposedDpEvent([c.dp_event(m) for c in grid]), eps, DELTA,
-        selection_multiplier=sel, gaussian_load=sum(c.gaussian_load() for c in grid))
-    event = dp_accounting.ComposedDpEvent([*(c.dp_event(z) for c in grid),
-                                           dp_accounting.GaussianDpEvent(sel)])
+    z = accounted_multiplier(lambda m: dpfc_grid_event(grid, m), eps, DELTA,
+                             selection_multiplier=sel, gaussian_load=dpfc_grid_load(grid))
+    # Written out release by release: one shared Gram, each configuration's steps, the
+    # selection.
+    w = dpfc_grid_gram_weight(grid)
+    event = dp_accounting.ComposedDpEvent([
+        dp_accounting.GaussianDpEvent(z * w),
+        *(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), c.steps)
+          for c in grid),
+        dp_accounting.GaussianDpEvent(sel)])
     assert 0.97 * eps <= accounted_epsilon(event, DELTA) <= eps
+    # The shared Gram takes gram_share of the grid's mu^2.
+    steps_mu2 = sum(c.steps for c in grid) / z**2
+    assert (1 / (w * z) ** 2) / (steps_mu2 + 1 / (w * z) ** 2) == pytest.approx(0.25)
+    # One configuration: the shared scheme is that configuration's own.
+    assert dpfc_grid_gram_weight(grid[:1]) == pytest.approx(grid[0].gram_weight())
+    with pytest.raises(ValueError, match="gram_share"):
+        dpfc_grid_gram_weight([DPFCConfig(gram_share=0.25), DPFCConfig(gram_share=0.5)])
     # DP-LS: one release + the selection among the ridges.
     sel_ls = selection_multiplier(6, 30.0)
     z_ls = accounted_multiplier(lambda m: dpls_release(m).dp_event(), eps, DELTA,
@@ -212,9 +227,11 @@ def test_dpls_and_dpfc_learn_an_easy_problem():
         ls = dp_least_squares(X_tr, y_tr, 3, eps, DELTA, (0.1, 1.0), X_val, y_val,
                               account_tuning=True, noise_seed=1)
         assert (linear_predict(ls.weights, X_te) == y_te).mean() >= floor
-        fc = dp_fc(X_tr, y_tr, 3, eps, DELTA, [DPFCConfig(steps=10, lr=0.5)], X_val, y_val,
-                   account_tuning=False, noise_seed=1)
-        assert (linear_predict(fc.weights, X_te) == y_te).mean() >= floor
+        for accounted in (False, True):
+            fc = dp_fc(X_tr, y_tr, 3, eps, DELTA,
+                       [DPFCConfig(steps=10, lr=0.5), DPFCConfig(steps=5, lr=1.0)], X_val,
+                       y_val, account_tuning=accounted, noise_seed=1)
+            assert (linear_predict(fc.weights, X_te) == y_te).mean() >= floor
 
 
 def test_closed_forms_from_dpsynth_release_without_noise():

@@ -441,22 +441,56 @@ def clipped_gradient_sum(Xb: np.ndarray, Y: np.ndarray, W: np.ndarray,
     return Xb.T @ (R * factor[:, None])
 
 
+def dpfc_grid_gram_weight(grid: Sequence[DPFCConfig]) -> float:
+    """Gram noise multiplier / step noise multiplier when one Gram release serves every
+    configuration of ``grid`` (tuning accounted): the Gram takes the grid's common
+    ``gram_share`` of the whole grid's mu^2. One configuration: its own gram_weight."""
+    shares = {c.gram_share for c in grid}
+    if len(shares) != 1:
+        raise ValueError(f"a shared Gram release needs one gram_share, got {sorted(shares)}")
+    share = shares.pop()
+    return math.sqrt((1.0 - share) / (share * sum(c.steps for c in grid)))
+
+
+def dpfc_grid_event(grid: Sequence[DPFCConfig], z: float) -> dp_accounting.DpEvent:
+    """One shared Gram release and every configuration's gradient steps at step noise
+    multiplier z."""
+    return dp_accounting.ComposedDpEvent([
+        dpfc_gram_release(z * dpfc_grid_gram_weight(grid)).dp_event(),
+        *(dpfc_gradient_release(z, c).dp_event() for c in grid)])
+
+
+def dpfc_grid_load(grid: Sequence[DPFCConfig]) -> float:
+    """:func:`accounted_multiplier`'s ``gaussian_load`` of :func:`dpfc_grid_event`."""
+    return sum(c.steps for c in grid) + dpfc_grid_gram_weight(grid) ** -2
+
+
+def dpfc_preconditioner(gram: np.ndarray, noise_multiplier: float,
+                        noise: NoiseSource) -> LeastSquaresRelease:
+    """Release ``dpfc_gram`` (sensitivity 1) from the exact Gram, PSD-repaired."""
+    release = dpfc_gram_release(noise_multiplier)
+    return LeastSquaresRelease.from_gram(gram + noise.symmetric_gaussian(release, len(gram)),
+                                         np.zeros((len(gram), 0)), release.sigma)
+
+
 def train_dpfc(X: np.ndarray, y: np.ndarray, n_classes: int, config: DPFCConfig,
                noise_multiplier: float, *, noise_seed: int | None = None,
-               gram: np.ndarray | None = None) -> np.ndarray:
+               gram: np.ndarray | None = None,
+               preconditioner: LeastSquaresRelease | None = None) -> np.ndarray:
     """DP-FC weights (d, K): releases the Gram (noise multiplier ``noise_multiplier *
     gram_weight``), then ``steps`` noisy clipped full-batch gradients (``noise_multiplier``
     each), W <- W - lr * K * P^-1 g with P the PSD-repaired noisy Gram + ridge.
 
-    ``gram``: the exact X^T X of the normalised records, when already computed."""
+    ``gram``: the exact X^T X of the normalised records, when already computed.
+    ``preconditioner``: a Gram release already made (and paid for) by the caller, shared
+    by several configurations; then no Gram is released here."""
     Xb = np.asarray(bound_norms(X, 1.0, normalize=True), dtype=np.float64)
     Y = one_hot(y, n_classes)
     d = Xb.shape[1]
     noise = NoiseSource(noise_seed)
-    g_release = dpfc_gram_release(noise_multiplier * config.gram_weight())
-    exact = gram if gram is not None else Xb.T @ Xb
-    pre = LeastSquaresRelease.from_gram(exact + noise.symmetric_gaussian(g_release, d),
-                                        np.zeros((d, 0)), g_release.sigma)
+    pre = preconditioner or dpfc_preconditioner(
+        gram if gram is not None else Xb.T @ Xb,
+        noise_multiplier * config.gram_weight(), noise)
     ridge = pre.ridge(config.ridge_scale)
     step_release = dpfc_gradient_release(noise_multiplier, config)
     W = np.zeros((d, n_classes))
@@ -477,28 +511,34 @@ def dp_fc(X: np.ndarray, y: np.ndarray, n_classes: int, epsilon: float, delta: f
     """DP-FC, best of ``grid`` on the validation split.
 
     Tuning free: every configuration trained at the full (epsilon, delta), the best
-    validation accuracy taken (its cost not accounted). Tuning accounted: every
-    configuration trained at one step noise multiplier such that all their releases and a
-    Gaussian noisy max over the validation correct-counts compose to (epsilon, delta).
+    validation accuracy taken (its cost not accounted). Tuning accounted: one Gram release
+    shared by every configuration (the ridge is post-processing of it) and every
+    configuration's steps at one step noise multiplier such that these and a Gaussian noisy
+    max over the validation correct-counts compose to (epsilon, delta)
+    (:func:`dpfc_grid_event`).
     """
     rng = rng or np.random.default_rng(noise_seed)
-    seeds = (list(np.random.SeedSequence(noise_seed).generate_state(len(grid)))
-             if noise_seed is not None else [None] * len(grid))
+    seeds = (list(np.random.SeedSequence(noise_seed).generate_state(len(grid) + 1))
+             if noise_seed is not None else [None] * (len(grid) + 1))
+    pre = None
     if account_tuning and not math.isinf(epsilon):
         sel = selection_multiplier(len(grid), selection_sigma_records) if len(grid) > 1 else None
-        z = accounted_multiplier(
-            lambda m: dp_accounting.ComposedDpEvent([c.dp_event(m) for c in grid]),
-            epsilon, delta, selection_multiplier=sel,
-            gaussian_load=sum(c.gaussian_load() for c in grid))
+        z = accounted_multiplier(lambda m: dpfc_grid_event(grid, m), epsilon, delta,
+                                 selection_multiplier=sel, gaussian_load=dpfc_grid_load(grid))
         multipliers = [z] * len(grid)
         sigma_records = selection_sigma_records if sel is not None else 0.0
+        if gram is None:
+            Xb = np.asarray(bound_norms(X, 1.0, normalize=True), dtype=np.float64)
+            gram = Xb.T @ Xb
+        pre = dpfc_preconditioner(gram, z * dpfc_grid_gram_weight(grid),
+                                  NoiseSource(None if seeds[-1] is None else int(seeds[-1])))
     else:
         multipliers = [accounted_multiplier(c.dp_event, epsilon, delta,
                                             gaussian_load=c.gaussian_load()) for c in grid]
         sigma_records = 0.0
     models = [train_dpfc(X, y, n_classes, c, m, noise_seed=None if s is None else int(s),
-                         gram=gram)
-              for c, m, s in zip(grid, multipliers, seeds, strict=True)]
+                         gram=gram, preconditioner=pre)
+              for c, m, s in zip(grid, multipliers, seeds, strict=False)]
     chosen = _select(models, list(grid), multipliers[0], X_val, y_val, sigma_records, rng)
     chosen.noise_multiplier = multipliers[list(grid).index(chosen.config)]
     return chosen
