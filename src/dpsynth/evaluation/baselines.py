@@ -426,19 +426,27 @@ def per_record_gradient_norms(X: np.ndarray, residual: np.ndarray) -> np.ndarray
     return np.linalg.norm(X, axis=1) * np.linalg.norm(residual, axis=1)
 
 
-def clipped_gradient_sum(Xb: np.ndarray, Y: np.ndarray, W: np.ndarray,
-                         clip: float) -> np.ndarray:
+def clipped_gradient_sum(Xb: np.ndarray, Y: np.ndarray, W: np.ndarray, clip: float,
+                         x_norms: np.ndarray | None = None) -> np.ndarray:
     """Sum over records of the softmax cross-entropy gradient w.r.t. W (d, K), each record's
-    clipped to Frobenius norm ``clip``: DP-FC's per-step statistic before noise."""
-    logits = Xb @ W
+    clipped to Frobenius norm ``clip``: DP-FC's per-step statistic before noise.
+
+    The two products over all records run in ``Xb``'s dtype: float32 embeddings are not
+    copied to float64 at every step (a 54k x 1280 copy is most of a step's time); rounding
+    is ~1e-7 relative, orders of magnitude below the step's noise (std z * clip, z >= 1).
+    The clipping factors are computed in float64 from ``x_norms`` (the records' norms,
+    computed once by the caller, or here)."""
+    logits = (Xb @ W.astype(Xb.dtype)).astype(np.float64)
     logits -= logits.max(1, keepdims=True)
     P = np.exp(logits)
     P /= P.sum(1, keepdims=True)
     R = P - Y
+    if x_norms is None:
+        x_norms = np.linalg.norm(np.asarray(Xb, dtype=np.float64), axis=1)
     # Per-record clipping without materialising the (n, d, K) gradients: each record's
     # gradient x (p - y)^T is rank one, so its norm is a product of two norms.
-    factor = np.minimum(1.0, clip / np.maximum(per_record_gradient_norms(Xb, R), 1e-12))
-    return Xb.T @ (R * factor[:, None])
+    factor = np.minimum(1.0, clip / np.maximum(x_norms * np.linalg.norm(R, axis=1), 1e-12))
+    return (Xb.T @ (R * factor[:, None]).astype(Xb.dtype)).astype(np.float64)
 
 
 def dpfc_grid_gram_weight(grid: Sequence[DPFCConfig]) -> float:
@@ -484,18 +492,19 @@ def train_dpfc(X: np.ndarray, y: np.ndarray, n_classes: int, config: DPFCConfig,
     ``gram``: the exact X^T X of the normalised records, when already computed.
     ``preconditioner``: a Gram release already made (and paid for) by the caller, shared
     by several configurations; then no Gram is released here."""
-    Xb = np.asarray(bound_norms(X, 1.0, normalize=True), dtype=np.float64)
+    Xb = bound_norms(X, 1.0, normalize=True)  # float32 stays float32: see the gradient
+    x_norms = np.linalg.norm(np.asarray(Xb, dtype=np.float64), axis=1)
     Y = one_hot(y, n_classes)
     d = Xb.shape[1]
     noise = NoiseSource(noise_seed)
     pre = preconditioner or dpfc_preconditioner(
-        gram if gram is not None else Xb.T @ Xb,
+        gram if gram is not None else least_squares_statistics(X, y, n_classes)[0],
         noise_multiplier * config.gram_weight(), noise)
     ridge = pre.ridge(config.ridge_scale)
     step_release = dpfc_gradient_release(noise_multiplier, config)
     W = np.zeros((d, n_classes))
     for _ in range(config.steps):
-        grad = (clipped_gradient_sum(Xb, Y, W, config.clip)
+        grad = (clipped_gradient_sum(Xb, Y, W, config.clip, x_norms)
                 + noise.gaussian(step_release, (d, n_classes)))
         # P^-1 grad through the eigenpairs: the inverse of the repaired Gram + ridge.
         W -= config.lr * n_classes * (pre.vecs @ ((pre.vecs.T @ grad)
@@ -528,8 +537,7 @@ def dp_fc(X: np.ndarray, y: np.ndarray, n_classes: int, epsilon: float, delta: f
         multipliers = [z] * len(grid)
         sigma_records = selection_sigma_records if sel is not None else 0.0
         if gram is None:
-            Xb = np.asarray(bound_norms(X, 1.0, normalize=True), dtype=np.float64)
-            gram = Xb.T @ Xb
+            gram = least_squares_statistics(X, y, n_classes)[0]
         pre = dpfc_preconditioner(gram, z * dpfc_grid_gram_weight(grid),
                                   NoiseSource(None if seeds[-1] is None else int(seeds[-1])))
     else:
