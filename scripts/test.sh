@@ -5,4 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true
 .venv/bin/ruff check src tests benchmarks
-.venv/bin/python -m pytest -q "$@"
+# Two or more workers (pytest-xdist), one per core; a file's tests stay on one worker, so
+# its module fixtures (an MLflow server, a PostgreSQL cluster) start once. The test run is
+# CPU-bound: on 2 cores it took the suite from 13 min 53 s (serial) to 6 min 45 s.
+# DPSYNTH_TEST_WORKERS=0 runs serially.
+.venv/bin/python -m pytest -q -n "${DPSYNTH_TEST_WORKERS:-auto}" --dist loadfile "$@"

@@ -10,10 +10,22 @@ variable lands in its own home); subprocesses (CLI runs, kfp's local runner) inh
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dpsynth.privacy.ledger_store import LEDGER_URI_ENV
 from dpsynth.tracking import HOME_ENV
+
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+    # pytest-xdist (scripts/test.sh): several workers share the cores. torch's OpenMP pool
+    # sized to every core in every worker oversubscribes them, and its spin-waits then make
+    # a small MLP many times slower. Its share of the cores each; numpy's BLAS is left as
+    # it is, because the pinned outputs were computed with its default threads.
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _XDIST_WORKERS))
 
 
 @pytest.fixture(scope="session", autouse=True)
