@@ -337,7 +337,9 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     if not args.quick:
-        plot(rows, ROOT / f"docs/{stem}.png", args.image_size)
+        # Named after the results file, so that a partial --methods run written to another
+        # --out never replaces the committed plot.
+        plot(rows, ROOT / "docs" / f"{Path(args.out).stem}.png", args.image_size)
         if "many-models" in methods:
             plot_many_models(rows, ROOT / "docs" / ("many_models.png" if args.image_size == 64
                                                     else f"many_models-{args.image_size}px.png"))
