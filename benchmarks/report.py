@@ -13,8 +13,9 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def utility_table() -> str:
-    data = json.loads((RESULTS / "utility.json").read_text())
+def utility_table(name: str = "utility") -> str:
+    """The table of a utility.py results file: utility.json (64 px) or another --out."""
+    data = json.loads((RESULTS / f"{name}.json").read_text())
     rows = data["rows"]
     eps = list(dict.fromkeys(str(r["epsilon"]) for r in rows if r["method"] != "nonprivate-mlp"))
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -92,7 +93,10 @@ def covariance_variants_table() -> str:
 
 
 if __name__ == "__main__":
-    for name, fn in (("utility", utility_table), ("scale", scale_table),
+    for name, fn in (("utility", utility_table),
+                     ("utility-160px", lambda: utility_table("utility-160px")),
+                     ("utility-baselines-64px", lambda: utility_table("utility-baselines-64px")),
+                     ("scale", scale_table),
                      ("run_time", run_time_table), ("oracle_bound", oracle_bound_table),
                      ("covariance_variants", covariance_variants_table)):
         if (RESULTS / f"{name}.json").exists():

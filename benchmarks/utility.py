@@ -86,6 +86,7 @@ from dpsynth.evaluation.baselines import (  # noqa: E402
     released_lda,
     released_least_squares,
     selection_multiplier,
+    selection_sigma_records,
     train_dpsgd,
 )
 
@@ -274,7 +275,8 @@ def main() -> None:
             if "dp-ls" in methods:
                 sel = dp_least_squares(X_tr, y_tr, 10, eps, DELTA, DPLS_RIDGE_SCALES, X_val,
                                        y_val, account_tuning=accounted,
-                                       selection_sigma_records=SELECTION_SIGMA_RECORDS,
+                                       selection_sigma_records=selection_sigma_records(
+                                           eps, DELTA, len(DPLS_RIDGE_SCALES)),
                                        stats=ls_stats)
                 add("dp-ls" + suffix, eps,
                     float((linear_predict(sel.weights, X_test) == y_test).mean()),
@@ -283,7 +285,8 @@ def main() -> None:
             if "dp-fc" in methods:
                 sel = dp_fc(X_tr, y_tr, 10, eps, DELTA, DPFC_GRID, X_val, y_val,
                             account_tuning=accounted,
-                            selection_sigma_records=SELECTION_SIGMA_RECORDS,
+                            selection_sigma_records=selection_sigma_records(
+                                eps, DELTA, len(DPFC_GRID)),
                             gram=ls_stats[0])
                 add("dp-fc" + suffix, eps,
                     float((linear_predict(sel.weights, X_test) == y_test).mean()),

@@ -36,6 +36,7 @@ from dpsynth.evaluation.baselines import (
     released_lda,
     released_least_squares,
     selection_multiplier,
+    selection_sigma_records,
 )
 from dpsynth.preprocessing import bound_norms
 
@@ -187,6 +188,27 @@ def test_tuning_accounted_schemes_compose_back_to_at_most_target():
     # The selection's share costs the release some noise, never less.
     assert z_ls > accounted_multiplier(lambda m: dpls_release(m).dp_event(), eps, DELTA,
                                        gaussian_load=1.0)
+
+
+@pytest.mark.parametrize("eps", [0.25, 0.5, 1.0])
+def test_the_selection_noise_leaves_the_release_at_least_half_the_budget(eps):
+    """At eps = 0.25 a fixed 30-record noisy max over 6 ridges alone spends more than eps;
+    the budget-aware noise keeps its GDP share at most one half, and the whole composes to
+    at most eps."""
+    with pytest.raises(ValueError, match="selection alone"):
+        accounted_multiplier(lambda m: dpls_release(m).dp_event(), 0.25, DELTA,
+                             selection_multiplier=selection_multiplier(6, 30.0),
+                             gaussian_load=1.0)
+    sigma = selection_sigma_records(eps, DELTA, 6)
+    assert sigma >= 30.0
+    sel = selection_multiplier(6, sigma)
+    mu2 = dp_accounting.get_sigma_gaussian(eps, DELTA) ** -2
+    assert sel ** -2 <= 0.5 * mu2 * (1 + 1e-9)
+    z = accounted_multiplier(lambda m: dpls_release(m).dp_event(), eps, DELTA,
+                             selection_multiplier=sel, gaussian_load=1.0)
+    event = dp_accounting.ComposedDpEvent([dpls_release(z).dp_event(),
+                                           dp_accounting.GaussianDpEvent(sel)])
+    assert accounted_epsilon(event, DELTA) <= eps
 
 
 def test_many_models_multiplier_composes_m_runs_to_target():

@@ -133,6 +133,19 @@ def selection_multiplier(n_configs: int, sigma_records: float) -> float:
     return sigma_records / math.sqrt(n_configs)
 
 
+def selection_sigma_records(epsilon: float, delta: float, n_configs: int, *,
+                            floor: float = 30.0, max_share: float = 0.5) -> float:
+    """Noise std (in validation records) of a noisy max over ``n_configs`` counts: at least
+    ``floor``, and enough that the selection spends at most ``max_share`` of the budget in
+    GDP terms (mu_sel^2 <= max_share * mu^2, mu the budget's Gaussian-equivalent), so that a
+    small epsilon still leaves the training most of it. From public inputs only."""
+    if math.isinf(epsilon):
+        return floor
+    mu = 1.0 / dp_accounting.get_sigma_gaussian(epsilon, delta)
+    least_multiplier = 1.0 / (math.sqrt(max_share) * mu)
+    return max(floor, least_multiplier * math.sqrt(n_configs))
+
+
 def noisy_argmax(correct_counts: Sequence[float], sigma_records: float,
                  rng: np.random.Generator) -> int:
     """Index of the largest count after adding N(0, sigma_records^2) to each (no noise when
