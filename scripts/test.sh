@@ -7,6 +7,6 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true
 .venv/bin/ruff check src tests benchmarks
 # Two or more workers (pytest-xdist), one per core; a file's tests stay on one worker, so
 # its module fixtures (an MLflow server, a PostgreSQL cluster) start once. The test run is
-# CPU-bound: on 2 cores it took the suite from 13 min 53 s (serial) to 6 min 45 s.
+# CPU-bound: on 2 idle cores it took the suite from 13 min 53 s (serial) to 5 min 31 s.
 # DPSYNTH_TEST_WORKERS=0 runs serially.
 .venv/bin/python -m pytest -q -n "${DPSYNTH_TEST_WORKERS:-auto}" --dist loadfile "$@"
