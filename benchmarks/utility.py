@@ -344,8 +344,16 @@ def main() -> None:
         # --out never replaces the committed plot.
         plot(rows, ROOT / "docs" / f"{Path(args.out).stem}.png", args.image_size)
         if "many-models" in methods:
-            plot_many_models(rows, ROOT / "docs" / ("many_models.png" if args.image_size == 64
-                                                    else f"many_models-{args.image_size}px.png"))
+            # dpsynth's reference lines: this run's rows, else the committed full run's at
+            # this size (a --methods dp-sgd many-models run has no dpsynth rows of its own).
+            reference = rows
+            committed = ROOT / "benchmarks/results" / f"{stem}.json"
+            if "dpsynth" not in methods and committed.exists():
+                reference = rows + [r for r in json.loads(committed.read_text())["rows"]
+                                    if r["method"] == "dpsynth"]
+            plot_many_models(reference, ROOT / "docs" / (
+                "many_models.png" if args.image_size == 64
+                else f"many_models-{args.image_size}px.png"))
     print(f"wrote {args.out}")
 
 
