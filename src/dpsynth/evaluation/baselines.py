@@ -29,6 +29,7 @@ from torch import nn
 
 from dpsynth.clustering.stats import nearest_centre
 from dpsynth.evaluation.mlp import make_mlp
+from dpsynth.gmm.subspace import SUBSPACE_SECOND_MOMENT
 from dpsynth.preprocessing import bound_norms
 from dpsynth.privacy import NoiseSource, Release, ReleaseSpec, build_plan
 
@@ -168,6 +169,12 @@ class DPSGDConfig:
     def label(self) -> str:
         return (f"hidden={self.hidden},lr={self.lr},epochs={self.epochs},"
                 f"batch={self.batch_size},clip={self.clip}")
+
+    def schedule(self, n: int) -> tuple[float, int]:
+        """(Poisson sampling rate, optimiser steps) of a training on ``n`` records: what
+        :func:`dpsgd_noise_multiplier` accounts for."""
+        sample_rate = self.batch_size / n
+        return sample_rate, self.epochs * int(round(1 / sample_rate))
 
 
 def dpsgd_noise_multiplier(sample_rate: float, steps: int, epsilon: float, delta: float,
@@ -402,19 +409,18 @@ class DPFCConfig:
     ridge_scale: float = 1.0
     gram_share: float = 0.25
 
+    # One run is the grid of one configuration: its own Gram release and its steps.
     def gram_weight(self) -> float:
         """Gram noise multiplier / step noise multiplier: (1/w^2) / (steps + 1/w^2) is
         ``gram_share``."""
-        return math.sqrt((1.0 - self.gram_share) / (self.gram_share * self.steps))
+        return dpfc_grid_gram_weight([self])
 
     def gaussian_load(self) -> float:
-        return self.steps + self.gram_weight() ** -2
+        return dpfc_grid_load([self])
 
     def dp_event(self, z: float) -> dp_accounting.DpEvent:
         """Both releases of one run at step noise multiplier z (adaptive composition)."""
-        return dp_accounting.ComposedDpEvent([
-            dpfc_gram_release(z * self.gram_weight()).dp_event(),
-            dpfc_gradient_release(z, self).dp_event()])
+        return dpfc_grid_event([self], z)
 
     def label(self) -> str:
         return (f"steps={self.steps},lr={self.lr},clip={self.clip},"
@@ -434,9 +440,13 @@ def dpfc_gradient_release(noise_multiplier: float, config: DPFCConfig) -> Releas
                    scope="global", description="sum of clipped per-record softmax gradients")
 
 
-def per_record_gradient_norms(X: np.ndarray, residual: np.ndarray) -> np.ndarray:
-    """Frobenius norms of the per-record softmax gradients x (p - y)^T: ||x|| ||p - y||."""
-    return np.linalg.norm(X, axis=1) * np.linalg.norm(residual, axis=1)
+def per_record_gradient_norms(X: np.ndarray, residual: np.ndarray,
+                              x_norms: np.ndarray | None = None) -> np.ndarray:
+    """Frobenius norms of the per-record softmax gradients x (p - y)^T: ||x|| ||p - y||
+    (each gradient is rank one). ``x_norms``: the records' norms, when already known."""
+    if x_norms is None:
+        x_norms = np.linalg.norm(np.asarray(X, dtype=np.float64), axis=1)
+    return x_norms * np.linalg.norm(residual, axis=1)
 
 
 def clipped_gradient_sum(Xb: np.ndarray, Y: np.ndarray, W: np.ndarray, clip: float,
@@ -454,18 +464,17 @@ def clipped_gradient_sum(Xb: np.ndarray, Y: np.ndarray, W: np.ndarray, clip: flo
     P = np.exp(logits)
     P /= P.sum(1, keepdims=True)
     R = P - Y
-    if x_norms is None:
-        x_norms = np.linalg.norm(np.asarray(Xb, dtype=np.float64), axis=1)
-    # Per-record clipping without materialising the (n, d, K) gradients: each record's
-    # gradient x (p - y)^T is rank one, so its norm is a product of two norms.
-    factor = np.minimum(1.0, clip / np.maximum(x_norms * np.linalg.norm(R, axis=1), 1e-12))
+    # Per-record clipping without materialising the (n, d, K) gradients.
+    norms = per_record_gradient_norms(Xb, R, x_norms)
+    factor = np.minimum(1.0, clip / np.maximum(norms, 1e-12))
     return (Xb.T @ (R * factor[:, None]).astype(Xb.dtype)).astype(np.float64)
 
 
 def dpfc_grid_gram_weight(grid: Sequence[DPFCConfig]) -> float:
     """Gram noise multiplier / step noise multiplier when one Gram release serves every
     configuration of ``grid`` (tuning accounted): the Gram takes the grid's common
-    ``gram_share`` of the whole grid's mu^2. One configuration: its own gram_weight."""
+    ``gram_share`` of the whole grid's mu^2 (one configuration: that run's own Gram,
+    :meth:`DPFCConfig.gram_weight`)."""
     shares = {c.gram_share for c in grid}
     if len(shares) != 1:
         raise ValueError(f"a shared Gram release needs one gram_share, got {sorted(shares)}")
@@ -618,7 +627,7 @@ def released_least_squares(synth) -> LeastSquaresRelease | None:
     d, r = V.shape
     residual = max(clusters.trace - lam.sum(), 0.0) / (d - r) if d > r else 0.0
     plan = synth.privacy_plan_
-    sigma = plan.release("subspace_second_moment").sigma if "subspace_second_moment" in plan \
-        else 0.0
+    sigma = (plan.release(SUBSPACE_SECOND_MOMENT).sigma if SUBSPACE_SECOND_MOMENT in plan
+             else 0.0)
     return LeastSquaresRelease(np.maximum(lam, 0.0), V, np.asarray(clusters.class_sums).T,
                                sigma, residual)
