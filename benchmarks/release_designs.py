@@ -99,6 +99,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from embeddings import utility_split, write_result  # noqa: E402
+from resolution import mlp_params  # noqa: E402
 
 from dpsynth import DPSynthesizer  # noqa: E402
 from dpsynth.clustering import GroupSums, project_to_ball  # noqa: E402
@@ -110,6 +111,7 @@ from dpsynth.gmm.subspace import GramAccumulator, release_subspace  # noqa: E402
 from dpsynth.preprocessing import bound_norms  # noqa: E402
 from dpsynth.privacy import NoiseSource, PrivacyPlan, ReleaseSpec, build_plan  # noqa: E402
 from dpsynth.privacy.plan import release_threshold  # noqa: E402
+from dpsynth.synthesizer import _apportion  # noqa: E402  (DPSynthesizer.sample's split)
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_EPS = [0.25, 0.5, 1.0, 2.0, math.inf]
@@ -360,9 +362,7 @@ def sample_params(params: MixtureParams, basis: np.ndarray, n: int,
     """n samples, classes in proportion to the released totals (as DPSynthesizer.sample)."""
     has = np.isin(np.arange(N_CLASSES), params.component_class)
     share = params.class_totals * has
-    raw = n * share / share.sum()
-    per_class = np.floor(raw).astype(np.int64)
-    per_class[np.argsort(raw - per_class)[::-1][: n - per_class.sum()]] += 1
+    per_class = _apportion(n, share / share.sum())
     sampler = MixtureSampler(params, basis, normalize=True, radius=1.0)
     return sampler.draw(per_class, np.random.default_rng(seed))
 
@@ -402,14 +402,6 @@ DESIGNS: dict[str, Design] = {
     "k3": Design("supported", "components_per_class=3", params={"components_per_class": 3},
                  epsilons=(4.0, *CEILING_EPS, math.inf)),
 }
-
-
-def mlp_params() -> dict:
-    """The evaluation MLP of ``dpsynth run`` (resolution.py's helper, same definition)."""
-    from dpsynth.config import EvaluateConfig
-    from dpsynth.steps import _mlp_params
-
-    return _mlp_params(EvaluateConfig())
 
 
 def eps_key(eps: float) -> float | str:

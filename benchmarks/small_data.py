@@ -70,6 +70,8 @@ from dpsynth.evaluation.baselines import (  # noqa: E402
     DPSGDConfig,
     dpsgd_noise_multiplier,
     model_accuracy,
+    noisy_argmax,
+    selection_multiplier,
     train_dpsgd,
 )
 from dpsynth.evaluation.mlp import TwoLayerMLP, classification_report  # noqa: E402
@@ -169,17 +171,15 @@ def dpsgd_tuning_accounted(eps: float, X, y, X_test, y_test, n_classes: int,
     selection composed adaptively with PLD to (eps, delta)."""
     grid = dpsgd_grid(len(X))
     m = len(grid)
-    q = grid[0].batch_size / len(X)
-    steps = grid[0].epochs * int(round(1 / q))
-    selection = dp_accounting.GaussianDpEvent(SELECTION_SIGMA_RECORDS / math.sqrt(m))
+    q, steps = grid[0].schedule(len(X))
+    selection = dp_accounting.GaussianDpEvent(
+        selection_multiplier(m, SELECTION_SIGMA_RECORDS))
     sigma = dpsgd_noise_multiplier(q, steps, eps, DELTA, runs=m, extra_event=selection)
-    rng = np.random.default_rng(seed)
-    scored = []
-    for i, cfg in enumerate(grid):
-        model = train_dpsgd(X, y, n_classes, cfg, sigma, seed=seed + i)
-        noisy = model_accuracy(model, X, y) * len(y) + rng.normal(0, SELECTION_SIGMA_RECORDS)
-        scored.append((noisy, i, model))
-    _, best, model = max(scored, key=lambda t: t[0])
+    models = [train_dpsgd(X, y, n_classes, cfg, sigma, seed=seed + i)
+              for i, cfg in enumerate(grid)]
+    best = noisy_argmax([model_accuracy(mo, X, y) * len(y) for mo in models],
+                        SELECTION_SIGMA_RECORDS, np.random.default_rng(seed))
+    model = models[best]
     return model_accuracy(model, X_test, y_test), {
         "picked": grid[best].label(), "noise_multiplier": round(sigma, 3),
         "steps_per_run": steps, "runs": m}

@@ -128,8 +128,7 @@ def dpsgd_tuning_free(eps: float, X, y, X_val, y_val, n_classes: int, on_config=
     """Every grid configuration trained at the full (eps, delta), the tuning's cost NOT
     accounted; the best on validation as (val_accuracy, config, model, noise multiplier).
     ``on_config(config, val_accuracy)`` sees every configuration."""
-    q = DPSGD_GRID[0].batch_size / len(X)
-    steps = DPSGD_GRID[0].epochs * int(round(1 / q))
+    q, steps = DPSGD_GRID[0].schedule(len(X))
     sigma = dpsgd_noise_multiplier(q, steps, eps, DELTA)
     best = None
     for i, cfg in enumerate(DPSGD_GRID):
@@ -146,8 +145,7 @@ def dpsgd_accounted(eps: float, X, y, X_val, y_val, X_test, y_test, n_classes: i
     """All grid configs trained + noisy-max selection, composed to (eps, delta)."""
     m = len(DPSGD_GRID)
     cfg0 = DPSGD_GRID[0]
-    q = cfg0.batch_size / len(X)
-    steps = cfg0.epochs * int(round(1 / q))
+    q, steps = cfg0.schedule(len(X))
     assert all(c.batch_size == cfg0.batch_size and c.epochs == cfg0.epochs for c in DPSGD_GRID)
     selection = dp_accounting.GaussianDpEvent(selection_multiplier(m, SELECTION_SIGMA_RECORDS))
     sigma = (0.0 if math.isinf(eps) else
@@ -164,8 +162,7 @@ def dpsgd_many_models(eps: float, cfg: DPSGDConfig, m: int, n_trained: int, X, y
                       X_test, y_test, n_classes: int) -> tuple[float, float]:
     """(mean test accuracy of ``n_trained`` of ``m`` DP-SGD models trained at the noise
     multiplier at which m runs compose to (eps, delta), that multiplier)."""
-    q = cfg.batch_size / len(X)
-    steps = cfg.epochs * int(round(1 / q))
+    q, steps = cfg.schedule(len(X))
     sigma = dpsgd_noise_multiplier(q, steps, eps, DELTA, runs=m)
     accs = [model_accuracy(train_dpsgd(X, y, n_classes, cfg, sigma, seed=1000 * m + j),
                            X_test, y_test) for j in range(n_trained)]
