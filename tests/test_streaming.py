@@ -12,7 +12,7 @@ import pytest
 
 from dpsynth import DPSynthesizer, steps
 from dpsynth.data.store import EmbeddingSetError
-from dpsynth.gmm.mixture import shard_class_counts, shard_sizes
+from dpsynth.gmm.mixture import MixtureSampler, shard_class_counts, shard_sizes
 from dpsynth.synthesizer import SAMPLE_SHARD_ROWS, _apportion
 
 INF, DELTA = float("inf"), 1e-5
@@ -151,6 +151,28 @@ def test_any_split_of_the_shards_gives_the_same_sample():
     with pytest.raises(ValueError, match="needs a seed"):
         synth.sample_shards(n, rows, start_shard=1)
     assert sum(len(X) for X, _ in synth.sample_shards(n, rows)) == n
+
+
+@pytest.mark.parametrize("case", ["lowrank-k2", "spherical-k1", "lowrank-full-space"])
+def test_a_shard_is_the_same_for_any_number_of_threads(case, monkeypatch):
+    # Each block of draws has its own child stream and its own rows, so the shard does
+    # not depend on which worker thread drew which block, or on how many there were.
+    synth = _fit(**MODELS[case], normalize=True, clip_norm=1.0)
+    monkeypatch.setattr(MixtureSampler, "block_rows", 128)  # many blocks per shard
+    counts = np.array([700, 0, 1_000])
+    shards = []
+    for threads in (1, 2, 5):
+        sampler = MixtureSampler(synth.mixture_, synth.subspace_, normalize=True,
+                                 radius=1.0, threads=threads)
+        shards.append(sampler.draw(counts, np.random.default_rng(3)))
+    for X, cls in shards[1:]:
+        assert np.array_equal(X, shards[0][0]) and np.array_equal(cls, shards[0][1])
+    assert np.bincount(shards[0][1], minlength=3).tolist() == [700, 0, 1_000]
+    # the blocks are independent draws, not one stream repeated
+    assert len(np.unique(shards[0][0][:, 0])) == 1_700
+    with pytest.raises(ValueError, match="threads"):
+        MixtureSampler(synth.mixture_, synth.subspace_, normalize=True, radius=1.0,
+                       threads=0)
 
 
 def test_shard_class_counts_deal_the_exact_totals():

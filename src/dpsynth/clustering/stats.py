@@ -26,7 +26,8 @@ class GroupSums:
     def add(self, Z: np.ndarray, groups: np.ndarray) -> None:
         """Accumulate rows ``Z`` into their ``groups`` (integer ids, -1 = no group)."""
         keep = groups >= 0
-        Z, groups = Z[keep], groups[keep]
+        if not keep.all():  # a boolean index copies the whole chunk even when it keeps all
+            Z, groups = Z[keep], groups[keep]
         self.counts += np.bincount(groups, minlength=len(self.counts))
         # One matrix product (indicator^T @ Z) instead of a slow scatter-add. float32 rows
         # are summed in float32 within the chunk (then added to the float64 total): the
