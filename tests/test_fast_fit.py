@@ -126,3 +126,27 @@ def test_bounding_is_the_textbook_formula_bit_for_bit(dtype, normalize):
     if X.dtype.kind == "f":
         inplace = bound_norms(X, 2.0, normalize, inplace=True)
         assert inplace is X and np.array_equal(X, want)
+
+
+@pytest.mark.parametrize("label_dtype", [np.int64, np.int32, np.uint8, object])
+def test_chunks_map_labels_and_reuse_one_buffer(label_dtype):
+    # Integer labels are mapped to class indices with a vectorised search, others through
+    # a dict: both must give the same indices, in the user's (unsorted) class order, and
+    # refuse a label outside the classes. The fit's own passes bound every chunk into one
+    # reused buffer; its values equal a fresh bounding bit for bit.
+    classes = [7, 3, 12, 0] if label_dtype is np.uint8 else [7, -3, 12, 0]
+    synth = DPSynthesizer(1.0, 1e-5, chunk_rows=100)
+    synth.classes_ = np.asarray(classes)
+    rng = np.random.default_rng(5)
+    y = np.asarray(rng.choice(classes, size=250)).astype(label_dtype)
+    X = rng.normal(size=(250, 6)).astype(np.float32)
+    want = np.array([classes.index(v) for v in y.tolist()])
+    for reuse in (False, True):
+        chunks = [(Xb.copy(), idx) for Xb, idx in synth._chunks([(X, y)], reuse=reuse)]
+        np.testing.assert_array_equal(np.concatenate([i for _, i in chunks]), want)
+        np.testing.assert_array_equal(np.concatenate([Xb for Xb, _ in chunks]),
+                                      bound_norms(X, 1.0, True))
+    bad = y.copy()
+    bad[130] = 5
+    with pytest.raises(ValueError, match=r"labels \[5\] are not in classes"):
+        list(synth._chunks([(X, bad)], reuse=True))
