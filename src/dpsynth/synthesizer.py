@@ -185,6 +185,11 @@ class DPSynthesizer(BaseEstimator):
         C^2 instead of clip_norm^2. ``None`` releases uncentred second moments.
     covariance_floor : float, default=1e-6
         Smallest variance kept after repair.
+    covariance_ridge : float, default=0.0
+        ``lowrank`` only: each component's covariance in the subspace gets this multiple
+        of its noise's spectral norm, 2 sigma sqrt(r) / n_c, added on the diagonal (a
+        ridge at the noise scale; post-processing, no budget; 0 at eps = inf). Other
+        covariance types ignore it.
     random_state : int or None, default=None
         Seed of data-independent randomness only (hash directions, k-means++ on the
         released coreset, sampling). Never seeds DP noise.
@@ -254,6 +259,7 @@ class DPSynthesizer(BaseEstimator):
         "budget_weights": [dict, None],  # values: _validate_params; names: the plan
         "second_moment_clip": [_Number(Real, 0, None, closed="neither"), None],
         "covariance_floor": [_Number(Real, 0, None, closed="neither")],
+        "covariance_ridge": [_Number(Real, 0, None, closed="left")],
         "random_state": [_Number(Integral, 0, None, closed="left"), None],
         "noise_seed": [_Number(Integral, 0, None, closed="left"), None],
         "chunk_rows": [_Number(Integral, 1, None, closed="left")],
@@ -276,6 +282,7 @@ class DPSynthesizer(BaseEstimator):
         budget_weights: dict[str, float] | None = None,
         second_moment_clip: float | None = None,
         covariance_floor: float = 1e-6,
+        covariance_ridge: float = 0.0,
         random_state: int | None = None,
         noise_seed: int | None = None,
         chunk_rows: int = 16384,
@@ -294,6 +301,7 @@ class DPSynthesizer(BaseEstimator):
         self.budget_weights = budget_weights
         self.second_moment_clip = second_moment_clip
         self.covariance_floor = covariance_floor
+        self.covariance_ridge = covariance_ridge
         self.random_state = random_state
         self.noise_seed = noise_seed
         self.chunk_rows = chunk_rows
@@ -321,6 +329,9 @@ class DPSynthesizer(BaseEstimator):
                                           or self.subspace_dim is None):
             raise ValueError("covariance='tied' needs components_per_class=1 and a "
                              "subspace_dim")
+        if not math.isfinite(self.covariance_ridge):
+            raise ValueError(f"covariance_ridge must be a finite number >= 0, got "
+                             f"{self.covariance_ridge!r}")
         for name, weight in (self.budget_weights or {}).items():
             if not (_is_real(weight) and math.isfinite(weight) and weight > 0):
                 raise ValueError(f"budget_weights[{name!r}] must be a finite number > 0, "
@@ -621,7 +632,8 @@ class DPSynthesizer(BaseEstimator):
         params = release_mixture(
             stats, component_class, plan, noise,
             basis=basis, min_count=min_count, radius=R, covariance_floor=self.covariance_floor,
-            released_first=(released.class_counts, released.class_sums) if k == 1 else None)
+            released_first=(released.class_counts, released.class_sums) if k == 1 else None,
+            ridge=float(self.covariance_ridge))
         self._finish(params, min_count)
 
     def _finish(self, params: MixtureParams, min_count: float) -> None:

@@ -206,6 +206,7 @@ def release_mixture(
     radius: float,
     covariance_floor: float,
     released_first: tuple[np.ndarray, np.ndarray] | None = None,
+    ridge: float = 0.0,
 ) -> MixtureParams:
     """Add the plan's noise to ``stats`` and repair into mixture parameters.
 
@@ -213,7 +214,9 @@ def release_mixture(
     ``second_moments`` (R^2, or C^2 with centred clipping; the module docstring derives
     them). ``released_first``: (noisy counts, noisy sums) already released as
     ``class_counts`` / ``class_sums`` (one component per class reuses the class release);
-    then only the second-order statistic is released here.
+    then only the second-order statistic is released here. ``ridge`` (lowrank only): each
+    repaired covariance gets ``ridge * noise_ridge(...)`` added on its diagonal
+    (post-processing of released values, no budget).
     """
     K, d = len(component_class), stats.dim
     second_release = plan.release(SECOND_MOMENTS)
@@ -261,8 +264,29 @@ def release_mixture(
             covs = np.array([_psd_repair(S - np.outer(m, m), f)
                              for S, m, f in zip(second, mz, floors, strict=True)]
                             ).reshape((len(n), *second.shape[1:]))
+            if ridge > 0:
+                r = covs.shape[-1]
+                covs = covs + (ridge * noise_ridge(second_release.sigma, r, n)
+                               )[:, None, None] * np.eye(r)
     return MixtureParams(component_class[keep], n, means, covs, residual_var,
                          class_totals=np.zeros(0))
+
+
+def noise_ridge(sigma: float, dim: int, counts: np.ndarray) -> np.ndarray:
+    """Per component, the spectral norm of the noise on its released covariance:
+    ``2 sigma sqrt(dim) / n_c``.
+
+    The released (dim x dim) second moment carries symmetric Gaussian noise of ``sigma``
+    per entry (``NoiseSource.symmetric_gaussian``); divided by the noisy count n_c it is
+    the covariance's noise, a Wigner matrix whose eigenvalues fill [-2 s sqrt(dim),
+    2 s sqrt(dim)] with s = sigma / n_c (tests/test_covariance_ridge.py checks the edge
+    statistically). Adding that much to every eigenvalue (a ridge at the noise scale, as
+    DP least squares regularises its noisy Gram) lifts the directions the noise pushed
+    down, which eigenvalue flooring alone leaves at the floor. It reads only released or
+    public values (sigma from the plan, the noisy count): post-processing, no budget.
+    sigma = 0 (eps = inf) gives 0. ``counts`` below 1 count as 1.
+    """
+    return 2.0 * float(sigma) * np.sqrt(dim) / np.maximum(np.asarray(counts, float), 1.0)
 
 
 def pooled_mixture(
