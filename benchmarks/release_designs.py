@@ -34,7 +34,8 @@ docstring):
                      0.8 is public reasoning: for unit-norm embeddings
                      ||x - mu||^2 = 1 - ||mu||^2 on average, and an encoder's within-class
                      cosine similarity of ~0.35-0.5 puts ||x - mu|| near 0.7-0.8.
-  ridge              prototype: each released class covariance + lambda_c I in the
+  ridge              supported (DPSynthesizer(covariance_ridge=1.0)), applied here
+                     to the default fit: each released class covariance + lambda_c I in the
                      subspace, lambda_c = 2 sigma sqrt(r) / n_c, the spectral norm of the
                      second-moment noise divided by the class's noisy count (the Wigner
                      bulk edge; DP-LS's ridge at the noise scale). 0 at eps = inf.
@@ -134,16 +135,17 @@ FULL_ESTIMATE = "210 cells x ~110 s on 2 loaded cores: ~6 h 30 min (~2 h 30 min 
 # ------------------------------------------------------------------ post-processing
 def ridge_covariances(covs: np.ndarray, counts: np.ndarray, sigma: float,
                       scale: float = 1.0) -> np.ndarray:
-    """cov_c + lambda_c I with lambda_c = scale * 2 sigma sqrt(r) / n_c (prototype).
+    """cov_c + scale * lambda_c I, lambda_c = ``mixture.noise_ridge`` = 2 sigma sqrt(r) / n_c:
+    ``DPSynthesizer(covariance_ridge=scale)``'s ridge, applied to a fit made without it
+    (so the design is paired with the default on the same noise draw).
 
     ``sigma``: the noise std of each entry of the released r x r second moment; divided by
     the noisy count n_c it is the noise of the covariance, whose spectral norm is about
     2 sigma sqrt(r) / n_c (Wigner). ``scale=0`` or ``sigma=0`` returns ``covs`` unchanged.
     Adding a non-negative multiple of I keeps PSD matrices PSD.
     """
-    r = covs.shape[-1]
-    lam = scale * 2.0 * sigma * math.sqrt(r) / np.maximum(counts, 1.0)
-    return covs + lam[:, None, None] * np.eye(r)
+    lam = scale * mixture.noise_ridge(sigma, covs.shape[-1], counts)
+    return covs + lam[:, None, None] * np.eye(covs.shape[-1])
 
 
 def debias_spikes(vals: np.ndarray, s2r: float) -> tuple[np.ndarray, np.ndarray]:
@@ -388,7 +390,7 @@ DESIGNS: dict[str, Design] = {
                          mlp={"weight_decay": WEIGHT_DECAY}),
     "centred-clip": Design("supported", "second_moment_clip=0.8",
                            params={"second_moment_clip": CENTRED_CLIP}),
-    "ridge": Design("prototype", "class covariances + 2 sigma sqrt(r)/n_c I",
+    "ridge": Design("supported", "covariance_ridge=1: covariances + 2 sigma sqrt(r)/n_c I",
                     post=post_ridge),
     "eig-debias": Design("prototype", "spiked-Wigner eigenvalue debiasing", post=post_debias),
     "rda": Design("prototype", f"blend with pooled covariance, a = {RDA_ALPHA}",
