@@ -47,6 +47,24 @@ def test_mlp_takes_the_same_number_of_steps_whatever_the_number_of_rows():
     assert TwoLayerMLP(hidden=8, epochs=3, batch_size=64).fit(X, y).steps_taken_ == 3 * 5
 
 
+def test_label_smoothing_makes_the_mlp_less_confident_and_is_validated():
+    import torch
+
+    X, y = _blobs(200, seed=0)
+    confidence = []
+    for smoothing in (0.0, 0.3):
+        clf = TwoLayerMLP(hidden=16, steps=300, lr=1e-2, label_smoothing=smoothing).fit(X, y)
+        with torch.inference_mode():
+            probs = torch.softmax(clf.model_(torch.from_numpy(X)), 1).numpy()
+        confidence.append(probs.max(1).mean())
+    # smoothing 0.3 over 3 classes targets 0.8 on the true class: well below an
+    # unsmoothed model's confidence on separable blobs (> 0.95)
+    assert confidence[0] > 0.95 and confidence[1] < 0.9
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            TwoLayerMLP(steps=1, label_smoothing=bad).fit(X, y)
+
+
 def test_the_runs_mlp_steps_are_the_documented_constant():
     from dpsynth.config import EvaluateConfig
     from dpsynth.evaluation.mlp import STEPS
