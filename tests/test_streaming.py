@@ -175,6 +175,22 @@ def test_a_shard_is_the_same_for_any_number_of_threads(case, monkeypatch):
                        threads=0)
 
 
+@pytest.mark.parametrize("content, cap", [("150000 100000", 2), ("100000 100000", 1),
+                                          ("50000 100000", 1),
+                                          ("max 100000", None), ("garbage", None),
+                                          (None, None), ("3200000 100000", 8)])
+def test_sampling_threads_follow_the_cgroup_cpu_quota(tmp_path, content, cap):
+    import os
+
+    from dpsynth.gmm.mixture import default_threads
+
+    cpu_max = tmp_path / "cpu.max"
+    if content is not None:
+        cpu_max.write_text(content + "\n")
+    cores = min(8, len(os.sched_getaffinity(0)))
+    assert default_threads(cpu_max) == (cores if cap is None else min(cores, cap))
+
+
 def test_shard_class_counts_deal_the_exact_totals():
     rng = np.random.default_rng(0)
     totals = np.array([1000, 0, 2501, 7])

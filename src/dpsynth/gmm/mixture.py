@@ -37,10 +37,12 @@ covariances are PSD, residual variances are floored at zero.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.linalg import blas
@@ -380,12 +382,24 @@ def shard_class_counts(counts_per_class: np.ndarray, sizes: np.ndarray, stop: in
     return out
 
 
-def default_threads() -> int:
-    """Worker threads for sampling: the cores this process may use, at most 8."""
+def default_threads(cpu_max: str | Path = "/sys/fs/cgroup/cpu.max") -> int:
+    """Worker threads for sampling: the cores this process may use, at most 8.
+
+    A pipeline pod's CPU limit is a cgroup quota, which the affinity mask does not show
+    (a pod limited to 2 CPUs on a 64-core node sees 64): the quota (cgroup v2's
+    ``cpu.max``, "quota period", rounded up) caps the count when there is one. More
+    threads than the quota would only be throttled; the samples do not depend on it.
+    """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):  # no cgroup v2 file, or one we cannot read
+        pass
     return max(1, min(8, cores))
 
 
