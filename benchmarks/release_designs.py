@@ -502,12 +502,18 @@ def main() -> None:
                     help="smoke runs only: fewer MLP steps than the run's (code paths, "
                          "not accuracy); the committed run uses the run's MLP")
     ap.add_argument("--table", action="store_true", help="print the Markdown table of --out")
+    ap.add_argument("--from-log", metavar="LOG",
+                    help="rebuild --out from the rows a run printed (a run stopped before "
+                         "its end; runs since write --out after every cell)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     name = "release_designs-quick.json" if args.quick else "release_designs.json"
     out = Path(args.out or ROOT / "benchmarks/results" / name)
     if args.table:
         print(table(json.loads(out.read_text())))
+        return
+    if args.from_log:
+        rebuild_from_log(Path(args.from_log), out, args)
         return
     if args.quick:
         args.draws, args.eps = 1, args.eps or [1.0]
@@ -528,7 +534,8 @@ def main() -> None:
     # always the default, first: every design is compared with it, and the post-processing
     # designs reuse its fit of the same (eps, draw)
     designs = {"default": DESIGNS["default"], **designs}
-    rows = []
+    result_setup = run_setup(designs, mlp, args)
+    rows: list[dict] = []
     for eps in eps_list:
         for draw in range(args.draws):
             cache: dict = {}
@@ -556,8 +563,19 @@ def main() -> None:
                 rows.append(row)
                 print(f"[{time.perf_counter() - t0:5.0f}s] {row}", flush=True)
                 del X_syn, y_syn
+                # after every cell, so a run stopped early keeps what it measured
+                summary, verdicts = summarise(rows)
+                write_result(out, rows, {**result_setup, "complete": False}, t0,
+                             summary=summary, verdicts=verdicts)
     summary, verdicts = summarise(rows)
-    result_setup = {
+    write_result(out, rows, {**result_setup, "complete": True}, t0, summary=summary,
+                 verdicts=verdicts)
+    print(table(json.loads(out.read_text())))
+
+
+def run_setup(designs: dict, mlp: dict, args) -> dict:
+    """The results file's setup: data, constants, designs and rule, and the command."""
+    return {
         "data": "Fashion-MNIST, EfficientNet-Lite0 64 px, L2-normalised, 1280-d; the utility "
                 "benchmark's training rows, scored on its 6,000-row VALIDATION split only"
                 + (" (quick: first 3,000 training / 2,000 validation rows)" if args.quick
@@ -572,7 +590,29 @@ def main() -> None:
         "rule": "beats = worst draw above the default's best draw at >= 3 of eps "
                 "0.25, 0.5, 1, 2",
         "command": "python benchmarks/release_designs.py " + " ".join(sys.argv[1:])}
-    write_result(out, rows, result_setup, t0, summary=summary, verdicts=verdicts)
+
+
+def rebuild_from_log(log: Path, out: Path, args) -> None:
+    """--from-log: the results file of a run that printed its rows (one dict per cell,
+    after the elapsed time in brackets) but was stopped before writing them; the setup
+    says so and which designs the rows hold."""
+    import ast
+
+    lines = [line for line in log.read_text().splitlines()
+             if line.startswith("[") and "] {'design'" in line]
+    if not lines:
+        raise SystemExit(f"{log} holds no result rows")
+    rows = [ast.literal_eval(line.split("] ", 1)[1]) for line in lines]
+    elapsed = float(lines[-1][1:].split("s]", 1)[0])  # the run's clock at its last row
+    present = list(dict.fromkeys(r["design"] for r in rows))
+    designs = {d: DESIGNS[d] for d in present}
+    setup = run_setup(designs, mlp_params(), args)
+    setup.update(complete=False, rebuilt_from_log=str(log),
+                 command="python benchmarks/release_designs.py (full run, stopped after "
+                         f"{len(rows)} cells), rebuilt with --from-log")
+    summary, verdicts = summarise(rows)
+    write_result(out, rows, setup, time.perf_counter() - elapsed, summary=summary,
+                 verdicts=verdicts)
     print(table(json.loads(out.read_text())))
 
 

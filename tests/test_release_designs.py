@@ -128,3 +128,28 @@ def test_pooled_clip_release(rng):
     # ... repaired like every released covariance (eigenvalues floored at the residual)
     exact = rd.mixture._psd_repair(E.T @ E / len(X), params.residual_var[0])
     assert np.allclose(params.covariances[0], exact, atol=1e-6)
+
+
+def test_a_stopped_run_is_rebuilt_from_its_log_and_judged_by_the_rule(tmp_path):
+    # rows as a run prints them; "ridge" beats the default at 0.25 only (1 of 4 eps <= 2)
+    cells = {("default", 0.25): [0.70, 0.71, 0.72], ("ridge", 0.25): [0.73, 0.74, 0.75],
+             ("default", 0.5): [0.80, 0.81, 0.82], ("ridge", 0.5): [0.815, 0.83, 0.84]}
+    lines, t = ["loading embeddings"], 0
+    for (design, eps), accs in cells.items():
+        for draw, acc in enumerate(accs):
+            t += 9
+            lines.append(f"[{t:5d}s] " + repr({"design": design, "epsilon": eps, "draw": draw,
+                                                "val_accuracy": acc, "seconds": 9.0}))
+    log, out = tmp_path / "run.log", tmp_path / "rebuilt.json"
+    log.write_text("\n".join(lines) + "\n")
+    args = rd.argparse.Namespace(draws=3, quick=False)
+    rd.rebuild_from_log(log, out, args)
+    result = rd.json.loads(out.read_text())
+    assert len(result["rows"]) == 12 and result["setup"]["complete"] is False
+    assert result["setup"]["seconds"] == pytest.approx(t, abs=1)
+    verdict = {v["design"]: v for v in result["verdicts"]}["ridge"]
+    assert verdict["beats_default_at"] == [0.25] and verdict["compared"] == 2
+    assert not verdict["beats"]
+    (tmp_path / "empty.log").write_text("nothing\n")
+    with pytest.raises(SystemExit, match="no result rows"):
+        rd.rebuild_from_log(tmp_path / "empty.log", out, args)
