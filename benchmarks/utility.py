@@ -203,10 +203,20 @@ def main() -> None:
                     help="default: benchmarks/results/utility.json at 64 px, utility-<size>px"
                          ".json at other sizes (utility-quick.json with --quick, so a smoke "
                          "run never overwrites the committed results)")
+    ap.add_argument("--plot-only", action="store_true",
+                    help="redraw the plots of --out from its rows, running nothing")
     args = ap.parse_args()
     stem = "utility" if args.image_size == 64 else f"utility-{args.image_size}px"
     args.out = args.out or str(ROOT / "benchmarks/results" /
                                ("utility-quick.json" if args.quick else f"{stem}.json"))
+    if args.plot_only:
+        saved = json.loads(Path(args.out).read_text())["rows"]
+        plot(saved, ROOT / "docs" / f"{Path(args.out).stem}.png", args.image_size)
+        if any(r["method"].startswith("dp-sgd-m") for r in saved):
+            plot_many_models(saved, ROOT / "docs" / (
+                "many_models.png" if args.image_size == 64
+                else f"many_models-{args.image_size}px.png"))
+        return
     torch.set_num_threads(2)
     X_all, y_all = load_embeddings("train", args.image_size)
     X_test, y_test = load_embeddings("test", args.image_size)
@@ -365,13 +375,25 @@ def plot(rows: list[dict], path: Path, image_size: int = 64) -> None:
     methods = [m for m in dict.fromkeys(r["method"] for r in rows)
                if m != "nonprivate-mlp" and not m.startswith("dp-sgd-m")]
     finite = sorted({r["epsilon"] for r in rows if r["epsilon"] != "inf"})
+    # One colour per family; the tuning-accounted row dashed in its family's colour, the
+    # closed-form diagnostics dotted, dpsynth's default thickest (11 rows: the default
+    # colour cycle alone repeats).
+    families = list(dict.fromkeys(m.removesuffix("-tuning-accounted").removesuffix("-tuned")
+                                  for m in methods))
     for method in methods:
         pts = sorted((r["epsilon"], r["accuracy"]) for r in rows
                      if r["method"] == method and r["epsilon"] != "inf")
-        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=method)
+        family = method.removesuffix("-tuning-accounted").removesuffix("-tuned")
+        style = {"color": "k" if family == "dpsynth" else f"C{families.index(family) % 10}",
+                 "ls": ":" if method.startswith("diagnostic") else
+                       "--" if method != family else "-",
+                 "lw": 2.5 if method == "dpsynth" else 1.3}
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", ms=4,
+                label=method, **style)
     for r in rows:
         if r["method"] == "nonprivate-mlp":
-            ax.axhline(100 * r["accuracy"], color="k", ls="--", lw=1, label="non-private MLP")
+            ax.axhline(100 * r["accuracy"], color="grey", ls="-.", lw=1,
+                       label="non-private MLP")
     ax.set_xscale("log", base=2)
     ax.set_xticks(finite, [str(e) for e in finite])
     ax.set_xlabel("epsilon (delta = 1e-5)")
