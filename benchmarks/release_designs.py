@@ -108,11 +108,11 @@ from dpsynth.clustering import GroupSums, project_to_ball  # noqa: E402
 from dpsynth.evaluation import TwoLayerMLP  # noqa: E402
 from dpsynth.gmm import mixture, subspace  # noqa: E402
 from dpsynth.gmm.budget import DEFAULT_WEIGHTS  # noqa: E402
-from dpsynth.gmm.mixture import MixtureParams, MixtureSampler, pooled_mixture  # noqa: E402
+from dpsynth.gmm.mixture import MixtureParams, pooled_mixture  # noqa: E402
 from dpsynth.gmm.subspace import GramAccumulator, release_subspace  # noqa: E402
 from dpsynth.preprocessing import bound_norms  # noqa: E402
 from dpsynth.privacy import NoiseSource, PrivacyPlan, ReleaseSpec, build_plan  # noqa: E402
-from dpsynth.privacy.plan import release_threshold  # noqa: E402
+from dpsynth.privacy.plan import count_threshold, release_threshold  # noqa: E402
 from dpsynth.synthesizer import _apportion  # noqa: E402  (DPSynthesizer.sample's split)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -352,8 +352,7 @@ def joint_release(stats: ExactStats, eps: float, noise: NoiseSource, r: int = 64
     counts = stats.class_stats.counts + noise.gaussian(release, N_CLASSES)
     eigvals, vecs = linalg.eigh(noisy, subset_by_index=[d - r, d - 1])
     order = np.argsort(eigvals)[::-1]
-    # dpsynth's threshold rule (release_threshold): max(3 sigma of the counts, 2)
-    min_count = max(3.0 * release.sigma, 2.0)
+    min_count = count_threshold(release.sigma)  # dpsynth's rule, on the joint's count noise
     params = pooled_mixture(counts, sums, vecs[:, order], eigvals[order],
                             float(np.trace(noisy)), min_count=min_count, radius=1.0,
                             covariance_floor=1e-6)
@@ -367,8 +366,8 @@ def sample_params(params: MixtureParams, basis: np.ndarray, n: int,
     has = np.isin(np.arange(N_CLASSES), params.component_class)
     share = params.class_totals * has
     per_class = _apportion(n, share / share.sum())
-    sampler = MixtureSampler(params, basis, normalize=True, radius=1.0)
-    return sampler.draw(per_class, np.random.default_rng(seed))
+    return mixture.sample_mixture(params, basis, per_class, np.random.default_rng(seed),
+                                  normalize=True, radius=1.0)
 
 
 # ----------------------------------------------------------------------- designs

@@ -213,9 +213,7 @@ def main() -> None:
         saved = json.loads(Path(args.out).read_text())["rows"]
         plot(saved, ROOT / "docs" / f"{Path(args.out).stem}.png", args.image_size)
         if any(r["method"].startswith("dp-sgd-m") for r in saved):
-            plot_many_models(saved, ROOT / "docs" / (
-                "many_models.png" if args.image_size == 64
-                else f"many_models-{args.image_size}px.png"))
+            plot_many_models(saved, many_models_path(args.image_size))
         return
     torch.set_num_threads(2)
     X_all, y_all = load_embeddings("train", args.image_size)
@@ -358,10 +356,19 @@ def main() -> None:
             if "dpsynth" not in methods and committed.exists():
                 reference = rows + [r for r in json.loads(committed.read_text())["rows"]
                                     if r["method"] == "dpsynth"]
-            plot_many_models(reference, ROOT / "docs" / (
-                "many_models.png" if args.image_size == 64
-                else f"many_models-{args.image_size}px.png"))
+            plot_many_models(reference, many_models_path(args.image_size))
     print(f"wrote {args.out}")
+
+
+def many_models_path(image_size: int) -> Path:
+    """The many-models plot: docs/many_models.png at 64 px, ...-<size>px.png otherwise."""
+    return ROOT / "docs" / ("many_models.png" if image_size == 64
+                            else f"many_models-{image_size}px.png")
+
+
+def method_family(method: str) -> str:
+    """The row a variant belongs to: ``dp-fc`` for ``dp-fc-tuning-accounted``."""
+    return method.removesuffix("-tuning-accounted").removesuffix("-tuned")
 
 
 def plot(rows: list[dict], path: Path, image_size: int = 64) -> None:
@@ -378,12 +385,11 @@ def plot(rows: list[dict], path: Path, image_size: int = 64) -> None:
     # One colour per family; the tuning-accounted row dashed in its family's colour, the
     # closed-form diagnostics dotted, dpsynth's default thickest (11 rows: the default
     # colour cycle alone repeats).
-    families = list(dict.fromkeys(m.removesuffix("-tuning-accounted").removesuffix("-tuned")
-                                  for m in methods))
+    families = list(dict.fromkeys(method_family(m) for m in methods))
     for method in methods:
         pts = sorted((r["epsilon"], r["accuracy"]) for r in rows
                      if r["method"] == method and r["epsilon"] != "inf")
-        family = method.removesuffix("-tuning-accounted").removesuffix("-tuned")
+        family = method_family(method)
         style = {"color": "k" if family == "dpsynth" else f"C{families.index(family) % 10}",
                  "ls": ":" if method.startswith("diagnostic") else
                        "--" if method != family else "-",

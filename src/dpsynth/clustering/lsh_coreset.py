@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dpsynth.privacy import NoiseSource, PrivacyPlan, ReleaseSpec
-from dpsynth.privacy.plan import mechanism_of
+from dpsynth.privacy.plan import count_threshold, mechanism_of
 
 #: Release names: the noisy counts of a level's kept nodes, the noisy sums of the leaves.
 LSH_LEVEL_COUNTS = "lsh_level_counts"
@@ -90,9 +90,10 @@ class TreeThresholds:
     def from_plan(cls, plan: PrivacyPlan, dim: int, radius: float) -> TreeThresholds:
         count_sigma = plan.release(LSH_LEVEL_COUNTS).sigma
         sum_sigma = plan.release(LSH_LEAF_SUMS).sigma
-        # Keep a node when it is 3 sigma above zero; split when both halves could still
-        # give leaf means whose noise (sum_sigma * sqrt(dim) / count) is under R / 4.
-        keep = max(3.0 * count_sigma, 2.0)
+        # Keep a node when its count passes the plan's count threshold (3 sigma, at least
+        # 2); split when both halves could still give leaf means whose noise
+        # (sum_sigma * sqrt(dim) / count) is under R / 4.
+        keep = count_threshold(count_sigma)
         leaf = max(keep, 4.0 * sum_sigma * np.sqrt(dim) / radius)
         return cls(keep=keep, split=2.0 * leaf)
 

@@ -163,7 +163,8 @@ class SecondOrderStats:
         # three orders of magnitude below the second-moment noise at any calibrated
         # epsilon (tests/test_fast_fit.py measures it against float64).
         if self.anchors is not None:
-            X = bound_norms(X - self.anchors[component].astype(X.dtype, copy=False),
+            # cast the (components, d) anchors, then gather: no (m, d) float64 gather
+            X = bound_norms(X - self.anchors.astype(X.dtype, copy=False)[component],
                             self.clip, normalize=False)
         Z = X @ basis.astype(X.dtype, copy=False) if basis is not None else X
         sq_norm = np.einsum("ij,ij->i", X, X)

@@ -401,6 +401,12 @@ class ReleaseThreshold:
                 "no synthetic samples.")
 
 
+def count_threshold(sigma: float) -> float:
+    """The smallest noisy count trusted, for a count released with noise ``sigma``:
+    ``COUNT_THRESHOLD_SIGMAS`` standard deviations, at least ``COUNT_THRESHOLD_FLOOR``."""
+    return max(COUNT_THRESHOLD_SIGMAS * sigma, COUNT_THRESHOLD_FLOOR)
+
+
 def release_threshold(plan: PrivacyPlan) -> ReleaseThreshold:
     """The noise threshold of ``plan``'s mixture components and the smallest class it can
     release (:class:`ReleaseThreshold` derives it). Raises KeyError when the plan has none
@@ -408,7 +414,7 @@ def release_threshold(plan: PrivacyPlan) -> ReleaseThreshold:
     for name in THRESHOLD_RELEASES:
         if name in plan:
             sigma = plan.release(name).sigma
-            threshold = max(COUNT_THRESHOLD_SIGMAS * sigma, COUNT_THRESHOLD_FLOOR)
+            threshold = count_threshold(sigma)
             return ReleaseThreshold(name, sigma, threshold, math.ceil(threshold),
                                     math.ceil(threshold + 2.0 * sigma))
     raise KeyError(f"the privacy plan has no count release that sets the noise threshold "
