@@ -90,3 +90,23 @@ def test_no_ridge_without_noise_or_outside_lowrank():
 def test_invalid_ridge_is_refused(bad):
     with pytest.raises((ValueError, TypeError), match="covariance_ridge"):
         _fit(1.0, covariance_ridge=bad)
+
+
+def test_a_model_file_written_before_the_ridge_existed_still_loads(tmp_path):
+    """Model files of format 1 saved before ``covariance_ridge`` was added lack the key;
+    they load as ridge 0, which is what their fit did, and sample the same records."""
+    import json
+
+    model = _fit(1.0)
+    model.save(tmp_path)
+    meta = json.loads((tmp_path / "params.json").read_text())
+    del meta["params"]["covariance_ridge"]
+    (tmp_path / "params.json").write_text(json.dumps(meta))
+    old = DPSynthesizer.load(tmp_path)
+    assert old.covariance_ridge == 0.0
+    np.testing.assert_array_equal(old.sample(500, random_state=3)[0],
+                                  model.sample(500, random_state=3)[0])
+    del meta["params"]["subspace_dim"]  # a key that was always written is still required
+    (tmp_path / "params.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"lacks \['subspace_dim'\]"):
+        DPSynthesizer.load(tmp_path)

@@ -20,6 +20,13 @@ one BLAS thread, another order of float32 rounding (which also makes them indepe
 the machine's core count). Plans, weights, labels, the other means and the diagonal case
 are bit for bit as before.
 
+Re-pinned a third time (issue 14, sampling with one product), ``lowrank-*/samples`` only:
+where C - s^2 I is positive semi-definite (always, after the lowrank repair) a draw is
+mu + s h + (A g) V^T with A A^T = C - s^2 I instead of projecting h out of the subspace,
+the same distribution from the same random numbers put together differently
+(test_streaming.py checks both paths' covariance). Labels, plans, releases and the
+diagonal case are bit for bit as before.
+
 Arrays are compared to 1e-9 relative, not bit for bit: the same code on another CPU can
 take another BLAS kernel, and that is not a change of behaviour.
 """

@@ -306,3 +306,41 @@ def test_join_copies_where_hard_links_are_refused(mixture_dir, tmp_path, monkeyp
     shard = joined.manifest["shards"][0]["embeddings"]
     assert (joined.path / shard).stat().st_ino != (dirs[0] / shard).stat().st_ino
     assert not list(joined.path.glob(".*tmp"))
+
+
+def _subspace_mixture(eigenvalues: list[float], residual_var: float):
+    """One lowrank component in d = 12 with subspace covariance of the given eigenvalues."""
+    from dpsynth.gmm.mixture import MixtureParams
+
+    rng = np.random.default_rng(3)
+    V = np.linalg.qr(rng.normal(size=(D, R)))[0]
+    Q = np.linalg.qr(rng.normal(size=(R, R)))[0]
+    C = (Q * np.asarray(eigenvalues)) @ Q.T
+    params = MixtureParams(np.array([0]), np.array([1.0]), rng.normal(size=(1, D)),
+                           C[None], np.array([residual_var]), class_totals=np.ones(1))
+    return params, V, V @ C @ V.T + residual_var * (np.eye(D) - V @ V.T)
+
+
+@pytest.mark.parametrize("eigenvalues, one_product", [
+    ([2.0, 1.0, 0.5, 0.25], True),    # C - s^2 I positive definite
+    ([2.0, 1.0, 0.25, 0.25], True),   # floored at s^2, as the repair leaves it
+    ([2.0, 1.0, 0.5, 0.1], False),    # a direction below s^2: the two-product path
+])
+def test_both_subspace_sampling_paths_draw_the_model_covariance(eigenvalues, one_product):
+    """mu + s h + (A g) V^T (A A^T = C - s^2 I) where that is PSD, else the projection of
+    h: either way the draws have covariance V C V^T + s^2 (I - V V^T)."""
+    params, V, cov = _subspace_mixture(eigenvalues, 0.25)
+    sampler = MixtureSampler(params, V, normalize=False, radius=1e6, threads=1)
+    A = sampler.excess[0]
+    assert (A is not None) == one_product
+    if one_product:
+        np.testing.assert_allclose(A.astype(float) @ A.T, params.covariances[0]
+                                   - 0.25 * np.eye(R), atol=1e-6)
+    n = 200_000
+    X, _ = sampler.draw(np.array([n]), np.random.default_rng(5))
+    X = X.astype(np.float64)
+    sd = np.sqrt(np.diag(cov))
+    assert np.all(np.abs(X.mean(0) - params.means[0]) <= 5 * sd / np.sqrt(n))
+    se = np.sqrt((np.outer(sd**2, sd**2) + cov**2) / n)
+    err = np.abs(np.cov(X, rowvar=False) - cov)
+    assert np.all(err <= 5 * se), float((err / se).max())

@@ -53,6 +53,9 @@ from dpsynth.privacy.plan import (
 )
 
 FORMAT_VERSION = 1
+#: Parameters added to format 1 after files were written without them, with the value
+#: that reproduces what those files' fits did: a file that lacks one still loads.
+PARAMS_ADDED_IN_FORMAT_1 = {"covariance_ridge": 0.0}
 #: Shard size of :meth:`DPSynthesizer.sample`: the default of ``steps.synthesize``, so an
 #: in-memory sample equals the set that step writes with the same arguments.
 SAMPLE_SHARD_ROWS = 65536
@@ -836,6 +839,8 @@ class DPSynthesizer(BaseEstimator):
         if not isinstance(params, dict):
             raise fail(f"'params' must be a JSON object, got {params!r}")
         expected = set(cls._get_param_names())
+        params = {key: value for key, value in PARAMS_ADDED_IN_FORMAT_1.items()
+                  if key not in params} | params
         unknown, lacking = sorted(set(params) - expected), sorted(expected - set(params))
         if unknown or lacking:
             raise fail("'params' " + " and ".join(

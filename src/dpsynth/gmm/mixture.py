@@ -404,6 +404,30 @@ def default_threads(cpu_max: str | Path = "/sys/fs/cgroup/cpu.max") -> int:
     return max(1, min(8, cores))
 
 
+#: How close to s^2 an eigenvalue of C may be, relative to C's scale, and count as the
+#: floor: the repair puts floored eigenvalues at s^2 exactly, and eigh returns them within
+#: ~1e-16 relative, on either side. Those get exactly 0 in A: their square roots (~1e-8)
+#: would be rounding noise, which the square root magnifies (equal fits computed in
+#: different orders would sample visibly different bits). The variance this drops or
+#: adds is below 1e-9 relative, far under float32's 1e-7 rounding of every draw.
+EXCESS_RTOL = 1e-9
+
+
+def _excess_factor(cov: np.ndarray, residual_var: float) -> np.ndarray | None:
+    """float32 A with A A^T = cov - residual_var I (per-coordinate standard deviations when
+    ``cov`` is a diagonal (r,)), or None when that is not positive semi-definite."""
+    cov = np.asarray(cov, dtype=np.float64)
+    if cov.ndim == 1:
+        vals = cov - residual_var
+    else:
+        vals, vecs = np.linalg.eigh(cov - residual_var * np.eye(len(cov)))
+    floor = EXCESS_RTOL * (residual_var + np.abs(vals).max(initial=0.0))
+    if vals.min(initial=0.0) < -floor:
+        return None
+    root = np.sqrt(np.where(vals > floor, vals, 0.0))
+    return (root if cov.ndim == 1 else (vecs * root) @ vecs.T).astype(np.float32)
+
+
 class MixtureSampler:
     """Draws shards of samples from a released mixture (post-processing: no budget).
 
@@ -416,8 +440,17 @@ class MixtureSampler:
         x = mu + V L g + s (I - V V^T) h  =  mu + s h + (L g - s V^T h) V^T,
 
     g ~ N(0, I_r), h ~ N(0, I_d), L L^T = C: the only d-dimensional draw is the isotropic
-    residual h (skipped when s = 0), and the subspace part costs two (m, d) x (d, r)
-    products. float32 is safe here: the draws are written as float32 anyway, V is
+    residual h (skipped when s = 0). That costs two (m, d) x (d, r) products; one is
+    enough when C - s^2 I is positive semi-definite, which the repair makes it for lowrank
+    and tied fits (it floors C's eigenvalues at s^2):
+
+    x = mu + s h + (A g) V^T,   A A^T = C - s^2 I,
+
+    since s h = s (I - V V^T) h + s V (V^T h) and V^T h ~ N(0, I_r) is independent of the
+    residual part, so the subspace gets covariance s^2 I + (C - s^2 I) = C: the same
+    distribution. A is the symmetric square root, a continuous function of C like the
+    Cholesky factor (floored eigenvalues give zero columns, whatever their eigenvectors).
+    float32 is safe here: the draws are written as float32 anyway, V is
     orthonormal to ~1e-7 in float32, and the rounding of a float32 product of bounded
     values (|x| <= R after bounding) is ~1e-7 relative, far below the sampling noise of
     any moment (test_streaming.py checks the moments of float32 shards against the model).
@@ -451,8 +484,12 @@ class MixtureSampler:
         else:
             self.factors = np.array([np.linalg.cholesky(c).T for c in covs],
                                     dtype=np.float32).reshape(covs.shape)
-        self.residual_sd = np.sqrt(np.asarray(params.residual_var, dtype=np.float64)
-                                   ).astype(np.float32)
+        residual_var = np.asarray(params.residual_var, dtype=np.float64)
+        self.residual_sd = np.sqrt(residual_var).astype(np.float32)
+        # A (one product instead of two) where C - s^2 I is positive semi-definite.
+        self.excess: list[np.ndarray | None] = [
+            _excess_factor(c, s2) if basis is not None and covs.ndim > 1 and s2 > 0
+            else None for c, s2 in zip(covs, residual_var, strict=True)]
         self.components = [np.flatnonzero(params.component_class == c)
                            for c in range(int(params.component_class.max(initial=-1)) + 1)]
 
@@ -506,13 +543,16 @@ class MixtureSampler:
             X[rows[first:first + size]] = out
 
         workers = min(self.threads, len(blocks))
-        if workers <= 1:
-            for b in range(len(blocks)):
-                draw_block(b)
-        else:
-            with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-                for _ in pool.map(draw_block, range(len(blocks))):
-                    pass  # re-raises a worker's exception here
+        # One BLAS thread even for one worker: OpenBLAS splits these skinny products
+        # 2-10x slower than it computes them on one core.
+        with threadpool_limits(1, user_api="blas"):
+            if workers <= 1:
+                for b in range(len(blocks)):
+                    draw_block(b)
+            else:
+                with ThreadPoolExecutor(workers) as pool:
+                    for _ in pool.map(draw_block, range(len(blocks))):
+                        pass  # re-raises a worker's exception here
         return X, cls
 
     def _component(self, j: int, out: np.ndarray, rng: np.random.Generator) -> None:
@@ -525,6 +565,13 @@ class MixtureSampler:
             out += self.means[j]
             return
         g = rng.standard_normal((m, len(factor)), dtype=np.float32)
+        excess = self.excess[j]
+        if excess is not None:  # mu + s h + (A g) V^T: one product
+            low = g * excess if excess.ndim == 1 else g @ excess
+            rng.standard_normal(out=out, dtype=np.float32)
+            self._scale_and_add_product(out, self.residual_sd[j], low)
+            out += self.means[j]
+            return
         low = g * factor if factor.ndim == 1 else g @ factor  # coordinates, cov C
         if self.basis is None:
             out[...] = low
@@ -533,13 +580,15 @@ class MixtureSampler:
             if sd > 0:
                 rng.standard_normal(out=out, dtype=np.float32)
                 low -= sd * (out @ self.basis)  # remove h's part inside the subspace
-                out *= sd
-                # out += low V^T as one BLAS gemm with beta = 1 on out's transpose (a
-                # Fortran-ordered view of the same memory): no (m, d) temporary.
-                done = blas.sgemm(1.0, self.basis, low, trans_b=True, beta=1.0, c=out.T,
-                                  overwrite_c=True)
-                if not np.shares_memory(done, out):  # a BLAS that copied: write it back
-                    out[...] = done.T
+                self._scale_and_add_product(out, sd, low)
             else:
                 np.matmul(low, self.basis_t, out=out)
         out += self.means[j]
+
+    def _scale_and_add_product(self, out: np.ndarray, scale: float, low: np.ndarray) -> None:
+        """out = scale * out + low V^T, as one BLAS gemm (beta = scale) on out's transpose,
+        a Fortran-ordered view of the same memory: no (m, d) temporary."""
+        done = blas.sgemm(1.0, self.basis, low, trans_b=True, beta=scale, c=out.T,
+                          overwrite_c=True)
+        if not np.shares_memory(done, out):  # a BLAS that copied: write it back
+            out[...] = done.T
