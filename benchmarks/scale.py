@@ -19,9 +19,15 @@ number of components (10 classes x 1), which need the data in memory.
 Sampling (issue 14) uses the mixture fitted (dpsynth defaults) on the 10k-row data, saved
 once under benchmarks/cache/scale_mixture/:
   * dpsynth-sample: ``DPSynthesizer.sample(n)`` in memory (the n x d float32 result);
+    seconds is the first call in a fresh process; seconds_again_median, the same call
+    repeated there (3 times);
+  * first-touch: writing a fresh n x d float32 array in a fresh process (np.ones), what
+    the page faults of the sample's result cost this machine;
   * dpsynth-synthesize: ``steps.synthesize(n=...)``, the EmbeddingSet streamed to disk shard
     by shard (n = 10M writes 51 GB under benchmarks/cache/, removed afterwards); its peak
-    RSS stays near one shard whatever n.
+    RSS stays near one shard whatever n. When the set does not fit on the disk it is
+    written as ``parts`` parts (``steps.synthesize_part``, the pipeline fan-out's unit),
+    one after another in the one process, each removed once written (not timed).
 Writes benchmarks/results/scale.json. Timings depend on the machine being otherwise idle:
 record in ``--note`` when it is not, and write such runs to another ``--out``.
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -87,7 +94,7 @@ def make_data(n: int) -> None:
 
 
 MIXTURE = CACHE / "scale_mixture"
-SAMPLING = ("dpsynth-sample", "dpsynth-synthesize")
+SAMPLING = ("dpsynth-sample", "dpsynth-synthesize", "first-touch")
 
 
 def make_mixture() -> Path:
@@ -160,23 +167,59 @@ def measure_sampling(method: str, n: int, trace: bool) -> dict:
 
     from dpsynth import DPSynthesizer, steps
 
+    if method == "first-touch":
+        # What writing n x d float32 into fresh memory costs this machine (page faults; on
+        # a VM whose host backs memory lazily, far more than the writes): part of every
+        # in-memory sample's first call.
+        start = time.perf_counter()
+        np.ones((n, D), np.float32)
+        return {"method": method, "n": n, "d": D,
+                "seconds": round(time.perf_counter() - start, 2)}
     out = CACHE / f"synthetic-{os.getpid()}"
     synth = DPSynthesizer.load(MIXTURE)
+    parts = synthesize_parts(n) if method == "dpsynth-synthesize" else 1
     if trace:
         tracemalloc.start()
-    start = time.perf_counter()
+    seconds, extra = 0.0, {}
     try:
         if method == "dpsynth-sample":
+            start = time.perf_counter()
             synth.sample(n, random_state=0)
+            seconds = time.perf_counter() - start
+            if not trace:  # the same call again: memory the process has touched before
+                again = []
+                for _ in range(3):
+                    start = time.perf_counter()
+                    synth.sample(n, random_state=0)
+                    again.append(time.perf_counter() - start)
+                extra = {"seconds_again_median": round(float(np.median(again)), 2)}
         else:
-            steps.synthesize(MIXTURE, out, n=n, random_state=0)
-        seconds = time.perf_counter() - start
+            # The parts of one set (steps.synthesize_part, as the pipeline's fan-out writes
+            # them), one after another; each is removed once written when the whole set
+            # would not fit on this disk. Removal is not timed.
+            for part in range(parts):
+                start = time.perf_counter()
+                steps.synthesize_part(MIXTURE, out, part=part, parts=parts, n=n,
+                                      random_state=0)
+                seconds += time.perf_counter() - start
+                shutil.rmtree(out, ignore_errors=True)
+            extra = {"parts": parts} if parts > 1 else {}
     finally:
         shutil.rmtree(out, ignore_errors=True)
     if trace:
         return {"heap_peak_mb": round(tracemalloc.get_traced_memory()[1] / 2**20, 1)}
     return {"method": method, "n": n, "d": D, "classes": CLASSES,
-            "seconds": round(seconds, 2), "rss_peak_mb": peak_rss_mb()}
+            "seconds": round(seconds, 2), "rss_peak_mb": peak_rss_mb()} | extra
+
+
+def synthesize_parts(n: int) -> int:
+    """Parts to write an n-row synthetic set in, one after another, so that one part fits
+    in 80% of the free disk under CACHE (1 when the whole set does)."""
+    import shutil
+
+    need = n * (D * 4 + 8) * 1.01  # float32 rows, int64 labels, manifests
+    free = shutil.disk_usage(CACHE).free * 0.8
+    return max(1, math.ceil(need / free))
 
 
 def run_one(method: str, n: int, trace: bool) -> dict:
@@ -225,9 +268,11 @@ def main() -> None:
     if args.sample_sizes or args.synthesize_sizes:
         make_mixture()
     for method, sizes in (("dpsynth-sample", args.sample_sizes),
+                          ("first-touch", args.sample_sizes),
                           ("dpsynth-synthesize", args.synthesize_sizes)):
         for n in sizes:
-            rows.append({**run_one(method, n, trace=False), **run_one(method, n, trace=True)})
+            rows.append({**run_one(method, n, trace=False)} | (
+                {} if method == "first-touch" else run_one(method, n, trace=True)))
             print(rows[-1], flush=True)
     result = {"rows": rows, "setup": {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "

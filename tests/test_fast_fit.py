@@ -58,6 +58,41 @@ def test_top_r_eigenpairs_match_the_full_decomposition():
     assert trace == pytest.approx(np.trace(noisy), rel=1e-12)
 
 
+def test_one_triangle_gives_the_mirrored_matrix_eigenpairs_bit_for_bit():
+    """release_subspace hands LAPACK the transpose of (upper Gram + noise) instead of the
+    mirrored matrix: the same values in the places LAPACK reads, so the same bits (the
+    eigenvector signs too, which downstream clustering coordinates depend on)."""
+    from scipy import linalg
+
+    X = _records(3000, seed=4)
+    gram = GramAccumulator(D)
+    gram.add(X)
+    plan = _plan()
+    V, eigenvalues, trace = release_subspace(gram, R, plan, NoiseSource(5))
+    mirrored = gram.symmetric() + NoiseSource(5).symmetric_gaussian(
+        plan.release(SUBSPACE_SECOND_MOMENT), D)
+    values, vectors = linalg.eigh(mirrored, subset_by_index=[D - R, D - 1])
+    order = np.argsort(values)[::-1]
+    assert np.array_equal(V, vectors[:, order])
+    assert np.array_equal(eigenvalues, values[order])
+    assert trace == float(np.trace(mirrored))
+
+
+def test_one_blas_thread_limits_and_restores_numpy_blas():
+    from threadpoolctl import threadpool_info
+
+    from dpsynth.blas_threads import one_blas_thread
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    assert before  # numpy's and scipy's BLAS are loaded
+    with one_blas_thread():
+        assert set(blas_threads()) == {1}
+    assert blas_threads() == before
+
+
 @pytest.mark.parametrize("chunk", [512, 16384])
 def test_float32_accumulation_is_far_below_the_noise(chunk):
     # The argument in GramAccumulator.add: per chunk, each float32 entry is a sum of

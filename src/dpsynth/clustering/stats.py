@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+
+from dpsynth.blas_threads import one_blas_thread
 
 
 @dataclass
@@ -39,7 +40,7 @@ class GroupSums:
         # One BLAS thread: OpenBLAS splits this skinny (groups x rows) product badly, and
         # on 2 cores it ran 2-10x slower threaded than on one (16k x 1280 chunks, just
         # after the Gram's threaded syrk).
-        with threadpool_limits(1, user_api="blas"):
+        with one_blas_thread():
             self.sums += onehot.T @ Z
 
     def __iadd__(self, other: GroupSums) -> GroupSums:

@@ -46,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy.linalg import blas
-from threadpoolctl import threadpool_limits
 
+from dpsynth.blas_threads import one_blas_thread
 from dpsynth.clustering.stats import GroupSums, project_to_ball
 from dpsynth.preprocessing import bound_norms
 from dpsynth.privacy import NoiseSource, PrivacyPlan, ReleaseSpec
@@ -545,7 +545,7 @@ class MixtureSampler:
         workers = min(self.threads, len(blocks))
         # One BLAS thread even for one worker: OpenBLAS splits these skinny products
         # 2-10x slower than it computes them on one core.
-        with threadpool_limits(1, user_api="blas"):
+        with one_blas_thread():
             if workers <= 1:
                 for b in range(len(blocks)):
                     draw_block(b)
