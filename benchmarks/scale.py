@@ -14,7 +14,12 @@ float32 memory-mapped .npy under benchmarks/cache/ (1M rows = 5.1 GB) and stream
     fit allocates itself, excluding the mapped input. Tracing slows small allocations a
     lot (10x on the privacy calibration), so it never runs in the timed process.
 Baselines: sklearn KMeans and GaussianMixture(covariance_type="diag") with the same
-number of components (10 classes x 1), which need the data in memory.
+number of components (10 classes x 1), which need the data in memory; and
+sklearn-gmm-diag-sample, that GaussianMixture (fitted on the 10k data, untimed) drawing n
+samples with ``.sample(n)``, where its float64 result fits in memory. ``--repeats k`` runs
+each timed point but the synthesize k times (fresh processes) and reports the median. The
+run that writes scale.json also draws docs/scale.png (``--plot-only`` redraws it from the
+JSON).
 
 Sampling (issue 14) uses the mixture fitted (dpsynth defaults) on the 10k-row data, saved
 once under benchmarks/cache/scale_mixture/:
@@ -40,6 +45,7 @@ import math
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -94,7 +100,8 @@ def make_data(n: int) -> None:
 
 
 MIXTURE = CACHE / "scale_mixture"
-SAMPLING = ("dpsynth-sample", "dpsynth-synthesize", "first-touch")
+SAMPLING = ("dpsynth-sample", "dpsynth-synthesize", "first-touch", "sklearn-gmm-diag-sample")
+PLOT = ROOT / "docs" / "scale.png"
 
 
 def make_mixture() -> Path:
@@ -175,6 +182,24 @@ def measure_sampling(method: str, n: int, trace: bool) -> dict:
         np.ones((n, D), np.float32)
         return {"method": method, "n": n, "d": D,
                 "seconds": round(time.perf_counter() - start, 2)}
+    if method == "sklearn-gmm-diag-sample":
+        # The baseline sampler: GaussianMixture(diag) fitted (untimed) on the same 10k
+        # data as dpsynth's mixture; .sample(n) returns float64 rows.
+        from sklearn.mixture import GaussianMixture
+
+        X = np.asarray(np.load(data_path(10_000), mmap_mode="r"))
+        gmm = GaussianMixture(n_components=CLASSES, covariance_type="diag", max_iter=20,
+                              random_state=0).fit(X)
+        del X
+        if trace:
+            tracemalloc.start()
+        start = time.perf_counter()
+        gmm.sample(n)
+        seconds = time.perf_counter() - start
+        if trace:
+            return {"heap_peak_mb": round(tracemalloc.get_traced_memory()[1] / 2**20, 1)}
+        return {"method": method, "n": n, "d": D, "classes": CLASSES,
+                "seconds": round(seconds, 2), "rss_peak_mb": peak_rss_mb()}
     out = CACHE / f"synthetic-{os.getpid()}"
     synth = DPSynthesizer.load(MIXTURE)
     parts = synthesize_parts(n) if method == "dpsynth-synthesize" else 1
@@ -222,6 +247,55 @@ def synthesize_parts(n: int) -> int:
     return max(1, math.ceil(need / free))
 
 
+def warm_page_cache(path: Path) -> None:
+    """Read ``path`` once, so that the timed runs find it in the page cache: otherwise the
+    first method timed at a size also times the disk (51 MB at 10k, 5.1 GB at 1M; 300 MB/s
+    here), and the methods after it do not."""
+    with open(path, "rb") as f:
+        while f.read(64 << 20):
+            pass
+
+
+def run_timed(method: str, n: int, repeats: int) -> dict:
+    """The untraced run, ``repeats`` times in fresh processes: the median run's row, with
+    every run's seconds in seconds_runs when there is more than one."""
+    runs = sorted((run_one(method, n, trace=False) for _ in range(repeats)),
+                  key=lambda row: row["seconds"])
+    row = runs[len(runs) // 2]
+    return row if repeats == 1 else row | {"seconds_runs": [r["seconds"] for r in runs]}
+
+
+def plot(result: dict, path: Path) -> None:
+    """Fit time against n (left) and sampling time against n (right), log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (fit_ax, sample_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    groups = ((fit_ax, ("dpsynth", "dpsynth-k3", "sklearn-kmeans", "sklearn-gmm-diag"),
+               "fit on n records (d = 1280)"),
+              (sample_ax, ("dpsynth-sample", "dpsynth-synthesize", "sklearn-gmm-diag-sample",
+                           "first-touch"), "draw n records (d = 1280)"))
+    for ax, methods, title in groups:
+        for method in methods:
+            rows = sorted((r for r in result["rows"]
+                           if r["method"] == method and "seconds" in r),
+                          key=lambda r: r["n"])
+            if rows:
+                ax.plot([r["n"] for r in rows], [r["seconds"] for r in rows], marker="o",
+                        label=method, linestyle=":" if method == "first-touch" else "-")
+        ax.set(xscale="log", yscale="log", xlabel="n", ylabel="seconds", title=title)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(result["setup"]["machine"] + "; " + result["setup"].get("note", ""),
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run_one(method: str, n: int, trace: bool) -> dict:
     out = subprocess.run([sys.executable, __file__, "--one", method, str(n)]
                          + (["--trace"] if trace else []),
@@ -235,44 +309,63 @@ def main() -> None:
                     default=[10_000, 60_000, 100_000, 1_000_000], help="fit sizes")
     ap.add_argument("--methods", nargs="*",
                     default=["dpsynth", "dpsynth-k3", "sklearn-kmeans", "sklearn-gmm-diag"])
-    ap.add_argument("--sample-sizes", type=int, nargs="*", default=[60_000],
-                    help="n of DPSynthesizer.sample (in memory)")
+    ap.add_argument("--sample-sizes", type=int, nargs="*", default=[60_000, 1_000_000],
+                    help="n of DPSynthesizer.sample (in memory) and of the sklearn sampler")
     ap.add_argument("--synthesize-sizes", type=int, nargs="*", default=[10_000_000],
                     help="n of steps.synthesize (streamed to disk: 5 kB a row)")
     ap.add_argument("--note", default="", help="recorded in setup (e.g. a loaded machine)")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="10k and 100k rows only")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="timed runs per point (fresh processes; the median is reported)")
+    ap.add_argument("--plot-only", action="store_true",
+                    help="redraw docs/scale.png from --out's JSON, run nothing")
     ap.add_argument("--out", default=None,
                     help="default: benchmarks/results/scale.json (scale-quick.json with --quick)")
     args = ap.parse_args()
     if args.quick:
         args.sizes = [s for s in args.sizes if s <= 100_000]
         args.synthesize_sizes = [s for s in args.synthesize_sizes if s <= 1_000_000]
+        args.sample_sizes = [s for s in args.sample_sizes if s <= 100_000]
     args.out = args.out or str(ROOT / "benchmarks/results" /
                                ("scale-quick.json" if args.quick else "scale.json"))
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.trace)))
         return
+    if args.plot_only:
+        plot(json.loads(Path(args.out).read_text()), PLOT)
+        print(f"wrote {PLOT}")
+        return
     rows = []
     for n in args.sizes:
         make_data(n)
+        warm_page_cache(data_path(n))
         for method in args.methods:
             if method.startswith("sklearn") and n * D * 8 > SKLEARN_MAX_BYTES:
                 rows.append({"method": method, "n": n, "d": D, "skipped":
                              f"needs the {n * D * 8 / 2**30:.0f} GiB float64 input in memory"})
                 print(rows[-1], flush=True)
                 continue
-            rows.append({**run_one(method, n, trace=False), **run_one(method, n, trace=True)})
+            rows.append({**run_timed(method, n, args.repeats),
+                         **run_one(method, n, trace=True)})
             print(rows[-1], flush=True)
     if args.sample_sizes or args.synthesize_sizes:
         make_mixture()
+        warm_page_cache(data_path(10_000))  # the sklearn sampler's fit reads it
     for method, sizes in (("dpsynth-sample", args.sample_sizes),
                           ("first-touch", args.sample_sizes),
+                          ("sklearn-gmm-diag-sample", args.sample_sizes),
                           ("dpsynth-synthesize", args.synthesize_sizes)):
         for n in sizes:
-            rows.append({**run_one(method, n, trace=False)} | (
-                {} if method == "first-touch" else run_one(method, n, trace=True)))
+            if method.startswith("sklearn") and n * D * 8 > SKLEARN_MAX_BYTES:
+                rows.append({"method": method, "n": n, "d": D, "skipped":
+                             f"returns {n * D * 8 / 2**30:.0f} GiB of float64 samples"})
+            else:
+                # A 10M synthesize takes minutes a run: timed once whatever --repeats.
+                repeats = 1 if method == "dpsynth-synthesize" else args.repeats
+                rows.append({**run_timed(method, n, repeats)} | (
+                    {} if method == "first-touch" else run_one(method, n, trace=True)))
             print(rows[-1], flush=True)
     result = {"rows": rows, "setup": {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -284,12 +377,15 @@ def main() -> None:
         "sampling": "dpsynth-sample / dpsynth-synthesize: the mixture of the dpsynth config "
                     "fitted on the 10k data (normalize=True); synthesize writes 65,536-row "
                     "float32 shards",
-        "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
+        "command": shlex.join(["python", "benchmarks/scale.py", *sys.argv[1:]]),
         **({"note": args.note} if args.note else {}),
     }}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
+    if Path(args.out).name == "scale.json":  # the committed run draws the committed plot
+        plot(result, PLOT)
+        print(f"wrote {PLOT}")
 
 
 if __name__ == "__main__":
