@@ -40,15 +40,20 @@ def _plan(epsilon: float = 20.0):  # one calibration (cached) for the whole modu
         return DPSynthesizer(epsilon, 1e-5, subspace_dim=R, noise_seed=0).make_plan(D)
 
 
-def test_top_r_eigenpairs_match_the_full_decomposition():
-    X = _records(5000)
+def _released_and_mirrored(rows: int, seed: int, noise_seed: int):
+    """release_subspace's (V, eigenvalues, trace) and the noisy matrix it decomposes,
+    built the slow way: the mirrored Gram plus the same draws of symmetric noise."""
     gram = GramAccumulator(D)
-    gram.add(X)
+    gram.add(_records(rows, seed=seed))
     plan = _plan()
-    V, eigenvalues, trace = release_subspace(gram, R, plan, NoiseSource(3))
-    # The same noisy matrix (same seed, same draws), decomposed in full.
-    noisy = gram.symmetric() + NoiseSource(3).symmetric_gaussian(
+    released = release_subspace(gram, R, plan, NoiseSource(noise_seed))
+    mirrored = gram.symmetric() + NoiseSource(noise_seed).symmetric_gaussian(
         plan.release(SUBSPACE_SECOND_MOMENT), D)
+    return (*released, mirrored)
+
+
+def test_top_r_eigenpairs_match_the_full_decomposition():
+    V, eigenvalues, trace, noisy = _released_and_mirrored(5000, 0, 3)
     full_values, full_vectors = np.linalg.eigh(noisy)
     top = full_vectors[:, ::-1][:, :R]
     np.testing.assert_allclose(eigenvalues, full_values[::-1][:R], rtol=1e-10)
@@ -64,13 +69,7 @@ def test_one_triangle_gives_the_mirrored_matrix_eigenpairs_bit_for_bit():
     eigenvector signs too, which downstream clustering coordinates depend on)."""
     from scipy import linalg
 
-    X = _records(3000, seed=4)
-    gram = GramAccumulator(D)
-    gram.add(X)
-    plan = _plan()
-    V, eigenvalues, trace = release_subspace(gram, R, plan, NoiseSource(5))
-    mirrored = gram.symmetric() + NoiseSource(5).symmetric_gaussian(
-        plan.release(SUBSPACE_SECOND_MOMENT), D)
+    V, eigenvalues, trace, mirrored = _released_and_mirrored(3000, 4, 5)
     values, vectors = linalg.eigh(mirrored, subset_by_index=[D - R, D - 1])
     order = np.argsort(values)[::-1]
     assert np.array_equal(V, vectors[:, order])
