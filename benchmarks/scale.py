@@ -169,7 +169,8 @@ def measure(method: str, n: int, trace: bool) -> dict:
 
 
 def measure_sampling(method: str, n: int, trace: bool) -> dict:
-    """Sample (in memory) or synthesize (streamed to disk) n records from the mixture."""
+    """Sample (in memory) or synthesize (streamed to disk) n records from the mixture, or
+    draw them from the sklearn baseline; or time the first touch of an n x d array."""
     import shutil
 
     from dpsynth import DPSynthesizer, steps
@@ -191,34 +192,21 @@ def measure_sampling(method: str, n: int, trace: bool) -> dict:
         gmm = GaussianMixture(n_components=CLASSES, covariance_type="diag", max_iter=20,
                               random_state=0).fit(X)
         del X
-        if trace:
-            tracemalloc.start()
-        start = time.perf_counter()
-        gmm.sample(n)
-        seconds = time.perf_counter() - start
-        if trace:
-            return {"heap_peak_mb": round(tracemalloc.get_traced_memory()[1] / 2**20, 1)}
-        return {"method": method, "n": n, "d": D, "classes": CLASSES,
-                "seconds": round(seconds, 2), "rss_peak_mb": peak_rss_mb()}
+
+        def draw() -> None:
+            gmm.sample(n)
+    else:
+        synth = DPSynthesizer.load(MIXTURE)
+
+        def draw() -> None:
+            synth.sample(n, random_state=0)
     out = CACHE / f"synthetic-{os.getpid()}"
-    synth = DPSynthesizer.load(MIXTURE)
     parts = synthesize_parts(n) if method == "dpsynth-synthesize" else 1
     if trace:
         tracemalloc.start()
     seconds, extra = 0.0, {}
     try:
-        if method == "dpsynth-sample":
-            start = time.perf_counter()
-            synth.sample(n, random_state=0)
-            seconds = time.perf_counter() - start
-            if not trace:  # the same call again: memory the process has touched before
-                again = []
-                for _ in range(3):
-                    start = time.perf_counter()
-                    synth.sample(n, random_state=0)
-                    again.append(time.perf_counter() - start)
-                extra = {"seconds_again_median": round(float(np.median(again)), 2)}
-        else:
+        if method == "dpsynth-synthesize":
             # The parts of one set (steps.synthesize_part, as the pipeline's fan-out writes
             # them), one after another; each is removed once written when the whole set
             # would not fit on this disk. Removal is not timed.
@@ -229,6 +217,18 @@ def measure_sampling(method: str, n: int, trace: bool) -> dict:
                 seconds += time.perf_counter() - start
                 shutil.rmtree(out, ignore_errors=True)
             extra = {"parts": parts} if parts > 1 else {}
+        else:
+            start = time.perf_counter()
+            draw()
+            seconds = time.perf_counter() - start
+            if method == "dpsynth-sample" and not trace:
+                # the same call again: memory the process has touched before
+                again = []
+                for _ in range(3):
+                    start = time.perf_counter()
+                    draw()
+                    again.append(time.perf_counter() - start)
+                extra = {"seconds_again_median": round(float(np.median(again)), 2)}
     finally:
         shutil.rmtree(out, ignore_errors=True)
     if trace:
