@@ -49,6 +49,41 @@ def _components(specs: list[str] | None) -> dict[str, Path]:
     return out
 
 
+ClusterSettingsOpt = Annotated[Path | None, typer.Option(
+    "--cluster-settings", help="The overlay's cluster settings, e.g. "
+    "manifests/overlays/prod/cluster-settings.yaml: GPU node selector and tolerations, "
+    "retries, volumes, images. Default: the NVIDIA GPU operator's labels "
+    "(manifests/overlays/dev).")]
+ImageOpt = Annotated[list[str] | None, typer.Option(
+    "--image", help="Image of a component family: cpu=REPO@sha256:... or "
+    "cuda=REPO@sha256:... (repeatable; overrides the cluster settings' images).")]
+
+
+def _images(specs: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for text in specs or []:
+        family, sep, ref = text.partition("=")
+        if not sep or not family or not ref:
+            _fail(f"--image expects family=reference (cpu=REPO@sha256:...), got {text!r}")
+        out[family] = ref
+    return out
+
+
+def _settings(cluster_settings: Path | None, images: dict[str, str]):
+    """The ClusterSettings to compile with (the overlay's file, else the defaults)."""
+    from dpsynth_kfp.cluster_settings import ClusterSettingsError, load_cluster_settings
+    from dpsynth_kfp.pipeline import CLUSTER
+
+    if cluster_settings is None:
+        if images:
+            _fail("--image needs --cluster-settings (or $DPSYNTH_IMAGE_DIGEST_CPU/_CUDA)")
+        return CLUSTER
+    try:
+        return load_cluster_settings(cluster_settings, images)
+    except ClusterSettingsError as exc:
+        _fail(str(exc))
+
+
 @app.command("compile")
 def compile_(
     output: Annotated[Path, typer.Option("--output", "-o")] = DEFAULT_PACKAGE,
@@ -57,6 +92,8 @@ def compile_(
         help="Synthesize fan-out width (tasks writing ranges of the set's shards, then a "
         "join).")] = 4,
     component: ComponentOpt = None,
+    cluster_settings: ClusterSettingsOpt = None,
+    image: ImageOpt = None,
     resample_output: Annotated[Path | None, typer.Option(
         help="Where to write the resample-only pipeline (default: "
         "pipelines/dpsynth_resample.yaml when --output is the default package; "
@@ -66,7 +103,9 @@ def compile_(
     assembled from the component specs components/<step>/component.yaml, and the
     resample-only pipeline (pipelines/dpsynth_resample.yaml).
 
-    Images: $DPSYNTH_IMAGE_REGISTRY and $DPSYNTH_IMAGE_TAG (default ghcr.io/dpsynth, 0.1.0).
+    Cluster: --cluster-settings manifests/overlays/<name>/cluster-settings.yaml, so the
+    GPU steps select that overlay's GPU nodes. Images: the file's, --image, else
+    $DPSYNTH_IMAGE_REGISTRY and $DPSYNTH_IMAGE_TAG (default ghcr.io/dpsynth, 0.1.0).
     """
     from dpsynth_kfp.compile import (
         RESAMPLE_COMMITTED,
@@ -74,16 +113,17 @@ def compile_(
         compile_resample_pipeline,
     )
 
+    settings = _settings(cluster_settings, _images(image))
     try:
         compile_pipeline(output, encode_parts=encode_parts, synthesize_parts=synthesize_parts,
-                         components=_components(component))
+                         components=_components(component), settings=settings)
     except ValueError as exc:  # a replacement that does not fit, an unknown step
         _fail(str(exc))
     typer.echo(f"wrote {output}")
     if resample_output is None and output == DEFAULT_PACKAGE:
         resample_output = RESAMPLE_COMMITTED
     if resample_output is not None:
-        compile_resample_pipeline(resample_output)
+        compile_resample_pipeline(resample_output, settings=settings)
         typer.echo(f"wrote {resample_output}")
 
 

@@ -24,6 +24,7 @@ import linecache
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -362,19 +363,20 @@ JOINS: dict[str, BaseComponent] = {"synthesize": join_synthetic}
 PART_INPUTS = ("part", "parts")
 
 
-def exit_component() -> BaseComponent:
+def exit_component(images: Mapping[str, str] | None = None) -> BaseComponent:
     """The exit handler's component, its image re-pointed as the steps' are
     (:func:`_retarget`)."""
-    return retargeted(EXIT_COMPONENT)
+    return retargeted(EXIT_COMPONENT, images)
 
 
-def retargeted(component: BaseComponent) -> BaseComponent:
+def retargeted(component: BaseComponent,
+               images: Mapping[str, str] | None = None) -> BaseComponent:
     """A component outside the step graph (the exit handler's, promote), compiled and
     loaded back with its image re-pointed as the steps' are (:func:`_retarget`)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / SPEC_FILE
         compiler.Compiler().compile(component, str(path))
-        return load_spec(path)
+        return load_spec(path, images)
 
 
 #: The built-in components, by step, in the step graph's order.
@@ -401,10 +403,12 @@ def compile_components(root: str | Path = COMPONENTS_DIR) -> list[Path]:
     return written
 
 
-def _retarget(text: str) -> str:
-    """The spec with the default dpsynth images re-pointed to ``image(kind)`` (the image
-    env vars); any other image, e.g. a replacement's own, is kept."""
-    wanted = {DEFAULT_IMAGES[kind]: image(kind) for kind in DEFAULT_IMAGES}
+def _retarget(text: str, images: Mapping[str, str] | None = None) -> str:
+    """The spec with the default dpsynth images re-pointed to ``images[kind]`` (a cluster
+    settings file's), else ``image(kind)`` (the image env vars); any other image, e.g. a
+    replacement's own, is kept."""
+    wanted = {DEFAULT_IMAGES[kind]: (images or {}).get(kind) or image(kind)
+              for kind in DEFAULT_IMAGES}
     if all(old == new for old, new in wanted.items()):
         return text
     docs = list(yaml.safe_load_all(text))
@@ -414,16 +418,17 @@ def _retarget(text: str) -> str:
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
-def load_spec(path: str | Path) -> BaseComponent:
+def load_spec(path: str | Path, images: Mapping[str, str] | None = None) -> BaseComponent:
     """A component spec (``component.yaml``), its dpsynth images re-pointed as
     :func:`_retarget` says."""
     component = components.load_component_from_file(str(path))
-    text = _retarget(component.component_yaml)
+    text = _retarget(component.component_yaml, images)
     return component if text == component.component_yaml else \
         components.load_component_from_text(text)
 
 
-def load_step(step: str, root: str | Path = COMPONENTS_DIR) -> BaseComponent:
+def load_step(step: str, root: str | Path = COMPONENTS_DIR,
+              images: Mapping[str, str] | None = None) -> BaseComponent:
     """The component of ``step`` from its spec file. Without the file (an installed
     package, away from the repository's ``components/`` folder), the built-in the spec is
     compiled from."""
@@ -432,5 +437,5 @@ def load_step(step: str, root: str | Path = COMPONENTS_DIR) -> BaseComponent:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / SPEC_FILE
             compiler.Compiler().compile(COMPONENTS[step], str(path))
-            return load_spec(path)
-    return load_spec(path)
+            return load_spec(path, images)
+    return load_spec(path, images)

@@ -46,6 +46,16 @@ from dpsynth_kfp.parameters import (
 
 #: The steps that read the private data (a data PVC is mounted on them).
 ENCODE = "encode"
+#: Inside the private boundary: plan (its pre-flight reads the data) and the steps that
+#: read private records or embeddings.
+PRIVATE_STEPS = frozenset({PLAN} | {s.name for s in STEPS if s.private})
+#: What the Kubeflow UI shows for each task (kfp's own names are ``encode-2``...).
+DISPLAY_NAMES = {
+    "plan": "Plan and charge the privacy budget", "encode": "Encode",
+    "dp_cluster": "DP clustering", "fit_gmm": "DP Gaussian mixture",
+    "synthesize": "Synthesize", "decode": "Decode samples", "evaluate": "Evaluate",
+    "finalize": "Finish the run (always)", "promote": "Register and gate the release",
+    "resample": "Resample the promoted mixture"}
 PIPELINE_NAME = "dpsynth"
 DESCRIPTION = ("Differentially private synthetic embeddings: plan and budget check, encode, "
                "DP clustering, DP Gaussian mixture, synthesis, optional decoding, evaluation.")
@@ -104,16 +114,46 @@ PROMOTE_INPUTS = {"mixture": "mixture", "synthetic": "synthetic", "evaluation": 
 
 
 @dataclass(frozen=True)
+class Toleration:
+    """One toleration of the GPU steps (Kubernetes' fields)."""
+
+    key: str
+    operator: str = "Exists"
+    value: str | None = None
+    effect: str | None = "NoSchedule"
+
+
+#: The NVIDIA GPU operator's node label and taint (the committed pipeline's default, and
+#: manifests/overlays/dev's cluster-settings.yaml).
+GPU_OPERATOR_SELECTOR = {"nvidia.com/gpu.present": "true"}
+GPU_TOLERATION = Toleration("nvidia.com/gpu")
+#: Steps never retried by Kubeflow: plan charges the budget (once); promote registers a
+#: version and runs the gates, whose failure is deterministic (a retry would only register
+#: the same candidate again); resample registers a version too.
+NOT_RETRIED = frozenset({PLAN, "promote", "resample"})
+#: The steps inside the private boundary (they read private records or embeddings): their
+#: pods carry this label, which the namespace's default-deny egress policy selects.
+PRIVATE_BOUNDARY_LABEL = ("dpsynth.io/private-boundary", "true")
+#: The images' non-root user (components/Dockerfile.*: ``useradd --uid 10001``).
+IMAGE_UID = 10001
+
+
+@dataclass(frozen=True)
 class ClusterSettings:
     """How the tasks are scheduled and what every pod mounts (compile time). The GPU
     steps are the graph's ``device="cuda"`` steps; the secret goes to its ``tracking``
     steps. Every task gets ``resources[step]`` (requests, limits, a timeout); every task
-    but plan, whose budget charge must not repeat, is retried ``retries`` times."""
+    but those in :data:`NOT_RETRIED` is retried ``retries`` times.
+
+    Each overlay keeps its own in ``manifests/overlays/<name>/cluster-settings.yaml``
+    (:func:`dpsynth_kfp.cluster_settings.load_cluster_settings`)."""
 
     accelerator_type: str = "nvidia.com/gpu"
     accelerator_limit: int = 1
-    node_selector: tuple[str, str] | None = ("nvidia.com/gpu.present", "true")
-    toleration_key: str | None = "nvidia.com/gpu"
+    #: The GPU steps' node selector (every label must match) and tolerations.
+    node_selector: dict[str, str] | None = field(
+        default_factory=lambda: dict(GPU_OPERATOR_SELECTOR))
+    tolerations: tuple[Toleration, ...] = (GPU_TOLERATION,)
     model_cache_pvc: str | None = "dpsynth-model-cache"
     model_cache_mount: str = "/cache"
     mlflow_secret: str | None = "dpsynth-mlflow"
@@ -150,18 +190,25 @@ class ClusterSettings:
         default_factory=lambda: dict(DEFAULT_RESOURCES))
     #: How many of a step's parts (synthesize's) run at once (dsl.ParallelFor's cap).
     parts_parallelism: int = 4
-    #: Retries of every idempotent task (all but plan), with exponential backoff.
+    #: Retries of every idempotent task (all but :data:`NOT_RETRIED`), with exponential
+    #: backoff.
     retries: int = 2
     retry_backoff: str = "60s"
+    #: Image by family ("cpu", "cuda"): a full reference, e.g. ``repo@sha256:...``. None or
+    #: a missing family: the default, re-pointed by the ``DPSYNTH_IMAGE_*`` variables.
+    images: dict[str, str] | None = None
+    #: Pod labels, non-root security context: what the namespace's Pod Security
+    #: "restricted" level and its default-deny egress policy need (off for local runs).
+    pod_policies: bool = True
 
 
 #: The committed pipeline's settings.
 CLUSTER = ClusterSettings()
 #: For local runs: no cluster objects at all (the local runner has no Kubernetes).
-LOCAL = ClusterSettings(accelerator_type="", node_selector=None, toleration_key=None,
+LOCAL = ClusterSettings(accelerator_type="", node_selector=None, tolerations=(),
                         model_cache_pvc=None, mlflow_secret=None, resources=None, retries=0,
                         mount_data=False, pipeline_root_secret=None,
-                        pipeline_root_endpoint=None)
+                        pipeline_root_endpoint=None, pod_policies=False)
 
 
 def _on_cluster(task, step: Step, settings: ClusterSettings, data_pvc: Any = None):
@@ -180,9 +227,14 @@ def _on_cluster(task, step: Step, settings: ClusterSettings, data_pvc: Any = Non
         kubernetes.mount_pvc(task, pvc_name=data_pvc, mount_path=settings.data_mount)
     if step.name == PLAN and not settings.plan_checks_encoder:
         task.set_env_variable("DPSYNTH_PLAN_CHECK_ENCODER", "0")
-    if settings.retries and step.name != PLAN:
-        # Every step but plan is idempotent (it rewrites its own outputs); plan charges
-        # the budget, which must happen once.
+    if settings.pod_policies:
+        kubernetes.add_pod_label(task, "dpsynth.io/step", step.name)
+        if step.name in PRIVATE_STEPS:
+            kubernetes.add_pod_label(task, *PRIVATE_BOUNDARY_LABEL)
+        kubernetes.set_security_context(task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID,
+                                        run_as_non_root=True)
+    if settings.retries and step.name not in NOT_RETRIED:
+        # The other steps are idempotent (each rewrites its own outputs).
         task.set_retry(num_retries=settings.retries, backoff_duration=settings.retry_backoff,
                        backoff_factor=2.0)
     if step.device != "cuda":
@@ -196,11 +248,11 @@ def _on_cluster(task, step: Step, settings: ClusterSettings, data_pvc: Any = Non
     if settings.accelerator_type:
         task.set_accelerator_type(settings.accelerator_type)
         task.set_accelerator_limit(settings.accelerator_limit)
-    if settings.node_selector:
-        kubernetes.add_node_selector(task, *settings.node_selector)
-    if settings.toleration_key:
-        kubernetes.add_toleration(task, key=settings.toleration_key, operator="Exists",
-                                  effect="NoSchedule")
+    for key, value in (settings.node_selector or {}).items():
+        kubernetes.add_node_selector(task, key, value)
+    for t in settings.tolerations:
+        kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value,
+                                  effect=t.effect)
     return task
 
 
@@ -238,7 +290,8 @@ def _named(component: BaseComponent, step: Step) -> BaseComponent:
 
 
 def load_components(components: Mapping[str, BaseComponent | str | Path] | None = None,
-                    root: str | Path = COMPONENTS_DIR) -> dict[str, BaseComponent]:
+                    root: str | Path = COMPONENTS_DIR,
+                    images: Mapping[str, str] | None = None) -> dict[str, BaseComponent]:
     """Every step's component: the spec under ``root`` unless ``components`` names a
     replacement (a component, or the path of its spec); each is checked against the
     built-in's contract."""
@@ -249,9 +302,9 @@ def load_components(components: Mapping[str, BaseComponent | str | Path] | None 
     for s in STEPS:
         chosen = (components or {}).get(s.name)
         if chosen is None:
-            chosen = load_step(s.name, root)
+            chosen = load_step(s.name, root, images)
         elif isinstance(chosen, str | Path):
-            chosen = load_spec(chosen)
+            chosen = load_spec(chosen, images)
         # A spec file replaced in the folder is checked as a replacement is.
         _check_contract(s, COMPONENTS[s.name], chosen)
         ops[s.name] = _named(chosen, s)
@@ -268,6 +321,13 @@ def _assemble(ops: Mapping[str, BaseComponent], values: Mapping[str, Any], encod
     def bind(step: Step, **kwargs):
         task = ops[step.name](**kwargs)
         task.set_caching_options(False)  # a DP release must never be served from a cache
+        label = DISPLAY_NAMES.get(step.name, step.name)
+        if "split" in kwargs:
+            label += f" {kwargs['split']} split" + (" (one part)" if kwargs["parts"] != 1
+                                                    else "")
+        elif "part" in kwargs:
+            label += " (one part)"
+        task.set_display_name(label)
         return _on_cluster(task, step, settings, values[DATA_PVC.name])
 
 
@@ -282,11 +342,12 @@ def _assemble(ops: Mapping[str, BaseComponent], values: Mapping[str, Any], encod
     # ends FAILED (tagged with the failed step) and its private embeddings are deleted.
     # kfp lets an exit task depend on no task: it takes pipeline parameters and the run id
     # (plan tags the MLflow run with it).
-    exit_task = exit_component()(kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    exit_task = exit_component(settings.images)(kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                                    config_yaml=values["config_yaml"],
                                    mlflow_uri=values[for_key("tracking.uri").name],
                                    decode=values[for_key("decode.enabled").name])
     exit_task.set_caching_options(False)
+    exit_task.set_display_name(DISPLAY_NAMES[EXIT_STEP.name])
     _on_cluster(exit_task, EXIT_STEP, settings)
     if settings.pipeline_root_secret:
         kubernetes.use_secret_as_env(exit_task, secret_name=settings.pipeline_root_secret,
@@ -305,11 +366,11 @@ def _assemble(ops: Mapping[str, BaseComponent], values: Mapping[str, Any], encod
         _assemble_promote(values, made, settings)
 
 
-def promote_component() -> BaseComponent:
+def promote_component(images: Mapping[str, str] | None = None) -> BaseComponent:
     """The promote task's component (:func:`dpsynth_kfp.promote_task.promote`)."""
     from dpsynth_kfp.promote_task import promote
 
-    return retargeted(promote)
+    return retargeted(promote, images)
 
 
 def _assemble_promote(values, made, settings: ClusterSettings) -> None:
@@ -318,10 +379,11 @@ def _assemble_promote(values, made, settings: ClusterSettings) -> None:
     switch = values[BY_NAME["promote"].name]
     gates = {p.input_name: values[p.name] for p in PROMOTE_PARAMETERS if p.name != "promote"}
     with dsl.If(switch == True, name="promote-enabled"):  # noqa: E712 - kfp
-        task = promote_component()(
+        task = promote_component(settings.images)(
             tracking_uri=values[for_key("tracking.uri").name],
             **{name: made[artifact]() for name, artifact in PROMOTE_INPUTS.items()}, **gates)
-        task.set_caching_options(False)  # registers a new version on every run
+        task.set_caching_options(False)  # a new release on every run
+        task.set_display_name(DISPLAY_NAMES[PROMOTE_STEP.name])
         _on_cluster(task, PROMOTE_STEP, settings)
 
 
@@ -342,18 +404,21 @@ def _assemble_later(later, values, encode_parts, bind, publish, made,
         if _runs_in_parts(step, ops[step.name], width):
             # Each part writes a contiguous range of the set's shards from the same seed;
             # the join writes the set one task would (the part count is public).
-            with dsl.ParallelFor(list(range(width)),
-                                 parallelism=settings.parts_parallelism) as part:
+            with dsl.ParallelFor(list(range(width)), parallelism=settings.parts_parallelism,
+                                 name=f"{step.name}-parts") as part:
                 task = bind(step, part=part, parts=width, **inputs)
             (output,) = step.outputs
-            join = retargeted(JOINS[step.name])(parts=dsl.Collected(task.outputs[output]))
+            join = retargeted(JOINS[step.name], settings.images)(
+                parts=dsl.Collected(task.outputs[output]))
             join.set_caching_options(False)
+            join.set_display_name(f"{DISPLAY_NAMES.get(step.name, step.name)}: join the parts")
             publish(step, _on_cluster(join, step, settings))
         elif step.splits:
             for split in step.splits:
                 # Each split of the step: the fan-out split in encode_parts parallel parts.
                 if split == step.fan_out:
-                    with dsl.ParallelFor(list(range(encode_parts))) as part:
+                    with dsl.ParallelFor(list(range(encode_parts)),
+                                         name=f"{step.name}-{split}-parts") as part:
                         task = bind(step, split=split, part=part, parts=encode_parts,
                                     **inputs)
                     publish(step, task, split, collected=True)
@@ -400,7 +465,7 @@ def build_pipeline(*, encode_parts: int = 4, synthesize_parts: int = 4,
     for name, width in (("encode_parts", encode_parts), ("synthesize_parts", synthesize_parts)):
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {width!r}")
-    ops = load_components(components, components_dir)
+    ops = load_components(components, components_dir, settings.images)
 
     def dpsynth_pipeline(*args):
         _assemble(ops, dict(zip(NAMES, args, strict=True)), encode_parts, settings,
@@ -425,7 +490,7 @@ def build_resample_pipeline(*, settings: ClusterSettings = CLUSTER):
     scheduled like a CPU step with the MLflow secret."""
     from dpsynth_kfp.promote_task import resample
 
-    op = retargeted(resample)
+    op = retargeted(resample, settings.images)
 
     @dsl.pipeline(name=RESAMPLE_PIPELINE_NAME, description=RESAMPLE_DESCRIPTION)
     def dpsynth_resample(dataset_id: str, n_samples: int = 60000, mlflow_uri: str = "",
@@ -443,6 +508,7 @@ def build_resample_pipeline(*, settings: ClusterSettings = CLUSTER):
         task = op(dataset_id=dataset_id, n=n_samples, tracking_uri=mlflow_uri, alias=alias,
                   promote_version=promote)
         task.set_caching_options(False)  # fresh records on every run
+        task.set_display_name(DISPLAY_NAMES[RESAMPLE_STEP.name])
         _on_cluster(task, RESAMPLE_STEP, settings)
 
     return dpsynth_resample
