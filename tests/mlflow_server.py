@@ -22,19 +22,22 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    def __init__(self, root: Path, backend_store_uri: str | None = None) -> None:
+    def __init__(self, root: Path, backend_store_uri: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         """``backend_store_uri``: e.g. a PostgreSQL URI (tests/pg_server.py); default a
-        sqlite file under ``root``."""
+        sqlite file under ``root``. ``env``: extra environment variables of the server
+        (e.g. a manifest's ``MLFLOW_SERVER_ALLOWED_HOSTS``)."""
         self.root = Path(root)
         self.backend_store_uri = backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}"
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.extra_env = dict(env or {})
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-               "MLFLOW_DISABLE_TELEMETRY": "true"}
+               "MLFLOW_DISABLE_TELEMETRY": "true", **self.extra_env}
         self.log = open(self.root / "server.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
