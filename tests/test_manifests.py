@@ -1,19 +1,23 @@
-"""manifests/: every overlay renders without kubectl (tests/kustomize_lite.py), every object
-validates strictly against a pinned Kubernetes version, and the policy checks hold. Each
-policy check is also run on a deliberately broken object, so a check that stopped
-checking fails here."""
+"""manifests/: every overlay renders with the real ``kubectl kustomize``
+(tests/kubectl_kustomize.py), every object validates strictly against a pinned Kubernetes
+version, and the policy checks hold: Pod Security "restricted" for every pod, no secrets in
+the manifests, MLflow's exact allowed hosts, default-deny egress for the private boundary.
+Each check is also run on a deliberately broken object, so a check that stopped checking
+fails here."""
 
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
-from kustomize_lite import KustomizeError, pod_spec, render
+from kubectl_kustomize import pod_spec, render
 
+import dpsynth_kfp.pipeline
 from dpsynth_kfp.pipeline import CLUSTER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +62,73 @@ def _image_problem(image: str) -> str | None:
     return None
 
 
+#: Pod Security Standards, "restricted" profile (Kubernetes 1.33): the volume types a pod
+#: may use, the one capability it may add, the sysctls considered safe.
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                           "persistentVolumeClaim", "projected", "secret"}
+RESTRICTED_ADDABLE_CAPABILITIES = {"NET_BIND_SERVICE"}
+SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range",
+                "net.ipv4.ip_unprivileged_port_start", "net.ipv4.tcp_syncookies",
+                "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+                "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout",
+                "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes"}
+
+
+def pod_security_problems(where: str, pod: dict) -> list[str]:
+    """What the "restricted" Pod Security Standard refuses in one pod spec."""
+    problems = []
+    pod_ctx = pod.get("securityContext") or {}
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(field) is True:
+            problems.append(f"{where}: {field}: true")
+    for volume in pod.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            problems.append(f"{where}: volume {volume['name']} of type "
+                            f"{', '.join(sorted(kinds))} (restricted allows only "
+                            f"{', '.join(sorted(RESTRICTED_VOLUME_TYPES))})")
+    for sysctl in pod_ctx.get("sysctls") or []:
+        if sysctl["name"] not in SAFE_SYSCTLS:
+            problems.append(f"{where}: unsafe sysctl {sysctl['name']}")
+    containers = [c for key in ("initContainers", "containers", "ephemeralContainers")
+                  for c in pod.get(key) or []]
+    for c in containers:
+        cwhere = f"{where} container {c['name']}"
+        ctx = c.get("securityContext") or {}
+        merged = {**pod_ctx, **ctx}
+        if merged.get("runAsNonRoot") is not True:
+            problems.append(f"{cwhere}: runAsNonRoot is not true (pod or container)")
+        if merged.get("runAsUser") == 0:
+            problems.append(f"{cwhere}: runAsUser 0")
+        if ctx.get("privileged") is True:
+            problems.append(f"{cwhere}: privileged")
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{cwhere}: allowPrivilegeEscalation is not false")
+        caps = ctx.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            problems.append(f"{cwhere}: capabilities do not drop ALL")
+        added = set(caps.get("add") or []) - RESTRICTED_ADDABLE_CAPABILITIES
+        if added:
+            problems.append(f"{cwhere}: adds capabilities {', '.join(sorted(added))}")
+        seccomp = (ctx.get("seccompProfile") or pod_ctx.get("seccompProfile") or {})
+        if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{cwhere}: seccompProfile is not RuntimeDefault or Localhost "
+                            f"({seccomp.get('type')})")
+        if ctx.get("procMount", "Default") != "Default":
+            problems.append(f"{cwhere}: procMount {ctx['procMount']}")
+        apparmor = (ctx.get("appArmorProfile") or pod_ctx.get("appArmorProfile") or {})
+        if apparmor.get("type", "RuntimeDefault") not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{cwhere}: appArmorProfile {apparmor['type']}")
+        selinux = merged.get("seLinuxOptions") or {}
+        if selinux.get("user") or selinux.get("role") or selinux.get("type", "") not in (
+                "", "container_t", "container_init_t", "container_kvm_t",
+                "container_engine_t"):
+            problems.append(f"{cwhere}: seLinuxOptions {selinux}")
+        if any(port.get("hostPort") for port in c.get("ports") or []):
+            problems.append(f"{cwhere}: a hostPort")
+    return problems
+
+
 def policy_problems(objects: list[dict],
                     read_only_exceptions=READ_ONLY_ROOT_EXCEPTIONS) -> list[str]:
     """Every broken policy, one line each; empty when all hold."""
@@ -71,13 +142,11 @@ def policy_problems(objects: list[dict],
             for key, value in (obj.get("data") or {}).items():
                 if SECRETISH_VALUE.search(str(value)):
                     problems.append(f"{where}: data[{key}] looks like a credential")
-        for pod, c in _workload_containers(obj):
+        pod = pod_spec(obj)
+        if pod:
+            problems += pod_security_problems(where, pod)
+        for _, c in _workload_containers(obj):
             cwhere = f"{where} container {c['name']}"
-            ctx = {**(pod.get("securityContext") or {}), **(c.get("securityContext") or {})}
-            if ctx.get("runAsUser") == 0 or ctx.get("runAsNonRoot") is False or not (
-                    ctx.get("runAsNonRoot") or (ctx.get("runAsUser") or 0) > 0):
-                problems.append(f"{cwhere}: may run as root (set runAsNonRoot: true and a "
-                                "non-zero runAsUser)")
             if (c.get("securityContext") or {}).get("readOnlyRootFilesystem") is not True \
                     and (obj["kind"], obj["metadata"]["name"], c["name"]) \
                     not in read_only_exceptions:
@@ -100,6 +169,175 @@ def policy_problems(objects: list[dict],
             for arg in (c.get("command") or []) + (c.get("args") or []):
                 if SECRETISH_VALUE.search(str(arg)):
                     problems.append(f"{cwhere}: a command argument holds a credential")
+    return problems
+
+
+#: The label of the pods inside the private boundary (plan, encode, dp_cluster, fit_gmm):
+#: the compiled pipeline sets it on their pods, the egress policy selects on it.
+PRIVATE_BOUNDARY = ("dpsynth.io/private-boundary", "true")
+EGRESS_POLICY = "private-boundary-egress"
+
+
+def namespace_problems(objects: list[dict]) -> list[str]:
+    """Every Namespace enforces the restricted Pod Security Standard."""
+    namespaces = [o for o in objects if o["kind"] == "Namespace"]
+    problems = [] if namespaces else ["no Namespace"]
+    for ns in namespaces:
+        labels = ns["metadata"].get("labels") or {}
+        if labels.get("pod-security.kubernetes.io/enforce") != "restricted":
+            problems.append(f"Namespace/{ns['metadata']['name']}: label "
+                            "pod-security.kubernetes.io/enforce is not restricted")
+    return problems
+
+
+def _by(objects: list[dict], kind: str, name: str) -> dict | None:
+    return next((o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name),
+                None)
+
+
+def mlflow_problems(objects: list[dict]) -> list[str]:
+    """The MLflow server: exact Host names (its Service's, short and namespace-qualified,
+    with and without the port), job execution off, a readiness probe that reaches the
+    backend store (tests/test_mlflow_manifest.py runs it against a real server)."""
+    deployment, service = _by(objects, "Deployment", "mlflow"), _by(objects, "Service",
+                                                                    "mlflow")
+    if not deployment or not service:
+        return ["no Deployment/mlflow and Service/mlflow"]
+    namespace = deployment["metadata"]["namespace"]
+    c = next(c for c in pod_spec(deployment)["containers"] if c["name"] == "mlflow")
+    env = {e["name"]: e.get("value") for e in c.get("env") or []}
+    problems = []
+    hosts = [h.strip() for h in (env.get("MLFLOW_SERVER_ALLOWED_HOSTS") or "").split(",")]
+    patterns = [h for h in hosts if set(h) & set("*?[]")]
+    if patterns:
+        problems.append(f"MLFLOW_SERVER_ALLOWED_HOSTS has patterns (MLflow matches them with "
+                        f"fnmatch: mlflow.* admits mlflow.evil.com): {patterns}")
+    names = ["mlflow", f"mlflow.{namespace}", f"mlflow.{namespace}.svc",
+             f"mlflow.{namespace}.svc.cluster.local"]
+    ports = [p["port"] for p in service["spec"]["ports"]]
+    missing = [n for name in names for n in (name, *(f"{name}:{p}" for p in ports))
+               if n not in hosts]
+    if missing:
+        problems.append(f"MLFLOW_SERVER_ALLOWED_HOSTS lacks the Service's names {missing}")
+    if env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION") != "false":
+        problems.append("MLFLOW_SERVER_ENABLE_JOB_EXECUTION is not false (the job runner "
+                        "idles at ~1.7 GiB more)")
+    probe = c.get("readinessProbe") or {}
+    if "MLFLOW_BACKEND_STORE_URI" not in " ".join((probe.get("exec") or {}).get("command",
+                                                                                  [])):
+        problems.append("the readiness probe does not query the backend store (/health "
+                        "answers OK with the database down)")
+    return problems
+
+
+class Dest:
+    """A destination of a connection: a pod (namespace and labels) or a bare address."""
+
+    def __init__(self, ip: str, port: int, protocol: str = "TCP", namespace: str | None = None,
+                 labels: dict[str, str] | None = None) -> None:
+        self.ip, self.port, self.protocol = ipaddress.ip_address(ip), port, protocol
+        self.namespace, self.labels = namespace, labels
+
+    def __repr__(self) -> str:
+        where = f"{self.namespace}/{self.labels}" if self.labels is not None else self.ip
+        return f"{where} {self.port}/{self.protocol}"
+
+
+def _selects(selector: dict, labels: dict[str, str]) -> bool:
+    unknown = set(selector) - {"matchLabels"}
+    assert not unknown, f"selector fields this check does not model: {unknown}"
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def _peer_admits(peer: dict, policy_ns: str, dest: Dest) -> bool:
+    if "ipBlock" in peer:
+        block = peer["ipBlock"]
+        return dest.ip in ipaddress.ip_network(block["cidr"]) and not any(
+            dest.ip in ipaddress.ip_network(e) for e in block.get("except") or [])
+    if dest.labels is None:
+        return False
+    if "namespaceSelector" in peer:
+        if not _selects(peer["namespaceSelector"],
+                        {"kubernetes.io/metadata.name": dest.namespace}):
+            return False
+    elif dest.namespace != policy_ns:
+        return False
+    return _selects(peer.get("podSelector") or {}, dest.labels)
+
+
+def _port_admits(port: dict, dest: Dest) -> bool:
+    assert isinstance(port.get("port", 0), int), f"named ports are not modelled: {port}"
+    if port.get("protocol", "TCP") != dest.protocol:
+        return False
+    if "port" not in port:
+        return True
+    return port["port"] <= dest.port <= port.get("endPort", port["port"])
+
+
+def egress_allowed(objects: list[dict], namespace: str, labels: dict[str, str],
+                   dest: Dest) -> bool:
+    """NetworkPolicy semantics for a new connection from a pod: not isolated for egress
+    unless a policy with policyType Egress selects it; then allowed iff a rule of one of
+    those policies admits both the peer and the port."""
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"
+                and o["metadata"]["namespace"] == namespace
+                and "Egress" in o["spec"].get("policyTypes", [])
+                and _selects(o["spec"]["podSelector"], labels)]
+    if not policies:
+        return True
+    return any(
+        (not rule.get("to") or any(_peer_admits(p, namespace, dest) for p in rule["to"]))
+        and (not rule.get("ports") or any(_port_admits(p, dest) for p in rule["ports"]))
+        for policy in policies for rule in policy["spec"].get("egress") or [])
+
+
+def private_pod_labels() -> dict[str, str]:
+    """An encode task pod as KFP v2 and the compiled pipeline label it."""
+    return {"pipelines.kubeflow.org/v2_component": "true", "dpsynth.io/step": "encode",
+            PRIVATE_BOUNDARY[0]: PRIVATE_BOUNDARY[1]}
+
+
+def egress_problems(objects: list[dict]) -> list[str]:
+    """A private-boundary pod reaches DNS, MLflow, PostgreSQL, KFP's object store, ML
+    Metadata and API server, and the Kubernetes API server, and nothing else tried here."""
+    namespace = next(o["metadata"]["name"] for o in objects if o["kind"] == "Namespace")
+    policy = _by(objects, "NetworkPolicy", EGRESS_POLICY)
+    blocks = [peer["ipBlock"] for rule in (policy or {}).get("spec", {}).get("egress") or []
+              for peer in rule.get("to") or [] if "ipBlock" in peer]
+    problems = [f"ipBlock {b['cidr']} is wider than one address (the API server's)"
+                for b in blocks if ipaddress.ip_network(b["cidr"]).num_addresses != 1]
+    if not blocks:
+        problems.append("no ipBlock for the Kubernetes API server (the KFP launcher and "
+                        "Argo's executor in every task pod need it)")
+    api = [Dest(str(ipaddress.ip_network(b["cidr"])[0]), 443) for b in blocks]
+    kubeflow = "kubeflow"
+    allowed = [
+        Dest("10.0.0.10", 53, "UDP", "kube-system", {"k8s-app": "kube-dns"}),
+        Dest("10.0.0.10", 53, "TCP", "kube-system", {"k8s-app": "kube-dns"}),
+        Dest("10.1.0.5", 5000, "TCP", namespace, {"app.kubernetes.io/name": "mlflow"}),
+        Dest("10.1.0.6", 5432, "TCP", namespace, {"app.kubernetes.io/name": "postgres"}),
+        Dest("10.2.0.7", 9000, "TCP", kubeflow, {"app": "minio"}),
+        Dest("10.2.0.8", 8080, "TCP", kubeflow, {"component": "metadata-grpc-server"}),
+        Dest("10.2.0.9", 8887, "TCP", kubeflow, {"app": "ml-pipeline"}),
+        *api,
+    ]
+    denied = [
+        Dest("8.8.8.8", 443), Dest("8.8.8.8", 53, "UDP"), Dest("10.0.0.1", 443),
+        Dest("10.1.0.7", 9000, "TCP", namespace, {"app.kubernetes.io/name": "minio"}),
+        Dest("10.1.0.5", 22, "TCP", namespace, {"app.kubernetes.io/name": "mlflow"}),
+        Dest("10.1.0.5", 5000, "UDP", namespace, {"app.kubernetes.io/name": "mlflow"}),
+        Dest("10.3.0.6", 5432, "TCP", "other", {"app.kubernetes.io/name": "postgres"}),
+        Dest("10.3.0.7", 53, "UDP", "other", {"k8s-app": "kube-dns"}),
+        Dest("10.2.0.10", 9000, "TCP", kubeflow, {"app": "something-else"}),
+        Dest("10.2.0.9", 8888, "TCP", kubeflow, {"app": "ml-pipeline"}),
+        Dest("10.1.0.9", 8080, "TCP", namespace, {"pipelines.kubeflow.org/v2_component":
+                                                  "true"}),
+    ]
+    pod = private_pod_labels()
+    problems += [f"a private-boundary pod cannot reach {d}" for d in allowed
+                 if not egress_allowed(objects, namespace, pod, d)]
+    problems += [f"a private-boundary pod can reach {d}" for d in denied
+                 if egress_allowed(objects, namespace, pod, d)]
     return problems
 
 
@@ -126,6 +364,45 @@ def test_policies_hold(overlay):
     name, objects = overlay
     problems = policy_problems(objects)
     assert not problems, f"overlay {name}:\n" + "\n".join(problems)
+
+
+def test_the_namespace_enforces_pod_security_restricted(overlay):
+    name, objects = overlay
+    assert not namespace_problems(objects), name
+
+
+def test_mlflow_hosts_jobs_and_readiness(overlay):
+    name, objects = overlay
+    problems = mlflow_problems(objects)
+    assert not problems, f"overlay {name}:\n" + "\n".join(problems)
+
+
+def test_prod_mlflow_answers_its_ingress_host():
+    objects = render(MANIFESTS / "overlays" / "prod")
+    c = pod_spec(_by(objects, "Deployment", "mlflow"))["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert "mlflow.example.org" in env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+
+
+def test_private_boundary_egress_is_default_deny(overlay):
+    name, objects = overlay
+    problems = egress_problems(objects)
+    assert not problems, f"overlay {name}:\n" + "\n".join(problems)
+    policy = _by(objects, "NetworkPolicy", EGRESS_POLICY)
+    assert policy["spec"]["podSelector"] == {"matchLabels": dict([PRIVATE_BOUNDARY])}
+    # A task pod outside the boundary (synthesize, evaluate...) is not selected.
+    namespace = policy["metadata"]["namespace"]
+    assert egress_allowed(objects, namespace, {"pipelines.kubeflow.org/v2_component": "true"},
+                          Dest("8.8.8.8", 443))
+
+
+def test_the_pipeline_labels_its_private_pods_as_the_policy_selects():
+    """The compiled pipeline's label for the private steps (dpsynth_kfp.pipeline), where it
+    defines one, is the one the egress policy selects on."""
+    label = getattr(dpsynth_kfp.pipeline, "PRIVATE_BOUNDARY_LABEL", None)
+    if label is None:
+        pytest.skip("dpsynth_kfp.pipeline defines no PRIVATE_BOUNDARY_LABEL yet")
+    assert tuple(label) == PRIVATE_BOUNDARY
 
 
 def test_the_objects_the_issue_asks_for(overlay):
@@ -252,12 +529,33 @@ spec:
           resources:
             requests: {cpu: 100m, memory: 64Mi}
             limits: {cpu: 200m, memory: 128Mi}
-          securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}
+          securityContext:
+            readOnlyRootFilesystem: true
+            allowPrivilegeEscalation: false
+            capabilities: {drop: [ALL]}
+            seccompProfile: {type: RuntimeDefault}
 """)
 
 
 def _container(obj: dict) -> dict:
     return obj["spec"]["template"]["spec"]["containers"][0]
+
+
+def _pod(obj: dict) -> dict:
+    return obj["spec"]["template"]["spec"]
+
+
+def _no_seccomp(obj: dict) -> None:
+    for ctx in (_pod(obj).get("securityContext") or {},
+                _container(obj)["securityContext"]):
+        ctx.pop("seccompProfile", None)
+
+
+def _root_init_container(obj: dict) -> None:
+    init = copy.deepcopy(_container(obj))
+    init["name"] = "init"
+    init["securityContext"]["runAsUser"] = 0
+    _pod(obj)["initContainers"] = [init]
 
 
 def _break(mutate):
@@ -286,6 +584,25 @@ BROKEN = {
         {"name": "DB_URI", "value": "postgresql://app:hunter2@db:5432/app"}),
     "password argument": lambda o: _container(o).update(
         args=["--admin-uri=postgresql://postgres:hunter2@db/ledger"]),
+    # Pod Security "restricted".
+    "privileged": lambda o: _container(o)["securityContext"].update(privileged=True),
+    "privilege escalation allowed": lambda o: _container(o)["securityContext"].pop(
+        "allowPrivilegeEscalation"),
+    "capabilities not dropped": lambda o: _container(o)["securityContext"].pop(
+        "capabilities"),
+    "capability added": lambda o: _container(o)["securityContext"]["capabilities"].update(
+        add=["NET_ADMIN"]),
+    "no seccomp profile": _no_seccomp,
+    "unconfined seccomp": lambda o: _container(o)["securityContext"].update(
+        seccompProfile={"type": "Unconfined"}),
+    "host network": lambda o: _pod(o).update(hostNetwork=True),
+    "hostPath volume": lambda o: _pod(o).setdefault("volumes", []).append(
+        {"name": "host", "hostPath": {"path": "/"}}),
+    "host port": lambda o: _container(o).setdefault("ports", []).append(
+        {"containerPort": 8080, "hostPort": 8080}),
+    "unsafe sysctl": lambda o: _pod(o).setdefault("securityContext", {}).update(
+        sysctls=[{"name": "kernel.msgmax", "value": "65536"}]),
+    "root init container": _root_init_container,
 }
 
 
@@ -335,53 +652,111 @@ def test_strict_validation_fails_an_unknown_field():
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
-# --- the renderer ------------------------------------------------------------------
+def _dev() -> list[dict]:
+    return copy.deepcopy(render(MANIFESTS / "overlays" / "dev"))
 
 
-def _write(folder: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(text)
-    return folder
+@pytest.mark.parametrize("labels", [
+    {},
+    {"pod-security.kubernetes.io/enforce": "baseline"},
+    {"pod-security.kubernetes.io/warn": "restricted"},
+])
+def test_a_namespace_without_restricted_enforcement_fails(labels):
+    objects = _dev()
+    assert namespace_problems(objects) == []
+    _by(objects, "Namespace", "dpsynth-dev")["metadata"]["labels"] = labels
+    assert namespace_problems(objects)
 
 
-def test_renderer_patches_namespaces_and_images(tmp_path):
-    _write(tmp_path, {
-        "base/kustomization.yaml": "resources: [app.yaml]\n",
-        "base/app.yaml": yaml.safe_dump(_good_deployment()) + "---\n" + yaml.safe_dump(
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-             "metadata": {"name": "rb"},
-             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                         "name": "r"},
-             "subjects": [{"kind": "ServiceAccount", "name": "sa"}]}),
-        "comp/kustomization.yaml": (
-            "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\npatches:\n"
-            "  - target: {kind: Deployment, name: probe}\n    patch: |-\n"
-            "      - op: add\n        path: /spec/replicas\n        value: 3\n"),
-        "overlay/kustomization.yaml": (
-            "namespace: ns\nresources: [../base]\ncomponents: [../comp]\n"
-            "images:\n  - {name: registry.example.org/probe, newTag: 2.0.0}\n"
-            "patches:\n  - path: patch.yaml\n"),
-        "overlay/patch.yaml": (
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: probe}\nspec:\n"
-            "  template:\n    spec:\n      containers:\n        - name: main\n"
-            "          env: [{name: EXTRA, value: x}]\n"),
-    })
-    deployment, binding = render(tmp_path / "overlay")
-    assert deployment["metadata"]["namespace"] == "ns" and deployment["spec"]["replicas"] == 3
-    container = _container(deployment)
-    assert container["image"] == "registry.example.org/probe:2.0.0"
-    assert [e["name"] for e in container["env"]] == ["MODE", "EXTRA"]
-    assert container["resources"]["limits"]  # merged, not replaced
-    assert binding["subjects"][0]["namespace"] == "ns"
+def _mlflow_env(objects: list[dict]) -> list[dict]:
+    return pod_spec(_by(objects, "Deployment", "mlflow"))["containers"][0]["env"]
 
 
-def test_renderer_refuses_what_it_does_not_implement(tmp_path):
-    _write(tmp_path, {"kustomization.yaml": "namePrefix: x-\nresources: []\n"})
-    with pytest.raises(KustomizeError, match="namePrefix"):
-        render(tmp_path)
-    _write(tmp_path, {"kustomization.yaml": (
-        "resources: []\npatches:\n  - target: {kind: Job, name: nope}\n"
-        "    patch: '[{op: add, path: /x, value: 1}]'\n")})
-    with pytest.raises(KustomizeError, match="matches nothing"):
-        render(tmp_path)
+def _set_env(objects: list[dict], name: str, value: str | None) -> None:
+    env = _mlflow_env(objects)
+    env[:] = [e for e in env if e["name"] != name]
+    if value is not None:
+        env.append({"name": name, "value": value})
+
+
+def _hosts(objects: list[dict]) -> str:
+    return next(e["value"] for e in _mlflow_env(objects)
+                if e["name"] == "MLFLOW_SERVER_ALLOWED_HOSTS")
+
+
+#: The allowed hosts before issue 23: mlflow.* admitted mlflow.evil.com, 10.* any pod IP.
+OLD_ALLOWED_HOSTS = "mlflow,mlflow:*,mlflow.*,localhost,localhost:*,10.*,172.*,192.168.*"
+
+MLFLOW_BROKEN = {
+    "the old wildcard hosts": lambda o: _set_env(o, "MLFLOW_SERVER_ALLOWED_HOSTS",
+                                                 OLD_ALLOWED_HOSTS),
+    "any host": lambda o: _set_env(o, "MLFLOW_SERVER_ALLOWED_HOSTS", "*"),
+    "one pattern added": lambda o: _set_env(o, "MLFLOW_SERVER_ALLOWED_HOSTS",
+                                            _hosts(o) + ",mlflow.*"),
+    "no namespace-qualified name": lambda o: _set_env(o, "MLFLOW_SERVER_ALLOWED_HOSTS",
+                                                      "mlflow,mlflow:5000"),
+    "hosts unset": lambda o: _set_env(o, "MLFLOW_SERVER_ALLOWED_HOSTS", None),
+    "job execution on": lambda o: _set_env(o, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true"),
+    "job execution default": lambda o: _set_env(o, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
+                                                None),
+    "readiness on /health": lambda o: pod_spec(_by(o, "Deployment", "mlflow"))[
+        "containers"][0].update(readinessProbe={"httpGet": {"path": "/health",
+                                                            "port": "http"}}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MLFLOW_BROKEN))
+def test_each_mlflow_check_fails_a_broken_deployment(case):
+    objects = _dev()
+    assert mlflow_problems(objects) == []
+    MLFLOW_BROKEN[case](objects)
+    assert mlflow_problems(objects), case
+
+
+def test_mlflow_itself_admits_foreign_hosts_through_a_pattern():
+    """Why patterns are refused: MLflow's own host check (fnmatch) with the old list."""
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    assert is_allowed_host_header(OLD_ALLOWED_HOSTS.split(","), "mlflow.evil.com")
+    hosts = _hosts(_dev()).split(",")
+    assert not is_allowed_host_header(hosts, "mlflow.evil.com")
+    assert is_allowed_host_header(hosts, "mlflow.dpsynth-dev.svc.cluster.local:5000")
+
+
+def _egress(objects: list[dict]) -> dict:
+    return _by(objects, "NetworkPolicy", EGRESS_POLICY)["spec"]
+
+
+def _rule_to(objects: list[dict], label: tuple[str, str]) -> dict:
+    return next(rule for rule in _egress(objects)["egress"] for peer in rule["to"]
+                if dict([label]).items() <= (peer.get("podSelector") or {}).get(
+                    "matchLabels", {}).items())
+
+
+EGRESS_BROKEN = {
+    "no policy": lambda o: o.remove(_by(o, "NetworkPolicy", EGRESS_POLICY)),
+    "an allow-all rule": lambda o: _egress(o)["egress"].append({}),
+    "ingress only": lambda o: _egress(o).update(policyTypes=["Ingress"]),
+    "selects other pods": lambda o: _egress(o).update(
+        podSelector={"matchLabels": {"dpsynth.io/step": "evaluate"}}),
+    "any address on 443": lambda o: _egress(o)["egress"][-1]["to"][0]["ipBlock"].update(
+        cidr="0.0.0.0/0"),
+    "no API server": lambda o: _egress(o)["egress"].pop(),
+    "every port of MLflow": lambda o: _rule_to(
+        o, ("app.kubernetes.io/name", "mlflow")).pop("ports"),
+    "DNS in any namespace": lambda o: _rule_to(o, ("k8s-app", "kube-dns"))["to"][0].update(
+        namespaceSelector={}),
+    "DNS not reachable": lambda o: _rule_to(o, ("k8s-app", "kube-dns"))["to"][0].pop(
+        "namespaceSelector"),
+    "the namespace's MinIO": lambda o: _egress(o)["egress"].append(
+        {"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "minio"}}}],
+         "ports": [{"port": 9000, "protocol": "TCP"}]}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EGRESS_BROKEN))
+def test_each_egress_check_fails_a_broken_policy(case):
+    objects = _dev()
+    assert egress_problems(objects) == []
+    EGRESS_BROKEN[case](objects)
+    assert egress_problems(objects), case
