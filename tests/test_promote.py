@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -69,6 +70,26 @@ def run_out(server, ledger_uri, tmp_path_factory):
     return out
 
 
+def _candidate(run_out, tmp_path, seed: int):
+    """Another release of the same mixture: ``run_out`` with its synthetic set drawn again
+    (post-processing), so its release digest differs from the run's."""
+    import shutil
+
+    from dpsynth import steps
+    from dpsynth.outputs import remove_embedding_set
+
+    out = tmp_path / f"candidate-{seed}"
+    shutil.copytree(run_out, out)
+    remove_embedding_set(out / "synthetic")
+    steps.synthesize(out / "mixture", out / "synthetic", n=2000, random_state=seed)
+    return out
+
+
+def _versions(server) -> list[int]:
+    return sorted(int(v.version) for v in
+                  MlflowClient(server.uri).search_model_versions(f"name = '{NAME}'"))
+
+
 def _cli(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args])
 
@@ -101,21 +122,55 @@ def test_promote_sets_production_and_the_pyfunc_samples(server, run_out, monkeyp
     assert np.bincount(balanced["label"], minlength=10).tolist() == [4] * 10
 
 
+def test_the_model_requires_the_exact_dpsynth_build_it_ships(server, run_out, tmp_path,
+                                                             monkeypatch):
+    """The registered model names this dpsynth's wheel, shipped in its artifacts (an
+    index without dpsynth can still serve it), by path, and records the wheel's sha256."""
+    import hashlib
+
+    import mlflow.artifacts
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    mv = MlflowClient(server.uri).get_model_version(NAME, "1")
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/1",
+                                                     dst_path=str(tmp_path)))
+    requirements = (local / "requirements.txt").read_text().split()
+    (wheel_line,) = [r for r in requirements if "dpsynth" in r]
+    assert wheel_line.startswith("artifacts/dpsynth-") and wheel_line.endswith(".whl")
+    wheel = local / wheel_line
+    assert hashlib.sha256(wheel.read_bytes()).hexdigest() == mv.tags["dpsynth.wheel_sha256"]
+    assert not [r for r in requirements if r in ("dpsynth", "mlflow", "numpy")]  # pinned
+
+
+def test_promoting_the_same_run_again_returns_its_version(server, run_out):
+    """A retried or repeated promote of one run registers nothing new."""
+    before = _versions(server)
+    again = _cli("promote", "--out", run_out, "--tracking-uri", server.uri)
+    assert again.exit_code == 0, again.output
+    assert "version 1" in again.output and _versions(server) == before
+
+
 @pytest.mark.parametrize(("option", "gate"), [
     (("--max-epsilon", "1"), "max_epsilon"),
     (("--min-accuracy", "0.99"), "min_accuracy"),
     (("--accuracy-tolerance", "-0.5"), "accuracy_vs_production"),
     (("--frechet-tolerance", "-1"), "frechet_vs_production"),
 ])
-def test_a_failed_gate_leaves_production_where_it_was(server, run_out, option, gate):
+def test_a_failed_gate_leaves_production_where_it_was(server, run_out, option, gate,
+                                                      tmp_path):
     before = _alias(server)
-    result = _cli("promote", "--out", run_out, "--tracking-uri", server.uri, *option)
+    candidate = _candidate(run_out, tmp_path, seed=len(_versions(server)))
+    result = _cli("promote", "--out", candidate, "--tracking-uri", server.uri, *option)
     assert result.exit_code == 2, result.output
     assert f"gate '{gate}' failed" in result.output
     assert _alias(server) == before
     client = MlflowClient(server.uri)
-    newest = max(int(v.version) for v in client.search_model_versions(f"name = '{NAME}'"))
+    newest = max(_versions(server))
     assert client.get_model_version(NAME, str(newest)).tags[TAG_GATE] == f"failed: {gate}"
+    # The failure is deterministic: promoting the same candidate again registers nothing.
+    again = _cli("promote", "--out", candidate, "--tracking-uri", server.uri, *option)
+    assert again.exit_code == 2 and f"gate '{gate}' failed" in again.output
+    assert max(_versions(server)) == newest
 
 
 def test_promote_by_version_runs_the_gates_too(server, run_out):
@@ -196,14 +251,67 @@ def test_pipeline_promote_task_publishes_step_artifacts(server, run_out, tmp_pat
 
     config = tmp_path / "config.yaml"
     config.write_text((run_out / "config.yaml").read_text())
-    release = promote_artifacts(
-        mixture=run_out / "mixture", synthetic=run_out / "synthetic",
-        metrics=run_out / "evaluation" / "metrics.json",
-        privacy_plan=run_out / "privacy_plan.json", config=config,
-        decoded=run_out / "decoded", source_run_id="kfp-run", tracking_uri=server.uri)
+    candidate = _candidate(run_out, tmp_path, seed=101)
+
+    def task():
+        return promote_artifacts(
+            mixture=candidate / "mixture", synthetic=candidate / "synthetic",
+            metrics=run_out / "evaluation" / "metrics.json",
+            privacy_plan=run_out / "privacy_plan.json", config=config,
+            decoded=run_out / "decoded", source_run_id="kfp-run", tracking_uri=server.uri)
+
+    release = task()
     assert release.model_name == NAME and _alias(server) == release.version
     assert release.previous_production == "1" and _alias(server, PREVIOUS) == "1"
     assert release.tags["dpsynth.source_run_id"] == "kfp-run"
+    # The task run again (a retry) returns the same version.
+    before = _versions(server)
+    assert task().version == release.version and _versions(server) == before
+
+
+def test_rollback_refuses_a_gate_failed_version_unless_forced_with_a_reason(server):
+    client = MlflowClient(server.uri)
+    failed = [v for v in _versions(server) if client.get_model_version(
+        NAME, str(v)).tags[TAG_GATE].startswith("failed")]
+    target = str(failed[-1])
+    before = _alias(server)
+    refused = _cli("rollback", "--dataset-id", DATASET, "--to-version", target,
+                   "--tracking-uri", server.uri)
+    assert refused.exit_code == 2 and "did not pass the promotion gates" in refused.output
+    assert _alias(server) == before
+    no_reason = _cli("rollback", "--dataset-id", DATASET, "--to-version", target,
+                     "--tracking-uri", server.uri, "--force")
+    assert no_reason.exit_code == 2 and "--reason" in no_reason.output
+    assert _alias(server) == before
+    forced = _cli("rollback", "--dataset-id", DATASET, "--to-version", target,
+                  "--tracking-uri", server.uri, "--force", "--reason", "incident 42")
+    assert forced.exit_code == 0, forced.output
+    assert _alias(server) == target
+    tag = client.get_model_version(NAME, target).tags["dpsynth.forced_production"]
+    assert tag.startswith("incident 42") and "failed" in tag
+    # Back to a gated version for the tests below.
+    assert _cli("rollback", "--dataset-id", DATASET, "--to-version", before,
+                "--tracking-uri", server.uri).exit_code == 0
+
+
+def test_a_production_set_outside_the_gates_never_becomes_previous(server, run_out,
+                                                                   tmp_path):
+    """Someone moves the alias by hand to a gate-failed version; the next promote does not
+    record it as 'previous' (so rollback cannot bring it back)."""
+    client = MlflowClient(server.uri)
+    gated = _alias(server)
+    bad = _cli("promote", "--out", _candidate(run_out, tmp_path, seed=202),
+               "--tracking-uri", server.uri, "--min-accuracy", "0.999")
+    assert bad.exit_code == 2
+    bad_version = str(max(_versions(server)))
+    client.set_model_version_tag(NAME, bad_version, "dpsynth.previous_production", gated)
+    client.set_registered_model_alias(NAME, PRODUCTION, bad_version)
+    good = _cli("promote", "--out", _candidate(run_out, tmp_path, seed=203),
+                "--tracking-uri", server.uri, "--accuracy-tolerance", "1")
+    assert good.exit_code == 0, good.output
+    new = _alias(server)
+    assert new != bad_version and _alias(server, PREVIOUS) == gated
+    assert client.get_model_version(NAME, new).tags["dpsynth.previous_production"] == gated
 
 
 def test_pipeline_tasks_compile(tmp_path):

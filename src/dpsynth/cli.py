@@ -197,12 +197,25 @@ def rollback(
         "--to-version", help="Version to move 'production' to (default: the one the "
         "current production version replaced).")] = None,
     tracking_uri: TrackingUriOption = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Allow a version that did not pass the promotion gates (needs "
+        "--reason, recorded on the version).")] = False,
+    reason: Annotated[str | None, typer.Option(
+        "--reason", help="Why a gate-failed version is forced to production (with "
+        "--force; kept in the version's tag dpsynth.forced_production).")] = None,
 ) -> None:
-    """Move the alias 'production' back to the version it replaced."""
+    """Move the alias 'production' back to the version it replaced.
+
+    Only to a version that passed the promotion gates; --force --reason TEXT overrides
+    that, and the reason is recorded on the version."""
     from dpsynth import promote as release_mod
 
+    if force != (reason is not None):
+        typer.echo("error: --force and --reason go together: --force --reason 'why'",
+                   err=True)
+        raise typer.Exit(2)
     release = _release_call(release_mod.rollback, dataset_id, to_version=to_version,
-                            tracking_uri=tracking_uri)
+                            tracking_uri=tracking_uri, force_reason=reason)
     _echo_release(release, "rolled back to")
 
 

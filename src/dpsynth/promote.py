@@ -34,6 +34,7 @@ it was, tags the version ``dpsynth.gate`` = ``failed: <gate>`` and raises
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -61,6 +62,16 @@ TAG_PREVIOUS = "dpsynth.previous_production"
 TAG_GATE = "dpsynth.gate"
 TAG_RELEASE_RUN = "dpsynth.release_run_id"
 TAG_SOURCE_RUN = "dpsynth.source_run_id"
+#: sha256 over the release's mixture files and its synthetic set's manifest (which holds
+#: every shard's sha256): the same run promoted twice has the same digest. A digest of DP
+#: releases and samples only, never of private data.
+TAG_RELEASE_DIGEST = "dpsynth.release_digest"
+#: Set by ``rollback --force``: why a version that did not pass the gates was made
+#: production anyway (who decided and why), kept on the version.
+TAG_FORCED = "dpsynth.forced_production"
+#: The sha256 of the dpsynth wheel logged with the model (its exact build).
+TAG_WHEEL = "dpsynth.wheel_sha256"
+GATE_PASSED = "passed"
 METRIC_TAGS = ("epsilon", "delta", "private", "noise_seeded", "accuracy",
                "frechet_distance_to_test")
 RELEASE_FILE = "release.json"
@@ -343,10 +354,20 @@ def promote_version(dataset_id: str, version: str, *, gates: Gates = Gates(),
     if failed:
         client.set_model_version_tag(name, mv.version, TAG_GATE, f"failed: {failed[0]}")
         raise GateFailedError(failed[0], failed[1], mv.version)
-    client.set_model_version_tag(name, mv.version, TAG_GATE, "passed")
-    if current is not None:
-        client.set_model_version_tag(name, mv.version, TAG_PREVIOUS, current.version)
-        client.set_registered_model_alias(name, PREVIOUS, current.version)
+    client.set_model_version_tag(name, mv.version, TAG_GATE, GATE_PASSED)
+    previous = current
+    if previous is not None and not _may_be_production(previous):
+        # Production was moved outside the gates (an alias set by hand): it does not
+        # become 'previous'; the last gated one it replaced does, if any.
+        before = previous.tags.get(TAG_PREVIOUS)
+        previous = client.get_model_version(name, before) if before else None
+        if previous is not None and not _may_be_production(previous):
+            previous = None
+    if previous is not None:
+        client.set_model_version_tag(name, mv.version, TAG_PREVIOUS, previous.version)
+        client.set_registered_model_alias(name, PREVIOUS, previous.version)
+    elif _alias_version(client, name, PREVIOUS) is not None:
+        client.delete_registered_model_alias(name, PREVIOUS)
     client.set_registered_model_alias(name, PRODUCTION, mv.version)
     return _release(client, name, mv.version, dataset_id, True)
 
@@ -383,12 +404,20 @@ def register(out_dir: Path, *, tracking_uri: str | None = None,
     synth_set = EmbeddingSet.open(synthetic)
     client = _client(tracking_uri)
     name = model_name(dataset_id)
+    digest = release_digest(mixture, synthetic)
+    if (existing := _registered_with_digest(client, name, digest)) is not None:
+        # Promoting the same release again (a retried task, a second command) returns
+        # the version it already has instead of registering a duplicate.
+        return dataset_id, existing
     source_run = (_read_json(out_dir / "run.json").get("run_id")
                   if (out_dir / "run.json").is_file() else None)
     tags = {TAG_KIND: "run", **_candidate_values(metrics),
-            f"{TAG_PREFIX}dataset_id": dataset_id, **(extra_tags or {})}
+            f"{TAG_PREFIX}dataset_id": dataset_id, TAG_RELEASE_DIGEST: digest,
+            **(extra_tags or {})}
     if source_run:
         tags[TAG_SOURCE_RUN] = str(source_run)
+    wheel = dpsynth_wheel()  # before anything is logged: a model that cannot be served
+    tags[TAG_WHEEL] = _sha256(wheel)
     _release_experiment()
     with mlflow.start_run(run_name=f"release-{name}") as run:
         mlflow.set_tags(tags)
@@ -420,14 +449,108 @@ def register(out_dir: Path, *, tracking_uri: str | None = None,
         with warnings.catch_warnings():
             # The signature is explicit; an input example would make MLflow sample once.
             warnings.filterwarnings("ignore", message="(?s).*(type hints|input example)")
+            artifacts = {"mixture": str(mixture), "dpsynth_wheel": str(wheel)}
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT, python_model=SynthesizerModel.create(),
-                artifacts={"mixture": str(mixture)}, signature=_signature(),
-                pip_requirements=["dpsynth", "mlflow", "numpy", "pandas", "scikit-learn"])
+                artifacts=artifacts, signature=_signature(),
+                pip_requirements=model_requirements(wheel))
+            mlflow.set_tag(TAG_WHEEL, tags[TAG_WHEEL])
         run_id = run.info.run_id
     mv = mlflow.register_model(info.model_uri, name, tags={**tags, TAG_RELEASE_RUN: run_id})
     client.set_model_version_tag(name, mv.version, TAG_RELEASE_RUN, run_id)
     return dataset_id, str(mv.version)
+
+
+def release_digest(mixture: Path, synthetic: Path) -> str:
+    """sha256 over the mixture's files and the synthetic set's manifest (its shards'
+    sha256s): one value per release, the same for the same run promoted twice."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(mixture).rglob("*") if p.is_file()):
+        h.update(path.relative_to(mixture).as_posix().encode() + b"\0")
+        h.update(_sha256(path).encode())
+    h.update((Path(synthetic) / "manifest.json").read_bytes())
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _registered_with_digest(client, name: str, digest: str) -> str | None:
+    """The version of ``name`` registered for the release ``digest``, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    found = sorted(int(v.version) for v in versions
+                    if v.tags.get(TAG_RELEASE_DIGEST) == digest)
+    return str(found[0]) if found else None
+
+
+#: A dpsynth wheel built or shipped for this process's dpsynth (see :func:`dpsynth_wheel`).
+WHEEL_ENV = "DPSYNTH_WHEEL"
+
+
+#: Wheels built by this process, by source tree (built once: pip takes seconds).
+_BUILT_WHEELS: dict[Path, Path] = {}
+
+
+def dpsynth_wheel() -> Path:
+    """The wheel of the dpsynth that is running, logged with every registered model so
+    that ``mlflow models serve`` installs this exact build, not whatever an index calls
+    ``dpsynth``. ``$DPSYNTH_WHEEL`` (the images set it to the wheel they installed), else
+    one built from the source tree of an editable install. Raises :class:`ReleaseError`
+    when neither exists (register nothing rather than a model that cannot be served)."""
+    import importlib.metadata as md
+    import subprocess
+    import sys
+
+    shipped = os.environ.get(WHEEL_ENV)
+    if shipped:
+        if not Path(shipped).is_file():
+            raise ReleaseError(f"${WHEEL_ENV} names {shipped}, which does not exist")
+        return Path(shipped)
+    direct = md.distribution("dpsynth").read_text("direct_url.json") or "{}"
+    url = json.loads(direct).get("url", "")
+    source = Path(url.removeprefix("file://")) if url.startswith("file://") else None
+    if source is None or not (source / "pyproject.toml").is_file():
+        raise ReleaseError(f"no dpsynth wheel to log with the model: set ${WHEEL_ENV} to "
+                           "the wheel this dpsynth was installed from")
+    if source in _BUILT_WHEELS and _BUILT_WHEELS[source].is_file():
+        return _BUILT_WHEELS[source]
+    workdir = Path(tempfile.mkdtemp(prefix="dpsynth-wheel-"))
+    atexit.register(shutil.rmtree, workdir, True)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--quiet", "--wheel-dir", str(workdir), str(source)],
+        capture_output=True, text=True, timeout=300)
+    wheels = sorted(workdir.glob("dpsynth-*.whl"))
+    if built.returncode or not wheels:
+        raise ReleaseError(f"building the dpsynth wheel from {source} failed: "
+                           f"{(built.stderr or built.stdout).strip()[-500:]}")
+    _BUILT_WHEELS[source] = wheels[0]
+    return wheels[0]
+
+
+def model_requirements(wheel: Path) -> list[str]:
+    """The registered model's pip requirements: this dpsynth build (the wheel, shipped in
+    the model's artifacts and named by its path there), and the exact versions of what
+    the pyfunc itself imports."""
+    import importlib.metadata as md
+
+    return [f"artifacts/{wheel.name}",
+            *(f"{dist}=={md.version(dist)}"
+              for dist in ("mlflow", "numpy", "pandas", "scikit-learn"))]
 
 
 def _source(uri: str):
@@ -479,12 +602,24 @@ def promote_artifacts(*, mixture: Path, synthetic: Path, metrics: Path, privacy_
 
 
 # ------------------------------------------------------------------------------ rollback
+def _may_be_production(mv) -> bool:
+    """Whether a version may hold ``production`` or ``previous``: it passed the gates, or
+    an operator forced it with a recorded reason."""
+    return mv.tags.get(TAG_GATE) == GATE_PASSED or bool(mv.tags.get(TAG_FORCED))
+
+
 @_keeps_tracking_globals
 def rollback(dataset_id: str, *, to_version: str | None = None,
-             tracking_uri: str | None = None) -> Release:
+             tracking_uri: str | None = None, force_reason: str | None = None) -> Release:
     """Move ``production`` back to the version it replaced (``to_version`` to choose one).
-    No gates: the target was production before. ``previous`` then points at the version
-    the target itself replaced (or is removed)."""
+    The gates are not run again, but the target must have passed them when it was
+    promoted: a version tagged ``dpsynth.gate = failed: ...`` (or never gated) is refused
+    unless ``force_reason`` says why, which is recorded on the version
+    (``dpsynth.forced_production``). ``previous`` then points at the version the target
+    itself replaced (or is removed)."""
+    if force_reason is not None and not force_reason.strip():
+        raise ReleaseError("--force needs a reason (--reason TEXT): it is recorded on the "
+                           "version")
     client = _client(tracking_uri)
     name = model_name(dataset_id)
     current = _alias_version(client, name, PRODUCTION)
@@ -498,10 +633,21 @@ def rollback(dataset_id: str, *, to_version: str | None = None,
         raise ReleaseError(f"{name}@{PRODUCTION} (version {current.version}) replaced no "
                            "earlier version: nothing to roll back to")
     target_mv = client.get_model_version(name, str(target))
+    if not _may_be_production(target_mv):
+        gate = target_mv.tags.get(TAG_GATE) or "never gated"
+        if force_reason is None:
+            raise ReleaseError(
+                f"version {target_mv.version} of {name} did not pass the promotion gates "
+                f"({TAG_GATE} = {gate!r}): it cannot become '{PRODUCTION}'. Promote a "
+                "version that passes, or roll back with --force --reason TEXT (recorded "
+                "on the version)")
+        client.set_model_version_tag(name, target_mv.version, TAG_FORCED,
+                                     f"{force_reason.strip()} (gate: {gate})")
+        target_mv = client.get_model_version(name, target_mv.version)
     client.set_registered_model_alias(name, PRODUCTION, target_mv.version)
     client.set_model_version_tag(name, current.version, f"{TAG_PREFIX}rolled_back", "true")
     before = target_mv.tags.get(TAG_PREVIOUS)
-    if before:
+    if before and _may_be_production(client.get_model_version(name, before)):
         client.set_registered_model_alias(name, PREVIOUS, before)
     elif _alias_version(client, name, PREVIOUS) is not None:
         client.delete_registered_model_alias(name, PREVIOUS)

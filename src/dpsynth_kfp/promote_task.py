@@ -14,8 +14,10 @@ one-task pipeline of ``resample``. The binding is::
             tracking_uri=..., max_epsilon=..., ...)
 
 A failed gate fails the task (the message names the gate); the alias ``production`` stays
-where it was. Both tasks are post-processing of DP releases and read no private data, so
-they may be cached and retried freely.
+where it was. Both tasks are post-processing of DP releases and read no private data. They
+are never retried by Kubeflow (:data:`dpsynth_kfp.pipeline.NOT_RETRIED`): a gate failure
+is deterministic, and MLflow's client already retries a transient HTTP error. A promote
+run again for the same release returns the version it registered the first time.
 """
 
 from kfp import dsl
