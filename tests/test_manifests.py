@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import os
 import re
 from pathlib import Path
 
@@ -760,3 +761,20 @@ def test_each_egress_check_fails_a_broken_policy(case):
     assert egress_problems(objects) == []
     EGRESS_BROKEN[case](objects)
     assert egress_problems(objects), case
+
+
+def test_the_readme_patch_sets_the_api_server_address(tmp_path):
+    """The overlay patch manifests/README.md shows for the API server's address, applied
+    on top of the dev overlay: the address changes and the egress checks still hold."""
+    readme = (MANIFESTS / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S)
+                 if EGRESS_POLICY in b)
+    patch = yaml.safe_load(block)
+    dev = Path(os.path.relpath(MANIFESTS / "overlays" / "dev", tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(
+        {"resources": [str(dev)], "patches": patch}))
+    objects = render(tmp_path)
+    blocks = [peer["ipBlock"]["cidr"] for rule in _egress(objects)["egress"]
+              for peer in rule["to"] if "ipBlock" in peer]
+    assert blocks == [yaml.safe_load(patch[0]["patch"])[0]["value"]] != ["192.0.2.1/32"]
+    assert egress_problems(objects) == []
