@@ -2,12 +2,11 @@
 ``cluster-settings.yaml`` compiles to a pipeline whose GPU steps select the nodes that
 overlay's manifests select, rendered by the real ``kubectl kustomize``."""
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from kubectl_kustomize import find_kubectl, render
 from typer.testing import CliRunner
 
 from dpsynth.cli import app
@@ -23,7 +22,7 @@ IMAGES = {"cpu": f"registry.example.org/dpsynth@{DIGEST}",
 #: The Job of the manifests that runs on the overlay's GPU nodes (it seeds the model cache).
 GPU_JOB = "dpsynth-seed-model-cache"
 
-needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None,
+needs_kubectl = pytest.mark.skipif(find_kubectl() is None,
                                    reason="kubectl is not installed (scripts/setup.sh "
                                    "installs it where a registry offers it)")
 
@@ -33,10 +32,7 @@ def settings_file(overlay: str) -> Path:
 
 
 def rendered(overlay: str) -> list[dict]:
-    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "manifests" / "overlays" /
-                                                       overlay)],
-                         check=True, capture_output=True, text=True, timeout=120).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+    return render(ROOT / "manifests" / "overlays" / overlay)
 
 
 def executors(package: Path) -> tuple[dict, dict]:

@@ -2,6 +2,7 @@
 as documented, assembled from the specs so that one file swaps a component."""
 
 # No `from __future__ import annotations`: kfp reads the component annotations as types.
+import re
 import shutil
 from pathlib import Path
 
@@ -159,7 +160,9 @@ def test_every_task_has_requests_limits_and_a_timeout():
         assert k8s[label].active_deadline_seconds == want.timeout_s, label
 
 
-def test_every_idempotent_task_retries_and_plan_never_does():
+def test_every_idempotent_task_retries_and_plan_and_promote_never_do():
+    """plan charges the budget once; promote's gate failure is deterministic (a Kubeflow
+    retry registered the same candidate three times)."""
     spec, _ = _parsed()
     tasks = _tasks(spec)
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
@@ -169,8 +172,8 @@ def test_every_idempotent_task_retries_and_plan_never_does():
     for name, task in tasks.items():
         if spec.components[task.component_ref.name].executor_label not in executors:
             continue  # a DAG (the loop, the condition)
-        if name == "plan":
-            assert not task.HasField("retry_policy")
+        if name in ("plan", "promote"):
+            assert not task.HasField("retry_policy"), name
         else:
             assert task.retry_policy.max_retry_count == 2, name
             assert task.retry_policy.backoff_duration.seconds == 60, name
@@ -194,6 +197,7 @@ def test_fan_out_condition_and_plan_first():
     # Each loop, by the one task in its body.
     loops = {next(iter(spec.components[t.component_ref.name].dag.tasks)): t
              for t in root.values() if t.HasField("parameter_iterator")}
+    loop_keys = {id(t): key for key, t in root.items()}
     assert set(loops) == {"encode", "synthesize"}
     assert loops["encode"].parameter_iterator.items.raw == "[0, 1, 2, 3]"  # 4 encode parts
     # synthesize in 4 parts, at most 4 at once, joined by one task that reads them all
@@ -202,7 +206,7 @@ def test_fan_out_condition_and_plan_first():
     assert synth.iterator_policy.parallelism_limit == 4
     join = root["join-synthetic"]
     assert join.inputs.artifacts["parts"].task_output_artifact.producer_task == \
-        synth.task_info.name
+        loop_keys[id(synth)]
     conditions = sorted(t.trigger_policy.condition for t in root.values()
                         if t.trigger_policy.condition)
     assert len(conditions) == 2  # decode and promote
@@ -242,7 +246,7 @@ def test_the_run_form_shows_one_described_parameter_per_table_row():
 def test_the_pipeline_has_one_task_per_step_of_the_graph():
     spec, k8s = _parsed()
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
-    names = {t.task_info.name for _, dag in _dags(spec) for t in dag.tasks.values()}
+    names = {key for _, dag in _dags(spec) for key in dag.tasks}
     assert {n.replace("_", "-") for n in STEP_NAMES} <= names
     cuda = {s.name.replace("_", "-") for s in STEPS if s.device == "cuda"}
     for label, executor in executors.items():
@@ -468,14 +472,14 @@ def test_promote_runs_after_evaluate_only_when_its_parameter_is_true():
     assert inputs["tracking_uri"].component_input_parameter == "pipelinechannel--mlflow_uri"
     assert inputs["run_id"].component_input_parameter == "pipelinechannel--plan-Output"
     assert not task.caching_options.enable_cache
-    assert task.retry_policy.max_retry_count == 2
+    assert not task.HasField("retry_policy")  # deterministic gates: never retried
     assert k8s["exec-promote"].secret_as_env
 
 
-def test_the_resample_pipeline_is_committed_and_one_secret_retried_task(tmp_path,
-                                                                        default_images):
+def test_the_resample_pipeline_is_committed_and_one_secret_task(tmp_path, default_images):
     """pipelines/dpsynth_resample.yaml: a fresh compile; one task, resample, with the
-    run parameters, the MLflow secret, requests/limits/timeout, retries and no cache."""
+    run parameters, the MLflow secret, requests/limits/timeout, no retry (it registers a
+    version) and no cache."""
     fresh = compile_resample_pipeline(tmp_path / "r.yaml")
     assert fresh.read_text() == RESAMPLE_COMMITTED.read_text(), (
         "pipelines/dpsynth_resample.yaml is stale: run `dpsynth pipeline compile`")
@@ -484,7 +488,7 @@ def test_the_resample_pipeline_is_committed_and_one_secret_retried_task(tmp_path
     assert set(spec.root.dag.tasks) == {"resample"}
     task = spec.root.dag.tasks["resample"]
     assert not task.caching_options.enable_cache
-    assert task.retry_policy.max_retry_count == 2
+    assert not task.HasField("retry_policy")
     params = spec.root.input_definitions.parameters
     assert set(params) == {"dataset_id", "n_samples", "mlflow_uri", "alias", "promote"}
     assert all(params[name].description for name in params)
@@ -495,3 +499,38 @@ def test_the_resample_pipeline_is_committed_and_one_secret_retried_task(tmp_path
     assert int(executor["activeDeadlineSeconds"]) == DEFAULT_RESOURCES["resample"].timeout_s
     assert spec_doc["deploymentSpec"]["executors"]["exec-resample"]["container"][
         "image"].endswith("-cpu")
+
+
+def test_the_kubeflow_ui_shows_readable_names_for_every_task_and_loop():
+    """Display names instead of kfp's encode-2, for-loop-3, condition-6."""
+    spec, _ = _parsed()
+    for dag_name, dag in _dags(spec):
+        for key, task in dag.tasks.items():
+            shown = task.task_info.name
+            assert not re.fullmatch(r"(for-loop|condition|exit-handler)-\d+", shown), \
+                (dag_name, key)
+            assert not re.fullmatch(r"[a-z-]+-\d+", shown), (dag_name, key, shown)
+    shown = {t.task_info.name for _, dag in _dags(spec) for t in dag.tasks.values()}
+    assert {"Encode train split (one part)", "Encode test split", "DP clustering",
+            "encode-train-parts", "synthesize-parts", "promote-enabled"} <= shown
+
+
+def test_private_boundary_pods_are_labelled_and_every_task_runs_as_non_root():
+    """The label the namespace's default-deny egress policy selects
+    (manifests/base/networkpolicy.yaml), on exactly the steps inside the private
+    boundary; every task pod runs as the images' non-root user (Pod Security
+    "restricted")."""
+    from dpsynth_kfp.pipeline import IMAGE_UID, PRIVATE_BOUNDARY_LABEL, PRIVATE_STEPS
+
+    _, k8s = _parsed()
+    key, value = PRIVATE_BOUNDARY_LABEL
+    for label, config in k8s.items():
+        step = label.removeprefix("exec-").rstrip("-0123456789").replace("-", "_")
+        labels = dict(config.pod_metadata.labels)
+        assert (labels.get(key) == value) == (step in PRIVATE_STEPS), label
+        assert config.security_context.run_as_non_root, label
+        assert config.security_context.run_as_user == IMAGE_UID, label
+    assert {"plan", "encode", "dp_cluster", "fit_gmm", "evaluate"} == PRIVATE_STEPS
+    manifests = Path(__file__).resolve().parents[1] / "manifests"
+    policy = (manifests / "base" / "networkpolicy.yaml").read_text()
+    assert f"{key}: \"{value}\"" in policy
