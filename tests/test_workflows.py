@@ -112,3 +112,39 @@ def test_the_dpsynth_commands_it_runs_take_the_options_it_passes():
     for sub in ("pause", "resume"):
         assert {"--name", "--experiment", "--host", "--namespace", "--ca-bundle"} <= _options(
             "pipeline", sub)
+
+
+def test_tests_gate_the_build_and_the_deploy():
+    jobs = _workflow()["jobs"]
+    (run,) = [s["run"] for s in jobs["test"]["steps"] if "run" in s]
+    assert run.strip() == "bash scripts/test.sh"  # the README's test command
+    assert jobs["images"]["needs"] == "test"
+    assert set(jobs["deploy"]["needs"]) == {"test", "images"}
+    gitlab = yaml.safe_load(GITLAB.read_text())
+    assert gitlab["stages"][0] == "test" and gitlab["test"]["script"] == [
+        "bash scripts/test.sh"]
+
+
+def test_the_pipeline_is_compiled_by_digest_for_an_overlay_and_gated_on_production():
+    """The compiled images are the digests the pushes returned, the cluster settings are
+    the chosen overlay's, and the default accuracy gate is relative to production."""
+    data = _workflow()
+    runs = "\n".join(s.get("run", "") for s in _steps(data)).replace("\\\n", " ")
+    gitlab = "\n".join(yaml.safe_load(GITLAB.read_text())["deploy"]["script"])
+    overlays = sorted(p.parent.name for p in (ROOT / "manifests" / "overlays").glob(
+        "*/cluster-settings.yaml"))
+    assert data["on"]["workflow_dispatch"]["inputs"]["overlay"]["options"] == sorted(
+        overlays, reverse=True)
+    for text in (runs, gitlab):
+        (compile_,) = [line for line in text.splitlines()
+                       if line.strip().startswith("dpsynth pipeline compile")]
+        assert '--cluster-settings "manifests/overlays/$OVERLAY/cluster-settings.yaml"' in \
+            compile_
+        assert '--image "cpu=$(cat digests/cpu)"' in compile_
+        assert '--image "cuda=$(cat digests/cuda)"' in compile_
+        assert '--param "accuracy_tolerance=$ACCURACY_TOLERANCE"' in text
+        assert "--param promote=true" in text
+    record = [s for s in data["jobs"]["images"]["steps"] if s.get("name") ==
+              "Record the digest"]
+    assert record and record[0]["env"]["DIGEST"] == "${{ steps.push.outputs.digest }}"
+    assert float(data["env"]["ACCURACY_TOLERANCE"].split("'")[1]) < 0.05
