@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -140,6 +142,14 @@ def test_the_model_requires_the_exact_dpsynth_build_it_ships(server, run_out, tm
     wheel = local / wheel_line
     assert hashlib.sha256(wheel.read_bytes()).hexdigest() == mv.tags["dpsynth.wheel_sha256"]
     assert not [r for r in requirements if r in ("dpsynth", "mlflow", "numpy")]  # pinned
+    # The requirement resolves from the model folder alone, with no package index.
+    resolved = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-index",
+         "--report", "-", "--quiet", wheel_line], cwd=local, capture_output=True, text=True,
+        timeout=300)
+    assert resolved.returncode == 0, resolved.stderr
+    (item,) = json.loads(resolved.stdout)["install"]
+    assert item["metadata"]["name"] == "dpsynth"
 
 
 def test_promoting_the_same_run_again_returns_its_version(server, run_out):
