@@ -109,11 +109,11 @@ from dpsynth.evaluation import TwoLayerMLP  # noqa: E402
 from dpsynth.gmm import mixture, subspace  # noqa: E402
 from dpsynth.gmm.budget import DEFAULT_WEIGHTS  # noqa: E402
 from dpsynth.gmm.mixture import MixtureParams, pooled_mixture  # noqa: E402
+from dpsynth.gmm.sampling import apportion as _apportion  # noqa: E402  (sample's class split)
 from dpsynth.gmm.subspace import GramAccumulator, release_subspace  # noqa: E402
 from dpsynth.preprocessing import bound_norms  # noqa: E402
 from dpsynth.privacy import NoiseSource, PrivacyPlan, ReleaseSpec, build_plan  # noqa: E402
 from dpsynth.privacy.plan import count_threshold, release_threshold  # noqa: E402
-from dpsynth.synthesizer import _apportion  # noqa: E402  (DPSynthesizer.sample's split)
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_EPS = [0.25, 0.5, 1.0, 2.0, math.inf]

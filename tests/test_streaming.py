@@ -13,7 +13,8 @@ import pytest
 from dpsynth import DPSynthesizer, steps
 from dpsynth.data.store import EmbeddingSetError
 from dpsynth.gmm.mixture import MixtureSampler, shard_class_counts, shard_sizes
-from dpsynth.synthesizer import SAMPLE_SHARD_ROWS, _apportion
+from dpsynth.gmm.sampling import SAMPLE_SHARD_ROWS
+from dpsynth.gmm.sampling import apportion as _apportion
 
 INF, DELTA = float("inf"), 1e-5
 D, R, CLASSES = 12, 4, [3, 5, 8]
