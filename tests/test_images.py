@@ -1,6 +1,12 @@
 """The component images, checked statically (no Docker engine needed): each Dockerfile's
-base CUDA against the pinned torch build, the packages every step imports installed in its
-family's image, non-root, dependencies before sources, no ``latest``."""
+base (a BASE_IMAGE build argument, public by default) and its CUDA against the pinned torch
+build, the locked dependency sets (requirements/*.lock: hashes on every line, consistent
+with pyproject.toml, installed with --require-hashes), the packages every step imports
+installed in its family's image, non-root, dependencies before sources, no ``latest``.
+
+That the images build and the CPU steps run inside them is checked by
+scripts/check-images.sh (minutes, torch-sized: not in CI); its last result is
+benchmarks/results/images.json."""
 
 import ast
 import functools
@@ -22,6 +28,10 @@ from dpsynth_kfp.components import COMPONENTS, DEFAULT_IMAGES, FAMILIES, image, 
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = {family: ROOT / "components" / f"Dockerfile.{family}" for family in FAMILIES}
+LOCKS = {family: ROOT / "requirements" / f"{family}.lock" for family in FAMILIES}
+#: The bases users build from unless they pass --build-arg BASE_IMAGE.
+PUBLIC_BASES = {"cpu": r"python:3\.11\.\d+-slim-bookworm",
+                "cuda": r"nvidia/cuda:\d+\.\d+\.\d+-runtime-ubuntu\d+\.\d+"}
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 #: What the CPU-slim image leaves out: imported lazily, by encode/decode only.
 GPU_ONLY = {"open-clip-torch", "diffusers", "transformers"}
@@ -50,6 +60,66 @@ def final_stage(path: Path) -> list[tuple[str, str]]:
     return ins[start:]
 
 
+def global_args(path: Path) -> dict[str, str | None]:
+    """The ARGs declared before the first FROM (the ones FROM may use), with defaults."""
+    out = {}
+    for word, args in instructions(path):
+        if word == "FROM":
+            break
+        if word == "ARG":
+            name, eq, default = args.partition("=")
+            out[name] = default if eq else None
+    return out
+
+
+def bases(path: Path) -> list[str]:
+    """Each stage's base as a build without --build-arg resolves it."""
+    defaults = global_args(path)
+    refs = []
+    for word, args in instructions(path):
+        if word == "FROM":
+            ref = args.split()[0]
+            for name, value in defaults.items():
+                ref = ref.replace("${" + name + "}", value or "")
+            refs.append(ref)
+    return refs
+
+
+def lock(family: str) -> dict[str, tuple[str, list[str]]]:
+    """requirements/<family>.lock: {name: (pinned requirement, [hashes])}."""
+    entries, pending = {}, ""
+    for line in LOCKS[family].read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        words, pending = (pending + line).split(), ""
+        hashes = [w.removeprefix("--hash=") for w in words if w.startswith("--hash=")]
+        requirement = " ".join(w for w in words if not w.startswith("--hash="))
+        name = canonicalize_name(Requirement(requirement).name)
+        assert name not in entries, f"{family}.lock: {name} twice"
+        entries[name] = (requirement, hashes)
+    return entries
+
+
+def locked_version(family: str, name: str) -> str:
+    requirement, _ = lock(family)[canonicalize_name(name)]
+    (spec,) = Requirement(requirement).specifier
+    return spec.version
+
+
+def direct_in_lock(family: str) -> set[str]:
+    """The lock's entries that pip-compile annotates as required by the .in file itself."""
+    direct, current = set(), None
+    for line in LOCKS[family].read_text().splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            current = canonicalize_name(Requirement(line.rstrip(" \\").split()[0]).name)
+        elif current and f"-r requirements/{family}.in" in line:
+            direct.add(current)
+    return direct
+
+
 def pinned(name: str) -> str:
     for dep in PYPROJECT["project"]["dependencies"]:
         req = Requirement(dep)
@@ -61,35 +131,18 @@ def pinned(name: str) -> str:
 
 
 def installed(family: str) -> set[str]:
-    """The distributions the family's Dockerfile installs directly: pyproject.toml's
-    dependencies (minus the CPU image's GPU-only ones), as the Dockerfile reads them."""
-    text = DOCKERFILES[family].read_text()
-    deps = {canonicalize_name(Requirement(d).name) for d in PYPROJECT["project"]["dependencies"]}
+    """The distributions the family's image installs: its lock's entries (the whole set;
+    pip install --require-hashes refuses anything outside it)."""
+    return set(lock(family))
+
+
+def declared(family: str) -> list[Requirement]:
+    """pyproject.toml's dependencies the family's image must hold (the CPU image's without
+    the GPU-only ones), and the build backend its source install uses."""
+    deps = [Requirement(d) for d in PYPROJECT["project"]["dependencies"]]
     if family == "cpu":
-        (skip,) = re.findall(r'DPSYNTH_GPU_ONLY="([^"]*)"', text)
-        deps -= {canonicalize_name(s) for s in skip.split()}
-    return deps
-
-
-def closure(names: set[str]) -> set[str]:
-    """The distributions ``names`` pull in (their requirements, recursively, as installed
-    in this environment; extras not followed)."""
-    seen, todo = set(), list(names)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        try:
-            requires = md.requires(name) or []
-        except md.PackageNotFoundError:
-            continue
-        for r in requires:
-            req = Requirement(r)
-            if req.marker and not req.marker.evaluate({"extra": ""}):
-                continue
-            todo.append(canonicalize_name(req.name))
-    return seen
+        deps = [r for r in deps if canonicalize_name(r.name) not in GPU_ONLY]
+    return deps + [Requirement(r) for r in PYPROJECT["build-system"]["requires"]]
 
 
 def third_party_imports(source: str, *, module_level_only: bool = False) -> set[str]:
@@ -120,37 +173,140 @@ def distribution(module: str) -> set[str]:
 # ------------------------------------------------------------------------------ tests
 @pytest.mark.parametrize("family", FAMILIES)
 def test_no_latest_and_every_base_pinned(family):
-    for word, args in instructions(DOCKERFILES[family]):
-        if word == "FROM":
-            ref = args.split()[0]
-            assert ":" in ref or "@" in ref, f"{family}: unpinned base {ref}"
-            assert not ref.endswith(":latest"), f"{family}: {ref}"
+    for ref in bases(DOCKERFILES[family]):
+        assert ":" in ref or "@" in ref, f"{family}: unpinned base {ref}"
+        assert not ref.endswith(":latest"), f"{family}: {ref}"
     assert "latest" not in DOCKERFILES[family].read_text().lower()
     for img in DEFAULT_IMAGES.values():
         assert not img.endswith("latest")
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_base_is_a_build_argument_with_the_public_default(family):
+    """BASE_IMAGE lets a machine without a registry build from its own base
+    (scripts/build-images.sh BASE=debootstrap); a plain build uses the public one."""
+    path = DOCKERFILES[family]
+    assert re.fullmatch(PUBLIC_BASES[family], global_args(path).get("BASE_IMAGE") or ""), \
+        global_args(path)
+    (final,) = [a for w, a in final_stage(path) if w == "FROM"]
+    assert final.split()[0] == "${BASE_IMAGE}", final
+    for ref in bases(path):
+        assert not ref.startswith(("localhost", "127.", "dpsynth-base")), ref
+    if family == "cuda":  # the Fashion-MNIST stage's Debian base, likewise
+        assert re.fullmatch(r"debian:\d+\.\d+-slim", global_args(path)["DEBIAN_IMAGE"])
+        assert "FROM ${DEBIAN_IMAGE} AS fashion-mnist" in path.read_text()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pip_sources_default_to_the_public_index(family):
+    """The pip sources are build arguments (never ENV, never a path of the machine that
+    built the lock); the default is PyPI."""
+    ins = final_stage(DOCKERFILES[family])
+    args = {a.partition("=")[0]: a.partition("=")[2] for w, a in ins if w == "ARG"}
+    assert args.get("PIP_INDEX_URL") == "https://pypi.org/simple", args
+    assert not [a for a in args.values() if a and a != "https://pypi.org/simple"], args
+    text = " ".join(a for _, a in instructions(DOCKERFILES[family]))
+    for local in ("file://", "/opt/wheels", "/opt/pypi", "127.0.0.1", "localhost", "/wheelhouse"):
+        assert local not in text, local
+    envs = " ".join(a for w, a in ins if w == "ENV")
+    assert "PIP_INDEX_URL" not in envs and "PIP_FIND_LINKS" not in envs
+    for name in ("cpu", "cuda"):
+        body = LOCKS[name].read_text()
+        assert "--index-url" not in body and "--find-links" not in body and "file://" not in body
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_image_installs_its_lock_with_hashes(family):
+    ins = final_stage(DOCKERFILES[family])
+    copy_lock = [i for i, (w, a) in enumerate(ins)
+                 if w == "COPY" and a.split()[0] == f"requirements/{family}.lock"]
+    assert copy_lock, f"{family}: the lock is not copied in"
+    installs = [(i, a) for i, (w, a) in enumerate(ins) if w == "RUN" and "pip install" in a]
+    locked = [i for i, a in installs
+              if re.search(r"pip install --require-hashes -r /tmp/requirements\.lock", a)]
+    assert len(locked) == 1 and copy_lock[0] < locked[0], installs
+    # Every other install is dpsynth itself: no dependency resolved outside the lock, no
+    # build backend fetched.
+    for i, a in installs:
+        if i != locked[0]:
+            assert "--no-deps" in a and "--no-build-isolation" in a, a
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_lock_pins_every_line_with_hashes(family):
+    entries = lock(family)
+    assert len(entries) > 50, f"{family}.lock: {len(entries)} entries"
+    for name, (requirement, hashes) in entries.items():
+        (spec,) = Requirement(requirement).specifier
+        assert spec.operator == "==", requirement
+        assert hashes, f"{family}.lock: {name} has no hash"
+        for h in hashes:
+            assert re.fullmatch(r"sha256:[0-9a-f]{64}", h), (name, h)
+    assert locked_version(family, "torch") == pinned("torch") == "2.14.1"
+    assert locked_version(family, "torchvision") == pinned("torchvision") == "0.29.1"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_lock_satisfies_pyproject(family):
+    """Every dependency pyproject.toml declares (and the build backend) is in the lock at a
+    version it allows, with its extras' packages: a dependency changed without re-running
+    scripts/lock-requirements.sh fails here."""
+    entries = lock(family)
+    for req in declared(family):
+        name = canonicalize_name(req.name)
+        assert name in entries, f"{family}.lock lacks {req} (scripts/lock-requirements.sh)"
+        version = locked_version(family, name)
+        assert req.specifier.contains(version, prereleases=True), \
+            f"{family}.lock: {name}=={version} does not satisfy {req}"
+        for extra in req.extras:  # e.g. psycopg[binary]: psycopg-binary
+            for r in md.requires(req.name) or []:
+                r = Requirement(r)
+                if r.marker and r.marker.evaluate({"extra": extra}) and \
+                        not r.marker.evaluate({"extra": ""}):
+                    assert canonicalize_name(r.name) in entries, (req, r)
+
+
+def test_the_two_locks_agree():
+    """The CPU set is resolved inside the CUDA lock: one version of each package."""
+    cpu, cuda = lock("cpu"), lock("cuda")
+    assert set(cpu) <= set(cuda), set(cpu) - set(cuda)
+    for name in cpu:
+        assert cpu[name] == cuda[name], (cpu[name][0], cuda[name][0])
+
+
 def test_cuda_base_matches_the_pinned_torch_build():
     torch = pytest.importorskip("torch")
-    (base,) = [a.split()[0] for w, a in final_stage(DOCKERFILES["cuda"]) if w == "FROM"]
+    base = global_args(DOCKERFILES["cuda"])["BASE_IMAGE"]
     m = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-[a-z-]+-ubuntu\d+\.\d+", base)
     assert m, base
     base_cuda = f"{m[1]}.{m[2]}"
-    text = DOCKERFILES["cuda"].read_text()
-    (index,) = re.findall(r"download\.pytorch\.org/whl/(cu\d+)", text)
-    assert index == "cu" + base_cuda.replace(".", ""), (index, base)
-    # The torch that pyproject.toml pins, as installed here from PyPI's default build.
+    # The CUDA runtime the lock installs with torch (its nvidia-* wheels).
+    runtime = locked_version("cuda", "nvidia-cuda-runtime")
+    assert ".".join(runtime.split(".")[:2]) == base_cuda, (runtime, base)
+    # The torch that pyproject.toml pins, as installed here from PyPI's default build,
+    # against the same nvidia-cuda-runtime.
     assert torch.__version__.split("+")[0] == pinned("torch")
     assert torch.version.cuda == base_cuda, (torch.version.cuda, base)
-    assert f"torch=={pinned('torch')}" in text and f"torchvision=={pinned('torchvision')}" in text
+    assert md.version("nvidia-cuda-runtime") == runtime
 
 
-def test_cpu_image_is_cpu_torch_without_gpu_only_packages():
+def test_the_cuda_image_requires_cuda():
+    """DPSYNTH_REQUIRE_CUDA=1: encode/decode refuse to fall back to CPU in the CUDA image
+    (a GPU step on a node without a working GPU fails instead of running for hours)."""
+    def env(family):
+        return " ".join(a for w, a in final_stage(DOCKERFILES[family]) if w == "ENV").split()
+    assert "DPSYNTH_REQUIRE_CUDA=1" in env("cuda")
+    assert not [e for e in env("cpu") if e.startswith("DPSYNTH_REQUIRE_CUDA")]
+
+
+def test_cpu_image_leaves_out_the_gpu_only_packages():
     text = DOCKERFILES["cpu"].read_text()
-    assert "download.pytorch.org/whl/cpu" in text
-    assert not re.search(r"whl/cu\d+", text) and "nvidia/cuda" not in text
-    assert f"torch=={pinned('torch')}" in text and f"torchvision=={pinned('torchvision')}" in text
-    assert installed("cpu").isdisjoint(GPU_ONLY)
+    assert "nvidia/cuda" not in text
+    # Not asked for by the CPU image: open_clip and diffusers absent; transformers only as
+    # sentence-transformers' dependency.
+    assert direct_in_lock("cpu").isdisjoint(GPU_ONLY), direct_in_lock("cpu") & GPU_ONLY
+    assert installed("cpu").isdisjoint({"open-clip-torch", "diffusers"})
+    assert direct_in_lock("cuda") >= GPU_ONLY
     assert installed("cuda") >= GPU_ONLY
 
 
@@ -167,15 +323,18 @@ def test_non_root_user(family):
 def test_dependencies_are_installed_before_the_sources_are_copied(family):
     ins = final_stage(DOCKERFILES[family])
     copy_src = next(i for i, (w, a) in enumerate(ins) if w == "COPY" and a.split()[0] == "src")
-    copy_deps = next(i for i, (w, a) in enumerate(ins) if w == "COPY" and "pyproject.toml" in a)
+    copy_deps = next(i for i, (w, a) in enumerate(ins) if w == "COPY" and ".lock" in a)
     deps_run = next(i for i, (w, a) in enumerate(ins)
-                    if w == "RUN" and "-r /tmp/requirements.txt" in a)
+                    if w == "RUN" and "-r /tmp/requirements.lock" in a)
     assert copy_deps < deps_run < copy_src
     # Nothing after the sources resolves dependencies again.
     for w, a in ins[copy_src:]:
         if w == "RUN" and "pip install" in a:
             assert "--no-deps" in a, a
-    assert not [a for w, a in ins[:copy_src] if w == "COPY" and a.split()[0] in ("src", ".")]
+    # Neither the sources nor pyproject.toml before the dependencies: a source change, or
+    # a pyproject.toml change that leaves the lock alone, never reinstalls torch.
+    assert not [a for w, a in ins[:deps_run]
+                if w == "COPY" and ({"src", ".", "pyproject.toml"} & set(a.split()[:-1]))]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -187,7 +346,7 @@ def test_fashion_mnist_is_in_the_image(family):
 
 
 def test_every_import_of_the_package_is_installed_in_the_cuda_image():
-    have = closure(installed("cuda"))
+    have = installed("cuda")
     missing = {}
     for path in (ROOT / "src").rglob("*.py"):
         for module in third_party_imports(path.read_text()):
