@@ -204,6 +204,10 @@ class EncoderConfig(_Section):
     #: Reuse embeddings keyed by (dataset, encoder, preprocessing); ``false`` re-encodes.
     cache: bool = True
     cache_dir: Path = Field(default_factory=default_cache_dir)
+    #: On the CUDA image ($DPSYNTH_REQUIRE_CUDA=1) encode refuses to run without a usable
+    #: GPU (a driver older than torch's CUDA would make it encode on CPU for hours);
+    #: ``true`` lets it run on CPU with a warning. Elsewhere it has no effect.
+    allow_cpu: bool = False
 
 
 class _EpsilonDelta(_Section):
@@ -379,6 +383,9 @@ class DecodeConfig(_Section):
     decoder: str | None = None
     #: Keyword arguments of the decoder (for unclip: model, steps, guidance_scale, ...).
     options: dict[str, Any] = Field(default_factory=dict)
+    #: As ``encoder.allow_cpu``, for decode: ``true`` lets decode run on CPU on the CUDA
+    #: image when there is no usable GPU (with a warning) instead of refusing.
+    allow_cpu: bool = False
 
     @field_validator("decoder")
     @classmethod

@@ -4,7 +4,8 @@ A run that cannot start must cost nothing. Before the charge, :func:`preflight` 
 the output directory, the encoder, both splits of the data source (folders, file lists,
 IDX and tar headers: metadata, never a record's contents), that the encoder takes the
 records the source produces (by encoding one all-zero image, or a fixed text, both
-public), the embedding cache's integrity, and the decoder a run may need. Texts have no
+public), the embedding cache's integrity, the decoder a run may need, and, on the CUDA
+image, that the GPU steps have a usable GPU (or are allowed CPU). Texts have no
 header to check, so a text source's records are read once here (UTF-8, not blank, labels);
 nothing read is kept or written. What fails here raises
 :class:`PreflightError` and nothing is charged. After the charge the run keeps it.
@@ -184,6 +185,42 @@ def check_decoding(config: RunConfig) -> None:
             "none that inverts it: set decode.decoder (e.g. unclip) or turn them off")
 
 
+def _decodes(config: RunConfig) -> bool:
+    """Whether the run's decode step runs (as ``dpsynth run`` decides). A decoder that
+    cannot be built counts as running: :func:`check_decoding` and the encoder check say
+    what is wrong with its options."""
+    from dpsynth.decoders import decoder_for
+
+    d = config.decode
+    if d.enabled is not None:
+        return d.enabled
+    try:
+        return bool(d.decoder) or decoder_for(config.encoder.name,
+                                              **config.encoder.options) is not None
+    except (TypeError, ValueError, KeyError, OSError, RuntimeError):
+        return True
+
+
+def check_gpu_steps(config: RunConfig) -> None:
+    """On the CUDA image ($DPSYNTH_REQUIRE_CUDA), the GPU steps this process will run
+    must find a usable GPU or be allowed CPU (:mod:`dpsynth.gpu`): ``dpsynth run`` there is
+    refused before the charge, not hours into a CPU encode.
+
+    The pipeline's plan pod runs on the CPU image, which does not set the variable, so this
+    passes there: plan cannot see the driver of the GPU node that encode will be scheduled
+    on. encode refuses on that node before it reads any record; the budget is charged by
+    then, but nothing private has been touched."""
+    from dpsynth.gpu import cuda_problem
+
+    for step, allowed in (("encode", config.encoder.allow_cpu),
+                          ("decode", config.decode.allow_cpu)):
+        if allowed:
+            continue
+        problem = cuda_problem(step)  # None off the CUDA image: nothing else is looked at
+        if problem is not None and (step == "encode" or _decodes(config)):
+            raise PreflightError(problem)
+
+
 def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = False,
               data_only: bool = False) -> PreflightReport:
     """Check everything the run needs without reading a record; raise PreflightError.
@@ -200,6 +237,9 @@ def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = Fals
         except OutputDirError as exc:
             raise PreflightError(str(exc)) from None
         _check_output_sets(Path(out_dir), config)
+    if not data_only:
+        # First: building the encoder would otherwise load its weights onto the CPU.
+        check_gpu_steps(config)
     encoder = None if data_only else make_encoder_or_explain(config)
     for split, role in (("train", "private training"), ("test", "test")):
         try:

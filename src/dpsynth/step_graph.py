@@ -118,7 +118,7 @@ STEPS: tuple[Step, ...] = (
           inputs={"synthetic": "synthetic", "config": "config"},
           outputs={"decoded": "decoded"},
           config={"per_class": "decode.per_class", "decoder": "decode.decoder",
-                  "options": "decode.options"},
+                  "options": "decode.options", "allow_cpu": "decode.allow_cpu"},
           device="cuda", switch="decode.enabled"),
     _step("evaluate", "Train the MLP on the synthetic set and score it on the real test "
           "set; metrics, plots and the report, logged to the run that plan opened.",

@@ -49,6 +49,7 @@ from dpsynth.data.store import (
     write_json_atomic,
 )
 from dpsynth.gmm.mixture import shard_sizes
+from dpsynth.gpu import require_cuda
 from dpsynth.outputs import remove_embedding_set
 from dpsynth.privacy import PrivacyPlan
 from dpsynth.privacy.plan import PlanMismatchError, epsilon_to_json
@@ -301,6 +302,11 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: 
     """
     if not 0 <= part < parts:
         raise ValueError(f"part must be in [0, {parts}), got {part}")
+    # On the CUDA image, a node whose driver cannot run torch's CUDA would make the
+    # encoder pick the CPU and run for hours: refused (or, if allowed, warned) before the
+    # source is listed or any record read. In the pipeline this is after plan's charge:
+    # plan runs on the CPU image and cannot see the driver of the node encode lands on.
+    require_cuda("encode", allow_cpu=config.encoder.allow_cpu)
     key, source = encoding_key(config, split, part, parts)
     checked = False
     if out_dir is None:
@@ -503,12 +509,16 @@ def make_decoder(synthetic: EmbeddingSet, decoder: str | None = None,
 
 
 def decode(synthetic_dir: Path, out_dir: Path, *, per_class: int = 10,
-           decoder: str | None = None, options: dict[str, Any] | None = None) -> Path | None:
+           decoder: str | None = None, options: dict[str, Any] | None = None,
+           allow_cpu: bool = False) -> Path | None:
     """Decode ``per_class`` synthetic samples per class with ``decoder`` (registry name and
     options) or the decoder that inverts the set's encoder; ``None`` (and nothing
-    written) when there is none."""
+    written) when there is none. On the CUDA image without a usable GPU it refuses to
+    start unless ``allow_cpu`` (:func:`dpsynth.gpu.require_cuda`)."""
     from dpsynth.evaluation.plots import save_image_grid
 
+    # As encode: no silent hours on CPU on the CUDA image; checked before the set is read.
+    require_cuda("decode", allow_cpu=allow_cpu)
     synthetic = EmbeddingSet.open(synthetic_dir)
     decoder = make_decoder(synthetic, decoder, options)
     if decoder is None:

@@ -90,6 +90,12 @@ PARAMETERS: tuple[Parameter, ...] = (
               "by benchmarks/resolution.py for GPU encode. 0: the config's own (set 0 "
               "for an encoder without this option).",
               key="encoder.options.image_size", applies=bool, unset=0),
+    Parameter("encode_allow_cpu", bool, False,
+              "Let encode run on CPU, with a warning, when its GPU node has no usable GPU "
+              "(encoder.allow_cpu). Off: encode stops before reading any image, naming "
+              "torch's CUDA version and the node driver's, since a CPU encode can take "
+              "hours; false also leaves the config's own value.",
+              key="encoder.allow_cpu", applies=bool),
     Parameter("epsilon", float, 1.0,
               "The run's DP epsilon, charged to the dataset's budget (privacy.epsilon).",
               key="privacy.epsilon"),
@@ -103,6 +109,11 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("decode", bool, False,
               "Run the decode step; needs an encoder with a decoder (decode.enabled).",
               key="decode.enabled"),
+    Parameter("decode_allow_cpu", bool, False,
+              "Let decode run on CPU, with a warning, when its GPU node has no usable GPU "
+              "(decode.allow_cpu). Off: decode stops before it starts, as encode does; false "
+              "also leaves the config's own value.",
+              key="decode.allow_cpu", applies=bool),
     Parameter("mlflow_uri", str, "",
               "MLflow tracking store (tracking.uri); empty: MLFLOW_TRACKING_URI from the "
               "dpsynth-mlflow secret. One is required: every run shares the ledger.",
