@@ -35,6 +35,9 @@ def _session_ledger(tmp_path_factory):
     path = tmp_path_factory.mktemp("session-ledger") / "ledger.sqlite"
     patch.setenv(LEDGER_URI_ENV, f"sqlite:///{path}")
     patch.setenv(HOME_ENV, str(tmp_path_factory.mktemp("session-home")))
+    # The CUDA image sets it (encode/decode then refuse the CPU); the suite runs on CPU
+    # wherever it runs, and the tests of that refusal set it themselves.
+    patch.delenv("DPSYNTH_REQUIRE_CUDA", raising=False)
     yield
     patch.undo()
 
