@@ -3,6 +3,7 @@
 # sets (requirements/*.lock), named as the compiled pipeline names them.
 #
 #   scripts/build-images.sh [cpu] [cuda]          # both when none is named
+#   BASE=debootstrap scripts/build-images.sh base # the debootstrap base only
 #
 # The defaults are what a user with a registry and PyPI wants: the Dockerfiles' public
 # bases and PyPI. Machines that reach neither (no container registry, local package
@@ -122,6 +123,7 @@ elif [ "$BASE" != public ]; then
 fi
 
 for family in "${families[@]}"; do
+  [ "$family" != base ] || continue
   [ -f "components/Dockerfile.$family" ] || { echo "no components/Dockerfile.$family" >&2; exit 2; }
   name="$REGISTRY/dpsynth:$TAG-$family"
   pip_args=()

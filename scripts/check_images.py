@@ -10,9 +10,10 @@ each step fed the outputs of the steps before it. Only the executor is replaced:
 run --isolation chroot` in a working container of the image, with the work folder mounted
 at the same path, instead of a pod.
 
-encode is a GPU step: it runs in the CUDA image when that image exists (with the config's
-encoder.allow_cpu set, since there is no GPU here and the image sets DPSYNTH_REQUIRE_CUDA),
-else in the CPU image, only to feed the CPU steps their embeddings.
+encode is a GPU step: it runs in the CUDA image when that image exists (with the
+encode_allow_cpu parameter set, since there is no GPU here and the image sets
+DPSYNTH_REQUIRE_CUDA), else in the CPU image, only to feed the CPU steps their embeddings.
+decode (GPU) runs in the CUDA image likewise, when it exists and the config decodes.
 
 The result (each step's status and time, the CUDA image's imports, torch.version.cuda)
 is merged into the "check" key of the results file that scripts/build-images.sh writes its
@@ -134,8 +135,28 @@ def plan_arguments(config_path: Path, run_id: str, allow_cpu_encode: bool) -> di
             if p.name in values and p.input_name in declared}
     args["kfp_run_id"] = run_id
     if allow_cpu_encode:
-        args["encode_allow_cpu"] = True
+        args["encode_allow_cpu"] = args["decode_allow_cpu"] = True
     return args
+
+
+def refuses_cpu(box: Container, work: Path, config: Any) -> dict[str, Any]:
+    """encode in the CUDA image with the run's config but encoder.allow_cpu off: with no
+    GPU here, DPSYNTH_REQUIRE_CUDA=1 must make it stop, not encode on CPU."""
+    from kfp import dsl
+
+    strict = yaml.safe_load(Path(config.path).read_text())
+    strict["encoder"]["allow_cpu"] = False
+    path = work / "config-allow-cpu-off.yaml"
+    path.write_text(yaml.safe_dump(strict, sort_keys=False))
+    print("encode without allow_cpu in the CUDA image (must refuse):", flush=True)
+    _, record = run_step("encode", box, work,
+                         {"config": dsl.Artifact(name="config", uri=str(path)),
+                          "split": "test", "part": 0, "parts": 1}, {})
+    said = [line for line in (work / record["log"]).read_text().splitlines()
+            if "DPSYNTH_REQUIRE_CUDA" in line]
+    refused = record["status"] == "fail" and bool(said)
+    return {"status": "pass" if refused else "fail", "encode_exit": record["returncode"],
+            "seconds": record["seconds"], "message": said[-1][:400] if said else None}
 
 
 def check_cuda_image(image: str, work: Path) -> dict[str, Any]:
@@ -203,6 +224,8 @@ def main() -> int:
         "at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "config": str(opts.config.resolve().relative_to(ROOT)),
         "runner": "buildah run --isolation chroot (no GPU)",
+        # The machine is shared: its load says how far the step times are inflated.
+        "cpus": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2),
         "steps": {}}
     steps = check["steps"]
     cpu = Container(cpu_image, work)
@@ -213,8 +236,8 @@ def main() -> int:
         secret = {"MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
                   "DPSYNTH_LEDGER_URI": f"sqlite:///{work}/ledger.db"}
         run_id = f"check-images-{uuid.uuid4().hex[:8]}"
-        out, steps["plan"] = run_step("plan", cpu, work, plan_arguments(
-            opts.config, run_id, allow_cpu_encode=have_cuda), secret)
+        plan_args = plan_arguments(opts.config, run_id, allow_cpu_encode=have_cuda)
+        out, steps["plan"] = run_step("plan", cpu, work, plan_args, secret)
         made: dict[str, Any] = {}
         if out:
             made.update(config=out["config"], privacy_plan=out["privacy_plan"],
@@ -241,6 +264,12 @@ def main() -> int:
                 "synthesize", cpu, work, {"mixture": made["mixture"], "config": made["config"],
                                           "part": 0, "parts": 1}, {})
             made.update(out)
+        if "synthetic" in made and have_cuda and plan_args.get("decode"):
+            # decode (GPU, CUDA image, allowed on CPU here): the pipeline runs it when the
+            # encoder has a decoder; its output is not an input of evaluate.
+            out, steps["decode"] = run_step(
+                "decode", encoder_box, work,
+                {"synthetic": made["synthetic"], "config": made["config"]}, {})
         if "synthetic" in made:
             out, steps["evaluate"] = run_step(
                 "evaluate", cpu, work,
@@ -248,6 +277,8 @@ def main() -> int:
                  "train": [made["train"]], "privacy_plan": made["privacy_plan"],
                  "config": made["config"], "run_id": made["run_id"]}, secret)
             made.update(out)
+        if have_cuda and "config" in made:
+            check["cuda_refuses_cpu"] = refuses_cpu(encoder_box, work, made["config"])
         if "evaluation" in made:
             metrics = Path(made["evaluation"].path) / "metrics.json"
             if metrics.exists():
@@ -264,6 +295,9 @@ def main() -> int:
     for name in expected:
         steps.setdefault(name, {"status": "not run (an earlier step failed)"})
     check["cpu_steps_pass"] = all(steps[s]["status"] == "pass" for s in expected)
+    check["gpu_steps_on_cpu"] = {s: steps[s]["status"] for s in steps
+                                 if s.startswith(("encode", "decode"))}
+    check["load_average_at_end"] = round(os.getloadavg()[0], 2)
     check["cuda_imports"] = (check_cuda_image(cuda_image, work) if have_cuda
                              else {"image": cuda_image, "status": "not built"})
 
@@ -272,7 +306,9 @@ def main() -> int:
     opts.results.parent.mkdir(parents=True, exist_ok=True)
     opts.results.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
     print(f"results: {opts.results}  (work folder, logs: {work})")
-    ok = check["cpu_steps_pass"] and check["cuda_imports"]["status"] == "pass"
+    ok = all(r["status"] == "pass" for r in steps.values()) and \
+        check["cuda_imports"]["status"] == "pass" and \
+        check.get("cuda_refuses_cpu", {}).get("status") == "pass"
     return 0 if ok else 1
 
 
