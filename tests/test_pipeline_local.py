@@ -15,6 +15,7 @@ from kfp.dsl import Artifact, Dataset, Input, Model, Output
 from dpsynth import runner
 from dpsynth.config import load_config
 from dpsynth.data.store import EmbeddingSet
+from dpsynth_kfp.declarations import Declared
 from dpsynth_kfp.local import run_pipeline_locally
 
 SEEDED = pytest.mark.filterwarnings("ignore:noise_seed is set:UserWarning")
@@ -103,14 +104,15 @@ def balanced_synthesize(mixture: Input[Model], config: Input[Artifact],
 
 @SEEDED
 def test_custom_components_replace_the_built_ins(tmp_path):
-    """encode swapped by a component object; synthesize by a spec file compiled outside
-    the package (as another team would ship it)."""
+    """encode swapped by a component object (it reads private data: declared, with no
+    release of its own); synthesize by a spec file compiled outside the package (as
+    another team would ship it)."""
     spec = tmp_path / "their-components" / "synthesize.yaml"
     spec.parent.mkdir()
     compiler.Compiler().compile(balanced_synthesize, str(spec))
     config = _config(tmp_path, "swap", "evaluate.image_level=false")  # no decoder for it
     result = run_pipeline_locally(config, tmp_path / "kfp", encode_parts=2,
-                                  components={"encode": flipped_pixels_encode,
+                                  components={"encode": Declared(flipped_pixels_encode, []),
                                               "synthesize": spec})
     synthetic = EmbeddingSet.open(result["run_dir"] / "synthesize" / "synthetic")
     assert synthetic.encoder == "flipped-pixels"
@@ -183,7 +185,7 @@ def test_a_failed_step_ends_the_mlflow_run_failed_and_deletes_the_embeddings(tmp
     config = _config(tmp_path, "fails")
     with pytest.raises(RuntimeError):
         run_pipeline_locally(config, tmp_path / "kfp", encode_parts=2,
-                             components={"fit_gmm": failing_fit_gmm})
+                             components={"fit_gmm": Declared(failing_fit_gmm, [])})
     (run_dir,) = [p for p in (tmp_path / "kfp").iterdir() if p.is_dir()]
     # encode ran (and wrote embeddings), then the exit handler deleted them.
     assert list(run_dir.glob("**/encode*")) or list(run_dir.glob("**/for-loop-*"))

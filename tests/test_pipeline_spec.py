@@ -25,7 +25,7 @@ from dpsynth_kfp.compile import (
     components_table,
     parameters_table,
 )
-from dpsynth_kfp.components import COMPONENTS_DIR, compile_components, spec_path
+from dpsynth_kfp.components import COMPONENTS_DIR, compile_components
 from dpsynth_kfp.parameters import PARAMETERS, PLAN_PARAMETERS, PROMOTE_PARAMETERS
 from dpsynth_kfp.pipeline import (
     DEFAULT_RESOURCES,
@@ -58,10 +58,10 @@ def test_committed_component_specs_are_what_the_code_compiles(tmp_path, default_
     inputs and outputs too."""
     assert sorted(p.parent.name for p in COMPONENTS_DIR.glob("*/component.yaml")) == \
         sorted(STEP_NAMES)
-    for fresh in compile_components(tmp_path):
+    for fresh in compile_components(tmp_path):  # the specs and the release declarations
         step = fresh.parent.name
-        assert fresh.read_text() == spec_path(step).read_text(), (
-            f"components/{step}/component.yaml is stale: run "
+        assert fresh.read_text() == (COMPONENTS_DIR / step / fresh.name).read_text(), (
+            f"components/{step}/{fresh.name} is stale: run "
             "`dpsynth pipeline compile-components`")
     for doc, table in ((README, components_table()), (PIPELINE_DOC, parameters_table())):
         assert table in doc.read_text(), (
@@ -239,8 +239,11 @@ def test_the_run_form_shows_one_described_parameter_per_table_row():
     assert "comp-parameters" not in root_components
     plan_inputs = _body(spec)["plan"].inputs.parameters
     assert {name: i.component_input_parameter.removeprefix("pipelinechannel--")
-            for name, i in plan_inputs.items() if name != "kfp_run_id"} == \
+            for name, i in plan_inputs.items()
+            if name not in ("kfp_run_id", "declared_releases")} == \
         {p.input_name: p.name for p in PLAN_PARAMETERS}
+    # What replacement components declare is a constant of the compiled pipeline.
+    assert plan_inputs["declared_releases"].runtime_value.constant.string_value == "[]"
 
 
 def test_the_pipeline_has_one_task_per_step_of_the_graph():

@@ -13,7 +13,7 @@ reads a private record.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from dpsynth.privacy.ledger_store import (
     mirror_problems,
     open_ledger,
 )
-from dpsynth.privacy.plan import PrivacyPlan, release_threshold
+from dpsynth.privacy.plan import PrivacyPlan, ReleaseSpec, release_threshold
 from dpsynth.tracking import Tracker, TrackingUnavailableError, flatten, resolve_tracking_uri
 
 
@@ -54,7 +54,8 @@ class ChargedRun:
 
 
 def charge_run(config: RunConfig, out_dir: Path, *,
-               echo: Callable[[str], None] = print) -> ChargedRun:
+               echo: Callable[[str], None] = print,
+               declared: Sequence[ReleaseSpec] = ()) -> ChargedRun:
     """Plan, check the budget and charge the run in the ledger store, then create its
     MLflow run (which mirrors the charge in its tags).
 
@@ -67,7 +68,7 @@ def charge_run(config: RunConfig, out_dir: Path, *,
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"--out {out_dir} exists and is not a directory")
-    plan = steps.make_plan(config)
+    plan = steps.make_plan(config, declared)
     # Stated up front, from the plan alone: the classes too small to release.
     echo(release_threshold(plan).describe())
     check_decoding(config)

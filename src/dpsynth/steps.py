@@ -28,6 +28,7 @@ import shutil
 import time
 import uuid
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ from dpsynth.gmm.mixture import shard_sizes
 from dpsynth.gpu import require_cuda
 from dpsynth.outputs import remove_embedding_set
 from dpsynth.privacy import PrivacyPlan
-from dpsynth.privacy.plan import PlanMismatchError, epsilon_to_json
+from dpsynth.privacy.plan import PlanMismatchError, ReleaseSpec, epsilon_to_json
 from dpsynth.synthesizer import DPSynthesizer
 
 PLAN_FILE = "privacy_plan.json"
@@ -85,11 +86,26 @@ def make_encoder(config: RunConfig):
     return get_encoder(config.encoder.name, **config.encoder.options)
 
 
-def make_plan(config: RunConfig) -> PrivacyPlan:
+def make_plan(config: RunConfig, declared: Sequence[ReleaseSpec] = ()) -> PrivacyPlan:
     """The privacy plan of ``config``. Touches no data: the plan depends only on public
-    configuration (the encoder's dimension included)."""
+    configuration (the encoder's dimension included).
+
+    ``declared``: releases that replacement components of the pipeline declared (their
+    ``releases.yaml``, :mod:`dpsynth_kfp.declarations`), calibrated together with the
+    configuration's own under the one noise scale and charged with them."""
     encoder = make_encoder(config)
-    return build_synthesizer(config, encoder.normalized).make_plan(encoder.dim)
+    synth = build_synthesizer(config, encoder.normalized)
+    plan_ = synth.make_plan(encoder.dim)
+    if not declared:
+        return plan_
+    own = [r.name for r in plan_.releases]
+    if clash := sorted({s.name for s in declared} & set(own)):
+        raise ValueError(f"declared releases {clash} have the names of releases dpsynth's "
+                         f"own plan makes ({', '.join(own)}): a replacement names its own")
+    from dpsynth.privacy.plan import build_plan
+
+    return build_plan([*synth._release_specs(encoder.dim), *declared], plan_.epsilon,
+                      plan_.delta, noise_seeded=plan_.noise_seeded, metadata=plan_.metadata)
 
 
 def plan(config: RunConfig, out: Path) -> PrivacyPlan:

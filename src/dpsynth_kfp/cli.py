@@ -378,7 +378,28 @@ def _run_config(definitions: dict[str, dict], params: dict[str, object]):
 RUNWAY_CAP = 10_000
 
 
-def budget_runway(config, ledger_uri: str | None) -> tuple[int | None, str]:
+def declared_in_package(spec: dict) -> tuple:
+    """The releases a compiled package's replacement components declared: the plan task's
+    ``declared_releases`` constant (:mod:`dpsynth_kfp.declarations`)."""
+    from dpsynth_kfp.declarations import from_json
+
+    def tasks(dag: dict):
+        for task in (dag or {}).get("tasks", {}).values():
+            yield task
+            component = spec.get("components", {}).get(
+                task.get("componentRef", {}).get("name", ""), {})
+            yield from tasks(component.get("dag"))
+
+    for task in tasks(spec.get("root", {}).get("dag")):
+        if task.get("taskInfo", {}).get("name", "").startswith("Plan") or \
+                task.get("componentRef", {}).get("name") == "comp-plan":
+            value = task.get("inputs", {}).get("parameters", {}).get("declared_releases", {})
+            return from_json(value.get("runtimeValue", {}).get("constant", ""))
+    return ()
+
+
+def budget_runway(config, ledger_uri: str | None,
+                  declared: tuple = ()) -> tuple[int | None, str]:
     """How many runs of ``config`` still fit in its dataset's lifetime budget, according
     to the ledger: ``(None, why)`` when no limit applies (a dataset marked non-private),
     ``(0, why)`` when not even one run fits, else ``(n, summary)`` (n may be
@@ -390,7 +411,7 @@ def budget_runway(config, ledger_uri: str | None) -> tuple[int | None, str]:
     from dpsynth.privacy.ledger import LedgerEntry, check_budget
     from dpsynth.privacy.ledger_store import open_ledger
 
-    plan = steps.make_plan(config)
+    plan = steps.make_plan(config, declared)
     dataset_id = config.data.ledger_id()
     entry = LedgerEntry.from_plan(plan, dataset_id)
     limit = config.privacy.budget
@@ -428,7 +449,7 @@ def budget_runway(config, ledger_uri: str | None) -> tuple[int | None, str]:
 
 
 def _runway_or_refuse(definitions: dict[str, dict], params: dict[str, object],
-                      ledger_uri: str | None, cron: str) -> None:
+                      ledger_uri: str | None, cron: str, package: Path) -> None:
     import os
 
     from dpsynth.config import ConfigError
@@ -443,7 +464,15 @@ def _runway_or_refuse(definitions: dict[str, dict], params: dict[str, object],
               f"cluster's shared ledger; a read-only role is enough) or set {LEDGER_URI_ENV}, "
               "or --no-budget-check")
     try:
-        runs, text = budget_runway(config, ledger_uri)
+        import yaml
+
+        from dpsynth_kfp.declarations import DeclarationError
+
+        try:
+            declared = declared_in_package(next(yaml.safe_load_all(package.read_text())))
+        except DeclarationError as exc:
+            _fail(f"{package}: {exc}")
+        runs, text = budget_runway(config, ledger_uri, declared)
     except LedgerUnavailableError as exc:
         _fail(f"{exc} (or pass --no-budget-check)")
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -512,7 +541,7 @@ def schedule(
     params = _parse_params(param, config)
     definitions = _check_package(package, params)
     if budget_check:
-        _runway_or_refuse(definitions, params, ledger_uri, cron)
+        _runway_or_refuse(definitions, params, ledger_uri, cron, package)
     else:
         typer.echo("budget runway: not checked (--no-budget-check); every run is still "
                    "checked and charged at its plan step")

@@ -95,6 +95,9 @@ def _plan_component() -> BaseComponent:
     args = ("        kfp_run_id: The Kubeflow run's id (the pipeline passes\n"
             "            dsl.PIPELINE_JOB_ID_PLACEHOLDER): a per-run input, so plan is never\n"
             "            served from a cache, even when the client enables caching.\n"
+            "        declared_releases: The DP releases that replacement components of\n"
+            "            private steps declare (JSON, fixed when the pipeline is compiled):\n"
+            "            planned and charged with the configuration's own.\n"
             + "".join(f"        {p.input_name}: {p.description}\n" for p in PLAN_PARAMETERS))
     source = (
         "def plan(\n"
@@ -102,6 +105,7 @@ def _plan_component() -> BaseComponent:
         "    privacy_plan: Output[Artifact],\n"
         "    ledger: Output[Markdown],\n"
         "    kfp_run_id: str,\n"
+        "    declared_releases: str = '',\n"
         f"{inputs}"
         ") -> str:\n"
         f'    """{graph_step("plan").summary}\n\n'
@@ -393,13 +397,21 @@ def spec_path(step: str, root: str | Path = COMPONENTS_DIR) -> Path:
 
 
 def compile_components(root: str | Path = COMPONENTS_DIR) -> list[Path]:
-    """Compile every built-in component to ``<root>/<step>/component.yaml``."""
+    """Compile every built-in component to ``<root>/<step>/component.yaml``, and for each
+    step that reads private data its release declaration, ``releases.yaml`` (none of its
+    own: :mod:`dpsynth_kfp.declarations`)."""
+    from dpsynth.step_graph import STEPS
+    from dpsynth_kfp.declarations import write_builtin_declaration
+
+    private = {s.name for s in STEPS if s.private}
     written = []
     for name, component in COMPONENTS.items():
         path = spec_path(name, root)
         path.parent.mkdir(parents=True, exist_ok=True)
         compiler.Compiler().compile(component, str(path))
         written.append(path)
+        if name in private:
+            written.append(write_builtin_declaration(name, path))
     return written
 
 

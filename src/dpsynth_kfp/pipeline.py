@@ -15,14 +15,15 @@ are arguments of the factory; the run parameters are the pipeline's parameters.
 import copy
 import dataclasses
 import inspect
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kfp import dsl, kubernetes
 from kfp.dsl.base_component import BaseComponent
 
+from dpsynth.privacy.plan import ReleaseSpec
 from dpsynth.step_graph import PLAN, STEP_NAMES, STEPS, Step
 from dpsynth_kfp.components import (
     COMPONENTS,
@@ -33,7 +34,17 @@ from dpsynth_kfp.components import (
     load_spec,
     load_step,
     retargeted,
+    spec_path,
 )
+from dpsynth_kfp.declarations import (
+    DeclarationError,
+    Declared,
+    check_unique,
+    read_declaration,
+    sidecar_of,
+    undeclared_message,
+)
+from dpsynth_kfp.declarations import to_json as declarations_json
 from dpsynth_kfp.parameters import (
     BY_NAME,
     DATA_PVC,
@@ -289,18 +300,50 @@ def _named(component: BaseComponent, step: Step) -> BaseComponent:
     return renamed
 
 
-def load_components(components: Mapping[str, BaseComponent | str | Path] | None = None,
+def declared_releases(components: Mapping[str, Any] | None = None,
+                      root: str | Path = COMPONENTS_DIR) -> tuple[ReleaseSpec, ...]:
+    """The releases the private steps' components declare beyond the configuration's own
+    (:mod:`dpsynth_kfp.declarations`). A replacement of a private step without a
+    declaration raises :class:`DeclarationError` naming what to write."""
+    found: list[ReleaseSpec] = []
+    for s in STEPS:
+        if not s.private:
+            continue
+        chosen = (components or {}).get(s.name)
+        if isinstance(chosen, Declared):
+            found += [replace(r, declared_by=s.name) for r in chosen.releases]
+            continue
+        spec = spec_path(s.name, root) if chosen is None else chosen
+        if isinstance(spec, BaseComponent):
+            raise DeclarationError(undeclared_message(
+                s.name, f"component {spec.name!r}") + " For a component object, pass "
+                "Declared(component, releases=[...]) (dpsynth_kfp.declarations).")
+        spec = Path(spec)
+        if chosen is None and not spec.is_file():
+            continue  # the built-in, compiled from the package: no releases of its own
+        sidecar = sidecar_of(spec)
+        if not sidecar.is_file():
+            raise DeclarationError(undeclared_message(s.name, str(spec)))
+        found += read_declaration(sidecar, s.name, spec)
+    check_unique(found)
+    return tuple(found)
+
+
+def load_components(components: Mapping[str, Any] | None = None,
                     root: str | Path = COMPONENTS_DIR,
                     images: Mapping[str, str] | None = None) -> dict[str, BaseComponent]:
     """Every step's component: the spec under ``root`` unless ``components`` names a
-    replacement (a component, or the path of its spec); each is checked against the
-    built-in's contract."""
+    replacement (a component, the path of its spec, or either wrapped in
+    :class:`~dpsynth_kfp.declarations.Declared`); each is checked against the built-in's
+    contract."""
     unknown = set(components or {}) - set(STEP_NAMES)
     if unknown:
         raise ValueError(f"unknown steps {sorted(unknown)}; steps are {sorted(STEP_NAMES)}")
     ops = {}
     for s in STEPS:
         chosen = (components or {}).get(s.name)
+        if isinstance(chosen, Declared):
+            chosen = chosen.component
         if chosen is None:
             chosen = load_step(s.name, root, images)
         elif isinstance(chosen, str | Path):
@@ -312,7 +355,8 @@ def load_components(components: Mapping[str, BaseComponent | str | Path] | None 
 
 
 def _assemble(ops: Mapping[str, BaseComponent], values: Mapping[str, Any], encode_parts: int,
-              settings: ClusterSettings, synthesize_parts: int = 1) -> None:
+              settings: ClusterSettings, synthesize_parts: int = 1,
+              declared: Sequence[ReleaseSpec] = ()) -> None:
     """Bind one task per step of the graph, in its order."""
     #: graph artifact -> a function giving a fresh channel (kfp 2.17 cannot compile one
     #: Collected shared by several consumers).
@@ -359,7 +403,10 @@ def _assemble(ops: Mapping[str, BaseComponent], values: Mapping[str, Any], encod
         # The parameters are applied to config_yaml inside the plan task. kfp_run_id: a
         # per-run input, so that plan's cache key differs on every run even when the
         # client turns caching on for the whole run (the charge must happen).
+        # declared_releases: a constant of the compiled pipeline (the components wired in
+        # are fixed at compile time), composed into the plan and charged with it.
         publish(plan_step, bind(plan_step, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                declared_releases=declarations_json(declared),
                                 **{p.input_name: values[p.name] for p in PLAN_PARAMETERS}))
         _assemble_later(later, values, encode_parts, bind, publish, made,
                         {"synthesize": synthesize_parts}, settings, ops)
@@ -466,10 +513,11 @@ def build_pipeline(*, encode_parts: int = 4, synthesize_parts: int = 4,
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {width!r}")
     ops = load_components(components, components_dir, settings.images)
+    declared = declared_releases(components, components_dir)
 
     def dpsynth_pipeline(*args):
         _assemble(ops, dict(zip(NAMES, args, strict=True)), encode_parts, settings,
-                  synthesize_parts)
+                  synthesize_parts, declared)
 
     dpsynth_pipeline.__signature__ = _signature()
     dpsynth_pipeline.__doc__ = _docstring()

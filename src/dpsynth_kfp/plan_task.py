@@ -46,9 +46,14 @@ def check_reachable(cfg: RunConfig, check_encoder: bool | None = None) -> None:
 
 
 def run(*, config_yaml: str, config: Any, privacy_plan: Any, ledger: Any,
-        kfp_run_id: str = "", **parameters: Any) -> str:
+        kfp_run_id: str = "", declared_releases: str = "", **parameters: Any) -> str:
     """Returns the MLflow run id that the evaluate task logs to. ``kfp_run_id`` (the
-    Kubeflow run's id) only makes plan's cache key differ on every run."""
+    Kubeflow run's id) only makes plan's cache key differ on every run.
+    ``declared_releases``: what replacement components declared
+    (:mod:`dpsynth_kfp.declarations`), planned and charged with the rest."""
+    from dpsynth_kfp.declarations import from_json
+
+    declared = from_json(declared_releases)
     cfg = load_config_text(config_yaml, parameter_overrides(parameters))
     if not (cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")):
         raise ValueError("no MLflow tracking store: set the pipeline parameter mlflow_uri "
@@ -63,7 +68,7 @@ def run(*, config_yaml: str, config: Any, privacy_plan: Any, ledger: Any,
     # Nothing is charged for a run that cannot read its data.
     check_reachable(cfg)
     work = Path(tempfile.mkdtemp())
-    charged = charge_run(cfg, work)
+    charged = charge_run(cfg, work, declared=declared)
     if kfp_run_id:
         # The exit handler finds the MLflow run of a failed Kubeflow run by this tag.
         from mlflow.tracking import MlflowClient

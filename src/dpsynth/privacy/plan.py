@@ -79,6 +79,8 @@ class ReleaseSpec:
 
     ``mechanism``: ``"module:function"`` of the function that adds this release's noise
     (:func:`mechanism_of`); empty when unknown (e.g. a plugin that does not say).
+    ``declared_by``: the pipeline step whose replacement component declared this release
+    (its ``releases.yaml``); empty for dpsynth's own releases.
     """
 
     name: str
@@ -88,6 +90,7 @@ class ReleaseSpec:
     scope: str = "per_class"
     description: str = ""
     mechanism: str = ""
+    declared_by: str = ""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -110,6 +113,7 @@ class Release:
     """One calibrated Gaussian mechanism: L2 ``sensitivity``, noise std ``sigma``.
 
     ``mechanism``: ``"module:function"`` of the function whose line adds the noise.
+    ``declared_by``: see :class:`ReleaseSpec` (a replacement component's own release).
     """
 
     name: str
@@ -119,6 +123,7 @@ class Release:
     scope: str = "per_class"
     description: str = ""
     mechanism: str = ""
+    declared_by: str = ""
 
     @property
     def sigma(self) -> float:
@@ -130,6 +135,8 @@ class Release:
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = asdict(self)
+        if not self.declared_by:
+            del out["declared_by"]  # dpsynth's own: plans read as they always have
         out["sigma"] = self.sigma
         return out
 
@@ -202,7 +209,9 @@ class PrivacyPlan:
                 scope=_field(r, "scope", str, where),
                 description=str(r.get("description", "")),
                 # Plans written before releases named their mechanism have none.
-                mechanism=_field(r, "mechanism", str, where) if "mechanism" in r else ""))
+                mechanism=_field(r, "mechanism", str, where) if "mechanism" in r else "",
+                declared_by=_field(r, "declared_by", str, where) if "declared_by" in r
+                else ""))
         metadata = data.get("metadata", {})
         if not isinstance(metadata, dict):
             raise ValueError(f"privacy plan: 'metadata' must be a JSON object, got {metadata!r}")
@@ -249,7 +258,7 @@ def compose_events(releases: Iterable[Release]) -> dp_accounting.DpEvent:
 def _with_scale(specs: Sequence[ReleaseSpec], scale: float) -> tuple[Release, ...]:
     return tuple(
         Release(s.name, s.sensitivity, scale * s.weight, s.repetitions, s.scope, s.description,
-                s.mechanism)
+                s.mechanism, s.declared_by)
         for s in specs
     )
 
@@ -437,8 +446,10 @@ def match_specs(plan: PrivacyPlan, specs: Sequence[ReleaseSpec]) -> PrivacyPlan:
     The noise (``noise_multiplier``, hence ``sigma``) is the plan's: weights are not
     compared, since a recorded plan is the source of the noise, not something to re-derive.
     Returns the plan with each release's ``mechanism`` filled from its spec where the plan
-    records none (plans written before releases named their mechanism). Raises
-    :class:`PlanMismatchError` naming the first release that differs.
+    records none (plans written before releases named their mechanism). Releases a
+    replacement component declared (``declared_by``) are another step's: they are kept
+    and not compared. Raises :class:`PlanMismatchError` naming the first release that
+    differs.
     """
     by_name = {s.name: s for s in specs}
     recorded = {r.name for r in plan.releases}
@@ -451,6 +462,9 @@ def match_specs(plan: PrivacyPlan, specs: Sequence[ReleaseSpec]) -> PrivacyPlan:
     releases = []
     for r in plan.releases:
         s = by_name.get(r.name)
+        if s is None and r.declared_by:
+            releases.append(r)
+            continue
         if s is None:
             raise PlanMismatchError(
                 f"release {r.name!r} is in the plan, but this configuration does not make it "
