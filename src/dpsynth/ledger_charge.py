@@ -26,9 +26,11 @@ from dpsynth.data.store import write_json_atomic
 from dpsynth.preflight import check_decoding
 from dpsynth.privacy.ledger import BudgetCheck, BudgetExceededError, LedgerEntry
 from dpsynth.privacy.ledger_store import (
+    LedgerIncompleteError,
     LedgerMirrorWarning,
     LedgerStore,
     LedgerUnavailableError,
+    ledger_gap,
     mirror_problems,
     open_ledger,
 )
@@ -124,14 +126,24 @@ def charge_run(config: RunConfig, out_dir: Path, *,
 
 def _mirror_problems(ledger: LedgerStore, tracker: Tracker, dataset_id: str) -> list[str]:
     """Compare the ledger store with its MLflow mirror (read between two store reads:
-    see :func:`mirror_problems`). An unreadable mirror is a problem to report, not a
-    reason to refuse: the store is the truth."""
+    see :func:`mirror_problems`).
+
+    The two are the budget's witnesses. A ledger that holds fewer charges than the mirror
+    (deleted, emptied, an old backup put back) refuses the run
+    (:class:`LedgerIncompleteError`): counting only what the ledger still holds would
+    reset the budget. Other disagreements (a deleted or edited mirror tag) are problems
+    to report: the ledger still counts every charge it holds. The tracking store was
+    just opened, so an unreadable mirror is reported, not refused."""
     before = ledger.history(dataset_id)
     try:
         mirror = tracker.ledger_entries(dataset_id)
     except TrackingUnavailableError as exc:
         return [f"the mirror could not be read, so it was not compared ({exc})"]
-    return mirror_problems(before, mirror, ledger.history(dataset_id), tracker.uri)
+    after = ledger.history(dataset_id)
+    gap = ledger_gap(after, mirror, ledger.uri, tracker.uri)
+    if gap:
+        raise LedgerIncompleteError(gap)
+    return mirror_problems(before, mirror, after, tracker.uri)
 
 
 def _mirror_note(problems: list[str], tracking_uri: str) -> str:

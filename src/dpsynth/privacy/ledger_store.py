@@ -55,7 +55,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from dpsynth.privacy.ledger import BudgetCheck, LedgerEntry, NonPrivateMark, check_budget
+from dpsynth.privacy.ledger import (
+    BudgetCheck,
+    BudgetExceededError,
+    LedgerEntry,
+    NonPrivateMark,
+    check_budget,
+)
 from dpsynth.tracking import TrackingUnavailableError, dpsynth_home
 
 LEDGER_URI_ENV = "DPSYNTH_LEDGER_URI"
@@ -424,6 +430,42 @@ def open_ledger(uri: str | None = None) -> LedgerStore:
 
 
 # ------------------------------------------------------------------------ the mirror
+class LedgerIncompleteError(BudgetExceededError):
+    """The ledger holds fewer charges on a dataset than its MLflow mirror: it was deleted,
+    emptied or put back from an old backup. Its budget cannot be checked, so the run is
+    refused (nothing read, nothing charged) until the ledger is restored."""
+
+
+def ledger_gap(after: LedgerHistory, mirror: Sequence[LedgerEntry], ledger_uri: str,
+               tracking_uri: str) -> str | None:
+    """Why the ledger cannot be trusted next to its mirror, or None.
+
+    The ledger and its MLflow mirror are the two witnesses of a dataset's budget: losing
+    one is an error to repair, never a fresh budget. The ledger (``after``: read after the
+    mirror, so every genuine mirror entry of a run charging meanwhile is in it) must hold
+    every charge that the mirror names by charge id, and at least as many charges as the
+    mirror holds in all (entries without a charge id count too). An empty ledger next to a
+    non-empty mirror is the plainest case: ``ledger.sqlite`` deleted or truncated.
+    """
+    known = {c.charge_id for c in after.charges}
+    lost = [e for e in mirror if e.charge_id and e.charge_id not in known]
+    if not lost and len(after.charges) >= len(mirror):
+        return None
+    runs = ", ".join(e.run_id for e in lost[:5]) + (
+        f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+    which = f" ({len(lost)} of them not in the ledger: MLflow run(s) {runs})" if lost else ""
+    return (f"the privacy budget ledger at {public_uri(ledger_uri)} holds "
+            f"{len(after.charges)} charge(s) on dataset {after.dataset_id!r}, but its MLflow "
+            f"mirror at {public_uri(tracking_uri)} holds {len(mirror)} charge(s) of it{which}"
+            ": the ledger was deleted, emptied or put back from an old backup, and the "
+            "budget cannot be checked without it. Refusing to start: nothing was read and "
+            "nothing was charged. Restore the ledger from its backup (the SQLite file, or "
+            "the PostgreSQL table); if no backup holds these charges, the data owner "
+            "re-enters them from the mirror with `dpsynth budget restore --dataset-id "
+            f"{after.dataset_id}` (see docs/design.md, the private boundary). A ledger is "
+            "never started afresh next to a mirror that holds charges.")
+
+
 def mirror_problems(before: LedgerHistory, mirror: Sequence[LedgerEntry],
                     after: LedgerHistory, tracking_uri: str) -> list[str]:
     """Where the MLflow mirror disagrees with the ledger store, one line per problem.
