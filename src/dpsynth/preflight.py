@@ -228,7 +228,7 @@ def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = Fals
     ``data_only`` checks the data source's splits alone: no encoder, cache or decoder
     (a pipeline's plan pod, which may not hold the encoder's weights)."""
     from dpsynth.data.datasets import DatasetNotFoundError
-    from dpsynth.data.sources import DataSourceError
+    from dpsynth.data.sources import DataSourceError, check_splits_disjoint
     from dpsynth.steps import check_cached_encoding
     report = PreflightReport()
     if out_dir is not None:
@@ -259,6 +259,10 @@ def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = Fals
                 report.cache[split] = check_cached_encoding(config, split)
             except (StepInputError, OSError, ValueError) as exc:
                 raise PreflightError(f"embedding cache ({split} split): {exc}") from None
+    try:
+        check_splits_disjoint(config.data)
+    except (DataSourceError, OSError, ValueError) as exc:
+        raise PreflightError(f"data (test split): {exc}") from None
     if data_only:
         return report
     try:

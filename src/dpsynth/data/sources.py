@@ -418,6 +418,50 @@ class WebDatasetSource(ImageSource):
                 "color": self.color, "class_names": list(self.class_names)}
 
 
+def split_files(data_config, split: str) -> list[Path]:
+    """The files that ``split``'s records are read from, listed without reading a record:
+    each record's file (image and text folders), the records' file (text JSONL/CSV), the
+    shards (WebDataset); none for the built-in sets, whose splits are fixed. ``data.limit``
+    is ignored: a training file left out by it is still private."""
+    source = data_config.source
+    if source == "webdataset":
+        from braceexpand import braceexpand
+
+        urls = data_config.train_urls if split == "train" else data_config.test_urls
+        return [Path(p) for p in braceexpand(str(urls))]
+    if source == "text" and data_config.train_file is not None:
+        return [Path(data_config.train_file if split == "train" else data_config.test_file)]
+    if source in ("image-folder", "text"):
+        return list(make_source(data_config.model_copy(update={"limit": None}), split).files)
+    return []
+
+
+def check_splits_disjoint(data_config) -> None:
+    """Refuse a test split that shares a file with the private training split.
+
+    The test split is public or held out by definition: its accuracy, per-class accuracy
+    and confusion matrix are published without noise, so a private record in it would be
+    published too. A file is shared when the two splits reach it by the same real path or
+    as the same file (device and inode: a hard link, a symlink, ``test_dir == train_dir``,
+    ``test_file == train_file``, a shard listed in both). The error names a shared file
+    (a path), never its contents. Call it once both splits are known to be readable."""
+    train: dict[tuple[Any, ...], Path] = {}
+    for path in split_files(data_config, "train"):
+        train.setdefault(_identity(path), path)
+        train.setdefault(("path", os.path.realpath(path)), path)
+    for path in split_files(data_config, "test"):
+        for key in (_identity(path), ("path", os.path.realpath(path))):
+            if key in train:
+                same = ("is" if os.path.realpath(path) == os.path.realpath(train[key])
+                        else "is a link to the same file as")
+                raise DataSourceError(
+                    f"the test split shares files with the private training split: test "
+                    f"file {path} {same} training file {train[key]}. The test split must be "
+                    "public or held out: its metrics are published without noise, so a "
+                    "private record in it would be published. Give the test split records "
+                    "of its own")
+
+
 def make_source(data_config, split: str) -> ImageSource:
     """The source for ``split`` ("train": private, "test": held out) of a DataConfig."""
     if split not in ("train", "test"):

@@ -90,9 +90,13 @@ class TextFolderSource(ImageFolderSource):
         return np.array(texts, dtype=object), self.labels[start:stop]
 
     def check(self) -> None:
-        """Read every file (UTF-8, not blank); raise DataSourceError naming the first bad one."""
-        for path in self.files:
-            self._read_text(path)
+        """Read every file (UTF-8, not blank, no text in two classes); raise DataSourceError
+        naming the first bad one."""
+        texts = [self._read_text(path) for path in self.files]
+        problem = same_text_problem(texts, [self.class_names[k] for k in self.labels],
+                                    [str(p) for p in self.files])
+        if problem:
+            raise DataSourceError(f"{self.kind} {self.root}: {problem}")
 
     def fingerprint(self) -> dict[str, Any]:
         listing = "\n".join(
@@ -101,6 +105,35 @@ class TextFolderSource(ImageFolderSource):
         return {"root": str(self.root.resolve()), "layout": "text-folder",
                 "class_names": list(self.class_names),
                 "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()[:16]}
+
+
+#: How many groups of rows a same-text error lists before it counts the rest.
+MAX_LISTED_CONFLICTS = 20
+
+
+def same_text_problem(texts: list[str], labels: list[str], wheres: list[str]) -> str | None:
+    """Why one text under two or more labels breaks the privacy unit, naming every row
+    (``wheres``: line numbers or files) that carries it, or None.
+
+    Each record must belong to exactly one class, once: a text under two labels would be
+    one record counted in two classes, and the per-class releases compose in parallel only
+    when the classes partition the records. Texts are compared exactly, by a SHA-256 held
+    in memory only; the message names rows and labels (public class names), never a text
+    or its digest. The same text twice under one label is left as two records."""
+    rows: dict[bytes, list[int]] = {}
+    for i, text in enumerate(texts):
+        rows.setdefault(hashlib.sha256(text.encode()).digest(), []).append(i)
+    conflicts = [group for group in rows.values()
+                 if len({labels[i] for i in group}) > 1]
+    if not conflicts:
+        return None
+    listed = "; ".join(", ".join(f"{wheres[i]} ({labels[i]!r})" for i in group)
+                       for group in conflicts[:MAX_LISTED_CONFLICTS])
+    more = (f"; and {len(conflicts) - MAX_LISTED_CONFLICTS} more such groups"
+            if len(conflicts) > MAX_LISTED_CONFLICTS else "")
+    return (f"the same text is under different labels in {listed}{more} (each group holds "
+            "one text; texts are not shown). A record must belong to exactly one class: "
+            "keep each text under one label")
 
 
 def _table_format(path: Path) -> str:
@@ -182,6 +215,9 @@ class TextFileSource(ImageSource):
             raise DataSourceError(f"{self.path} line {number}: label {label[:40]!r} is not "
                                   f"one of the class_names {names}{more}; every label must "
                                   "name a class")
+        problem = same_text_problem(texts, labels, [f"line {n}" for n in lines])
+        if problem:
+            raise DataSourceError(f"{self.path}: {problem}")
         self.texts = np.array(texts, dtype=object)
         self.labels = np.asarray([index[lab] for lab in labels], dtype=np.int64)
         self.class_names = tuple(names)
