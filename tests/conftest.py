@@ -11,6 +11,7 @@ variable lands in its own home); subprocesses (CLI runs, kfp's local runner) inh
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -48,6 +49,8 @@ def _test_ledger(tmp_path_factory):
     their tmp_path). Its own MonkeyPatch, not the test's: a test's ``monkeypatch.undo()``
     must not switch ledgers halfway."""
     path = tmp_path_factory.mktemp("ledger") / "ledger.sqlite"
+    if "dpsynth.steps" in sys.modules:  # a test may register another encoder by a name
+        sys.modules["dpsynth.steps"]._ENCODERS.clear()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(LEDGER_URI_ENV, f"sqlite:///{path}")
         patch.setenv(HOME_ENV, str(tmp_path_factory.mktemp("home")))

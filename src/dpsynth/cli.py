@@ -27,25 +27,58 @@ def main() -> None:
 
 @app.command()
 def plan(
-    epsilon: float = typer.Option(1.0, help="Target epsilon ('inf' for non-private)."),
-    delta: float = typer.Option(1e-5, help="Target delta (< 1e-3)."),
-    dim: int = typer.Option(1280, help="Embedding dimension."),
-    components_per_class: int = typer.Option(1, help="Mixture components per class."),
-    covariance: str = typer.Option("lowrank", help="spherical | diagonal | lowrank"),
-    subspace_dim: int = typer.Option(64, help="Shared DP subspace dimension."),
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Plan what `dpsynth run --config` would run: the run "
+        "configuration's privacy and model settings at its encoder's dimension.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a config key (with --config or alone; repeatable).")] = None,
+    epsilon: Annotated[float | None, typer.Option(
+        help="Target epsilon ('inf' for non-private). [default: 1.0]")] = None,
+    delta: Annotated[float | None, typer.Option(
+        help="Target delta (< 1e-3). [default: 1e-05]")] = None,
+    dim: Annotated[int | None, typer.Option(
+        help="Embedding dimension. [default: 1280]")] = None,
+    components_per_class: Annotated[int | None, typer.Option(
+        help="Mixture components per class. [default: 1]")] = None,
+    covariance: Annotated[str | None, typer.Option(
+        help="spherical | diagonal | lowrank [default: lowrank]")] = None,
+    subspace_dim: Annotated[int | None, typer.Option(
+        help="Shared DP subspace dimension. [default: 64]")] = None,
 ) -> None:
     """Print the privacy plan (every release, its sensitivity and noise) as JSON, with the
     smallest class it can release (``smallest_releasable_class``; also one line on stderr).
 
-    Needs no data: the plan depends only on public configuration.
+    Needs no data: the plan depends only on public configuration. With --config (and
+    --set), it is the plan `dpsynth run` makes for that configuration; otherwise the
+    options below describe it.
     """
     from dpsynth import DPSynthesizer
     from dpsynth.privacy.plan import release_threshold
 
+    quick = {"--epsilon": epsilon, "--delta": delta, "--dim": dim,
+             "--components-per-class": components_per_class, "--covariance": covariance,
+             "--subspace-dim": subspace_dim}
     try:
-        synth = DPSynthesizer(epsilon, delta, components_per_class=components_per_class,
-                              covariance=covariance, subspace_dim=subspace_dim)
-        made = synth.make_plan(dim)
+        if config is not None or set_:
+            if given := [k for k, v in quick.items() if v is not None]:
+                raise ValueError(f"{', '.join(given)} with --config/--set: set the "
+                                 "configuration's keys instead (e.g. --set "
+                                 "privacy.epsilon=2)")
+            from dpsynth import steps
+            from dpsynth.config import ConfigError, load_config
+
+            try:
+                cfg = load_config(config, set_ or [])
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+            made = steps.make_plan(cfg)
+        else:
+            synth = DPSynthesizer(1.0 if epsilon is None else epsilon,
+                                  1e-5 if delta is None else delta,
+                                  components_per_class=components_per_class or 1,
+                                  covariance=covariance or "lowrank",
+                                  subspace_dim=64 if subspace_dim is None else subspace_dim)
+            made = synth.make_plan(1280 if dim is None else dim)
         threshold = release_threshold(made)
     except (PrivacyParameterError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -281,6 +314,120 @@ def _warnings_as_lines() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.showwarning = show
         yield
+
+
+budget_app = typer.Typer(
+    help="The privacy budget ledger's owner actions: a dataset's recorded lifetime budget, "
+    "its non-private marking, and repairing a lost ledger from its MLflow mirror.",
+    no_args_is_help=True)
+app.add_typer(budget_app, name="budget")
+
+LedgerDatasetOption = Annotated[str, typer.Option(
+    "--dataset-id", help="The ledger's key of the dataset (data.dataset_id, or the id a run "
+    "printed in its budget line).")]
+LedgerUriOption = Annotated[str | None, typer.Option(
+    "--ledger-uri", help="The ledger (default: $DPSYNTH_LEDGER_URI, else the per-user "
+    "ledger.sqlite that `dpsynth run` uses).")]
+
+
+def _ledger_call(fn):
+    """Run an owner action on the ledger; its refusals are exit code 2, one line."""
+    from dpsynth.privacy.ledger_store import LedgerOwnerError
+    from dpsynth.tracking import TrackingUnavailableError
+
+    try:
+        return fn()
+    except (LedgerOwnerError, TrackingUnavailableError, PrivacyParameterError,
+            ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _describe_budget(history) -> str:
+    from dpsynth.privacy.ledger import composed_epsilon
+
+    if history.nonprivate is not None:
+        return (f"dataset {history.dataset_id!r} is marked non-private (since "
+                f"{history.nonprivate.since()}): no lifetime budget applies; "
+                f"{len(history.charges)} charge(s)")
+    if history.limit is None:
+        return (f"dataset {history.dataset_id!r}: no lifetime budget recorded yet (its first "
+                f"charge records the run's privacy.budget); {len(history.charges)} charge(s)")
+    spent = composed_epsilon(history.charges, history.limit.delta)
+    return (f"dataset {history.dataset_id!r}: lifetime budget {history.limit.describe()}; "
+            f"eps {spent:.3g} spent over {len(history.charges)} charge(s)")
+
+
+@budget_app.command("show")
+def budget_show(dataset_id: LedgerDatasetOption, ledger_uri: LedgerUriOption = None) -> None:
+    """Print a dataset's recorded lifetime budget, marking and spend. Reads only."""
+    from dpsynth.privacy.ledger_store import open_ledger
+
+    def show() -> str:
+        with open_ledger(ledger_uri) as ledger:
+            return _describe_budget(ledger.history(dataset_id))
+
+    typer.echo(_ledger_call(show))
+
+
+@budget_app.command("set")
+def budget_set(
+    dataset_id: LedgerDatasetOption,
+    epsilon: Annotated[float | None, typer.Option(
+        help="The dataset's lifetime epsilon, across all runs.")] = None,
+    delta: Annotated[float | None, typer.Option(
+        help="The dataset's lifetime delta (the delta its runs are composed at).")] = None,
+    non_private: Annotated[bool, typer.Option(
+        "--non-private", help="Mark the dataset non-private for good (public data, a "
+        "test): no lifetime budget applies to it from now on, and non-private runs "
+        "(privacy.epsilon=inf) are allowed. Cannot be taken back.")] = False,
+    ledger_uri: LedgerUriOption = None,
+) -> None:
+    """The data owner sets a dataset's lifetime budget (or marks it non-private).
+
+    Appended to the ledger as an entry of its own; from then on a run whose
+    privacy.budget disagrees with it is refused. A run's configuration never changes
+    the recorded budget: only this command does."""
+    from dpsynth.privacy.ledger_store import open_ledger
+
+    if non_private and epsilon is not None:
+        typer.echo("error: give --epsilon and --delta, or --non-private, not both", err=True)
+        raise typer.Exit(2)
+
+    def record():
+        with open_ledger(ledger_uri) as ledger:
+            return ledger.uri, ledger.set_limit(dataset_id, epsilon, delta,
+                                                nonprivate=non_private)
+
+    uri, history = _ledger_call(record)
+    typer.echo(f"recorded in the privacy budget ledger at {uri}: "
+               + _describe_budget(history))
+
+
+@budget_app.command("restore")
+def budget_restore(
+    dataset_id: LedgerDatasetOption,
+    tracking_uri: Annotated[str | None, typer.Option(
+        "--tracking-uri", help="The MLflow store whose runs mirror the ledger (default: "
+        "$MLFLOW_TRACKING_URI, else the store `dpsynth run` logs to).")] = None,
+    ledger_uri: LedgerUriOption = None,
+) -> None:
+    """Repair a lost ledger from its MLflow mirror: append every charge on the dataset
+    that the mirror holds and the ledger lacks (a restored backup is better: the mirror
+    holds only the charges of runs that were tracked there). Only adds charges."""
+    from dpsynth.privacy.ledger_store import open_ledger
+    from dpsynth.tracking import Tracker, resolve_tracking_uri
+
+    def restore():
+        tracker = Tracker(resolve_tracking_uri(tracking_uri), "dpsynth").open()
+        mirror = tracker.ledger_entries(dataset_id)
+        with open_ledger(ledger_uri) as ledger:
+            added = ledger.restore_charges(dataset_id, mirror, tracker.uri)
+            return ledger.uri, added, ledger.history(dataset_id)
+
+    uri, added, history = _ledger_call(restore)
+    typer.echo(f"restored {len(added)} charge(s) from the MLflow mirror into the privacy "
+               f"budget ledger at {uri}: " + _describe_budget(history))
 
 
 def _add_plugin_commands() -> None:

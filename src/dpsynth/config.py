@@ -209,6 +209,16 @@ class EncoderConfig(_Section):
     #: ``true`` lets it run on CPU with a warning. Elsewhere it has no effect.
     allow_cpu: bool = False
 
+    @model_validator(mode="after")
+    def _options_of_this_encoder(self) -> EncoderConfig:
+        # Each encoder's options are typed by its factory: another encoder's option (an
+        # image_size given to open_clip) is an error here, not a crash in a pod.
+        from dpsynth.registry import options_problem
+
+        if self.options and (problem := options_problem("encoder", self.name, self.options)):
+            raise ValueError(problem)
+        return self
+
 
 class _EpsilonDelta(_Section):
     """An (epsilon, delta) pair: ``inf`` accepted for epsilon, refused (never clamped)
@@ -392,6 +402,15 @@ class DecodeConfig(_Section):
     def _known_decoder(cls, name: str | None) -> str | None:
         return None if name is None else _registered("decoder", name)
 
+    @model_validator(mode="after")
+    def _options_of_this_decoder(self) -> DecodeConfig:
+        from dpsynth.registry import options_problem
+
+        if self.decoder and self.options and (
+                problem := options_problem("decoder", self.decoder, self.options)):
+            raise ValueError(problem)
+        return self
+
 
 class EvaluateConfig(_Section):
     hidden: int = Field(default=256, ge=0)
@@ -476,7 +495,30 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return [part.strip() for part in key.split(".")], value
 
 
+#: An override of the first key makes the second (the options of the plugin it named)
+#: stale: they are dropped unless an override sets them too.
+_PLUGIN_OPTIONS = {("encoder", "name"): ("encoder", "options"),
+                   ("decode", "decoder"): ("decode", "options")}
+
+
+def _drop_stale_options(data: dict[str, Any], overrides: list[str]) -> None:
+    """An override that switches the encoder (or decoder) drops the options the config
+    gave the one it replaces: an option reaches only the plugin that has it (the run
+    form's encoder field over a config made for EfficientNet, say)."""
+    parsed = [tuple(parse_override(text)[0]) for text in overrides]
+    for (section, key), (_, options_key) in _PLUGIN_OPTIONS.items():
+        node = data.get(section)
+        if not isinstance(node, dict) or options_key not in node:
+            continue
+        switched = [parse_override(t)[1] for t, p in zip(overrides, parsed, strict=True)
+                    if p == (section, key)]
+        touched = any(p[:2] == (section, options_key) for p in parsed)
+        if switched and switched[-1] != node.get(key) and not touched:
+            node.pop(options_key)
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    _drop_stale_options(data, overrides)
     for text in overrides:
         path, value = parse_override(text)
         node = data

@@ -103,3 +103,66 @@ def name_problem(kind: str, name: object) -> str | None:
     importlib.import_module(package)
     registry: Registry = getattr(importlib.import_module(module), attribute)
     return registry.problem(name, parametrised=parametrised)
+
+
+def _options_model(kind: str, name: str, factory: Any):
+    """The typed options of a factory, a pydantic model with unknown keys forbidden:
+    ``factory.options_model`` if it declares one, else built from the signature of
+    ``factory.options_of`` (the class it builds) or of the factory itself. None when the
+    factory takes any keyword (``**kwargs`` and nothing declared: a plugin's choice)."""
+    import inspect
+    import typing
+
+    from pydantic import ConfigDict, create_model
+
+    declared = getattr(factory, "options_model", None)
+    if declared is not None:
+        return declared
+    target = getattr(factory, "options_of", factory)
+    function = target.__init__ if inspect.isclass(target) else target
+    signature = inspect.signature(function)
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve: untyped
+        hints = {}
+    fields: dict[str, Any] = {}
+    for p in signature.parameters.values():
+        if p.name in ("self", "spec") or p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
+            continue
+        if p.kind is p.VAR_KEYWORD:
+            return None
+        default = ... if p.default is p.empty else p.default
+        fields[p.name] = (hints.get(p.name, Any), default)
+    label = "".join(part.capitalize() for part in str(name).replace("-", "_").split("_"))
+    return create_model(f"{label}{kind.capitalize()}Options",
+                        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+                        **fields)
+
+
+def options_problem(kind: str, name: str, options: dict[str, Any]) -> str | None:
+    """Why ``options`` are not options of the ``kind`` ``name`` (an unknown key: another
+    plugin's option; a value of the wrong type), or None. So an option reaches only the
+    plugins that have it."""
+    import importlib
+
+    from pydantic import ValidationError
+
+    package, module, attribute, parametrised = _CONFIG_REGISTRIES[kind]
+    importlib.import_module(package)
+    registry: Registry = getattr(importlib.import_module(module), attribute)
+    key = name
+    if parametrised and name not in registry and ":" in name:
+        key = name.partition(":")[0]
+    model = _options_model(kind, key, registry.get(key))
+    if model is None:
+        return None
+    try:
+        model.model_validate(options)
+    except ValidationError as exc:
+        allowed = ", ".join(sorted(model.model_fields)) or "none"
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: "
+            + ("not an option of this " + kind if e["type"] == "extra_forbidden"
+               else e["msg"]) for e in exc.errors())
+        return f"{kind} {name!r}: {problems} (its options: {allowed})"
+    return None

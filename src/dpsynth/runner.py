@@ -111,12 +111,12 @@ def _close_abandoned_run(previous: dict[str, Any], tracker: Tracker,
 
 
 def _expected_outputs(config: RunConfig) -> list[str]:
-    from dpsynth.decoders import decoder_for
+    from dpsynth.decoders import decoder_name_for
 
     wanted = ["clusters", "mixture", "synthetic_embeddings"]
     d = config.decode
-    if d.enabled or (d.enabled is None and (d.decoder or decoder_for(
-            config.encoder.name, **config.encoder.options) is not None)):
+    if d.enabled or (d.enabled is None and (d.decoder or decoder_name_for(
+            config.encoder.name) is not None)):
         wanted.append("decoded_grid")
     return [*wanted, "report", "metrics"]
 

@@ -81,9 +81,21 @@ def build_synthesizer(config: RunConfig, normalized_encoder: bool) -> DPSynthesi
 
 
 def make_encoder(config: RunConfig):
-    from dpsynth.encoders import get_encoder
+    """The encoder of ``config``, built once per process for the same name and options:
+    the pre-flight, the plan (its dimension) and each split's encode share it (building a
+    pretrained network is most of a small run's start-up)."""
+    key = (config.encoder.name, json.dumps(config.encoder.options, sort_keys=True,
+                                           default=str))
+    if key not in _ENCODERS:
+        from dpsynth.encoders import get_encoder
 
-    return get_encoder(config.encoder.name, **config.encoder.options)
+        _ENCODERS.clear()  # one at a time: a process that switches encoders frees the last
+        _ENCODERS[key] = get_encoder(config.encoder.name, **config.encoder.options)
+    return _ENCODERS[key]
+
+
+#: The encoder :func:`make_encoder` built last, by (name, options).
+_ENCODERS: dict[tuple[str, str], Any] = {}
 
 
 def make_plan(config: RunConfig, declared: Sequence[ReleaseSpec] = ()) -> PrivacyPlan:

@@ -12,15 +12,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dpsynth.config import RunConfig
 from dpsynth.step_graph import config_value
 
-#: EfficientNet-Lite0's input size (px) in the pipeline, which encodes on a GPU: the most
-#: accurate size of benchmarks/resolution.py (results in docs/results.md). The quick local
-#: run keeps the encoder's own default (DEFAULT_IMAGE_SIZE), which fits 2 CPU cores.
-PRODUCTION_IMAGE_SIZE = 160
+#: The pipeline's production configuration (GPU encode at 160 px, ...): the default of
+#: ``config_yaml``, so the settings live in one config file, not in this table. Absent in an
+#: installed package away from the repository: then the defaults of RunConfig.
+PRODUCTION_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "production.yaml"
+
+
+def _production_yaml() -> str:
+    """configs/production.yaml as one line of JSON (which is YAML): kfp writes every default
+    into a comment header of the compiled files, and a multi-line default would break
+    them."""
+    import json
+
+    import yaml
+
+    if not PRODUCTION_CONFIG.is_file():
+        return ""
+    return json.dumps(yaml.safe_load(PRODUCTION_CONFIG.read_text()), sort_keys=False)
 
 
 def _always(_value: Any) -> bool:
@@ -62,9 +76,10 @@ class Parameter:
 #: In the order of the pipeline's signature. The parameters are applied after
 #: ``config_yaml``, so a parameter wins over the same key there; ``extra_overrides`` last.
 PARAMETERS: tuple[Parameter, ...] = (
-    Parameter("config_yaml", str, "",
-              "A whole run configuration (YAML, as in configs/). The parameters below "
-              "override its keys; empty: the defaults."),
+    Parameter("config_yaml", str, _production_yaml(),
+              "A whole run configuration (YAML, as in configs/; the default is "
+              "configs/production.yaml). The parameters below override its keys; empty: "
+              "dpsynth's defaults."),
     Parameter("dataset", str, "fashion-mnist",
               "Data source: fashion-mnist, digits, image-folder or webdataset "
               "(data.source).", key="data.source"),
@@ -84,11 +99,10 @@ PARAMETERS: tuple[Parameter, ...] = (
               task="cluster"),
     Parameter("encoder", str, "efficientnet-lite0",
               "Encoder registry name (encoder.name).", key="encoder.name"),
-    Parameter("encoder_image_size", int, PRODUCTION_IMAGE_SIZE,
+    Parameter("encoder_image_size", int, 0,
               "efficientnet-lite0: the encoder's input size in px "
-              "(encoder.options.image_size); the default is the production size, chosen "
-              "by benchmarks/resolution.py for GPU encode. 0: the config's own (set 0 "
-              "for an encoder without this option).",
+              "(encoder.options.image_size); 0: the config's own (configs/production.yaml: "
+              "160). Other encoders have no such option.",
               key="encoder.options.image_size", applies=bool, unset=0),
     Parameter("encode_allow_cpu", bool, False,
               "Let encode run on CPU, with a warning, when its GPU node has no usable GPU "
@@ -186,7 +200,7 @@ def arguments(config: RunConfig) -> dict[str, Any]:
     ``config_yaml`` and each named parameter carries the same value (they would win)."""
     import yaml
 
-    from dpsynth.decoders import decoder_for
+    from dpsynth.decoders import decoder_name_for
 
     out: dict[str, Any] = {"config_yaml": yaml.safe_dump(config.to_yaml_dict(),
                                                          sort_keys=False)}
@@ -200,6 +214,6 @@ def arguments(config: RunConfig) -> dict[str, Any]:
             out[p.name] = p.type(value)
     decode = config.decode
     if decode.enabled is None:  # "when there is a decoder", as `dpsynth run` decides
-        out[for_key("decode.enabled").name] = bool(decode.decoder) or decoder_for(
-            config.encoder.name, **config.encoder.options) is not None
+        out[for_key("decode.enabled").name] = bool(decode.decoder) or decoder_name_for(
+            config.encoder.name) is not None
     return out

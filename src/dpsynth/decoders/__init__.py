@@ -6,6 +6,7 @@ from dpsynth.decoders.base import (
     Decoder,
     available_decoders,
     decoder_for,
+    decoder_name_for,
     get_decoder,
     register_decoder,
 )
@@ -13,4 +14,5 @@ from dpsynth.decoders.pixels import PixelDecoder
 from dpsynth.decoders.unclip import DecoderLoadError, UnclipDecoder
 
 __all__ = ["Decoder", "DecoderLoadError", "PixelDecoder", "UnclipDecoder",
-           "available_decoders", "decoder_for", "get_decoder", "register_decoder"]
+           "available_decoders", "decoder_for", "decoder_name_for", "get_decoder",
+           "register_decoder"]

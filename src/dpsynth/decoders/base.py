@@ -42,7 +42,14 @@ def get_decoder(name: str, **kwargs: Any) -> Decoder:
     return DECODERS.get(name)(**kwargs)
 
 
+def decoder_name_for(encoder_name: str) -> str | None:
+    """The registered decoder that inverts ``encoder_name``, or None. A public fact of the
+    registry: nothing is built (ask this, not :func:`decoder_for`, whether one exists)."""
+    DECODERS.names()  # plugins register their `inverts` when they load
+    return _FOR_ENCODER.get(encoder_name)
+
+
 def decoder_for(encoder_name: str, **encoder_options: Any) -> Decoder | None:
     """The decoder that inverts ``encoder_name`` (built with its options), or None."""
-    name = _FOR_ENCODER.get(encoder_name)
+    name = decoder_name_for(encoder_name)
     return None if name is None else get_decoder(name, **encoder_options)

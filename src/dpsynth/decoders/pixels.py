@@ -21,3 +21,5 @@ class PixelDecoder(Decoder):
 @register_decoder("pixels", inverts="pixels")
 def _make_pixels(**kwargs) -> PixelDecoder:
     return PixelDecoder(**kwargs)
+#: Its typed options: the class's keyword arguments (dpsynth.registry.options_problem).
+_make_pixels.options_of = PixelDecoder

@@ -95,3 +95,5 @@ class UnclipDecoder(Decoder):
 @register_decoder("unclip")
 def _make_unclip(**kwargs) -> UnclipDecoder:
     return UnclipDecoder(**kwargs)
+#: Its typed options: the class's keyword arguments (dpsynth.registry.options_problem).
+_make_unclip.options_of = UnclipDecoder

@@ -88,3 +88,5 @@ def _make_efficientnet(**kwargs) -> EfficientNetLite0Encoder:
 
 
 _make_efficientnet.default_options = {"image_size": DEFAULT_IMAGE_SIZE}
+#: Its typed options: the class's keyword arguments (dpsynth.registry.options_problem).
+_make_efficientnet.options_of = EfficientNetLite0Encoder

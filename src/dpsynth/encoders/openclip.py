@@ -141,3 +141,5 @@ class OpenClipEncoder(Encoder):
 @register_encoder("open_clip")
 def _make_open_clip(spec: str = "ViT-B-32:", **kwargs) -> OpenClipEncoder:
     return OpenClipEncoder(spec, **kwargs)
+#: Its typed options: the class's keyword arguments (dpsynth.registry.options_problem).
+_make_open_clip.options_of = OpenClipEncoder

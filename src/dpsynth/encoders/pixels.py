@@ -36,3 +36,5 @@ class PixelEncoder(Encoder):
 @register_encoder("pixels")
 def _make_pixels(**kwargs) -> PixelEncoder:
     return PixelEncoder(**kwargs)
+#: Its typed options: the class's keyword arguments (dpsynth.registry.options_problem).
+_make_pixels.options_of = PixelEncoder

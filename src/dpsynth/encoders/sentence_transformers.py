@@ -180,3 +180,5 @@ class SentenceTransformerEncoder(Encoder):
 def _make_sentence_transformers(spec: str = DEFAULT_MODEL, **kwargs
                                 ) -> SentenceTransformerEncoder:
     return SentenceTransformerEncoder(spec, **kwargs)
+#: Its typed options: the class's keyword arguments (dpsynth.registry.options_problem).
+_make_sentence_transformers.options_of = SentenceTransformerEncoder
