@@ -153,11 +153,14 @@ for family in "${families[@]}"; do
   fi
   seconds=$(( $(date +%s) - start ))
   bytes=$(image_bytes "$name")
+  if [ "$BUILDER" = docker ]; then id=$(docker image inspect -f '{{.Id}}' "$name")
+  else id=$(buildah inspect --type image --format '{{.FromImageID}}' "$name"); fi
+  id=${id#sha256:}
   # What the image was built from: the sources are copied from the working tree.
   source=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   git diff --quiet HEAD -- src pyproject.toml "requirements/$family.lock" \
     "components/Dockerfile.$family" 2>/dev/null || source="$source+uncommitted"
   echo ">> $family: $name built in ${seconds}s, $(( bytes / 1000000 )) MB"
-  record "build.$family" "{\"image\": \"$name\", \"builder\": \"$BUILDER\", \"base\": \"$BASE\", \"source\": \"$source\", \
+  record "build.$family" "{\"image\": \"$name\", \"builder\": \"$BUILDER\", \"base\": \"$BASE\", \"source\": \"$source\", \"id\": \"${id:0:12}\", \
 \"seconds\": $seconds, \"bytes\": $bytes, \"wheelhouse_seconds\": $wheelhouse_seconds, \"at\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\"}"
 done

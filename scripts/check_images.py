@@ -196,6 +196,13 @@ def image_exists(image: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+def image_id(image: str) -> str | None:
+    """The image's id: ties this check to the build record of the same image."""
+    done = subprocess.run(["buildah", "inspect", "--type", "image", "--format",
+                           "{{.FromImageID}}", image], capture_output=True, text=True)
+    return done.stdout.strip()[:12] or None if done.returncode == 0 else None
+
+
 def main() -> int:
     from dpsynth_kfp.components import DEFAULT_IMAGES, image
 
@@ -224,6 +231,7 @@ def main() -> int:
         "at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "config": str(opts.config.resolve().relative_to(ROOT)),
         "runner": "buildah run --isolation chroot (no GPU)",
+        "image_ids": {"cpu": image_id(cpu_image), "cuda": image_id(cuda_image)},
         # The machine is shared: its load says how far the step times are inflated.
         "cpus": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2),
         "steps": {}}
