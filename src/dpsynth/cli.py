@@ -73,11 +73,14 @@ def plan(
                 raise ValueError(str(exc)) from None
             made = steps.make_plan(cfg)
         else:
-            synth = DPSynthesizer(1.0 if epsilon is None else epsilon,
-                                  1e-5 if delta is None else delta,
-                                  components_per_class=components_per_class or 1,
-                                  covariance=covariance or "lowrank",
-                                  subspace_dim=64 if subspace_dim is None else subspace_dim)
+            from dpsynth.config import RunConfig
+
+            defaults = RunConfig().privacy  # the run's defaults, not a second copy
+            model = {k: v for k, v in (("components_per_class", components_per_class),
+                                       ("covariance", covariance),
+                                       ("subspace_dim", subspace_dim)) if v is not None}
+            synth = DPSynthesizer(defaults.epsilon if epsilon is None else epsilon,
+                                  defaults.delta if delta is None else delta, **model)
             made = synth.make_plan(1280 if dim is None else dim)
         threshold = release_threshold(made)
     except (PrivacyParameterError, ValueError) as exc:

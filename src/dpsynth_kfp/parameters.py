@@ -45,9 +45,14 @@ def _non_negative(value: Any) -> bool:
     return value >= 0
 
 
+#: A parameter's default when it is the config key's own default (see :func:`_from_config`).
+FROM_CONFIG: Any = object()
+
+
 @dataclass(frozen=True)
 class Parameter:
-    """One pipeline parameter."""
+    """One pipeline parameter. ``default`` :data:`FROM_CONFIG`: the default of its config
+    key in :class:`dpsynth.config.RunConfig`, so the value is written once."""
 
     name: str
     type: type
@@ -72,6 +77,10 @@ class Parameter:
     def input_name(self) -> str:
         return self.plan_input or self.name
 
+    def __post_init__(self) -> None:
+        if self.default is FROM_CONFIG:
+            object.__setattr__(self, "default", self.type(config_value(RunConfig(), self.key)))
+
 
 #: In the order of the pipeline's signature. The parameters are applied after
 #: ``config_yaml``, so a parameter wins over the same key there; ``extra_overrides`` last.
@@ -80,7 +89,7 @@ PARAMETERS: tuple[Parameter, ...] = (
               "A whole run configuration (YAML, as in configs/; the default is "
               "configs/production.yaml). The parameters below override its keys; empty: "
               "dpsynth's defaults."),
-    Parameter("dataset", str, "fashion-mnist",
+    Parameter("dataset", str, FROM_CONFIG,
               "Data source: fashion-mnist, digits, image-folder or webdataset "
               "(data.source).", key="data.source"),
     Parameter("train_dir", str, "",
@@ -97,7 +106,7 @@ PARAMETERS: tuple[Parameter, ...] = (
               "and encode (image-folder: train_dir=/data/train, test_dir=/data/test). The "
               "claim must exist in the run's namespace (manifests/ creates dpsynth-data).",
               task="cluster"),
-    Parameter("encoder", str, "efficientnet-lite0",
+    Parameter("encoder", str, FROM_CONFIG,
               "Encoder registry name (encoder.name).", key="encoder.name"),
     Parameter("encoder_image_size", int, 0,
               "efficientnet-lite0: the encoder's input size in px "
@@ -110,15 +119,15 @@ PARAMETERS: tuple[Parameter, ...] = (
               "torch's CUDA version and the node driver's, since a CPU encode can take "
               "hours; false also leaves the config's own value.",
               key="encoder.allow_cpu", applies=bool),
-    Parameter("epsilon", float, 1.0,
+    Parameter("epsilon", float, FROM_CONFIG,
               "The run's DP epsilon, charged to the dataset's budget (privacy.epsilon).",
               key="privacy.epsilon"),
-    Parameter("delta", float, 1e-5, "The run's DP delta (privacy.delta).",
+    Parameter("delta", float, FROM_CONFIG, "The run's DP delta (privacy.delta).",
               key="privacy.delta"),
-    Parameter("components_per_class", int, 1,
+    Parameter("components_per_class", int, FROM_CONFIG,
               "Gaussian mixture components per class (model.components_per_class).",
               key="model.components_per_class"),
-    Parameter("n_samples", int, 60000, "Synthetic records to sample (synthesize.n).",
+    Parameter("n_samples", int, FROM_CONFIG, "Synthetic records to sample (synthesize.n).",
               key="synthesize.n"),
     Parameter("decode", bool, False,
               "Run the decode step; needs an encoder with a decoder (decode.enabled).",
