@@ -13,6 +13,7 @@ from dpsynth.privacy import ReleaseSpec, build_plan
 from dpsynth.privacy.ledger import (
     LedgerEntry,
     NonPrivateMark,
+    RecordedLimit,
     check_budget,
     composed_epsilon,
 )
@@ -69,12 +70,39 @@ def test_a_non_private_run_on_an_unmarked_dataset_is_refused_with_how_to_mark_it
     assert "--set privacy.epsilon=inf --set privacy.budget.epsilon=inf" in msg
 
 
-def test_an_infinite_budget_marks_the_dataset_non_private_and_lets_any_run_through():
+def test_an_infinite_budget_marks_a_dataset_never_charged_non_private():
     for entry in (_nonprivate(), _entry(1.0)):
-        check = check_budget([_entry(5.0)], entry, math.inf, DELTA)
+        check = check_budget([], entry, math.inf, DELTA)
         assert check.ok and check.nonprivate == NonPrivateMark(new=True)
         assert "This run records the marking" in check.message()
         assert check.to_dict()["nonprivate_dataset"] is True
+
+
+def test_an_infinite_budget_never_marks_a_charged_dataset():
+    """Issue 27: a run with budget.epsilon = inf on a dataset with private charges used to
+    mark it non-private for good as a side effect; only the owner may
+    (``dpsynth budget set --non-private``)."""
+    for entry in (_nonprivate(), _entry(1.0)):
+        check = check_budget([_entry(5.0)], entry, math.inf, DELTA)
+        assert not check.ok and check.nonprivate is None
+        msg = check.message()
+        assert "already has 1 charge(s)" in msg and "nothing was charged" in msg
+        assert "dpsynth budget set --dataset-id d --non-private" in msg
+
+
+def test_the_recorded_limit_holds_whatever_the_config_says():
+    recorded = RecordedLimit(2.0, DELTA, "owner", "l1", "2026-01-31T12:00:00+00:00")
+    assert check_budget([_entry(1.0)], _entry(1.0), 2.0, DELTA, recorded=recorded).ok
+    for eps, delta in ((1000.0, DELTA), (2.0, 1e-4), (math.inf, DELTA)):
+        check = check_budget([_entry(1.0)], _entry(1.0), eps, delta, recorded=recorded)
+        assert not check.ok and check.recorded_limit is recorded
+        assert "eps 2 at delta 1e-05 (set by the data owner, 2026-01-31 12:00 UTC)" in (
+            check.message())
+    first = check_budget([], _entry(1.0), 3.0, DELTA)
+    assert first.ok and first.recorded_limit == RecordedLimit(3.0, DELTA, new=True)
+    text = first.recorded_limit.to_json()
+    assert RecordedLimit.from_json(text, "c", "t") == RecordedLimit(3.0, DELTA, entry_id="c",
+                                                                   recorded_at="t")
 
 
 def test_a_marked_dataset_enforces_no_budget_even_when_a_finite_one_is_configured():

@@ -103,11 +103,82 @@ def _nonprivate_marking_holds_for_good(uri: str) -> None:
         assert not store.charge(_entry(math.inf, "e"), LIMIT, DELTA).ok
 
 
-@pytest.mark.parametrize("case", [_charges_append_and_read_back,
-                                  _over_budget_is_refused_without_appending,
-                                  _nonprivate_marking_holds_for_good])
+def _the_limit_is_recorded_and_changed_only_by_the_owner(uri: str) -> None:
+    """Issue 27: the first charge records the limit; a config that disagrees is refused;
+    the owner's change and marking are appended entries (INSERT only)."""
+    with open_ledger(uri) as store:
+        first = store.charge(_entry(), LIMIT, DELTA)
+        assert first.ok and first.recorded_limit.new
+        assert first.recorded_limit.entry_id == first.charge_id
+    with open_ledger(uri) as store:
+        raised = store.charge(_entry(), 1000.0, DELTA)
+        assert not raised.ok and "disagrees" in raised.message()
+        assert store.history("d").limit.epsilon == LIMIT
+        assert not store.charge(_entry(), math.inf, DELTA).ok  # no marking as a side effect
+        history = store.set_limit("d", 1000.0, DELTA)
+        assert (history.limit.epsilon, history.limit.by) == (1000.0, "owner")
+        assert store.charge(_entry(), 1000.0, DELTA).ok
+        assert not store.charge(_entry(), LIMIT, DELTA).ok
+        assert len(store.entries("d")) == 2
+        marked = store.set_limit("d", nonprivate=True)
+        assert marked.nonprivate.by_owner and math.isinf(marked.limit.epsilon)
+        assert store.charge(_entry(math.inf), LIMIT, DELTA).ok
+        with pytest.raises(store_module.LedgerOwnerError, match="holds for good"):
+            store.set_limit("d", 5.0, DELTA)
+        assert store.history("e").limit is None  # the dataset's, not the ledger's
+
+
+def _restored_charges_count_once(uri: str) -> None:
+    with open_ledger(uri) as store:
+        kept = store.charge(_entry(), LIMIT, DELTA)
+    lost = LedgerEntry.from_json(_entry().to_json(), "run-lost", "c-lost")
+    mirror = [LedgerEntry.from_json(_entry().to_json(), "run-kept", kept.charge_id), lost]
+    with open_ledger(uri) as store:
+        added = store.restore_charges("d", mirror, "http://u:pw@mlflow")
+        assert [e.charge_id for e in added] == ["c-lost"]
+        assert store.restore_charges("d", mirror, "http://mlflow") == []  # idempotent
+        history = store.history("d")
+        assert [c.charge_id for c in history.charges] == [kept.charge_id, "c-lost"]
+        assert history.tracking_uris["c-lost"] == "http://u@mlflow"
+
+
+STORE_CASES = [_charges_append_and_read_back, _over_budget_is_refused_without_appending,
+               _nonprivate_marking_holds_for_good,
+               _the_limit_is_recorded_and_changed_only_by_the_owner,
+               _restored_charges_count_once]
+
+
+@pytest.mark.parametrize("case", STORE_CASES)
 def test_sqlite_store(sqlite_uri, case):
     case(sqlite_uri)
+
+
+def test_a_sqlite_ledger_made_before_limits_is_migrated_keeping_every_row(sqlite_uri,
+                                                                         tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    old = sqlite3.connect(path)
+    schema = [s.replace(", 'limit'", "") for s in store_module._SQLITE_SCHEMA]
+    for statement in schema:
+        old.execute(statement)
+    old.execute("INSERT INTO dpsynth_ledger (kind, charge_id, dataset_id, entry, private, "
+                "recorded_at) VALUES ('charge', 'c0', 'd', ?, 1, 'then')",
+                (_entry().to_json(),))
+    old.commit()
+    with pytest.raises(sqlite3.IntegrityError):  # the old table takes no limit rows
+        old.execute("INSERT INTO dpsynth_ledger (kind, charge_id, dataset_id, recorded_at) "
+                    "VALUES ('limit', 'x', 'd', 'now')")
+    old.close()
+    with open_ledger(sqlite_uri) as store:
+        assert [c.charge_id for c in store.entries("d")] == ["c0"]
+        check = store.charge(_entry(), LIMIT, DELTA)  # records the limit: a 'limit' row
+        assert check.ok and check.recorded_limit.new and check.previous_runs == 1
+        assert store.history("d").limit.epsilon == LIMIT
+    raw = sqlite3.connect(path)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        raw.execute("DELETE FROM dpsynth_ledger")
+    assert raw.execute("SELECT seq, kind FROM dpsynth_ledger ORDER BY seq").fetchall() == [
+        (1, "charge"), (2, "charge"), (3, "limit")]
+    raw.close()
 
 
 # ---------------------------------------------------------------------- SQLite
@@ -308,11 +379,27 @@ def pg_uri(pg, request):
     return pg.uri(ROLE, ROLE_PASSWORD, database=name)
 
 
-@pytest.mark.parametrize("case", [_charges_append_and_read_back,
-                                  _over_budget_is_refused_without_appending,
-                                  _nonprivate_marking_holds_for_good])
+@pytest.mark.parametrize("case", STORE_CASES)
 def test_postgres_store_as_the_restricted_role(pg_uri, case):
     case(pg_uri)
+
+
+def test_postgres_ledger_made_before_limits_is_refused_until_reinstalled(pg, pg_uri):
+    import psycopg
+
+    owner_uri = pg_uri.replace(f"{ROLE}:{ROLE_PASSWORD}", f"postgres:{pg.password}")
+    with psycopg.connect(owner_uri, autocommit=True) as owner:  # as an old install made it
+        owner.execute("ALTER TABLE dpsynth_ledger DROP CONSTRAINT dpsynth_ledger_kind_check")
+        owner.execute("ALTER TABLE dpsynth_ledger ADD CONSTRAINT dpsynth_ledger_kind_check "
+                      "CHECK (kind IN ('charge', 'run', 'nonprivate'))")
+        owner.execute("INSERT INTO dpsynth_ledger (kind, charge_id, dataset_id, entry) "
+                      "VALUES ('charge', 'c0', 'd', %s)", (_entry().to_json(),))
+    with pytest.raises(LedgerUnavailableError, match="reruns .*install-postgres"):
+        open_ledger(pg_uri)
+    install_postgres_ledger(owner_uri, role=ROLE, password=ROLE_PASSWORD)
+    with open_ledger(pg_uri) as store:
+        assert len(store.entries("d")) == 1
+        assert store.set_limit("d", 3.0, DELTA).limit.epsilon == 3.0
 
 
 def test_postgres_restricted_role_cannot_update_delete_or_truncate(pg, pg_uri):

@@ -24,6 +24,7 @@ from dpsynth import steps
 from dpsynth.config import RunConfig
 from dpsynth.data.store import write_json_atomic
 from dpsynth.preflight import check_decoding
+from dpsynth.privacy.identity import resolve_ledger_id
 from dpsynth.privacy.ledger import BudgetCheck, BudgetExceededError, LedgerEntry
 from dpsynth.privacy.ledger_store import (
     LedgerIncompleteError,
@@ -74,7 +75,6 @@ def charge_run(config: RunConfig, out_dir: Path, *,
     # Stated up front, from the plan alone: the classes too small to release.
     echo(release_threshold(plan).describe())
     check_decoding(config)
-    dataset_id = config.data.ledger_id()
     out_dir.mkdir(parents=True, exist_ok=True)
 
     uri = resolve_tracking_uri(config.tracking.uri)
@@ -82,6 +82,14 @@ def charge_run(config: RunConfig, out_dir: Path, *,
     tracker.open()
     limit = config.privacy.budget
     with open_ledger(config.privacy.ledger_uri) as ledger:
+        # The records' identity, not their path: a renamed training folder is charged
+        # under the id its content was first charged under (dpsynth.privacy.identity).
+        dataset_id = resolve_ledger_id(config.data, ledger)
+        if dataset_id != config.data.ledger_id():
+            echo(f"the training records were first charged as dataset {dataset_id!r} "
+                 "(the same files, now elsewhere): charged under that id")
+            # Every later step, output and release of this run names the same id.
+            config.data.dataset_id = dataset_id
         problems = _mirror_problems(ledger, tracker, dataset_id)
         # One transaction checks and appends only if the charge fits: runs racing on one
         # dataset are checked one after the other, so no charge is ever withdrawn.

@@ -27,6 +27,13 @@ Rows, by ``kind``:
   MLflow names the run only once the charge is made and rows are never updated, so the
   link is a second row.
 - ``nonprivate``: the dataset was declared non-private (see :mod:`dpsynth.privacy.ledger`).
+- ``limit``: the dataset's lifetime (epsilon, delta), JSON: recorded with its first charge,
+  or set by the data owner (``dpsynth budget set``, :meth:`LedgerStore.set_limit`). The
+  latest holds. A limit is an appended row like every other, never an UPDATE, so the
+  runs' PostgreSQL role needs nothing beyond INSERT and SELECT.
+- ``identity``: a training split's content digest (``entry``) and the ledger id it was
+  first charged under (``dataset_id``): :mod:`dpsynth.privacy.identity`. Inside the
+  private boundary; never shown.
 
 Where: ``privacy.ledger_uri``, else ``$DPSYNTH_LEDGER_URI``, else the per-user SQLite file
 ``ledger.sqlite`` in the dpsynth home, beside the embedded MLflow store: ``$DPSYNTH_HOME``,
@@ -44,6 +51,7 @@ import argparse
 import contextlib
 import getpass
 import hashlib
+import math
 import os
 import sqlite3
 import uuid
@@ -60,8 +68,10 @@ from dpsynth.privacy.ledger import (
     BudgetExceededError,
     LedgerEntry,
     NonPrivateMark,
+    RecordedLimit,
     check_budget,
 )
+from dpsynth.privacy.validation import validate_epsilon_delta
 from dpsynth.tracking import TrackingUnavailableError, dpsynth_home
 
 LEDGER_URI_ENV = "DPSYNTH_LEDGER_URI"
@@ -72,6 +82,9 @@ DEFAULT_ROLE = "dpsynth_ledger"
 LOCK_TIMEOUT_S = 300
 PG_CONNECT_TIMEOUT_S = 30
 _PG_TRIGGERS = (f"{TABLE}_no_update_delete", f"{TABLE}_no_truncate")
+#: What a row may be (see the module docstring).
+KINDS = ("charge", "run", "nonprivate", "limit", "identity")
+_KINDS_SQL = ", ".join(f"'{k}'" for k in KINDS)
 
 
 class LedgerUnavailableError(TrackingUnavailableError):
@@ -145,6 +158,12 @@ class LedgerHistory:
     #: charge id -> the tracking store (password-free URI) its MLflow run is in.
     tracking_uris: dict[str, str] = field(default_factory=dict)
     nonprivate: NonPrivateMark | None = None
+    #: The lifetime limit recorded last (None: none recorded yet).
+    limit: RecordedLimit | None = None
+
+
+class LedgerOwnerError(ValueError):
+    """An owner action on the ledger that cannot be done (e.g. un-marking a dataset)."""
 
 
 def _iso(value: Any) -> str:
@@ -161,21 +180,27 @@ def _history(dataset_id: str, rows: Sequence[Sequence[Any]], where: str) -> Ledg
             links.setdefault(charge_id, (run_id, tracking_uri or ""))
     charges: list[LedgerEntry] = []
     mark: NonPrivateMark | None = None
+    limit: RecordedLimit | None = None
+    seen: set[str] = set()
     for seq, kind, charge_id, _, entry, _, recorded_at in rows:
         run_id = links.get(charge_id, ("", ""))[0]
-        if kind == "charge":
-            try:
+        try:
+            if kind == "charge" and charge_id not in seen:  # a charge restored twice: once
+                seen.add(charge_id)
                 charges.append(LedgerEntry.from_json(entry, run_id, charge_id))
-            except (TypeError, ValueError, KeyError) as exc:
-                # Fail closed: a charge that cannot be counted makes the budget unknown.
-                raise LedgerUnavailableError(
-                    f"row {seq} of the privacy budget ledger at {where} cannot be read "
-                    f"({type(exc).__name__}: {exc}); the budget of {dataset_id!r} cannot "
-                    "be checked") from None
-        elif kind == "nonprivate" and mark is None:
-            mark = NonPrivateMark(run_id, charge_id, _iso(recorded_at))
+            elif kind == "limit":
+                limit = RecordedLimit.from_json(entry, charge_id, _iso(recorded_at))
+            elif kind == "nonprivate" and mark is None:
+                mark = NonPrivateMark(run_id, charge_id, _iso(recorded_at),
+                                      by_owner=bool(entry) and "owner" in entry)
+        except (TypeError, ValueError, KeyError) as exc:
+            # Fail closed: a charge or limit that cannot be read makes the budget unknown.
+            raise LedgerUnavailableError(
+                f"row {seq} of the privacy budget ledger at {where} cannot be read "
+                f"({type(exc).__name__}: {exc}); the budget of {dataset_id!r} cannot "
+                "be checked") from None
     return LedgerHistory(dataset_id, tuple(charges),
-                         {cid: uri for cid, (_, uri) in links.items()}, mark)
+                         {cid: uri for cid, (_, uri) in links.items()}, mark, limit)
 
 
 # --------------------------------------------------------------------------- stores
@@ -240,7 +265,7 @@ class LedgerStore(ABC):
         with self._failures("charge"), self._transaction(entry.dataset_id, write=True):
             history = _history(entry.dataset_id, self._select(entry.dataset_id), self.uri)
             check = check_budget(history.charges, entry, limit_epsilon, limit_delta,
-                                 nonprivate=history.nonprivate)
+                                 nonprivate=history.nonprivate, recorded=history.limit)
             if not check.ok:
                 return check  # nothing appended
             charge_id, now = uuid.uuid4().hex, datetime.now(UTC)
@@ -250,7 +275,89 @@ class LedgerStore(ABC):
             if mark is not None and mark.new:
                 self._insert("nonprivate", charge_id, entry.dataset_id, now)
                 mark = replace(mark, charge_id=charge_id, recorded_at=_iso(now))
-        return replace(check, charge_id=charge_id, nonprivate=mark)
+            limit = check.recorded_limit
+            if limit is not None and limit.new:
+                # The dataset's first charge (or its first since limits were recorded):
+                # its configured budget becomes the recorded limit.
+                self._insert("limit", charge_id, entry.dataset_id, now, entry=limit.to_json())
+                limit = replace(limit, entry_id=charge_id, recorded_at=_iso(now))
+        return replace(check, charge_id=charge_id, nonprivate=mark, recorded_limit=limit)
+
+    def set_limit(self, dataset_id: str, epsilon: float | None = None,
+                  delta: float | None = None, *, nonprivate: bool = False) -> LedgerHistory:
+        """The data owner's action: record ``dataset_id``'s lifetime (``epsilon``,
+        ``delta``), or mark it non-private for good (``nonprivate``). Appended like a
+        charge, never updated; the dataset's history afterwards is returned.
+
+        Raises :class:`LedgerOwnerError` for a dataset already marked non-private (the
+        marking cannot be taken back) and ValueError for an invalid budget."""
+        with self._failures("write"), self._transaction(dataset_id, write=True):
+            history = _history(dataset_id, self._select(dataset_id), self.uri)
+            if history.nonprivate is not None:
+                raise LedgerOwnerError(
+                    f"dataset {dataset_id!r} is marked non-private (since "
+                    f"{history.nonprivate.since()}): the marking holds for good, so no "
+                    "lifetime budget can be set on it")
+            now, entry_id = datetime.now(UTC), uuid.uuid4().hex
+            if nonprivate:
+                limit = RecordedLimit(math.inf, delta if delta is not None else (
+                    history.limit.delta if history.limit else 1e-5), "owner")
+                self._insert("limit", entry_id, dataset_id, now, entry=limit.to_json())
+                self._insert("nonprivate", entry_id, dataset_id, now,
+                             entry='{"by":"owner"}')
+            else:
+                if epsilon is None or delta is None:
+                    raise ValueError("a lifetime budget needs both --epsilon and --delta "
+                                     "(or --non-private)")
+                epsilon, delta = validate_epsilon_delta(epsilon, delta)
+                if math.isinf(epsilon):
+                    raise ValueError("an infinite lifetime epsilon marks the dataset "
+                                     "non-private: say so with --non-private")
+                self._insert("limit", entry_id, dataset_id, now,
+                             entry=RecordedLimit(epsilon, delta, "owner").to_json())
+            return _history(dataset_id, self._select(dataset_id), self.uri)
+
+    def identity(self, digest: str, default_id: str) -> str:
+        """The ledger id that training content with ``digest`` was first charged under;
+        if none, ``default_id``, recorded for it now (:mod:`dpsynth.privacy.identity`).
+        The digest appears in no message."""
+        with self._failures("read"), self._transaction(f"identity:{digest}", write=True):
+            found = self._select_identity(digest)
+            if found is not None:
+                return found
+            self._insert("identity", uuid.uuid4().hex, default_id, datetime.now(UTC),
+                         entry=digest)
+            return default_id
+
+    def _select_identity(self, digest: str) -> str | None:
+        row = self._conn.execute(
+            f"SELECT dataset_id FROM {TABLE} WHERE kind = 'identity' AND entry = "
+            f"{self._placeholder} ORDER BY seq LIMIT 1", (digest,)).fetchone()
+        return None if row is None else row[0]
+
+    def restore_charges(self, dataset_id: str, mirror: Sequence[LedgerEntry],
+                        tracking_uri: str) -> list[LedgerEntry]:
+        """The data owner's repair of a lost ledger from its MLflow mirror: append every
+        mirror charge (by its charge id) that the ledger lacks, with its run link. Returns
+        the charges appended. A mirror entry without a charge id is appended under a new
+        id. Only ever adds charges: the budget can only grow stricter."""
+        restored = []
+        with self._failures("write"), self._transaction(dataset_id, write=True):
+            history = _history(dataset_id, self._select(dataset_id), self.uri)
+            known = {c.charge_id for c in history.charges}
+            for entry in mirror:
+                if entry.dataset_id != dataset_id or (entry.charge_id
+                                                     and entry.charge_id in known):
+                    continue
+                charge_id, now = entry.charge_id or uuid.uuid4().hex, datetime.now(UTC)
+                known.add(charge_id)
+                self._insert("charge", charge_id, dataset_id, now, entry=entry.to_json(),
+                             private=entry.private)
+                if entry.run_id:
+                    self._insert("run", charge_id, dataset_id, now, run_id=entry.run_id,
+                                 tracking_uri=public_uri(tracking_uri))
+                restored.append(replace(entry, charge_id=charge_id))
+        return restored
 
     def link_run(self, charge_id: str, dataset_id: str, run_id: str, tracking_uri: str
                  ) -> None:
@@ -267,7 +374,7 @@ _INSERT = (f"INSERT INTO {TABLE} (kind, charge_id, dataset_id, run_id, entry, pr
 _SQLITE_SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {TABLE} (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        kind TEXT NOT NULL CHECK (kind IN ('charge', 'run', 'nonprivate')),
+        kind TEXT NOT NULL CHECK (kind IN ({_KINDS_SQL})),
         charge_id TEXT NOT NULL,
         dataset_id TEXT NOT NULL,
         run_id TEXT NOT NULL DEFAULT '',
@@ -286,6 +393,7 @@ class SQLiteLedgerStore(LedgerStore):
     """The embedded ledger: one SQLite file (``BEGIN IMMEDIATE`` serialises charges)."""
 
     _db_errors = (sqlite3.Error, OSError)
+    _placeholder = "?"
 
     def __init__(self, path: Path, uri: str) -> None:
         self.uri = public_uri(uri)
@@ -296,10 +404,34 @@ class SQLiteLedgerStore(LedgerStore):
             with self._transaction("", write=True):
                 for statement in _SQLITE_SCHEMA:
                     self._conn.execute(statement)
+                self._migrate_kinds()
             self.path.chmod(0o600)  # the user's budget record, not the machine's
         except BaseException:
             self._conn.close()
             raise
+
+    def _migrate_kinds(self) -> None:
+        """A ledger made before ``limit`` rows existed has a narrower CHECK on ``kind``,
+        which SQLite cannot alter: copy its rows (seq included) into a table of the current
+        schema, in the schema transaction, so that nothing is lost or half-done."""
+        (sql,) = self._conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' "
+                                    "AND name = ?", (TABLE,)).fetchone()
+        if all(f"'{kind}'" in sql for kind in KINDS):
+            return
+        old = f"{TABLE}_before_limits"
+        self._conn.execute(f"ALTER TABLE {TABLE} RENAME TO {old}")
+        for statement in ("DROP INDEX IF EXISTS", "DROP TRIGGER IF EXISTS"):
+            names = ([f"{TABLE}_dataset"] if "INDEX" in statement
+                     else [f"{TABLE}_no_update", f"{TABLE}_no_delete"])
+            for name in names:
+                self._conn.execute(f"{statement} {name}")
+        for statement in _SQLITE_SCHEMA:
+            self._conn.execute(statement)
+        columns = "seq, kind, charge_id, dataset_id, run_id, entry, private, tracking_uri, " \
+                  "recorded_at"
+        self._conn.execute(f"INSERT INTO {TABLE} ({columns}) SELECT {columns} FROM {old} "
+                           "ORDER BY seq")
+        self._conn.execute(f"DROP TABLE {old}")
 
     @contextlib.contextmanager
     def _transaction(self, dataset_id: str, write: bool) -> Iterator[None]:
@@ -337,6 +469,8 @@ def _pg_lock_key(dataset_id: str) -> int:
 
 class PostgresLedgerStore(LedgerStore):
     """The cluster's ledger, reached as the restricted role (see the module docstring)."""
+
+    _placeholder = "%s"
 
     def __init__(self, uri: str) -> None:
         import psycopg
@@ -385,6 +519,15 @@ class PostgresLedgerStore(LedgerStore):
                 f"the privacy budget ledger table at {self.uri} lacks its append-only "
                 "triggers (or they are disabled): the database admin reruns "
                 "install_postgres_ledger")
+        kinds = self._conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = "
+            "to_regclass(%s) AND contype = 'c'", (TABLE,)).fetchall()
+        if not any(all(f"'{k}'" in d for k in KINDS) for (d,) in kinds):
+            raise LedgerUnavailableError(
+                f"the privacy budget ledger table at {self.uri} predates recorded lifetime "
+                "limits (its kind column does not take 'limit'): the database admin reruns "
+                "`python -m dpsynth.privacy.ledger_store install-postgres` (it keeps every "
+                "row)")
 
     @contextlib.contextmanager
     def _transaction(self, dataset_id: str, write: bool) -> Iterator[None]:
@@ -518,7 +661,7 @@ def mirror_problems(before: LedgerHistory, mirror: Sequence[LedgerEntry],
 _PG_SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {TABLE} (
         seq BIGSERIAL PRIMARY KEY,
-        kind TEXT NOT NULL CHECK (kind IN ('charge', 'run', 'nonprivate')),
+        kind TEXT NOT NULL CHECK (kind IN ({_KINDS_SQL})),
         charge_id TEXT NOT NULL,
         dataset_id TEXT NOT NULL,
         run_id TEXT NOT NULL DEFAULT '',
@@ -537,6 +680,9 @@ _PG_SCHEMA = (
         FOR EACH ROW EXECUTE FUNCTION {TABLE}_refuse()""",
     f"""CREATE OR REPLACE TRIGGER {_PG_TRIGGERS[1]} BEFORE TRUNCATE ON {TABLE}
         FOR EACH STATEMENT EXECUTE FUNCTION {TABLE}_refuse()""",
+    # Tables made before `limit` rows existed: widen the CHECK on kind (rows stay).
+    f"ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS {TABLE}_kind_check",
+    f"ALTER TABLE {TABLE} ADD CONSTRAINT {TABLE}_kind_check CHECK (kind IN ({_KINDS_SQL}))",
     f"REVOKE ALL ON {TABLE} FROM PUBLIC",
 )
 
