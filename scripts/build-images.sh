@@ -25,7 +25,8 @@
 #              build-time mounts). Unset: PIP_INDEX_URL / PIP_EXTRA_INDEX_URL are passed on
 #              when set, else the image's pip uses PyPI.
 #   RESULTS    the JSON file the build times and image sizes are merged into
-#              (default benchmarks/results/images.json; empty: none)
+#              (default benchmarks/results/images.json; empty: none): "build.<family>"
+#              for a full build, "rebuild.<family>" when the dependency layer was cached
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -145,13 +146,22 @@ for family in "${families[@]}"; do
   fi
   echo ">> $family: building $name with $BUILDER (base: $BASE)"
   start=$(date +%s)
+  log=$(mktemp)
   if [ "$BUILDER" = docker ]; then
-    docker build -f "components/Dockerfile.$family" "${base_args[@]}" "${pip_args[@]}" -t "$name" .
+    docker build --progress=plain -f "components/Dockerfile.$family" "${base_args[@]}" \
+      "${pip_args[@]}" -t "$name" . 2>&1 | tee "$log"
   else
     buildah bud --isolation chroot --layers -f "components/Dockerfile.$family" \
-      "${base_args[@]}" "${pip_args[@]}" -t "$name" .
+      "${base_args[@]}" "${pip_args[@]}" -t "$name" . 2>&1 | tee "$log"
   fi
   seconds=$(( $(date +%s) - start ))
+  # A build whose locked-dependency layer came from the cache (only the sources changed)
+  # is recorded apart ("rebuild"), so it never replaces the full build's time.
+  kind=build
+  if grep -A1 -e "--require-hashes" "$log" | grep -q -e "Using cache" -e "CACHED"; then
+    kind=rebuild
+  fi
+  rm -f "$log"
   bytes=$(image_bytes "$name")
   if [ "$BUILDER" = docker ]; then id=$(docker image inspect -f '{{.Id}}' "$name")
   else id=$(buildah inspect --type image --format '{{.FromImageID}}' "$name"); fi
@@ -160,7 +170,7 @@ for family in "${families[@]}"; do
   source=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   git diff --quiet HEAD -- src pyproject.toml "requirements/$family.lock" \
     "components/Dockerfile.$family" 2>/dev/null || source="$source+uncommitted"
-  echo ">> $family: $name built in ${seconds}s, $(( bytes / 1000000 )) MB"
-  record "build.$family" "{\"image\": \"$name\", \"builder\": \"$BUILDER\", \"base\": \"$BASE\", \"source\": \"$source\", \"id\": \"${id:0:12}\", \
+  echo ">> $family: $name built in ${seconds}s ($kind), $(( bytes / 1000000 )) MB"
+  record "$kind.$family" "{\"image\": \"$name\", \"builder\": \"$BUILDER\", \"base\": \"$BASE\", \"source\": \"$source\", \"id\": \"${id:0:12}\", \
 \"seconds\": $seconds, \"bytes\": $bytes, \"wheelhouse_seconds\": $wheelhouse_seconds, \"at\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\"}"
 done
