@@ -6,8 +6,9 @@ IDX and tar headers: metadata, never a record's contents), that the encoder take
 records the source produces (by encoding one all-zero image, or a fixed text, both
 public), the embedding cache's integrity, the decoder a run may need, and, on the CUDA
 image, that the GPU steps have a usable GPU (or are allowed CPU). Texts have no
-header to check, so a text source's records are read once here (UTF-8, not blank, labels);
-nothing read is kept or written. What fails here raises
+header to check, so a text source's records are read once here (UTF-8, not blank, labels,
+no text under two labels); nothing read is kept or written. The test split must share no
+file with the training split (:func:`~dpsynth.data.sources.check_splits_disjoint`). What fails here raises
 :class:`PreflightError` and nothing is charged. After the charge the run keeps it.
 """
 
