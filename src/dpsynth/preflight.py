@@ -8,8 +8,8 @@ public), the embedding cache's integrity, the decoder a run may need, and, on th
 image, that the GPU steps have a usable GPU (or are allowed CPU). Texts have no
 header to check, so a text source's records are read once here (UTF-8, not blank, labels,
 no text under two labels); nothing read is kept or written. The test split must share no
-file with the training split (:func:`~dpsynth.data.sources.check_splits_disjoint`). What fails here raises
-:class:`PreflightError` and nothing is charged. After the charge the run keeps it.
+file with the training split (:func:`~dpsynth.data.sources.check_splits_disjoint`). What
+fails here raises :class:`PreflightError` and nothing is charged. After the charge the run keeps it.
 """
 
 from __future__ import annotations
