@@ -183,6 +183,56 @@ def test_a_failed_gate_leaves_production_where_it_was(server, run_out, option, g
     assert max(_versions(server)) == newest
 
 
+def test_the_gates_read_the_runs_record_not_its_editable_files(server, run_out, tmp_path):
+    """metrics.json and privacy_plan.json are files a user can edit: the gates read the
+    epsilon recomposed from the plan the run was charged with, and its logged metrics."""
+    before = _versions(server)
+    edited = _candidate(run_out, tmp_path, seed=301)
+    metrics = json.loads((edited / "metrics.json").read_text())
+    assert metrics["epsilon"] > 1  # digits-quick runs at eps = 8
+    metrics.update(epsilon=0.5, accuracy=0.99)
+    (edited / "metrics.json").write_text(json.dumps(metrics))
+    result = _cli("promote", "--out", edited, "--tracking-uri", server.uri,
+                  "--max-epsilon", "1")
+    assert result.exit_code == 2 and "gate 'max_epsilon' failed" in result.output
+    newest = MlflowClient(server.uri).get_model_version(NAME, str(max(_versions(server))))
+    assert float(newest.tags["dpsynth.epsilon"]) > 1
+    assert float(newest.tags["dpsynth.accuracy"]) < 0.99
+    # A plan edited to claim less epsilon is not the plan the run was charged with.
+    plan_edit = _candidate(run_out, tmp_path, seed=302)
+    plan = json.loads((plan_edit / "privacy_plan.json").read_text())
+    for r in plan["releases"]:
+        r["noise_multiplier"] *= 10
+        r["sigma"] *= 10
+    (plan_edit / "privacy_plan.json").write_text(json.dumps(plan))
+    refused = _cli("promote", "--out", plan_edit, "--tracking-uri", server.uri)
+    assert refused.exit_code == 2 and "privacy_plan.json" in refused.output
+    # A failed run is never released.
+    failed = _candidate(run_out, tmp_path, seed=303)
+    run = json.loads((failed / "run.json").read_text())
+    (failed / "run.json").write_text(json.dumps({**run, "status": "failed"}))
+    refused = _cli("promote", "--out", failed, "--tracking-uri", server.uri)
+    assert refused.exit_code == 2 and "status is 'failed'" in refused.output
+    assert len(_versions(server)) == len(before) + 1  # only the gated candidate
+
+
+def test_a_seeded_run_edited_to_say_private_is_refused(server, ledger_uri, tmp_path):
+    out = tmp_path / "seeded"
+    config = load_config("configs/digits-quick.yaml", [
+        f"encoder.cache_dir={tmp_path / 'cache'}", "evaluate.steps=20", "synthesize.n=500",
+        "privacy.noise_seed=4", f"data.dataset_id={DATASET}-seeded",
+        f"tracking.uri={server.uri}"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(LEDGER_URI_ENV, ledger_uri)
+        runner.run(config, out, progress=False, echo=lambda _: None)
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics.update(private=True, noise_seeded=False)
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    result = _cli("promote", "--out", out, "--tracking-uri", server.uri)
+    assert result.exit_code == 2 and "gate 'private' failed" in result.output
+    assert "seeded" in result.output
+
+
 def test_promote_by_version_runs_the_gates_too(server, run_out):
     client = MlflowClient(server.uri)
     failed = max(int(v.version) for v in client.search_model_versions(f"name = '{NAME}'"))
@@ -262,18 +312,20 @@ def test_pipeline_promote_task_publishes_step_artifacts(server, run_out, tmp_pat
     config = tmp_path / "config.yaml"
     config.write_text((run_out / "config.yaml").read_text())
     candidate = _candidate(run_out, tmp_path, seed=101)
+    # plan's output in the pipeline: the MLflow run it opened (the gates read its record)
+    source = json.loads((run_out / "run.json").read_text())["run_id"]
 
     def task():
         return promote_artifacts(
             mixture=candidate / "mixture", synthetic=candidate / "synthetic",
             metrics=run_out / "evaluation" / "metrics.json",
             privacy_plan=run_out / "privacy_plan.json", config=config,
-            decoded=run_out / "decoded", source_run_id="kfp-run", tracking_uri=server.uri)
+            decoded=run_out / "decoded", source_run_id=source, tracking_uri=server.uri)
 
     release = task()
     assert release.model_name == NAME and _alias(server) == release.version
     assert release.previous_production == "1" and _alias(server, PREVIOUS) == "1"
-    assert release.tags["dpsynth.source_run_id"] == "kfp-run"
+    assert release.tags["dpsynth.source_run_id"] == source
     # The task run again (a retry) returns the same version.
     before = _versions(server)
     assert task().version == release.version and _versions(server) == before
@@ -349,3 +401,14 @@ def test_a_release_call_leaves_the_callers_tracking_uri_alone(tmp_path, monkeypa
                       tracking_uri=f"sqlite:///{tmp_path / 'registry.db'}")
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert str(tmp_path) not in mlflow.get_tracking_uri()
+
+
+def test_dataset_ids_that_differ_never_name_the_same_model():
+    names = {model_name(i) for i in ("probe:a", "probe/a", "probe a", "probe-a",
+                                     "probe--a", "probe/./a")}
+    assert len(names) == 6
+    assert model_name("probe-a") == "dpsynth-probe-a"  # a plain id is kept as it is
+    hashed = model_name("probe/a")
+    assert hashed.startswith("dpsynth-probe-a-") and len(hashed) == len("dpsynth-probe-a-") + 16
+    # A plain id shaped like a rewritten one gets its own suffix, never that name.
+    assert model_name(hashed.removeprefix("dpsynth-")) != hashed

@@ -129,12 +129,25 @@ class Release:
 
 
 def model_name(dataset_id: str) -> str:
-    """``dpsynth-<dataset_id>`` with every run of characters a model URI cannot carry
-    (``/``, ``:``, spaces, ...) replaced by ``-``."""
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", str(dataset_id)).strip("-.")
+    """``dpsynth-<dataset_id>``, one name per id. An id a model URI can carry as it is
+    (letters, digits, ``.``, ``_``, ``-``) is used as it is; any other id has every run of
+    other characters replaced by ``-`` and the first 16 hex digits of its sha256 appended,
+    so ``probe:a`` and ``probe/a`` never name the same model (they did: both were
+    ``dpsynth-probe-a``). A plain id that happens to end like such a suffix gets one too,
+    so the two forms never meet."""
+    import hashlib
+
+    text = str(dataset_id)
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
     if not clean:
         raise ReleaseError(f"dataset id {dataset_id!r} has no usable characters")
-    return f"dpsynth-{clean}"
+    if clean == text and not _HASHED.search(text):
+        return f"dpsynth-{text}"
+    return f"dpsynth-{clean}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+#: The suffix :func:`model_name` adds to an id it had to rewrite.
+_HASHED = re.compile(r"-[0-9a-f]{16}$")
 
 
 def _keeps_tracking_globals(fn):
@@ -289,6 +302,16 @@ def _candidate_values(metrics: dict[str, Any]) -> dict[str, str]:
             else str(metrics[k]) for k in METRIC_TAGS if metrics.get(k) is not None}
 
 
+def _recorded_plain(candidate: dict[str, str]) -> dict[str, Any]:
+    """The recorded ``dpsynth.<metric>`` tags as plain JSON values (they overwrite the
+    run folder's copies in the published metrics.json)."""
+    out: dict[str, Any] = {}
+    for tag, text in candidate.items():
+        key = tag.removeprefix(TAG_PREFIX)
+        out[key] = text == "true" if text in ("true", "false") else _float(candidate, key)
+    return out
+
+
 def _float(tags: dict[str, str], key: str) -> float | None:
     value = tags.get(f"{TAG_PREFIX}{key}")
     try:
@@ -382,7 +405,8 @@ def _release(client, name: str, version: str, dataset_id: str, aliased: bool) ->
 # ------------------------------------------------------------------------------ register
 @_keeps_tracking_globals
 def register(out_dir: Path, *, tracking_uri: str | None = None,
-             extra_tags: dict[str, str] | None = None) -> tuple[str, str]:
+             extra_tags: dict[str, str] | None = None,
+             recorded: dict[str, str] | None = None) -> tuple[str, str]:
     """Log an output directory (a ``dpsynth run`` or a :func:`resample`) as a release run
     and register its synthesizer as a new version; returns ``(dataset_id, version)``.
 
@@ -411,7 +435,11 @@ def register(out_dir: Path, *, tracking_uri: str | None = None,
         return dataset_id, existing
     source_run = (_read_json(out_dir / "run.json").get("run_id")
                   if (out_dir / "run.json").is_file() else None)
-    tags = {TAG_KIND: "run", **_candidate_values(metrics),
+    # The gates read what the run recorded, never a file of the output folder that a user
+    # can edit: a resample carries its source version's recorded values.
+    candidate = (dict(recorded) if recorded is not None
+                 else _recorded_candidate(client, out_dir, source_run))
+    tags = {TAG_KIND: "run", **candidate,
             f"{TAG_PREFIX}dataset_id": dataset_id, TAG_RELEASE_DIGEST: digest,
             **(extra_tags or {})}
     if source_run:
@@ -421,16 +449,18 @@ def register(out_dir: Path, *, tracking_uri: str | None = None,
     _release_experiment()
     with mlflow.start_run(run_name=f"release-{name}") as run:
         mlflow.set_tags(tags)
-        mlflow.log_metrics({k: float(metrics[k]) for k in
-                            ("accuracy", "frechet_distance_to_test", "epsilon", "delta")
-                            if isinstance(metrics.get(k), int | float)
-                            and math.isfinite(float(metrics[k]))})
+        # The recorded values (what the gates read), not the folder's metrics.json.
+        numbers = {k: _float(candidate, k) for k in
+                   ("accuracy", "frechet_distance_to_test", "epsilon", "delta")}
+        mlflow.log_metrics({k: v for k, v in numbers.items()
+                            if v is not None and math.isfinite(v)})
         mlflow.log_artifacts(str(synthetic), "synthetic")
         mlflow.log_artifacts(str(mixture), "mixture")
         # A release is published: only what the guarantee covers goes in. The run's
         # nonprivate_* numbers (the same MLP trained on the private data without noise)
         # stay behind, inside the private boundary.
-        mlflow.log_dict(_published_metrics(metrics), "metrics.json")
+        mlflow.log_dict({**_published_metrics(metrics), **_recorded_plain(candidate)},
+                        "metrics.json")
         for file in ("privacy_plan.json", "config.yaml", RELEASE_FILE):
             if (out_dir / file).is_file():
                 mlflow.log_artifact(str(out_dir / file))
@@ -459,6 +489,60 @@ def register(out_dir: Path, *, tracking_uri: str | None = None,
     mv = mlflow.register_model(info.model_uri, name, tags={**tags, TAG_RELEASE_RUN: run_id})
     client.set_model_version_tag(name, mv.version, TAG_RELEASE_RUN, run_id)
     return dataset_id, str(mv.version)
+
+
+def _recorded_candidate(client, out_dir: Path, source_run: str | None) -> dict[str, str]:
+    """The gates' inputs (``dpsynth.<metric>`` tags) from the run's record, not from the
+    output folder: epsilon and delta recomposed from ``privacy_plan.json`` once it is
+    checked to be the plan the run logged when it was charged (every release's sigma),
+    ``private``/``noise_seeded`` from the run's tags, accuracy and the Fréchet distance from
+    its logged metrics. An edited ``metrics.json`` or plan, a run that failed or whose
+    record is not in the tracking store, is refused (:class:`ReleaseError`)."""
+    from mlflow.exceptions import MlflowException
+
+    from dpsynth.privacy.plan import verify_plan_dict
+
+    run_file = out_dir / "run.json"
+    status = _read_json(run_file).get("status") if run_file.is_file() else None
+    if status not in (None, "finished"):
+        raise ReleaseError(f"{out_dir}: the run's status is {status!r} (run.json): only a "
+                           "finished run can be released")
+    if not source_run:
+        raise ReleaseError(f"{out_dir}: no MLflow run recorded (run.json has no run_id): the "
+                           "gates read the run's record, so a run without one cannot be "
+                           "released")
+    try:
+        run = client.get_run(str(source_run))
+    except MlflowException as exc:
+        raise ReleaseError(f"the run {source_run} is not in the tracking store "
+                           f"{client.tracking_uri}: {exc.message}. Promote against the "
+                           "store the run logged to") from None
+    if run.info.status in ("FAILED", "KILLED"):
+        raise ReleaseError(f"the run {source_run} ended {run.info.status}: only a finished "
+                           "run can be released")
+    try:
+        plan = verify_plan_dict(_read_json(out_dir / "privacy_plan.json"))
+    except ValueError as exc:
+        raise ReleaseError(f"{out_dir / 'privacy_plan.json'}: {exc}") from None
+    logged = run.data.params
+    for r in plan.releases:
+        key = f"plan.{r.name}.sigma"
+        if key not in logged or not math.isclose(float(logged[key]), r.sigma, rel_tol=1e-9):
+            raise ReleaseError(
+                f"{out_dir / 'privacy_plan.json'} is not the plan run {source_run} was "
+                f"charged with (release {r.name!r}: sigma {r.sigma!r} here, "
+                f"{logged.get(key)!r} recorded)")
+    tags, metrics = run.data.tags, run.data.metrics
+    for flag, value in (("private", plan.private), ("noise_seeded", plan.noise_seeded)):
+        if tags.get(f"{TAG_PREFIX}{flag}") != str(value).lower():
+            raise ReleaseError(f"the run {source_run} recorded {TAG_PREFIX}{flag}="
+                               f"{tags.get(f'{TAG_PREFIX}{flag}')!r}, its plan says "
+                               f"{str(value).lower()!r}")
+    values = {"epsilon": plan.epsilon_pld, "delta": plan.delta, "private": plan.private,
+              "noise_seeded": plan.noise_seeded,
+              "accuracy": metrics.get("accuracy"),
+              "frechet_distance_to_test": metrics.get("frechet_distance_to_test")}
+    return _candidate_values(values)
 
 
 def release_digest(mixture: Path, synthetic: Path) -> str:
@@ -597,7 +681,8 @@ def promote_artifacts(*, mixture: Path, synthetic: Path, metrics: Path, privacy_
             (stage / "decoded").mkdir()
             shutil.copy2(Path(decoded) / "grid.png", stage / "decoded" / "grid.png")
         (stage / "run.json").write_text(json.dumps(
-            {"run_id": source_run_id or None, "budget": {"dataset_id": dataset_id}}))
+            {"run_id": source_run_id or None, "status": "finished",
+             "budget": {"dataset_id": dataset_id}}))
         return promote(stage, gates=gates, tracking_uri=tracking_uri)
 
 
@@ -750,7 +835,9 @@ def resample(dataset_id: str, n: int, out: Path, *, alias: str = PRODUCTION,
         return None
     _, version = register(out, tracking_uri=tracking_uri, extra_tags={
         TAG_KIND: "resample", TAG_RESAMPLE_OF: release.version,
-        f"{TAG_PREFIX}metrics_from_version": release.version})
+        f"{TAG_PREFIX}metrics_from_version": release.version},
+        recorded={k: v for k, v in release.tags.items()
+                  if k in {f"{TAG_PREFIX}{m}" for m in METRIC_TAGS}})
     if promote_gates is not None:
         return promote_version(dataset_id, version, gates=promote_gates,
                                tracking_uri=tracking_uri)
