@@ -133,11 +133,19 @@ for family in "${families[@]}"; do
     [ "$BUILDER" = buildah ] || { echo "WHEELHOUSE needs BUILDER=buildah" >&2; exit 2; }
     mkdir -p "$WHEELHOUSE"
     WHEELHOUSE=$(cd "$WHEELHOUSE" && pwd)
-    echo ">> $family: downloading requirements/$family.lock into $WHEELHOUSE"
-    start=$(date +%s)
-    "$PY" -m pip download -q --require-hashes --no-deps -d "$WHEELHOUSE" \
-      -r "requirements/$family.lock"
-    wheelhouse_seconds=$(( $(date +%s) - start ))
+    # Skipped when this very lock was downloaded before: re-reading 3 GB to re-check it
+    # costs about a minute, and the build's --require-hashes checks every file anyway.
+    stamp="$WHEELHOUSE/.$family.lock.sha256"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(sha256sum < "requirements/$family.lock")" ]; then
+      echo ">> $family: requirements/$family.lock already in $WHEELHOUSE"
+    else
+      echo ">> $family: downloading requirements/$family.lock into $WHEELHOUSE"
+      start=$(date +%s)
+      "$PY" -m pip download -q --require-hashes --no-deps -d "$WHEELHOUSE" \
+        -r "requirements/$family.lock"
+      wheelhouse_seconds=$(( $(date +%s) - start ))
+      sha256sum < "requirements/$family.lock" > "$stamp"
+    fi
     pip_args=(--build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheelhouse
               --volume "$WHEELHOUSE:/wheelhouse:ro")
   else
