@@ -13,6 +13,12 @@
 # Needs buildah (steps run with `buildah run --isolation chroot`: no daemon) and .venv
 # (kfp builds the executor inputs on the host). Images: as scripts/build-images.sh names
 # them ($DPSYNTH_IMAGE_REGISTRY, $DPSYNTH_IMAGE_TAG), or --cpu-image/--cuda-image.
+#
+# To build and check a commit rather than a working tree others are editing: run both
+# scripts in a `git worktree` of it, with PYTHON=<a checkout>/.venv/bin/python. The check
+# puts its own tree's src/ first on the path, so the specs, the parameter names and the
+# sources in the image all come from the same tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/python scripts/check_images.py "$@"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+exec "${PYTHON:-.venv/bin/python}" scripts/check_images.py "$@"
