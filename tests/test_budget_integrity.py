@@ -80,14 +80,19 @@ def test_an_unreadable_ledger_is_refused(tmp_path, _test_ledger):
 def test_the_ledger_is_restored_from_its_mirror_by_the_owner(tmp_path, _test_ledger):
     spent = _spend_the_budget(tmp_path)
     _test_ledger.unlink()
-    result = cli.invoke(app, ["budget", "restore", "--dataset-id", DATASET])
+    unset = cli.invoke(app, ["budget", "restore", "--dataset-id", DATASET])
+    assert unset.exit_code == 2 and "give the dataset's --epsilon and --delta" in unset.stderr
+    result = cli.invoke(app, ["budget", "restore", "--dataset-id", DATASET, "--epsilon", "2",
+                              "--delta", "1e-4"])
     assert result.exit_code == 0, result.output
     assert f"restored {spent} charge(s)" in result.output
-    assert "no lifetime budget recorded yet" in result.output
+    assert "lifetime budget eps 2 at delta 0.0001 (set by the data owner" in result.output
     with open_ledger() as ledger:
         assert len(ledger.entries(DATASET)) == spent
     with pytest.raises(BudgetExceededError, match="limit eps = 2"):
         _charge(tmp_path, "after")  # the restored charges count again
+    with pytest.raises(BudgetExceededError, match="disagrees"):
+        _charge(tmp_path, "raised", "privacy.budget.epsilon=1000")
 
 
 # ------------------------------------------------ the recorded lifetime limit (item 4)

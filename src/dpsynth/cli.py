@@ -413,11 +413,18 @@ def budget_restore(
     tracking_uri: Annotated[str | None, typer.Option(
         "--tracking-uri", help="The MLflow store whose runs mirror the ledger (default: "
         "$MLFLOW_TRACKING_URI, else the store `dpsynth run` logs to).")] = None,
+    epsilon: Annotated[float | None, typer.Option(
+        help="The dataset's lifetime epsilon, recorded with the restored charges when the "
+        "ledger holds none (the mirror does not keep it).")] = None,
+    delta: Annotated[float | None, typer.Option(
+        help="The dataset's lifetime delta (with --epsilon).")] = None,
     ledger_uri: LedgerUriOption = None,
 ) -> None:
     """Repair a lost ledger from its MLflow mirror: append every charge on the dataset
     that the mirror holds and the ledger lacks (a restored backup is better: the mirror
-    holds only the charges of runs that were tracked there). Only adds charges."""
+    holds only the charges of runs that were tracked there). Only adds charges. A ledger
+    with no recorded lifetime budget for the dataset needs --epsilon and --delta, so that
+    the next run's configuration does not set it."""
     from dpsynth.privacy.ledger_store import open_ledger
     from dpsynth.tracking import Tracker, resolve_tracking_uri
 
@@ -425,7 +432,16 @@ def budget_restore(
         tracker = Tracker(resolve_tracking_uri(tracking_uri), "dpsynth").open()
         mirror = tracker.ledger_entries(dataset_id)
         with open_ledger(ledger_uri) as ledger:
+            history = ledger.history(dataset_id)
+            unset = history.limit is None and history.nonprivate is None
+            if unset and (epsilon is None or delta is None):
+                raise ValueError(
+                    f"the ledger at {ledger.uri} records no lifetime budget for dataset "
+                    f"{dataset_id!r} and the MLflow mirror does not keep one: give the "
+                    "dataset's --epsilon and --delta to record with the restored charges")
             added = ledger.restore_charges(dataset_id, mirror, tracker.uri)
+            if unset:
+                ledger.set_limit(dataset_id, epsilon, delta)
             return ledger.uri, added, ledger.history(dataset_id)
 
     uri, added, history = _ledger_call(restore)

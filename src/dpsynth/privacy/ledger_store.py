@@ -605,7 +605,8 @@ def ledger_gap(after: LedgerHistory, mirror: Sequence[LedgerEntry], ledger_uri: 
             "nothing was charged. Restore the ledger from its backup (the SQLite file, or "
             "the PostgreSQL table); if no backup holds these charges, the data owner "
             "re-enters them from the mirror with `dpsynth budget restore --dataset-id "
-            f"{after.dataset_id}` (see docs/design.md, the private boundary). A ledger is "
+            f"{after.dataset_id} --epsilon E --delta D` (the dataset's lifetime budget; see "
+            "docs/design.md, the private boundary). A ledger is "
             "never started afresh next to a mirror that holds charges.")
 
 
