@@ -86,11 +86,20 @@ def check_image_headers(files: list[Path], workers: int = 4) -> None:
 
     from PIL import Image, UnidentifiedImageError
 
+    from dpsynth.data.sources import image_file_problem, too_many_pixels
+
     def problem(path: Path) -> str | None:
+        # A FIFO, socket or device is never opened: opening a FIFO blocks for ever.
+        if (not_regular := image_file_problem(path)) is not None:
+            return not_regular
         try:
             with Image.open(path) as img:
                 if img.size[0] < 1 or img.size[1] < 1:
                     return f"{path}: image has size {img.size}"
+                if (bomb := too_many_pixels(img.size, str(path))) is not None:
+                    return bomb
+        except Image.DecompressionBombError:  # over twice the limit: PIL refuses to open
+            return too_many_pixels(None, str(path))
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             return f"cannot read image {path}: {exc}"
         return None

@@ -72,16 +72,56 @@ def _identity(path: str | Path) -> tuple[Any, ...]:
     return (st.st_dev, st.st_ino)
 
 
-def decode_image(file: Any, image_size: int, color: str, where: str) -> np.ndarray | str:
-    """One image file (a path or a binary file object) as uint8, converted to ``color``
-    and resized to ``image_size`` squared (bicubic); or the reason it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+def image_file_problem(path: str | Path) -> str | None:
+    """Why the file at ``path`` must not be opened as an image, or None: only a regular
+    file is (a FIFO would block the read for ever; a device or socket is no image). Checked
+    with stat, which never opens the file."""
+    import stat
 
     try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing or unreadable: opening it says why
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a directory"
+            if stat.S_ISDIR(mode) else "not a regular file")
+    return f"cannot read {path}: it is {kind}, not a regular file; remove it"
+
+
+def too_many_pixels(size: tuple[int, int] | None, where: str) -> str | None:
+    """Why an image of ``size`` (from its header; None: PIL refused to open it) must not
+    be decoded, or None: more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` is a possible
+    decompression bomb."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if size is not None and not (limit and size[0] * size[1] > limit):
+        return None
+    pixels = "more pixels" if size is None else f"{size[0]} x {size[1]} pixels, more"
+    return (f"cannot read image {where}: {pixels} than PIL's Image.MAX_IMAGE_PIXELS "
+            f"({limit}), a possible decompression bomb")
+
+
+def decode_image(file: Any, image_size: int, color: str, where: str) -> np.ndarray | str:
+    """One image file (a path or a binary file object) as uint8, converted to ``color``
+    and resized to ``image_size`` squared (bicubic); or the reason it cannot be read (a
+    file that is not a regular one is never opened; an image with more pixels than
+    ``Image.MAX_IMAGE_PIXELS`` is never decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(file, str | Path) and (problem := image_file_problem(file)) is not None:
+        return problem
+    try:
         with Image.open(file) as img:
+            if (bomb := too_many_pixels(img.size, where)) is not None:
+                return bomb
             img = img.convert("L" if color == "gray" else "RGB").resize(
                 (image_size, image_size), Image.Resampling.BICUBIC)
             return np.asarray(img, dtype=np.uint8)
+    except Image.DecompressionBombError:  # over twice the limit: PIL refuses to open
+        return too_many_pixels(None, where)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         return f"cannot read image {where}: {exc}"
 
@@ -261,6 +301,9 @@ class ImageFolderSource(ImageSource):
             for path in sorted(folder.iterdir()):
                 if path.suffix.lower() not in self.suffixes:
                     continue
+                if (not_regular := image_file_problem(path)) is not None:
+                    # A FIFO named x.png would block the read for ever: never opened.
+                    raise DataSourceError(not_regular)
                 real = Path(os.path.realpath(path))
                 if self._outside(real) and not follow_outside:
                     raise DataSourceError(f"{path} is a symlink to {real}, outside the "
