@@ -21,8 +21,12 @@ DIGITS = ["--config", "configs/digits-quick.yaml", "--param", "dataset=digits",
 @pytest.fixture
 def ledger(tmp_path, monkeypatch):
     """A fresh ledger as $DPSYNTH_LEDGER_URI, the one the budget runway is counted in."""
+    from dpsynth.privacy.ledger_store import open_ledger
+
     uri = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     monkeypatch.setenv("DPSYNTH_LEDGER_URI", uri)
+    with open_ledger(uri):  # it exists: schedule refuses a ledger path that does not
+        pass
     return uri
 
 

@@ -14,6 +14,8 @@ app = typer.Typer(help="The Kubeflow pipeline: compile, run locally, submit, sch
                   no_args_is_help=True)
 
 DEFAULT_PACKAGE = Path("pipelines/dpsynth_pipeline.yaml")
+#: The widest fan-out compiled: each part is a pod (a width in the thousands is a typo).
+MAX_PARTS = 64
 CRON_HELP = (
     "KFP cron: SIX space-separated fields, seconds first: "
     "'second minute hour day-of-month month day-of-week'. "
@@ -87,10 +89,11 @@ def _settings(cluster_settings: Path | None, images: dict[str, str]):
 @app.command("compile")
 def compile_(
     output: Annotated[Path, typer.Option("--output", "-o")] = DEFAULT_PACKAGE,
-    encode_parts: Annotated[int, typer.Option(help="Encode fan-out width.")] = 4,
+    encode_parts: Annotated[int, typer.Option(help="Encode fan-out width.", min=1,
+                                              max=MAX_PARTS)] = 4,
     synthesize_parts: Annotated[int, typer.Option(
         help="Synthesize fan-out width (tasks writing ranges of the set's shards, then a "
-        "join).")] = 4,
+        "join).", min=1, max=MAX_PARTS)] = 4,
     component: ComponentOpt = None,
     cluster_settings: ClusterSettingsOpt = None,
     image: ImageOpt = None,
@@ -119,6 +122,13 @@ def compile_(
                          components=_components(component), settings=settings)
     except ValueError as exc:  # a replacement that does not fit, an unknown step
         _fail(str(exc))
+    except typer.Exit:
+        raise
+    except OSError as exc:  # an output folder that cannot be written
+        _fail(f"cannot write {output}: {exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - kfp's loader on a spec that is not one
+        _fail(f"cannot compile the pipeline: {type(exc).__name__}: "
+              f"{str(exc).splitlines()[0] if str(exc) else ''}")
     typer.echo(f"wrote {output}")
     if resample_output is None and output == DEFAULT_PACKAGE:
         resample_output = RESAMPLE_COMMITTED
@@ -267,6 +277,53 @@ def _check_package(package: Path, params: dict[str, object]) -> dict[str, dict]:
     return known
 
 
+#: The package's parameter types and the Python values that fit them.
+_PARAMETER_TYPES = {"NUMBER_DOUBLE": ((int, float), "a number"),
+                    "NUMBER_INTEGER": ((int,), "an integer"),
+                    "BOOLEAN": ((bool,), "true or false"), "STRING": ((str,), "text"),
+                    "LIST": ((list,), "a list"), "STRUCT": ((dict,), "a mapping")}
+
+
+def _validate_run(definitions: dict[str, dict], params: dict[str, object]):
+    """Refuse, before any request, what the run's plan step would refuse: a parameter of
+    the wrong type for the package, or a configuration that does not validate (epsilon out
+    of range, an unknown data source...), as `dpsynth run` checks it."""
+    from dpsynth.config import ConfigError
+
+    for name, value in params.items():
+        kind = definitions.get(name, {}).get("parameterType")
+        types, what = _PARAMETER_TYPES.get(kind, ((object,), ""))
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            _fail(f"--param {name}={value!r}: the pipeline takes {what} for {name}")
+    try:
+        return _run_config(definitions, params)
+    except ConfigError as exc:
+        _fail(f"{exc}\nNothing was sent to Kubeflow.")
+
+
+def _check_cron(cron: str) -> None:
+    """KFP's six fields (seconds first), each a number in its range, ``*``, a list,
+    range or step of them (``0,30``, ``1-5``, ``*/15``): a schedule that can never fire,
+    or fires at a field's impossible value, is refused here, not by the cluster."""
+    import re
+
+    fields = cron.split()
+    if len(fields) != 6:
+        _fail(f"--cron needs 6 fields (seconds first), got {len(fields)} in {cron!r}. "
+              + CRON_HELP)
+    names = ("second", "minute", "hour", "day-of-month", "month", "day-of-week")
+    ranges = ((0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
+    for field_, name, (low, high) in zip(fields, names, ranges, strict=True):
+        for part in field_.split(","):
+            m = re.fullmatch(r"(\*|\?|(\d+)(?:-(\d+))?)(?:/(\d+))?", part)
+            numbers = [int(g) for g in (m.group(2), m.group(3)) if g] if m else []
+            if not m or any(not low <= n <= high for n in numbers) or \
+                    (m.group(4) is not None and int(m.group(4)) < 1) or \
+                    (len(numbers) == 2 and numbers[0] > numbers[1]):
+                _fail(f"--cron {cron!r}: {name} field {field_!r} is not a value in "
+                      f"{low}-{high}, '*', a list, range or step of them. " + CRON_HELP)
+
+
 def _api_error(action: str, host: str, exc: Exception) -> None:
     status = getattr(exc, "status", None)
     body = getattr(exc, "body", None) or str(exc)
@@ -291,7 +348,8 @@ def submit(
     """Start one run of the compiled pipeline on a Kubeflow cluster."""
     namespace = namespace or None  # an empty --namespace (an unset CI variable): none
     params = _parse_params(param, config)
-    _check_package(package, params)
+    definitions = _check_package(package, params)
+    _validate_run(definitions, params)
     client = _client(host, namespace=namespace, token=token, token_file=token_file,
                      ca_bundle=ca_bundle)
     try:
@@ -463,15 +521,21 @@ def _runway_or_refuse(definitions: dict[str, dict], params: dict[str, object],
         _fail("no privacy budget ledger to count the runway in: pass --ledger-uri (the "
               f"cluster's shared ledger; a read-only role is enough) or set {LEDGER_URI_ENV}, "
               "or --no-budget-check")
+    import yaml
+
+    from dpsynth_kfp.declarations import DeclarationError
+
     try:
-        import yaml
-
-        from dpsynth_kfp.declarations import DeclarationError
-
-        try:
-            declared = declared_in_package(next(yaml.safe_load_all(package.read_text())))
-        except DeclarationError as exc:
-            _fail(f"{package}: {exc}")
+        declared = declared_in_package(next(yaml.safe_load_all(package.read_text())))
+    except DeclarationError as exc:
+        _fail(f"{package}: {exc}")
+    uri = ledger_uri or config.privacy.ledger_uri or os.environ.get(LEDGER_URI_ENV) or ""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        # Opening it would create an empty ledger and print a runway for nothing.
+        _fail(f"no privacy budget ledger at {uri.removeprefix('sqlite:///')}: check the path "
+              "(a runway read from an empty ledger would be a fresh budget's). A dataset's "
+              "first ledger is made by its first run, or by `dpsynth budget set`")
+    try:
         runs, text = budget_runway(config, ledger_uri, declared)
     except LedgerUnavailableError as exc:
         _fail(f"{exc} (or pass --no-budget-check)")
@@ -500,7 +564,8 @@ def schedule(
     cron: Annotated[str, typer.Option(help=CRON_HELP)],
     name: NameOpt = "dpsynth-refresh",
     experiment: ExperimentOpt = "dpsynth",
-    max_concurrency: Annotated[int, typer.Option(help="Runs allowed at once.")] = 1,
+    max_concurrency: Annotated[int, typer.Option(help="Runs allowed at once.", min=1,
+                                                 max=10)] = 1,
     package: Annotated[Path, typer.Option(help="Compiled pipeline YAML.")] = DEFAULT_PACKAGE,
     config: ConfigOpt = None,
     param: ParamOpt = None,
@@ -534,12 +599,10 @@ def schedule(
     import hashlib
 
     namespace = namespace or None  # an empty --namespace (an unset CI variable): none
-    fields = cron.split()
-    if len(fields) != 6:
-        _fail(f"--cron needs 6 fields (seconds first), got {len(fields)} in {cron!r}. "
-              + CRON_HELP)
+    _check_cron(cron)
     params = _parse_params(param, config)
     definitions = _check_package(package, params)
+    _validate_run(definitions, params)
     if budget_check:
         _runway_or_refuse(definitions, params, ledger_uri, cron, package)
     else:
