@@ -7,10 +7,12 @@ subprocess with a timeout.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,133 @@ def test_decode_image_never_opens_a_fifo(tmp_path):
         pytest.fail("decode_image opened the FIFO and blocked")
     assert isinstance(found[0], str) and "it is a FIFO" in found[0]
 
+
+# ------------------------------------------------- item 11: a user's files in --out
+def _owned(out: Path) -> dict:
+    return json.loads((out / ".dpsynth-outputs.json").read_text())
+
+
+def _as_user(script: str, cwd: Path) -> None:
+    """Write files the way a user does: from another process (a shell)."""
+    subprocess.run(["sh", "-c", script], cwd=cwd, check=True, timeout=30)
+
+
+def test_a_log_the_shell_redirects_into_out_survives_the_next_run(folders):
+    """``dpsynth run --out D --overwrite > D/run1.log`` then ``dpsynth run --out D``."""
+    out = folders / "out"
+    out.mkdir()
+    with open(out / "run1.log", "w") as log:  # what the shell's redirect does
+        done = _cli_subprocess(["run", "--no-progress", "--overwrite", "--out", str(out),
+                                *_folder_args(folders)], timeout=300, stdout=log)
+    assert done.returncode == 0, done.stderr
+    assert "dpsynth run finished" in (out / "run1.log").read_text()
+    assert "run1.log" not in _owned(out)["files"]
+    result = _run(out, *_folder_args(folders))
+    assert result.exit_code == 0, result.output
+    assert "dpsynth run finished" in (out / "run1.log").read_text()
+
+
+def test_files_a_user_writes_into_out_during_a_run_are_kept(folders, monkeypatch):
+    from dpsynth import steps
+
+    out = folders / "out"
+    assert _run(out, *_folder_args(folders)).exit_code == 0
+    (out / "notes.txt").write_text("before the run\n")
+    real = steps.evaluate_run
+
+    def evaluate_while_the_user_writes(*args, **kwargs):
+        metrics = real(*args, **kwargs)
+        _as_user("echo 'during evaluate' >> notes.txt; echo mine > evaluation/mine.txt", out)
+        return metrics
+
+    monkeypatch.setattr(steps, "evaluate_run", evaluate_while_the_user_writes)
+    assert _run(out, *_folder_args(folders)).exit_code == 0
+    monkeypatch.undo()
+    owned = _owned(out)
+    assert "notes.txt" not in owned["files"] and "evaluation/mine.txt" not in owned["files"]
+    assert set(owned["sha256"]) == set(owned["files"])  # every recorded file has its hash
+    result = _run(out, *_folder_args(folders))
+    assert result.exit_code == 0, result.output
+    assert (out / "notes.txt").read_text() == "before the run\nduring evaluate\n"
+    assert (out / "evaluation" / "mine.txt").read_text() == "mine\n"
+
+
+def test_an_output_changed_since_dpsynth_wrote_it_is_kept_with_a_warning(folders):
+    out = folders / "out"
+    assert _run(out, *_folder_args(folders, "decode.per_class=4")).exit_code == 0
+    pngs = sorted((out / "decoded" / "png").rglob("*.png"), key=lambda p: p.name)
+    assert len(pngs) == 12
+    edited = pngs[-1]  # the last sample's: a per_class=1 rerun does not write it again
+    name = edited.relative_to(out).as_posix()
+    _as_user(f"printf 'retouched' >> {edited}", out)
+    result = _run(out, *_folder_args(folders, "decode.per_class=1"))
+    assert result.exit_code == 0, result.output
+    assert edited.read_bytes().endswith(b"retouched")  # changed since: kept
+    # dpsynth's own stale PNGs, unchanged, are removed: 3 new ones and the edited one.
+    assert len(list((out / "decoded" / "png").rglob("*.png"))) == 4
+    assert name in result.output and "changed since" in result.output
+    assert name not in _owned(out)["files"]
+
+
+# ------------------------------------------- item 10: runs killed outright, any --out
+def _digits_args(tmp_path: Path, *extra: str) -> list[str]:
+    sets = [f"encoder.cache_dir={tmp_path / 'cache'}", "encoder.shard_rows=500",
+            "synthesize.n=1500", "synthesize.shard_rows=500", "evaluate.steps=50",
+            "evaluate.image_level=false", "evaluate.nonprivate_baseline=false",
+            "data.dataset_id=digits-killed", "privacy.budget.epsilon=40",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+    return ["--config", "configs/digits-quick.yaml", "--no-progress",
+            *[a for s in sets for a in ("--set", s)]]
+
+
+def test_a_run_killed_outright_is_marked_killed_by_any_later_run_on_the_host(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from dpsynth import tracking
+
+    marker = tmp_path / "reached"
+    killed_out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "stalled_run.py"), "synthesize", str(marker), "--",
+         "--out", str(killed_out), *_digits_args(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert proc.poll() is None, f"the run ended (rc {proc.returncode}) too early"
+            assert time.monotonic() < deadline, "the run never reached synthesize"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    dead = json.loads((killed_out / "run.json").read_text())
+    assert dead["status"] == "running"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # a file-based store
+    run = client.get_run(dead["run_id"])
+    assert run.info.status == "RUNNING"
+    assert run.data.tags[tracking.HOST_TAG] and run.data.tags[tracking.PID_TAG] == str(
+        proc.pid)
+    experiment = run.info.experiment_id
+    # Two more RUNNING runs of this host: one of a live process (this one: left alone),
+    # one whose pid now belongs to another process (another start time: ended).
+    live = client.create_run(experiment, tags=tracking.process_tags()).info.run_id
+    reused = client.create_run(experiment, tags={
+        **tracking.process_tags(), tracking.PID_STARTED_TAG: "1"}).info.run_id
+
+    result = cli.invoke(app, ["run", "--out", str(tmp_path / "elsewhere"),
+                              *_digits_args(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"MLflow run {dead['run_id']} (process {proc.pid} on this host)" in result.output
+    ended = client.get_run(dead["run_id"])
+    assert ended.info.status == "KILLED"
+    assert f"process {proc.pid} that ran it is gone" in ended.data.tags[tracking.ENDED_BY_TAG]
+    steps_of_dead = client.search_runs(
+        [experiment], f"tags.`mlflow.parentRunId` = '{dead['run_id']}'")
+    status = {r.data.tags["dpsynth.step"]: r.info.status for r in steps_of_dead}
+    assert status["synthesize"] == "KILLED" and status["fit_gmm"] == "FINISHED", status
+    assert client.get_run(live).info.status == "RUNNING"
+    assert client.get_run(reused).info.status == "KILLED"
+    record = json.loads((tmp_path / "elsewhere" / "run.json").read_text())
+    assert client.get_run(record["run_id"]).info.status == "FINISHED"

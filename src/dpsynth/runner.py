@@ -33,7 +33,7 @@ from dpsynth.ledger_charge import ChargedRun, charge_run, finish_run, numeric_me
 from dpsynth.preflight import preflight
 from dpsynth.privacy.ledger import BudgetCheck
 from dpsynth.step_graph import STEPS, Step
-from dpsynth.tracking import Tracker
+from dpsynth.tracking import Tracker, runs_of_this_process
 
 #: Re-exported: ``charge_run`` and ``finish_run`` live in :mod:`dpsynth.ledger_charge`.
 #: :func:`run` calls ``charge_run`` through this module, so patching ``runner.charge_run``
@@ -110,6 +110,18 @@ def _close_abandoned_run(previous: dict[str, Any], tracker: Tracker,
          f"without finishing; marked KILLED. Its privacy budget charge is kept.")
 
 
+def _end_dead_runs(tracker: Tracker, echo: Callable[[str], None]) -> None:
+    """Runs of this experiment killed outright on this host, whatever their ``--out``,
+    are left RUNNING in MLflow by their dead process: end them KILLED (best effort)."""
+    ended = tracker.end_dead_runs()
+    for run_id, pid, _ in [e for e in ended if not e[2]]:
+        echo(f"note: MLflow run {run_id} (process {pid} on this host) was stopped without "
+             "finishing and its process is gone; marked KILLED. Its privacy budget charge "
+             "is kept.")
+    if steps_ended := sum(1 for e in ended if e[2]):
+        echo(f"note: marked {steps_ended} step run(s) of such runs KILLED too.")
+
+
 def _expected_outputs(config: RunConfig) -> list[str]:
     from dpsynth.decoders import decoder_name_for
 
@@ -133,58 +145,65 @@ def run(config: RunConfig, out_dir: Path, *, progress: bool = True,
     out_dir = Path(out_dir)
     preflight(config, out_dir, overwrite=overwrite)
     owned = OutputDir.open(out_dir, overwrite=overwrite)
-    previous = _previous_record(out_dir)
     try:
-        charged = charge_run(config, out_dir, echo=echo)
-    finally:
-        owned.record()
-    tracker, run_id, budget = charged.tracker, charged.run_id, charged.budget
-    # ----- the run is charged: from here on private data may be read -----
-    _close_abandoned_run(previous, tracker, echo)
-    write_json_atomic(out_dir / "run.json", {
-        "status": "running", "run_id": run_id, "tracking_uri": tracker.uri,
-        "pid": os.getpid(), "host": socket.gethostname(), "budget": budget.to_dict(),
-        "budget_charge": "kept: the run is reading private data"})
-    owned.clear_previous()
-    state = _Progress(outputs={"privacy_plan": str(charged.plan_path)},
-                      on_step=owned.record)
-    metrics = None
-    failure: BaseException | None = None
-    try:
-        metrics = _run_steps(config, out_dir, charged.plan_path, tracker, progress, state)
-    except BaseException as exc:
-        failure = exc
-        raise
-    finally:
-        finish_run(tracker, run_id, metrics, out_dir / "metrics.json" if metrics else None)
-        res = RunResult(out_dir, metrics, budget, tracker.uri, run_id,
-                        list(tracker.not_logged),
-                        tracker.error or "; ".join(tracker.rejected) or None, state.outputs,
-                        time.monotonic() - started)
-        missing = [k for k in _expected_outputs(config) if k not in state.outputs]
-        record = {
-            "status": "finished" if failure is None else "failed",
-            "tracking_uri": tracker.uri, "experiment": config.tracking.experiment,
-            "run_id": run_id, "not_logged": res.not_logged,
-            "tracking_error": res.tracking_error, "budget": budget.to_dict(),
-            "outputs": state.outputs, "seconds": res.seconds}
-        if failure is not None:
-            record.update(failed_step=state.step, missing=missing,
-                          error=f"{type(failure).__name__}: {failure}"[:2000],
-                          budget_charge="kept: the run had started reading private data")
-        with contextlib.suppress(OSError):  # a full disk must not hide the real error
-            write_json_atomic(out_dir / "run.json", record)
-        with contextlib.suppress(OSError):
+        previous = _previous_record(out_dir)
+        try:
+            # The MLflow run carries this process's host, pid and start time: if it is
+            # killed outright, a later run on this host ends its MLflow run KILLED.
+            with runs_of_this_process():
+                charged = charge_run(config, out_dir, echo=echo)
+        finally:
             owned.record()
-        if isinstance(failure, Exception):
-            raise RunFailedError(
-                f"the run failed in step {state.step!r}: {type(failure).__name__}: "
-                f"{str(failure)[:500]}. The privacy budget charge is kept (eps = "
-                f"{budget.requested:.3g} on {budget.dataset_id!r}): the run had started "
-                f"reading private data. Kept in {out_dir}: "
-                f"{', '.join(state.outputs) or 'nothing'}; missing: {', '.join(missing)}. "
-                f"Details: {out_dir / 'run.json'}") from failure
-    return res
+        tracker, run_id, budget = charged.tracker, charged.run_id, charged.budget
+        # ----- the run is charged: from here on private data may be read -----
+        _close_abandoned_run(previous, tracker, echo)
+        _end_dead_runs(tracker, echo)
+        write_json_atomic(out_dir / "run.json", {
+            "status": "running", "run_id": run_id, "tracking_uri": tracker.uri,
+            "pid": os.getpid(), "host": socket.gethostname(), "budget": budget.to_dict(),
+            "budget_charge": "kept: the run is reading private data"})
+        owned.clear_previous()
+        state = _Progress(outputs={"privacy_plan": str(charged.plan_path)},
+                          on_step=owned.record)
+        metrics = None
+        failure: BaseException | None = None
+        try:
+            metrics = _run_steps(config, out_dir, charged.plan_path, tracker, progress, state)
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            finish_run(tracker, run_id, metrics, out_dir / "metrics.json" if metrics else None)
+            res = RunResult(out_dir, metrics, budget, tracker.uri, run_id,
+                            list(tracker.not_logged),
+                            tracker.error or "; ".join(tracker.rejected) or None, state.outputs,
+                            time.monotonic() - started)
+            missing = [k for k in _expected_outputs(config) if k not in state.outputs]
+            record = {
+                "status": "finished" if failure is None else "failed",
+                "tracking_uri": tracker.uri, "experiment": config.tracking.experiment,
+                "run_id": run_id, "not_logged": res.not_logged,
+                "tracking_error": res.tracking_error, "budget": budget.to_dict(),
+                "outputs": state.outputs, "seconds": res.seconds}
+            if failure is not None:
+                record.update(failed_step=state.step, missing=missing,
+                              error=f"{type(failure).__name__}: {failure}"[:2000],
+                              budget_charge="kept: the run had started reading private data")
+            with contextlib.suppress(OSError):  # a full disk must not hide the real error
+                write_json_atomic(out_dir / "run.json", record)
+            with contextlib.suppress(OSError):
+                owned.record()
+            if isinstance(failure, Exception):
+                raise RunFailedError(
+                    f"the run failed in step {state.step!r}: {type(failure).__name__}: "
+                    f"{str(failure)[:500]}. The privacy budget charge is kept (eps = "
+                    f"{budget.requested:.3g} on {budget.dataset_id!r}): the run had started "
+                    f"reading private data. Kept in {out_dir}: "
+                    f"{', '.join(state.outputs) or 'nothing'}; missing: {', '.join(missing)}. "
+                    f"Details: {out_dir / 'run.json'}") from failure
+        return res
+    finally:
+        owned.close()  # what this process writes from now on is not the run's
 
 
 @contextlib.contextmanager

@@ -25,7 +25,9 @@ Two failure policies:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,8 +41,59 @@ LEDGER_ENTRY_TAG = "dpsynth.ledger.entry"
 #: The ledger store's id of the run's charge: what the mirror is compared by.
 LEDGER_CHARGE_TAG = "dpsynth.ledger.charge_id"
 MAX_PARAM_LENGTH = 6000
+#: Tags of a run whose life is one process's (``dpsynth run``): the host, the process id
+#: and its start time, so a later run on this host can tell the process is gone.
+HOST_TAG = "dpsynth.host"
+PID_TAG = "dpsynth.pid"
+PID_STARTED_TAG = "dpsynth.pid_started"
+ENDED_BY_TAG = "dpsynth.ended_by"
+_PROCESS_RUNS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "dpsynth_process_runs", default=False)
 #: MLflow error codes meaning "the server is up but refused this item".
 _REJECTED_ITEM_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS"}
+
+
+def process_started(pid: int) -> str:
+    """When process ``pid`` started (clock ticks after boot, from ``/proc``), or "" where
+    that cannot be read: with the pid it names one process, not a later one given the
+    same pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the name
+    except (OSError, IndexError):
+        return ""
+
+
+def _process_alive(pid: int, started: str) -> bool:
+    """Whether process ``pid`` still runs and is the one that started at ``started``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: it exists
+    except (OverflowError, ValueError):
+        return False
+    return not started or process_started(pid) in ("", started)
+
+
+def process_tags() -> dict[str, str]:
+    """The tags naming this process: host, pid and its start time."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()),
+            PID_STARTED_TAG: process_started(os.getpid())}
+
+
+@contextlib.contextmanager
+def runs_of_this_process() -> Iterator[None]:
+    """Runs started inside this block (and their step runs) live and die with this
+    process (``dpsynth run``): they carry :func:`process_tags`, so that once the process
+    is gone a later run on the same host ends them KILLED (:meth:`Tracker.end_dead_runs`).
+    A pipeline's plan step does not use it: its run outlives the plan pod."""
+    token = _PROCESS_RUNS.set(True)
+    try:
+        yield
+    finally:
+        _PROCESS_RUNS.reset(token)
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -162,6 +215,8 @@ class Tracker:
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self._client = None
+        #: Tags put on every run this tracker starts (:func:`runs_of_this_process`).
+        self._process_tags: dict[str, str] = {}
 
     # ------------------------------------------------------- must-succeed (pre-data)
     def open(self) -> Tracker:
@@ -221,7 +276,9 @@ class Tracker:
                   ledger_entry: LedgerEntry | None = None) -> str:
         """Create the parent run carrying the mirror of its ledger charge; raises if it
         cannot."""
-        all_tags = dict(tags)
+        if _PROCESS_RUNS.get():
+            self._process_tags = process_tags()
+        all_tags = {**tags, **self._process_tags}
         if ledger_entry is not None:
             all_tags[LEDGER_DATASET_TAG] = ledger_entry.dataset_id
             all_tags[LEDGER_ENTRY_TAG] = ledger_entry.to_json()
@@ -283,13 +340,57 @@ class Tracker:
         self._call(f"run status {status}", self._client.set_terminated,
                    run_id or self.run_id, status)
 
+    def end_dead_runs(self) -> list[tuple[str, int, bool]]:
+        """End KILLED the runs of this experiment that a process on this host started
+        (:func:`runs_of_this_process`) and left RUNNING when it died (SIGKILL, power
+        loss): its pid is gone, or is now another process (another start time). Each gets
+        a :data:`ENDED_BY_TAG` note. Best effort, never raises; returns (run id, pid,
+        whether it is a step run) of each run ended."""
+        from mlflow.entities import ViewType
+
+        if self._client is None or self.experiment_id is None:
+            return []
+        host = socket.gethostname().replace("'", "\\'")
+        query = f"tags.`{HOST_TAG}` = '{host}' and attributes.status = 'RUNNING'"
+        ended: list[tuple[str, int, bool]] = []
+        try:
+            token = None
+            found = []
+            while True:
+                page = self._client.search_runs([self.experiment_id], query,
+                                                run_view_type=ViewType.ACTIVE_ONLY,
+                                                max_results=1000, page_token=token)
+                found += list(page)
+                token = page.token
+                if not token:
+                    break
+            for run in found:
+                tags = run.data.tags
+                try:
+                    pid = int(tags.get(PID_TAG, ""))
+                except ValueError:
+                    continue
+                if run.info.run_id == self.run_id or _process_alive(
+                        pid, tags.get(PID_STARTED_TAG, "")):
+                    continue
+                note = (f"ended KILLED by the run {self.run_id} (process {os.getpid()} on "
+                        f"{socket.gethostname()}): process {pid} that ran it is gone, so it "
+                        "was stopped without finishing (SIGKILL, power loss)")
+                self._client.set_tag(run.info.run_id, ENDED_BY_TAG, note)
+                self._client.set_terminated(run.info.run_id, "KILLED")
+                ended.append((run.info.run_id, pid, "dpsynth.step" in tags))
+        except Exception:  # noqa: BLE001 - tidying up others' runs never stops this one
+            pass
+        return ended
+
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[str | None]:
         """A nested run for one step; FAILED if the step raises."""
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         run = self._call(f"step run {name}", self._client.create_run, self.experiment_id,
-                         tags={MLFLOW_PARENT_RUN_ID: self.run_id, "dpsynth.step": name},
+                         tags={MLFLOW_PARENT_RUN_ID: self.run_id, "dpsynth.step": name,
+                               **self._process_tags},
                          run_name=name)
         run_id = run.info.run_id if run is not None else None
         try:
