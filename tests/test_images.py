@@ -427,3 +427,28 @@ def test_images_by_registry_tag_or_digest(monkeypatch):
         image("cuda")
     with pytest.raises(ValueError, match="latest"):
         image("cpu", tag="latest")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_image_keeps_the_wheel_it_installed_for_the_registered_model(family):
+    """promote logs this wheel with every registered model (dpsynth.promote.dpsynth_wheel
+    reads $DPSYNTH_WHEEL), so the image must build it, install it, and say where it is."""
+    ins = final_stage(DOCKERFILES[family])
+    runs = " ".join(args for word, args in ins if word == "RUN")
+    assert "pip wheel --no-deps --no-build-isolation --wheel-dir /opt/dpsynth/dist ." in runs
+    assert "pip install --no-deps /opt/dpsynth/dist/dpsynth-*.whl" in runs
+    env = " ".join(args for word, args in ins if word == "ENV")
+    assert "DPSYNTH_WHEEL=/opt/dpsynth/dist" in env
+
+
+def test_the_wheel_variable_takes_the_wheel_or_its_folder(tmp_path, monkeypatch):
+    from dpsynth.promote import ReleaseError, dpsynth_wheel
+
+    wheel = tmp_path / "dpsynth-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK")
+    for value in (wheel, tmp_path):
+        monkeypatch.setenv("DPSYNTH_WHEEL", str(value))
+        assert dpsynth_wheel() == wheel
+    monkeypatch.setenv("DPSYNTH_WHEEL", str(tmp_path / "missing"))
+    with pytest.raises(ReleaseError, match="not one dpsynth wheel"):
+        dpsynth_wheel()

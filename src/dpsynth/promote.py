@@ -593,7 +593,8 @@ def dpsynth_wheel() -> Path:
     """The wheel of the dpsynth that is running, logged with every registered model so
     that ``mlflow models serve`` installs this exact build, not whatever an index calls
     ``dpsynth``. ``$DPSYNTH_WHEEL`` (the images set it to the wheel they installed), else
-    one built from the source tree of an editable install. Raises :class:`ReleaseError`
+    one built from the source tree of an editable install. ``$DPSYNTH_WHEEL`` may name the
+    wheel or the folder that holds it. Raises :class:`ReleaseError`
     when neither exists (register nothing rather than a model that cannot be served)."""
     import importlib.metadata as md
     import subprocess
@@ -601,9 +602,13 @@ def dpsynth_wheel() -> Path:
 
     shipped = os.environ.get(WHEEL_ENV)
     if shipped:
-        if not Path(shipped).is_file():
-            raise ReleaseError(f"${WHEEL_ENV} names {shipped}, which does not exist")
-        return Path(shipped)
+        # The wheel, or the folder holding it (the images keep it in /opt/dpsynth/dist).
+        found = sorted(Path(shipped).glob("dpsynth-*.whl")) if Path(shipped).is_dir() \
+            else [Path(shipped)] if Path(shipped).is_file() else []
+        if len(found) != 1:
+            raise ReleaseError(f"${WHEEL_ENV} names {shipped}, which is not one dpsynth "
+                               f"wheel (found {len(found)})")
+        return found[0]
     direct = md.distribution("dpsynth").read_text("direct_url.json") or "{}"
     url = json.loads(direct).get("url", "")
     source = Path(url.removeprefix("file://")) if url.startswith("file://") else None
