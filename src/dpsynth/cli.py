@@ -37,7 +37,7 @@ def plan(
     delta: Annotated[float | None, typer.Option(
         help="Target delta (< 1e-3). [default: 1e-05]")] = None,
     dim: Annotated[int | None, typer.Option(
-        help="Embedding dimension. [default: 1280]")] = None,
+        help="Embedding dimension. [default: 1280]", min=1)] = None,
     components_per_class: Annotated[int | None, typer.Option(
         help="Mixture components per class. [default: 1]")] = None,
     covariance: Annotated[str | None, typer.Option(

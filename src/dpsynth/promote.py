@@ -812,8 +812,21 @@ def resample(dataset_id: str, n: int, out: Path, *, alias: str = PRODUCTION,
     read, no budget is charged and the ledger is not touched; the privacy guarantee is the
     source version's. Metrics are the source version's (carried over, marked so).
     """
-    from dpsynth import steps
+    from typing import get_args
 
+    from dpsynth import steps
+    from dpsynth.config import SynthesizeConfig
+    from dpsynth.gmm.sampling import MAX_SAMPLE_ROWS
+
+    # Checked before the registry is asked anything or --out touched.
+    balances = get_args(SynthesizeConfig.model_fields["class_balance"].annotation)
+    if class_balance not in balances:
+        raise ReleaseError(f"class balance {class_balance!r} is not one of {list(balances)}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLE_ROWS:
+        raise ReleaseError(f"n must be an integer in [1, {MAX_SAMPLE_ROWS:,}], got {n!r}")
+    if random_state is not None and (isinstance(random_state, bool) or
+                                     not isinstance(random_state, int) or random_state < 0):
+        raise ReleaseError(f"random_state must be an integer >= 0, got {random_state!r}")
     release = fetch(dataset_id, out, alias=alias, tracking_uri=tracking_uri,
                     with_mixture=True)
     out = Path(out)
