@@ -142,10 +142,22 @@ def _restored_charges_count_once(uri: str) -> None:
         assert history.tracking_uris["c-lost"] == "http://u@mlflow"
 
 
+def _content_identity_maps_to_the_first_id(uri: str) -> None:
+    """dpsynth.privacy.identity's index: the first id recorded for a digest holds."""
+    with open_ledger(uri) as store:
+        assert store.identity("digest-1", "image-folder:/old") == "image-folder:/old"
+        assert store.charge(_entry(dataset="image-folder:/old"), LIMIT, DELTA).ok
+    with open_ledger(uri) as store:
+        assert store.identity("digest-1", "image-folder:/new") == "image-folder:/old"
+        assert store.identity("digest-2", "image-folder:/new") == "image-folder:/new"
+        history = store.history("image-folder:/old")  # identity rows are not charges
+        assert len(history.charges) == 1 and history.limit.epsilon == LIMIT
+
+
 STORE_CASES = [_charges_append_and_read_back, _over_budget_is_refused_without_appending,
                _nonprivate_marking_holds_for_good,
                _the_limit_is_recorded_and_changed_only_by_the_owner,
-               _restored_charges_count_once]
+               _restored_charges_count_once, _content_identity_maps_to_the_first_id]
 
 
 @pytest.mark.parametrize("case", STORE_CASES)
