@@ -148,3 +148,18 @@ def test_the_pipeline_is_compiled_by_digest_for_an_overlay_and_gated_on_producti
               "Record the digest"]
     assert record and record[0]["env"]["DIGEST"] == "${{ steps.push.outputs.digest }}"
     assert float(data["env"]["ACCURACY_TOLERANCE"].split("'")[1]) < 0.05
+
+
+def test_the_images_are_built_from_bases_pinned_by_digest():
+    """The Dockerfiles name public bases by tag (nothing here can resolve a digest); the
+    workflow resolves each ARG base to the registry's digest and builds FROM that."""
+    steps = _workflow()["jobs"]["images"]["steps"]
+    (pin,) = [s for s in steps if s.get("id") == "base"]
+    for name in ("BASE_IMAGE", "DEBIAN_IMAGE"):
+        assert name in pin["run"]
+    assert "imagetools inspect" in pin["run"] and "sha256:*" in pin["run"]
+    (push,) = [s for s in steps if s.get("id") == "push"]
+    assert push["with"]["build-args"] == "${{ steps.base.outputs.build_args }}"
+    for family in ("cpu", "cuda"):
+        text = (ROOT / "components" / f"Dockerfile.{family}").read_text()
+        assert re.search(r"^ARG BASE_IMAGE=\S+:\S+$", text, re.M), family
