@@ -271,3 +271,189 @@ def test_a_run_killed_outright_is_marked_killed_by_any_later_run_on_the_host(tmp
     assert client.get_run(reused).info.status == "KILLED"
     record = json.loads((tmp_path / "elsewhere" / "run.json").read_text())
     assert client.get_run(record["run_id"]).info.status == "FINISHED"
+
+
+# ------------------------------------- item 5: the run's own environment, before the charge
+@pytest.fixture
+def stop_at_charge(monkeypatch):
+    """Every call of ``runner.charge_run``, which then stops the run: a run the pre-flight
+    should have refused ends here, charged, instead of running on into the failure."""
+    from dpsynth import runner
+
+    calls: list[object] = []
+
+    def charged(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("charged: the pre-flight let this run through")
+
+    monkeypatch.setattr(runner, "charge_run", charged)
+    return calls
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small tmpfs (root only): ``tmpfs(size, *options)`` gives its folder; each is
+    unmounted after the test."""
+    mounted: list[Path] = []
+
+    def mount(size: str, *options: str) -> Path:
+        where = tmp_path / f"tmpfs-{len(mounted)}"
+        where.mkdir()
+        opts = ",".join([f"size={size}", *options])
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
+                              capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", str(where)], check=False, timeout=30)
+
+
+def _digits(tmp_path: Path, *extra: str) -> list[str]:
+    sets = [f"encoder.cache_dir={tmp_path / 'cache'}", "synthesize.n=1500",
+            "evaluate.image_level=false", "evaluate.nonprivate_baseline=false",
+            "data.dataset_id=digits-env", "privacy.budget.epsilon=40", *extra]
+    return ["--config", "configs/digits-quick.yaml", "--no-progress",
+            *[a for s in sets for a in ("--set", s)]]
+
+
+def test_a_cache_dir_that_is_a_file_is_refused_naming_no_digest(tmp_path, stop_at_charge):
+    import re
+
+    (tmp_path / "cache").write_text("not a folder")
+    result = cli.invoke(app, ["run", "--out", str(tmp_path / "out"), *_digits(tmp_path)])
+    _refused(result, f"encoder.cache_dir {tmp_path / 'cache'}", stop_at_charge)
+    assert not re.search(r"[0-9a-f]{32}", result.stderr), result.stderr  # no digest
+
+
+def test_a_cache_index_that_is_a_file_is_refused_naming_no_digest(tmp_path, stop_at_charge):
+    import re
+
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "index").write_text("not a folder")
+    result = cli.invoke(app, ["run", "--out", str(tmp_path / "out"), *_digits(tmp_path)])
+    _refused(result, "is a file, not a folder", stop_at_charge)
+    assert not re.search(r"[0-9a-f]{32}", result.stderr), result.stderr
+
+
+def test_a_read_only_cache_dir_is_refused_before_the_charge(tmp_path, tmpfs, stop_at_charge):
+    cache = tmpfs("1m", "ro")
+    result = cli.invoke(app, ["run", "--out", str(tmp_path / "out"),
+                              *_digits(tmp_path, f"encoder.cache_dir={cache}")])
+    _refused(result, f"encoder.cache_dir {cache} is not writable: Read-only file system",
+             stop_at_charge)
+
+
+def test_a_full_cache_dir_is_refused_before_the_charge(tmp_path, tmpfs, stop_at_charge):
+    cache = tmpfs("256k")  # the digits embeddings take about 470 kB
+    result = cli.invoke(app, ["run", "--out", str(tmp_path / "out"),
+                              *_digits(tmp_path, f"encoder.cache_dir={cache}")])
+    _refused(result, "not enough free space: the run writes about", stop_at_charge)
+    assert f"encoder.cache_dir {cache}" in result.stderr
+
+
+def test_an_out_on_a_full_file_system_is_refused_before_the_charge(tmp_path, tmpfs,
+                                                                   stop_at_charge):
+    out = tmpfs("1m") / "out"
+    result = cli.invoke(app, ["run", "--out", str(out), *_digits(tmp_path)])
+    _refused(result, f"--out {out} (about", stop_at_charge)
+    assert "not enough free space" in result.stderr
+
+
+def test_free_space_is_checked_against_the_estimate(tmp_path, monkeypatch, stop_at_charge):
+    """Without a tmpfs: the probe the pre-flight uses, reporting a nearly full disk."""
+    from dpsynth import preflight
+
+    monkeypatch.setattr(preflight, "free_space", lambda path: 100_000)
+    result = cli.invoke(app, ["run", "--out", str(tmp_path / "out"), *_digits(tmp_path)])
+    _refused(result, "not enough free space", stop_at_charge)
+
+
+def test_class_names_on_a_built_in_dataset_are_refused(tmp_path, stop_at_charge):
+    result = cli.invoke(app, ["run", "--out", str(tmp_path / "out"),
+                              *_digits(tmp_path, "data.class_names=[a,b]")])
+    _refused(result, "data.class_names is set, but data.source 'digits' is a built-in",
+             stop_at_charge)
+
+
+def test_an_image_size_too_large_for_memory_is_refused(folders, monkeypatch,
+                                                       stop_at_charge):
+    from dpsynth import preflight
+
+    monkeypatch.setattr(preflight, "available_memory", lambda: 8 << 30)
+    result = _run(folders / "out", *_folder_args(
+        folders, "data.image_size=4096", "encoder.options={image_shape: [4096, 4096]}"))
+    _refused(result, "encode would need about", stop_at_charge)
+    assert "encoder.batch_size, data.image_size" in result.stderr
+
+
+@pytest.mark.parametrize("sets", [
+    ["model.components_per_class=2", "model.lsh_depth=40"],
+    ["model.components_per_class=100000000"],
+], ids=["lsh_depth", "components_per_class"])
+def test_a_model_too_large_for_memory_is_refused(tmp_path, stop_at_charge, sets):
+    result = cli.invoke(app, ["run", "--out", str(tmp_path / "out"),
+                              *_digits(tmp_path, *sets)])
+    _refused(result, "fit would need about", stop_at_charge)
+    assert "model.components_per_class" in result.stderr
+
+
+def _shard(path: Path, n: int = 25, garbage: int | None = None) -> Path:
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w") as tar:
+        for i in range(n):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(buf, "PNG")
+            data = b"garbage" if i == garbage else buf.getvalue()
+            for name, payload in ((f"{i:06d}.png", data), (f"{i:06d}.cls", b"%d" % (i % 2))):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def _webdataset(tmp_path: Path, *extra: str) -> list[str]:
+    sets = ["data.source=webdataset", f"data.train_urls={tmp_path / 'train.tar'}",
+            f"data.test_urls={tmp_path / 'test.tar'}", "data.class_names=[a,b]",
+            "data.image_size=8", "data.color=gray", "encoder.name=pixels",
+            "encoder.options={image_shape: [8, 8]}", f"encoder.cache_dir={tmp_path / 'c'}",
+            "privacy.epsilon=8", "privacy.budget.epsilon=50", "model.subspace_dim=4",
+            "model.normalize=false", "synthesize.n=60", "evaluate.steps=2",
+            "evaluate.nonprivate_baseline=false", *extra]
+    return ["--no-progress", *[a for s in sets for a in ("--set", s)]]
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    ("truncated", "is truncated or damaged"),
+    ("not-a-tar", "is not a readable tar file"),
+    ("garbage-image", "cannot identify image file"),
+])
+def test_a_bad_webdataset_shard_is_refused_before_the_charge(tmp_path, stop_at_charge,
+                                                             damage, fragment):
+    train = _shard(tmp_path / "train.tar", garbage=7 if damage == "garbage-image" else None)
+    _shard(tmp_path / "test.tar", n=6)
+    if damage == "truncated":
+        train.write_bytes(train.read_bytes()[:int(train.stat().st_size * 0.6)])
+    elif damage == "not-a-tar":
+        train.write_text("this is no tar file\n" * 100)
+    result = cli.invoke(app, ["run", "--out", str(tmp_path / "out"),
+                              *_webdataset(tmp_path)])
+    _refused(result, fragment, stop_at_charge)
+    assert str(train) in result.stderr
+
+
+def test_a_whole_webdataset_shard_still_reads_every_sample(tmp_path):
+    from dpsynth.data.sources import WebDatasetSource
+
+    source = WebDatasetSource(str(_shard(tmp_path / "s.tar")), 8, ["a", "b"], "gray")
+    source.check_headers()
+    assert len(source) == 25 and len(source.read(0, 25)[0]) == 25

@@ -14,6 +14,7 @@ fails here raises :class:`PreflightError` and nothing is charged. After the char
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,8 @@ def source_image_shape(config: RunConfig, split: str) -> tuple[tuple[int, ...], 
     source = make_source(data, split)
     if data.source == "image-folder" and data.on_bad_image == "fail":
         check_image_headers(list(source.files), data.workers)
+    if data.source == "webdataset" and data.on_bad_image == "fail":
+        source.check_headers()
     if data.source == "digits":
         return tuple(source.data.images.shape[1:]), len(source)
     size = int(data.image_size)
@@ -231,6 +234,193 @@ def check_gpu_steps(config: RunConfig) -> None:
             raise PreflightError(problem)
 
 
+GIB = 1 << 30
+#: Built-in datasets: their class list is their own (``data.class_names`` cannot rename it).
+BUILT_IN_SOURCES = ("digits", "fashion-mnist")
+#: Records of Fashion-MNIST's splits (its IDX headers are checked, not counted here).
+_FASHION_MNIST_RECORDS = {"train": 60000, "test": 10000}
+#: What a run writes besides its embeddings and images (plan, mixture, report, plots).
+_SMALL_FILES = 8 << 20
+
+
+def _check_built_in_class_names(config: RunConfig) -> None:
+    data = config.data
+    if data.source in BUILT_IN_SOURCES and data.class_names:
+        raise PreflightError(f"data.class_names is set, but data.source {data.source!r} is "
+                             "a built-in dataset with its own classes, which it would "
+                             "ignore: remove data.class_names")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still get (MemAvailable, within its cgroup's
+    limit), or None where that cannot be read."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            found.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def free_space(path: Path) -> int:
+    """Free bytes on the file system that holds ``path`` (or would: its first existing
+    folder)."""
+    import shutil
+
+    for folder in [Path(path).absolute(), *Path(path).absolute().parents]:
+        if folder.exists():
+            return shutil.disk_usage(folder).free
+    return shutil.disk_usage("/").free
+
+
+def _device(path: Path) -> int | None:
+    for folder in [Path(path).absolute(), *Path(path).absolute().parents]:
+        try:
+            return folder.stat().st_dev
+        except OSError:
+            continue
+    return None
+
+
+def _classes(config: RunConfig) -> int:
+    """The number of classes, from public configuration and folder listings."""
+    data = config.data
+    if data.source in BUILT_IN_SOURCES:
+        return 10
+    if data.class_names:
+        return len(data.class_names)
+    if data.train_dir is not None and Path(data.train_dir).is_dir():
+        return max(1, sum(1 for p in Path(data.train_dir).iterdir() if p.is_dir()))
+    return 1
+
+
+def _records(config: RunConfig, report: PreflightReport, split: str) -> int:
+    count = report.records.get(split, 0)
+    if count >= 0:
+        return count
+    full = _FASHION_MNIST_RECORDS[split]
+    limit = config.data.limit if split == "train" else None
+    return min(full, limit) if limit else full
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def check_memory(config: RunConfig, dim: int, report: PreflightReport) -> None:
+    """Refuse a run whose encode or fit cannot fit in memory, estimated from public
+    configuration only (image size, batch and shard sizes, the encoder's dimension, the
+    classes, the model's components, LSH depth and subspace): a 40 GiB allocation after
+    the charge would lose the budget for nothing. Validation bounds each value alone
+    (config.py); the pre-flight bounds what they allocate together."""
+    available = available_memory()
+    if available is None:
+        return
+    records = max(_records(config, report, "train"), 1)
+    rows = min(config.encoder.shard_rows, records)
+    shape = report.image_shape.get("train") or ()
+    pixels = int(np.prod(shape)) if shape else 0
+    problems = []
+    if pixels:
+        side = shape[0] * shape[1] if len(shape) >= 2 else pixels
+        batch = min(config.encoder.batch_size, records)
+        encode = batch * 3 * side * 4 + rows * pixels + rows * dim * 4
+        problems.append((encode, "encode", f"a batch of {batch} images of {shape} pixels as "
+                         "float (encoder.batch_size, data.image_size) and a shard of "
+                         f"{rows} (encoder.shard_rows)"))
+    m = config.model
+    k, classes = m.components_per_class, _classes(config)
+    r = min(m.subspace_dim or dim, dim)
+    fit = classes * k * (2 * dim + r * r) * 8 + m.chunk_rows * (k + dim) * 8 * 2
+    if k > 1:  # the clusterer's LSH tree: every level's counts and sums, per class
+        fit += classes * (2 ** (m.lsh_depth + 1)) * (dim + 1) * 8
+    problems.append((fit, "fit", f"{classes} classes x {k} components "
+                     f"(model.components_per_class), LSH depth {m.lsh_depth} "
+                     f"(model.lsh_depth), dimension {dim}"))
+    for need, step, why in problems:
+        if need > available:
+            raise PreflightError(f"{step} would need about {_gib(need)} of memory for {why}, "
+                                 f"and {_gib(available)} is available: lower them")
+
+
+def check_cache_dir(config: RunConfig) -> None:
+    """The embedding cache must take files: a cache folder that is a file, read-only or
+    unwritable stops the run here, named by folder (never by a cache index file, whose
+    name is a digest of the data's fingerprint)."""
+    import uuid
+
+    from dpsynth.steps import CACHE_INDEX
+
+    root = Path(config.encoder.cache_dir).expanduser()
+    for folder in (root, root / CACHE_INDEX):
+        if folder.exists() and not folder.is_dir():
+            raise PreflightError(f"encoder.cache_dir {root}: {folder} is a file, not a "
+                                 "folder; move it away or set encoder.cache_dir")
+    created: list[Path] = []
+    try:
+        for folder in reversed([root.absolute(), *root.absolute().parents]):
+            if not folder.exists():
+                folder.mkdir()
+                created.append(folder)
+        for folder in (root, root / CACHE_INDEX):
+            if folder.is_dir():
+                probe = folder / f".dpsynth-probe-{uuid.uuid4().hex}"
+                probe.write_bytes(b"")
+                probe.unlink()
+    except OSError as exc:
+        raise PreflightError(f"encoder.cache_dir {root} is not writable: "
+                             f"{exc.strerror or type(exc).__name__}") from None
+    finally:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def check_free_space(config: RunConfig, out_dir: Path | None, dim: int,
+                     report: PreflightReport) -> None:
+    """Refuse a run whose outputs (under ``--out``) and new cache entries will not fit on
+    their file systems, estimated from public configuration: a full disk after the charge
+    loses the budget for nothing."""
+    classes = _classes(config)
+    per_record = dim * 4 + 8  # float32 embedding and int64 label
+    records = {s: _records(config, report, s) for s in ("train", "test")}
+    need: dict[int | None, list[tuple[int, Path, str]]] = {}
+
+    def add(path: Path, nbytes: int, what: str) -> None:
+        need.setdefault(_device(path), []).append((nbytes, path, what))
+
+    if out_dir is not None:
+        out = config.synthesize.n * per_record + _SMALL_FILES
+        if not config.encoder.cache:
+            out += sum(records.values()) * per_record
+        if _decodes(config):
+            shape = report.image_shape.get("train") or ()
+            out += 2 * config.decode.per_class * classes * int(np.prod(shape) if shape else 0)
+        add(Path(out_dir), out, "--out")
+    if config.encoder.cache:
+        cache = sum(records[s] * per_record for s in records
+                    if report.cache.get(s) != "complete")
+        if cache:
+            add(Path(config.encoder.cache_dir).expanduser(), cache, "encoder.cache_dir")
+    for items in need.values():
+        total = sum(n for n, _, _ in items)
+        free = free_space(items[0][1])
+        if total > free:
+            where = " and ".join(f"{what} {path} (about {_gib(n)})" for n, path, what in items)
+            raise PreflightError(f"not enough free space: the run writes about "
+                                 f"{_gib(total)} to {where}, and {_gib(free)} is free "
+                                 "there: free some, or choose another directory")
+
+
 def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = False,
               data_only: bool = False) -> PreflightReport:
     """Check everything the run needs without reading a record; raise PreflightError.
@@ -241,6 +431,7 @@ def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = Fals
     from dpsynth.data.sources import DataSourceError, check_splits_disjoint
     from dpsynth.steps import check_cached_encoding
     report = PreflightReport()
+    _check_built_in_class_names(config)
     if out_dir is not None:
         try:
             check_out_dir(Path(out_dir), overwrite=overwrite)
@@ -251,6 +442,8 @@ def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = Fals
         # First: building the encoder would otherwise load its weights onto the CPU.
         check_gpu_steps(config)
     encoder = None if data_only else make_encoder_or_explain(config)
+    if not data_only and config.encoder.cache:
+        check_cache_dir(config)
     for split, role in (("train", "private training"), ("test", "test")):
         try:
             shape, count = source_image_shape(config, split)
@@ -267,7 +460,13 @@ def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = Fals
         if config.encoder.cache:
             try:
                 report.cache[split] = check_cached_encoding(config, split)
-            except (StepInputError, OSError, ValueError) as exc:
+            except OSError as exc:
+                # Named by folder: a cache index file's name is a digest of the data.
+                raise PreflightError(
+                    f"embedding cache ({split} split): cannot use encoder.cache_dir "
+                    f"{config.encoder.cache_dir}: {exc.strerror or type(exc).__name__}"
+                ) from None
+            except (StepInputError, ValueError) as exc:
                 raise PreflightError(f"embedding cache ({split} split): {exc}") from None
     try:
         check_splits_disjoint(config.data)
@@ -275,6 +474,8 @@ def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = Fals
         raise PreflightError(f"data (test split): {exc}") from None
     if data_only:
         return report
+    check_memory(config, encoder.dim, report)
+    check_free_space(config, out_dir, encoder.dim, report)
     try:
         check_decoding(config)
     except (StepInputError, KeyError) as exc:

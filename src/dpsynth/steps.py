@@ -260,7 +260,7 @@ def cache_path(config: RunConfig, key: dict[str, Any]) -> Path:
     except OSError as exc:
         # Named by folder only: the index file's name is a digest of the private data.
         raise OSError(exc.errno, f"cannot use the embedding cache index in {file.parent}: "
-                                 f"{exc.strerror or exc}") from None
+                                 f"{exc.strerror or type(exc).__name__}") from None
     raise OSError(f"could not record an entry in the embedding cache index {file.parent}")
 
 

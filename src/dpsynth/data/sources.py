@@ -346,6 +346,40 @@ class ImageFolderSource(ImageSource):
                 "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()[:16]}
 
 
+def _open_shard(path: Path):
+    """A WebDataset shard opened as an uncompressed tar, or a DataSourceError naming it."""
+    import tarfile
+
+    try:
+        return tarfile.open(path, "r:")
+    except (tarfile.TarError, OSError) as exc:
+        raise DataSourceError(f"WebDataset shard {path} is not a readable tar file: "
+                              f"{exc}") from None
+
+
+def _shard_members(tar, path: Path) -> list[Any]:
+    """The members of an opened shard, refusing a truncated or damaged one: tarfile stops
+    silently at a header it cannot read, so a shard cut short would lose its last samples
+    without a word. Every member's data must lie inside the file and the archive must
+    end with tar's end-of-archive block (zeros)."""
+    import tarfile
+
+    try:
+        members = tar.getmembers()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataSourceError(f"WebDataset shard {path} is damaged: {exc}") from None
+    size = os.fstat(tar.fileobj.fileno()).st_size
+    short = next((m for m in members if m.offset_data + m.size > size), None)
+    tar.fileobj.seek(tar.offset)
+    end = tar.fileobj.read(tarfile.BLOCKSIZE)
+    if short is not None or len(end) < tarfile.BLOCKSIZE or end.strip(b"\0"):
+        where = (f"member {short.name!r} ends past the end of the file" if short else
+                 f"no end-of-archive block after {len(members)} members")
+        raise DataSourceError(f"WebDataset shard {path} is truncated or damaged ({where}): "
+                              "its remaining samples would be lost; write it again")
+    return members
+
+
 class WebDatasetSource(ImageSource):
     """WebDataset tar shards (``"/data/train-{000000..000099}.tar"``, brace-expanded as in
     webdataset): samples are files sharing a key, an image (``.png``/``.jpg``/...) and an
@@ -395,9 +429,9 @@ class WebDatasetSource(ImageSource):
         labels = []
         key_shard: dict[str, Path] = {}  # sample key -> the shard that holds it
         for shard, path in enumerate(self.paths):
-            with tarfile.open(path, "r:") as tar:
+            with _open_shard(path) as tar:
                 members: dict[str, dict[str, tarfile.TarInfo]] = {}
-                for m in tar.getmembers():
+                for m in _shard_members(tar, path):
                     if m.isfile():
                         key, _, ext = m.name.partition(".")
                         parts = members.setdefault(key, {})
@@ -435,10 +469,33 @@ class WebDatasetSource(ImageSource):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def check_headers(self) -> None:
+        """Open every sample image's header (format and size; PIL decodes no pixel until
+        asked), so a member that is no image, or a decompression bomb, stops the run before
+        the charge (:class:`DataSourceError` naming the shard and member)."""
+        from PIL import Image, UnidentifiedImageError
+
+        by_shard: dict[int, list[Any]] = {}
+        for shard, member in self.samples:
+            by_shard.setdefault(shard, []).append(member)
+        for shard, members in by_shard.items():
+            with _open_shard(self.paths[shard]) as tar:
+                for member in members:
+                    where = f"{self.paths[shard]}:{member.name}"
+                    try:
+                        with Image.open(tar.extractfile(member)) as img:
+                            problem = too_many_pixels(img.size, where)
+                    except Image.DecompressionBombError:
+                        problem = too_many_pixels(None, where)
+                    except (UnidentifiedImageError, OSError, ValueError) as exc:
+                        problem = f"cannot read image {where}: {exc}"
+                    if problem:
+                        raise DataSourceError(problem + " (set data.on_bad_image: skip to "
+                                              "leave such samples out)")
+
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         import contextlib
         import io
-        import tarfile
 
         rows = range(start, min(stop, len(self.samples)))
         decoded, wheres, handles = [], [], {}
@@ -446,7 +503,7 @@ class WebDatasetSource(ImageSource):
             for row in rows:
                 shard, member = self.samples[row]
                 if shard not in handles:
-                    handles[shard] = stack.enter_context(tarfile.open(self.paths[shard], "r:"))
+                    handles[shard] = stack.enter_context(_open_shard(self.paths[shard]))
                 where = f"{self.paths[shard]}:{member.name}"
                 data = handles[shard].extractfile(member).read()
                 decoded.append(decode_image(io.BytesIO(data), self.image_size, self.color,
