@@ -164,5 +164,5 @@ def options_problem(kind: str, name: str, options: dict[str, Any]) -> str | None
             f"{'.'.join(str(p) for p in e['loc'])}: "
             + ("not an option of this " + kind if e["type"] == "extra_forbidden"
                else e["msg"]) for e in exc.errors())
-        return f"{kind} {name!r}: {problems} (its options: {allowed})"
+        return f"{kind}.options for {kind} {name!r}: {problems} (its options: {allowed})"
     return None

@@ -465,19 +465,29 @@ def budget_runway(config, ledger_uri: str | None,
     import dp_accounting
 
     from dpsynth import steps
+    from dpsynth.data.sources import DataSourceError
     from dpsynth.privacy.accounting import pld_epsilon
+    from dpsynth.privacy.identity import training_content_digest
     from dpsynth.privacy.ledger import LedgerEntry, check_budget
     from dpsynth.privacy.ledger_store import open_ledger
 
     plan = steps.make_plan(config, declared)
-    dataset_id = config.data.ledger_id()
-    entry = LedgerEntry.from_plan(plan, dataset_id)
     limit = config.privacy.budget
     with open_ledger(ledger_uri or config.privacy.ledger_uri) as ledger:
+        # The id the plan step will charge: the content's recorded id where the training
+        # data is readable from here (a read, nothing recorded), else the config's.
+        dataset_id = config.data.ledger_id()
+        try:
+            digest = training_content_digest(config.data)
+        except (DataSourceError, OSError):
+            digest = None  # the data lives on the cluster: the config's id
+        if digest is not None:
+            dataset_id = ledger.known_identity(digest) or dataset_id
         history = ledger.history(dataset_id)
+    entry = LedgerEntry.from_plan(plan, dataset_id)
     previous = list(history.charges)
     first = check_budget(previous, entry, limit.epsilon, limit.delta,
-                         nonprivate=history.nonprivate)
+                         nonprivate=history.nonprivate, recorded=history.limit)
     if first.nonprivate is not None:
         return None, first.summary_line()
     if not first.ok:

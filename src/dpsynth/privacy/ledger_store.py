@@ -329,6 +329,12 @@ class LedgerStore(ABC):
                          entry=digest)
             return default_id
 
+    def known_identity(self, digest: str) -> str | None:
+        """The ledger id content with ``digest`` was first charged under, or None: a read,
+        nothing recorded (a budget runway's look-up, with a read-only role)."""
+        with self._failures("read"), self._transaction(f"identity:{digest}", write=False):
+            return self._select_identity(digest)
+
     def _select_identity(self, digest: str) -> str | None:
         row = self._conn.execute(
             f"SELECT dataset_id FROM {TABLE} WHERE kind = 'identity' AND entry = "
