@@ -113,7 +113,7 @@ class Gates:
 
 
 @dataclass
-class Release:
+class RegisteredRelease:
     """A registered version and where it stands."""
 
     model_name: str
@@ -364,7 +364,7 @@ def _alias_version(client, name: str, alias: str):
 
 @_keeps_tracking_globals
 def promote_version(dataset_id: str, version: str, *, gates: Gates = Gates(),
-                    tracking_uri: str | None = None) -> Release:
+                    tracking_uri: str | None = None) -> RegisteredRelease:
     """Run the gates on registered ``version`` and, if all pass, move ``production`` to it
     (the replaced version becomes ``previous``). Raises :class:`GateFailedError`."""
     client = _client(tracking_uri)
@@ -395,10 +395,10 @@ def promote_version(dataset_id: str, version: str, *, gates: Gates = Gates(),
     return _release(client, name, mv.version, dataset_id, True)
 
 
-def _release(client, name: str, version: str, dataset_id: str, aliased: bool) -> Release:
+def _release(client, name: str, version: str, dataset_id: str, aliased: bool) -> RegisteredRelease:
     mv = client.get_model_version(name, version)
     tags = dict(mv.tags)
-    return Release(name, str(mv.version), dataset_id, aliased, tags.get(TAG_PREVIOUS),
+    return RegisteredRelease(name, str(mv.version), dataset_id, aliased, tags.get(TAG_PREVIOUS),
                    tags.get(TAG_RELEASE_RUN, mv.run_id or ""), tags)
 
 
@@ -656,7 +656,7 @@ def _source(uri: str):
 
 
 def promote(out_dir: Path, *, gates: Gates = Gates(),
-            tracking_uri: str | None = None) -> Release:
+            tracking_uri: str | None = None) -> RegisteredRelease:
     """Register the run in ``out_dir`` as a new version of ``dpsynth-<dataset_id>`` and
     promote it through the gates. On a failed gate the version stays registered (tag
     ``dpsynth.gate``) and :class:`GateFailedError` is raised; ``production`` is unchanged.
@@ -667,7 +667,7 @@ def promote(out_dir: Path, *, gates: Gates = Gates(),
 
 def promote_artifacts(*, mixture: Path, synthetic: Path, metrics: Path, privacy_plan: Path,
                       config: Path, decoded: Path | None = None, source_run_id: str = "",
-                      gates: Gates = Gates(), tracking_uri: str | None = None) -> Release:
+                      gates: Gates = Gates(), tracking_uri: str | None = None) -> RegisteredRelease:
     """:func:`promote` for separate step outputs (a pipeline's artifacts) instead of a run's
     ``--out``: they are staged, as links or copies, in the layout :func:`register` reads.
     The dataset id is the config's ledger id. Raises :class:`GateFailedError` like
@@ -700,7 +700,7 @@ def _may_be_production(mv) -> bool:
 
 @_keeps_tracking_globals
 def rollback(dataset_id: str, *, to_version: str | None = None,
-             tracking_uri: str | None = None, force_reason: str | None = None) -> Release:
+             tracking_uri: str | None = None, force_reason: str | None = None) -> RegisteredRelease:
     """Move ``production`` back to the version it replaced (``to_version`` to choose one).
     The gates are not run again, but the target must have passed them when it was
     promoted: a version tagged ``dpsynth.gate = failed: ...`` (or never gated) is refused
@@ -763,7 +763,7 @@ def _prepare_out(out: Path) -> None:
 
 @_keeps_tracking_globals
 def fetch(dataset_id: str, out: Path, *, alias: str = PRODUCTION,
-          tracking_uri: str | None = None, with_mixture: bool = False) -> Release:
+          tracking_uri: str | None = None, with_mixture: bool = False) -> RegisteredRelease:
     """Download the ``alias`` version's synthetic EmbeddingSet to ``out/synthetic`` with its
     metadata (``metrics.json``, ``privacy_plan.json``, ``release.json``)."""
     from dpsynth.data.store import EmbeddingSet
@@ -802,7 +802,7 @@ def fetch(dataset_id: str, out: Path, *, alias: str = PRODUCTION,
 def resample(dataset_id: str, n: int, out: Path, *, alias: str = PRODUCTION,
              class_balance: str = DEFAULT_CLASS_BALANCE, random_state: int | None = None,
              tracking_uri: str | None = None, register_version: bool = True,
-             promote_gates: Gates | None = None) -> Release | None:
+             promote_gates: Gates | None = None) -> RegisteredRelease | None:
     """Resample-only refresh: ``n`` new records from the ``alias`` version's mixture,
     written to ``out/synthetic`` and (``register_version``) registered as a new version
     tagged ``dpsynth.resample_of`` = the source version; with ``promote_gates`` it is then
