@@ -402,6 +402,12 @@ class ReleaseThreshold:
         """One line for ``dpsynth plan`` and the run's first lines."""
         unit, where = (("component", " in one mixture component")
                        if self.release == "component_counts" else ("class", ""))
+        if self.sigma == 0.0:
+            # eps = inf: no noise, so no noise threshold and nothing probabilistic to say;
+            # only the floor remains (a mixture component needs 2 records for a covariance).
+            return (f"no noise threshold: eps = inf, every class with "
+                    f"{self.smallest_class}+ records{where} is released (a {unit} needs "
+                    f"{self.smallest_class} records for a covariance).")
         return (f"smallest releasable class: about {self.smallest_class} records{where} "
                 f"(a {unit} is kept only when its noisy count reaches {self.threshold:.1f} = "
                 f"max(3 sigma, 2), sigma = {self.sigma:.3g} in {self.release!r}); "
