@@ -33,9 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from dpsynth.privacy.ledger import LedgerEntry
+from dpsynth.stores import (  # noqa: F401 - HOME_ENV re-exported (tests, CLI)
+    HOME_ENV,
+    TrackingUnavailableError,
+    dpsynth_home,
+)
 
-#: Overrides the per-user home of the embedded MLflow store and the ledger.
-HOME_ENV = "DPSYNTH_HOME"
 LEDGER_DATASET_TAG = "dpsynth.ledger.dataset_id"
 LEDGER_ENTRY_TAG = "dpsynth.ledger.entry"
 #: The ledger store's id of the run's charge: what the mirror is compared by.
@@ -96,22 +99,6 @@ def runs_of_this_process() -> Iterator[None]:
         _PROCESS_RUNS.reset(token)
 
 
-class TrackingUnavailableError(RuntimeError):
-    """The tracking store cannot be reached when it must be (before data is read)."""
-
-
-def dpsynth_home() -> Path:
-    """The per-user home of what outlives one run: the embedded MLflow store
-    (``mlflow.db``, ``mlartifacts/``) and the SQLite budget ledger (``ledger.sqlite``).
-
-    ``$DPSYNTH_HOME``, else ``$XDG_DATA_HOME/dpsynth``, else ``~/.local/share/dpsynth``;
-    never under ``--out``: a ledger or run history that a new output directory resets
-    would be no ledger (each ``--out`` keeps a copy of its own run's records instead).
-    """
-    if os.environ.get(HOME_ENV):
-        return Path(os.environ[HOME_ENV]).expanduser().resolve()
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data_home).expanduser().resolve() / "dpsynth"
 
 
 def default_tracking_uri() -> str:

@@ -1,5 +1,6 @@
-"""Image sources."""
+"""Data sources (images and texts) and the datasets that ship offline."""
 
+from dpsynth.data import text as _text  # noqa: F401 - registers data.source "text"
 from dpsynth.data.datasets import (
     FASHION_MNIST_CLASSES,
     DatasetNotFoundError,

@@ -16,7 +16,7 @@ import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -562,6 +562,22 @@ def check_splits_disjoint(data_config) -> None:
                     "of its own")
 
 
+#: Sources defined in other modules, by ``data.source``: ``factory(data_config, split)``.
+#: :mod:`dpsynth.data.text` registers ``text`` (the :mod:`dpsynth.data` package imports it
+#: first), so this module never imports it back: the two used to import each other.
+SOURCE_FACTORIES: dict[str, Callable[[Any, str], ImageSource]] = {}
+
+
+def register_source(name: str):
+    """Decorator: ``make_source`` builds ``data.source: <name>`` with this factory."""
+
+    def deco(factory):
+        SOURCE_FACTORIES[name] = factory
+        return factory
+
+    return deco
+
+
 def make_source(data_config, split: str) -> ImageSource:
     """The source for ``split`` ("train": private, "test": held out) of a DataConfig."""
     if split not in ("train", "test"):
@@ -579,10 +595,8 @@ def make_source(data_config, split: str) -> ImageSource:
                                        full.class_names, f"sklearn-digits/{split}"), limit)
         return ArraySource(data, {"dataset": data.dataset_id, "rows": len(data.labels),
                                   "sha256": _digest(data.images, data.labels)})
-    if data_config.source == "text":
-        from dpsynth.data.text import make_text_source
-
-        return make_text_source(data_config, split)
+    if data_config.source in SOURCE_FACTORIES:
+        return SOURCE_FACTORIES[data_config.source](data_config, split)
     if data_config.source == "webdataset":
         urls = data_config.train_urls if split == "train" else data_config.test_urls
         source = WebDatasetSource(urls, data_config.image_size, data_config.class_names,

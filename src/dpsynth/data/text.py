@@ -39,6 +39,7 @@ from dpsynth.data.sources import (
     ImageFolderSource,
     ImageSource,
     class_name_problem,
+    register_source,
 )
 
 TEXT_SUFFIXES = (".txt",)
@@ -277,6 +278,7 @@ class TextFileSource(ImageSource):
                 "class_names": list(self.class_names)}
 
 
+@register_source("text")
 def make_text_source(data_config, split: str) -> TextFolderSource | TextFileSource:
     """The ``split`` ("train" or "test") of a ``data.source: text`` configuration. The test
     split takes the training split's class list, so that label i means the same class."""

@@ -72,7 +72,7 @@ from dpsynth.privacy.ledger import (
     check_budget,
 )
 from dpsynth.privacy.validation import validate_epsilon_delta
-from dpsynth.tracking import TrackingUnavailableError, dpsynth_home
+from dpsynth.stores import TrackingUnavailableError, dpsynth_home
 
 LEDGER_URI_ENV = "DPSYNTH_LEDGER_URI"
 TABLE = "dpsynth_ledger"
@@ -102,7 +102,7 @@ class LedgerMirrorWarning(UserWarning):
 # ----------------------------------------------------------------------------- where
 def default_ledger_uri() -> str:
     """``$DPSYNTH_LEDGER_URI``, else the per-user SQLite file ``ledger.sqlite`` in the
-    dpsynth home (:func:`dpsynth.tracking.dpsynth_home`: ``$DPSYNTH_HOME``, else
+    dpsynth home (:func:`dpsynth.stores.dpsynth_home`: ``$DPSYNTH_HOME``, else
     ``$XDG_DATA_HOME/dpsynth``, else ``~/.local/share/dpsynth``)."""
     if os.environ.get(LEDGER_URI_ENV):
         return os.environ[LEDGER_URI_ENV]
