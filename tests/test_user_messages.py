@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -39,3 +41,52 @@ def test_dpsynth_plan_at_eps_inf_says_there_is_no_noise_threshold():
 def test_finite_eps_still_states_the_smallest_releasable_class():
     plan = DPSynthesizer(1.0, 1e-5, subspace_dim=8).make_plan(32)
     assert release_threshold(plan).describe().startswith("smallest releasable class: about ")
+
+
+# --------------------------------------------- 2. classes named as a person reads them
+def _embeddings(path, X, y, names):
+    from dpsynth.data.store import write_embedding_set
+
+    return write_embedding_set(path, X.astype(np.float32), y, encoder="pixels",
+                               normalized=True, classes=sorted(set(y.tolist())),
+                               class_names=names, dataset_id=f"test:{path.name}",
+                               key={"k": path.name})
+
+
+def _imbalanced(rng, sizes, dim=8):
+    X = np.concatenate([rng.normal(c, 0.3, (n, dim)) for c, n in sizes.items()])
+    y = np.concatenate([np.full(n, c) for c, n in sizes.items()])
+    return X / np.linalg.norm(X, axis=1, keepdims=True), y
+
+
+def test_a_class_below_the_threshold_is_warned_about_by_name(tmp_path):
+    from dpsynth import steps
+
+    X, y = _imbalanced(np.random.default_rng(0), {0: 600, 1: 600, 2: 3})
+    train = _embeddings(tmp_path / "train", X, y, ["joy", "anger", "love"])
+    synth = DPSynthesizer(1.0, 1e-5, subspace_dim=4, noise_seed=5, random_state=0)
+    plan_path = tmp_path / "privacy_plan.json"
+    plan_path.write_text(json.dumps(synth.make_plan(8).to_dict()))
+    clusters = steps.dp_cluster(train.path, plan_path, tmp_path / "clusters")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        steps.fit_gmm(train.path, clusters, plan_path, tmp_path / "mixture")
+    said = [str(w.message) for w in caught if "no component" in str(w.message)]
+    assert said == [said[0]] and said[0].startswith("classes 'love' (2) have no component"), said
+
+
+def test_metrics_json_keys_per_class_accuracy_by_name_too(tmp_path):
+    from dpsynth import steps
+
+    rng = np.random.default_rng(1)
+    names = ["sadness", "joy", "love"]
+    Xs, ys = _imbalanced(rng, {0: 60, 1: 60, 2: 60})
+    Xt, yt = _imbalanced(rng, {0: 10, 1: 10, 2: 10})
+    syn = _embeddings(tmp_path / "syn", Xs, ys, names)
+    test = _embeddings(tmp_path / "test", Xt, yt, names)
+    metrics = steps.evaluate(syn.path, test.path, tmp_path / "eval", progress=False)
+    on_disk = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert on_disk["per_class_accuracy_by_name"] == {
+        name: metrics["per_class_accuracy"][str(c)] for c, name in enumerate(names)}
+    assert set(on_disk["per_class_accuracy"]) == {"0", "1", "2"}  # labels: MLflow, plots
+    assert on_disk["nonprivate_per_class_accuracy_by_name"] is None
