@@ -90,3 +90,44 @@ def test_metrics_json_keys_per_class_accuracy_by_name_too(tmp_path):
         name: metrics["per_class_accuracy"][str(c)] for c, name in enumerate(names)}
     assert set(on_disk["per_class_accuracy"]) == {"0", "1", "2"}  # labels: MLflow, plots
     assert on_disk["nonprivate_per_class_accuracy_by_name"] is None
+
+
+# ------------------------------------------- 3. the progress unit follows the modality
+@pytest.mark.parametrize("modality, source, unit", [
+    ("text", "text", "texts/s"), ("image", "image-folder", "img/s")])
+def test_the_encode_progress_bar_counts_what_the_encoder_reads(tmp_path, capsys, monkeypatch,
+                                                             modality, source, unit):
+    from dpsynth import steps
+    from dpsynth.config import load_config
+
+    root = tmp_path / "train"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            if source == "text":
+                (root / name / f"{i}.txt").write_text(f"text {name} {i}\n")
+            else:
+                from PIL import Image
+
+                Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(
+                    root / name / f"{i}.png")
+
+    class Fake:
+        name, dim, normalized = "fake", 4, True
+
+        def encode(self, records, batch_size, on_batch=None):
+            on_batch(len(records)) if on_batch else None
+            return np.ones((len(records), 4), np.float32) / 2
+
+    fake = Fake()
+    fake.modality = modality
+    monkeypatch.setattr(steps, "make_encoder", lambda config: fake)
+    config = load_config(None, [f"data.source={source}", f"data.train_dir={root}",
+                                f"data.test_dir={root}", "data.class_names=[a, b]",
+                                f"encoder.cache_dir={tmp_path / 'cache'}",
+                                "encoder.allow_cpu=true",
+                                *(["data.image_size=8"] if source != "text" else [])])
+    steps.encode(config, "train", tmp_path / "emb", progress=True)
+    err = capsys.readouterr().err
+    assert unit in err, err
+    assert ("img/s" if unit == "texts/s" else "texts/s") not in err

@@ -312,6 +312,11 @@ def check_cached_encoding(config: RunConfig, split: str, *, part: int = 0,
     return "absent" if path is None else _check_cache_entry(path, key)
 
 
+def progress_unit(encoder: Any) -> str:
+    """The encode progress bar's unit, after what the encoder reads: texts/s or img/s."""
+    return "texts" if getattr(encoder, "modality", "image") == "text" else "img"
+
+
 def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: int = 0,
            parts: int = 1, progress: bool = True) -> EmbeddingSet:
     """Encode a split into an EmbeddingSet, shard by shard.
@@ -362,7 +367,8 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: 
     done_rows = sum(stop - start for local, start, stop in spans if writer.has_shard(local))
     label = f"encode {split}" + (f" part {part + 1}/{parts}" if parts > 1 else "")
     with tqdm(total=sum(stop - start for _, start, stop in spans), initial=done_rows,
-              disable=not progress, unit="img", desc=f"{label} ({encoder.name})") as bar:
+              disable=not progress, unit=progress_unit(encoder),
+              desc=f"{label} ({encoder.name})") as bar:
         for local, start, stop in spans:
             if writer.has_shard(local):
                 continue
