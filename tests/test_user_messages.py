@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,28 @@ def test_the_encode_progress_bar_counts_what_the_encoder_reads(tmp_path, capsys,
     err = capsys.readouterr().err
     assert unit in err, err
     assert ("img/s" if unit == "texts/s" else "texts/s") not in err
+
+
+# --------------------------------------------- 4. why the summary shows two epsilons
+def _result(run_delta, budget_delta, nonprivate=None):
+    from dpsynth.privacy.ledger import BudgetCheck
+    from dpsynth.runner import RunResult
+
+    budget = BudgetCheck("x", spent=0.0, requested=0.836, total=0.836, limit=10.0,
+                         delta=budget_delta, previous_runs=0, nonprivate=nonprivate)
+    metrics = {"private": True, "epsilon": 1.0, "delta": run_delta, "accuracy": 0.5}
+    return RunResult(Path("out"), metrics, budget, "file:mlruns", "r1")
+
+
+def test_the_summary_says_the_budget_composes_at_its_own_delta():
+    from dpsynth.runner import summary
+
+    text = summary(_result(1e-5, 1e-4))
+    assert "guarantee     : (eps = 1, delta = 1e-05)-DP" in text
+    line = next(x for x in text.splitlines() if x.startswith("  budget"))
+    assert line.startswith("  budget        : eps 0.836 of 10 used on 'x' (all runs composed "
+                           "at the budget's delta 0.0001"), line
+    assert "the guarantee above is at the run's delta 1e-05" in line
+    same = next(x for x in summary(_result(1e-4, 1e-4)).splitlines()
+                if x.startswith("  budget"))
+    assert same.endswith("(all runs composed at the budget's delta 0.0001)"), same

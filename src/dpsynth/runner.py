@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import time
@@ -337,6 +338,20 @@ def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
     return metrics
 
 
+def _budget_line(budget: BudgetCheck, run_delta: float | None) -> str:
+    """The summary's budget line. Its epsilon is the ledger's: every run of the dataset
+    composed at the budget's delta, which is why it differs from the guarantee's (this run
+    alone, at its own delta); the line says so."""
+    if budget.nonprivate is not None:
+        return budget.summary_line()
+    why = f"all runs composed at the budget's delta {budget.delta:g}"
+    if run_delta is not None and not math.isclose(float(run_delta), budget.delta):
+        why += (f"; this run alone there: eps {budget.requested:.3g} (the guarantee above is "
+                f"at the run's delta {float(run_delta):g})")
+    return (f"eps {budget.total:.3g} of {budget.limit:.3g} used on {budget.dataset_id!r} "
+            f"({why})")
+
+
 def summary(result: RunResult) -> str:
     m = result.metrics
     private = m.get("private")
@@ -356,7 +371,7 @@ def summary(result: RunResult) -> str:
                      "real private data; not covered by the guarantee)")
     for gone in m.get("classes_without_samples") or []:
         lines.append(f"  NO SAMPLES    : class {gone['name']!r}: {gone['reason']}")
-    lines.append(f"  budget        : {result.budget.summary_line()}")
+    lines.append(f"  budget        : {_budget_line(result.budget, m.get('delta'))}")
     lines.append(f"  outputs       : {result.out_dir}")
     for key in ("report", "metrics", "synthetic_embeddings", "decoded_grid", "privacy_plan"):
         if key in result.outputs:
