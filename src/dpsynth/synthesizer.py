@@ -33,6 +33,7 @@ from dpsynth.gmm.mixture_file import (
     ModelFileError,
     SavedMixture,
     read_mixture,
+    register_estimator,
     uses_subspace,
     write_mixture,
 )
@@ -692,3 +693,7 @@ class DPSynthesizer(BaseEstimator):
         public, and the same after :meth:`load`."""
         return dropped_classes(self.classes_, self.class_totals_,
                                self._mixture_field("component_class"), self.privacy_plan_)
+
+
+# params.json holds DPSynthesizer's constructor arguments (dpsynth.gmm.mixture_file).
+register_estimator(DPSynthesizer)

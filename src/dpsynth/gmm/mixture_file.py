@@ -257,12 +257,25 @@ def read_mixture(path: str | Path, *, estimator: type | None = None) -> SavedMix
 
 
 # ------------------------------------------------------------------------- checks
-def _estimator(estimator: type | None) -> type:
-    if estimator is None:  # the params are its parameters; imported here (it imports us)
-        from dpsynth.synthesizer import DPSynthesizer
+#: The estimator whose constructor arguments ``params.json`` holds, when a caller names
+#: none: :mod:`dpsynth.synthesizer` registers DPSynthesizer when it is imported (``import
+#: dpsynth`` does), so this module, which it imports, never imports it back.
+_DEFAULT_ESTIMATOR: list[type] = []
 
-        return DPSynthesizer
+
+def register_estimator(estimator: type) -> type:
+    """Make ``estimator`` the default of :func:`read_mixture` and :func:`write_mixture`."""
+    _DEFAULT_ESTIMATOR[:] = [estimator]
     return estimator
+
+
+def _estimator(estimator: type | None) -> type:
+    if estimator is not None:
+        return estimator
+    if not _DEFAULT_ESTIMATOR:
+        raise RuntimeError("no estimator registered for mixture files: import dpsynth (or "
+                           "pass estimator=DPSynthesizer)")
+    return _DEFAULT_ESTIMATOR[0]
 
 
 def _failure(file: Path):
