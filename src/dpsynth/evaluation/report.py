@@ -3,17 +3,21 @@ synthetic samples and why, the privacy plan, the pictures.
 
 Images are embedded (base64) so that the one file can be opened from MLflow, a Kubeflow
 artifact viewer or a mail attachment, and a relative link to each PNG is kept beside it.
+
+The page is the jinja2 template ``templates/report.html.j2`` (package data), autoescaped:
+this module only gathers and formats the values.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import os
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 
 _TITLES = {
@@ -65,17 +69,31 @@ def _pct(x: float | None) -> str:
 
 
 def _fmt(x: Any) -> str:
+    """A number as the report shows it (4 significant digits), anything else as text. Not
+    escaped: the template escapes every value."""
     if isinstance(x, float):
         return f"{x:.4g}"
-    return html.escape(str(x))
+    return str(x)
 
 
-def write_html_report(path: Path, metrics: dict[str, Any], plan: dict[str, Any] | None,
-                      images: dict[str, Path]) -> Path:
-    path = Path(path)
+@cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("dpsynth.evaluation", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["fmt"] = _fmt
+    return env
+
+
+def render_html_report(path: Path, metrics: dict[str, Any], plan: dict[str, Any] | None,
+                       images: dict[str, Path]) -> str:
+    """The page :func:`write_html_report` writes to ``path`` (image links are relative to
+    ``path``'s folder). Every value is HTML-escaped by the template."""
     private = metrics.get("private")
     guarantee = (f"({_fmt(metrics.get('epsilon'))}, {_fmt(metrics.get('delta'))})-DP"
                  if private else "NOT private (non-private mode or a fixed noise seed)")
+    encoder = _fmt(metrics.get("encoder")) + "".join(
+        f", {k}={v}" for k, v in (metrics.get("encoder_options") or {}).items())
     rows = [("Accuracy, MLP trained on DP synthetic data", _pct(metrics.get("accuracy"))),
             ("Accuracy, same MLP trained on real data (non-private ceiling)",
              _pct(metrics.get("nonprivate_accuracy"))),
@@ -84,55 +102,32 @@ def write_html_report(path: Path, metrics: dict[str, Any], plan: dict[str, Any] 
              _fmt(metrics.get("frechet_distance_to_test"))),
             ("Synthetic records / test records",
              f"{metrics.get('n_synthetic')} / {metrics.get('n_test')}"),
-            ("Encoder", _fmt(metrics.get("encoder")) + "".join(
-                f", {html.escape(str(k))}={html.escape(str(v))}"
-                for k, v in (metrics.get("encoder_options") or {}).items()))]
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>dpsynth report</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:left}img{max-width:100%}.warn{color:#a00}</style></head><body>",
-        "<h1>dpsynth run report</h1>",
-        "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>"
-                            for k, v in rows) + "</table>",
-        f"<p><small>{html.escape(str(metrics.get('note', '')))}</small></p>",
-    ]
-    if not private:
-        parts.append("<p class='warn'><b>This run is not private.</b> Do not share its "
-                     "outputs as DP data.</p>")
-    missing = metrics.get("classes_without_samples") or []
-    if missing:
-        parts.append("<h2 class='warn'>Classes without synthetic samples</h2><p>These "
-                     "classes are in the class list but got no synthetic record, so a model "
-                     "trained on the synthetic data cannot predict them.</p><table><tr>"
-                     "<th>class</th><th>why</th></tr>"
-                     + "".join(f"<tr><td>{_fmt(m.get('name'))}</td>"
-                               f"<td>{_fmt(m.get('reason'))}</td></tr>" for m in missing)
-                     + "</table>")
-    for key, image in images.items():
-        data = base64.b64encode(Path(image).read_bytes()).decode()
-        rel = os.path.relpath(image, path.parent)
-        parts.append(f"<h2>{html.escape(_TITLES.get(key, key))}</h2>"
-                     f"<p><a href='{html.escape(rel)}'>{html.escape(rel)}</a></p>"
-                     f"<img alt='{html.escape(key)}' src='data:image/png;base64,{data}'>")
+            ("Encoder", encoder)]
+    pictures = [{"key": key, "title": _TITLES.get(key, key),
+                 "href": os.path.relpath(image, Path(path).parent),
+                 "base64": base64.b64encode(Path(image).read_bytes()).decode("ascii")}
+                for key, image in images.items()]
+    plan_view = None
     if plan:
-        parts.append("<h2>Privacy plan</h2><p>Every noisy release, its L2 sensitivity and "
-                     f"Gaussian noise; composed with {html.escape(str(plan.get('accountant')))}"
-                     f": epsilon = {_fmt(plan.get('epsilon'))} at delta = "
-                     f"{_fmt(plan.get('delta'))} (RDP bound {_fmt(plan.get('epsilon_rdp'))})."
-                     "</p><table><tr><th>release</th><th>scope</th><th>sensitivity</th>"
-                     "<th>sigma</th><th>repetitions</th><th>what</th>"
-                     "<th>noise added by</th></tr>")
-        for r in plan.get("releases", []):
-            parts.append(f"<tr><td>{_fmt(r['name'])}</td><td>{_fmt(r['scope'])}</td>"
-                         f"<td>{_fmt(r['sensitivity'])}</td><td>{_fmt(r['sigma'])}</td>"
-                         f"<td>{_fmt(r['repetitions'])}</td>"
-                         f"<td>{_fmt(r.get('description', ''))}</td>"
-                         f"<td><code>{_fmt(r.get('mechanism', ''))}</code></td></tr>")
-        parts.append("</table>")
-        threshold = _threshold_line(plan)
-        if threshold:
-            parts.append(f"<p>{html.escape(threshold)}</p>")
-    parts.append("</body></html>")
-    path.write_text("\n".join(parts))
+        plan_view = {
+            "accountant": str(plan.get("accountant")), "epsilon": plan.get("epsilon"),
+            "delta": plan.get("delta"), "epsilon_rdp": plan.get("epsilon_rdp"),
+            "releases": [{"name": r["name"], "scope": r["scope"],
+                          "sensitivity": r["sensitivity"], "sigma": r["sigma"],
+                          "repetitions": r["repetitions"],
+                          "description": r.get("description", ""),
+                          "mechanism": r.get("mechanism", "")}
+                         for r in plan.get("releases", [])]}
+    return _environment().get_template("report.html.j2").render(
+        rows=rows, note=str(metrics.get("note", "")), private=private,
+        missing=[{"name": m.get("name"), "reason": m.get("reason")}
+                 for m in metrics.get("classes_without_samples") or []],
+        images=pictures, plan=plan_view, threshold=_threshold_line(plan) if plan else None)
+
+
+def write_html_report(path: Path, metrics: dict[str, Any], plan: dict[str, Any] | None,
+                      images: dict[str, Path]) -> Path:
+    """Write :func:`render_html_report`'s page to ``path``; returns ``path``."""
+    path = Path(path)
+    path.write_text(render_html_report(path, metrics, plan, images), encoding="utf-8")
     return path
