@@ -157,3 +157,38 @@ def test_the_summary_says_the_budget_composes_at_its_own_delta():
     same = next(x for x in summary(_result(1e-4, 1e-4)).splitlines()
                 if x.startswith("  budget"))
     assert same.endswith("(all runs composed at the budget's delta 0.0001)"), same
+
+
+# ------------------------------------------------ 5. the README's text example resolves
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _text_section() -> str:
+    text = README.read_text()
+    start = text.index("### Your own texts")
+    return text[start:text.index("\n### ", start + 1)]
+
+
+def test_the_readme_text_example_names_an_encoder_that_resolves():
+    import re
+
+    import yaml
+
+    from dpsynth.encoders import get_encoder
+
+    section = _text_section()
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    names = [yaml.safe_load(b)["encoder"]["name"] for b in blocks
+             if "encoder" in (yaml.safe_load(b) or {})]
+    names += re.findall(r"encoder\.name=(\S+?)[`\s]", section)
+    assert names, "the README's text section shows no encoder.name"
+    for name in names:
+        assert get_encoder(name).modality == "text", name
+    assert "/models/all-MiniLM-L6-v2" not in README.read_text()
+
+
+# ---------------------------------------------- 7. text batch size and threads, documented
+def test_the_readme_says_how_to_speed_up_text_encoding_under_load():
+    section = _text_section()
+    assert "encoder.batch_size" in section and "smaller batches" in section
+    assert "OMP_NUM_THREADS" in section and "CPU" in section
