@@ -38,7 +38,7 @@ def test_the_overrides_are_those_the_parameters_pod_joined():
     assert production.encoder.options == {"image_size": 160}
     given = overrides(_defaults(
         dataset="image-folder", train_dir="/data/train", test_dir="/data/test",
-        image_size=64, decode=True, mlflow_uri="http://mlflow:5000", dataset_id="shop",
+        data_image_size=64, decode=True, mlflow_uri="http://mlflow:5000", dataset_id="shop",
         encoder_image_size=0,
         noise_seed=0, overrides=["evaluate.steps=30", "data.image_size=32"]))
     assert given[-2:] == ["evaluate.steps=30", "data.image_size=32"]

@@ -98,7 +98,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("test_dir", str, "",
               "image-folder: the public test images (data.test_dir); empty: the config's.",
               key="data.test_dir", applies=bool),
-    Parameter("image_size", int, 0,
+    Parameter("data_image_size", int, 0,
               "image-folder: images are resized to this square size (data.image_size); "
               "0: the config's.", key="data.image_size", applies=bool),
     Parameter("data_pvc", str, "dpsynth-data",
