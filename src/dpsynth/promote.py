@@ -561,11 +561,8 @@ def release_digest(mixture: Path, synthetic: Path) -> str:
 def _sha256(path: Path) -> str:
     import hashlib
 
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _registered_with_digest(client, name: str, digest: str) -> str | None:

@@ -121,12 +121,9 @@ _CHUNK = 1 << 20
 
 
 def _sha256_file(file: Path) -> str:
-    """sha256 of a file, read in chunks (sets can be larger than RAM)."""
-    h = hashlib.sha256()
+    """sha256 of a file, streamed (sets can be larger than RAM)."""
     with open(file, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _file_sha256(file: Path, st: os.stat_result) -> str:

@@ -33,15 +33,11 @@ from pathlib import Path
 
 #: Sources whose default ledger id is spelled from a path.
 PATH_DERIVED = ("image-folder", "text", "webdataset")
-_CHUNK = 1 << 20
 
 
 def _file_digest(path: Path) -> bytes:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.digest()
+        return hashlib.file_digest(f, "sha256").digest()
 
 
 def training_content_digest(data_config) -> str | None:
