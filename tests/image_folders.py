@@ -28,3 +28,20 @@ def image_folder_sets(tmp_path: Path, *extra: str) -> list[str]:
             "encoder.name=pixels", "encoder.options={image_shape: [8, 8]}",
             f"encoder.cache_dir={tmp_path / 'cache'}", *extra]
     return [a for s in sets for a in ("--set", s)]
+
+
+def tiny_run_args(tmp_path: Path, *extra: str) -> list[str]:
+    """``dpsynth run`` arguments for a seconds-long private run on the image folders under
+    ``tmp_path`` (:func:`tiny_folders`), its own dataset id per test folder."""
+    return image_folder_sets(tmp_path, "privacy.epsilon=8", "privacy.budget.epsilon=50",
+                             "model.subspace_dim=4", "model.normalize=false",
+                             "synthesize.n=60", "evaluate.steps=2",
+                             "evaluate.nonprivate_baseline=false",
+                             f"data.dataset_id=folder-{tmp_path.name}", *extra)
+
+
+def tiny_folders(tmp_path: Path) -> Path:
+    """Small grey train and test image folders under ``tmp_path``."""
+    gray_image_folder(tmp_path / "train")
+    gray_image_folder(tmp_path / "test", per_class=3)
+    return tmp_path

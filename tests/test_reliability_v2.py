@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from image_folders import gray_image_folder, image_folder_sets
+from image_folders import tiny_folders, tiny_run_args
 from typer.testing import CliRunner
 
 from dpsynth.cli import app
@@ -25,19 +25,12 @@ HERE = Path(__file__).parent
 cli = CliRunner()
 
 
-def _folder_args(tmp_path: Path, *extra: str) -> list[str]:
-    return image_folder_sets(tmp_path, "privacy.epsilon=8", "privacy.budget.epsilon=50",
-                             "model.subspace_dim=4", "model.normalize=false",
-                             "synthesize.n=60", "evaluate.steps=2",
-                             "evaluate.nonprivate_baseline=false",
-                             f"data.dataset_id=folder-{tmp_path.name}", *extra)
+_folder_args = tiny_run_args
 
 
 @pytest.fixture
 def folders(tmp_path):
-    gray_image_folder(tmp_path / "train")
-    gray_image_folder(tmp_path / "test", per_class=3)
-    return tmp_path
+    return tiny_folders(tmp_path)
 
 
 def _run(out: Path, *args: str):
