@@ -192,3 +192,67 @@ def test_the_readme_says_how_to_speed_up_text_encoding_under_load():
     section = _text_section()
     assert "encoder.batch_size" in section and "smaller batches" in section
     assert "OMP_NUM_THREADS" in section and "CPU" in section
+
+
+# ------------------------------- 6. a run refused before any work: fast, no --out left
+DIGITS = Path(__file__).resolve().parents[1] / "configs" / "digits-quick.yaml"
+
+
+def _charge_digits_once(epsilon=20.0, delta=1e-4):
+    """The dataset as one earlier private run leaves it: one charge, its limit recorded."""
+    from dpsynth import steps
+    from dpsynth.config import load_config
+    from dpsynth.privacy.ledger import LedgerEntry
+    from dpsynth.privacy.ledger_store import open_ledger
+
+    config = load_config(DIGITS)
+    with open_ledger(config.privacy.ledger_uri) as ledger:
+        check = ledger.charge(LedgerEntry.from_plan(steps.make_plan(config), "sklearn-digits"),
+                              epsilon, delta)
+    assert check.ok and check.charge_id
+
+
+@pytest.mark.parametrize("sets, fragment", [
+    (["privacy.epsilon=inf"], "asks for a non-private run"),
+    (["privacy.epsilon=inf", "privacy.budget.epsilon=inf"], "disagrees with the lifetime"),
+    (["privacy.budget.epsilon=30"], "disagrees with the lifetime")])
+def test_a_run_the_ledger_refuses_is_refused_before_the_preflight_and_makes_no_out(
+        tmp_path, monkeypatch, charges, sets, fragment):
+    from dpsynth import runner
+
+    _charge_digits_once()
+
+    def no_preflight(*args, **kwargs):
+        raise AssertionError("the pre-flight ran for a run the ledger refuses anyway")
+
+    monkeypatch.setattr(runner, "preflight", no_preflight)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", "--no-progress", "-c", str(DIGITS), "--out",
+                                      str(out), *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 2, result.output
+    assert fragment in result.stderr and "nothing was charged" in result.stderr
+    assert not out.exists() and charges == []
+
+
+def test_a_run_refused_at_the_charge_removes_the_empty_out_it_made(tmp_path, monkeypatch):
+    from dpsynth import runner
+
+    _charge_digits_once()
+    monkeypatch.setattr(runner, "refuse_before_preflight", lambda config: None)
+    out, theirs = tmp_path / "out", tmp_path / "theirs"
+    theirs.mkdir()
+    for target in (out, theirs):
+        result = CliRunner().invoke(app, ["run", "--no-progress", "-c", str(DIGITS), "--out",
+                                          str(target), "--set", "privacy.epsilon=inf"])
+        assert result.exit_code == 2, result.output
+        assert "asks for a non-private run" in result.stderr
+    assert not out.exists()  # made by the refused run, empty: removed
+    assert theirs.is_dir()  # there before: kept
+
+
+def test_a_private_run_on_its_recorded_budget_is_not_refused_early(monkeypatch):
+    from dpsynth import runner
+    from dpsynth.config import load_config
+
+    _charge_digits_once()
+    runner.refuse_before_preflight(load_config(DIGITS))  # nothing to refuse: no error

@@ -144,7 +144,12 @@ def run(config: RunConfig, out_dir: Path, *, progress: bool = True,
 
     started = time.monotonic()
     out_dir = Path(out_dir)
+    # What the ledger refuses without reading data is refused first, in a fraction of a
+    # second: before the pre-flight builds the encoder and reads the data, and before
+    # --out is made.
+    refuse_before_preflight(config)
     preflight(config, out_dir, overwrite=overwrite)
+    made_out = not out_dir.exists()
     owned = OutputDir.open(out_dir, overwrite=overwrite)
     try:
         previous = _previous_record(out_dir)
@@ -153,8 +158,16 @@ def run(config: RunConfig, out_dir: Path, *, progress: bool = True,
             # killed outright, a later run on this host ends its MLflow run KILLED.
             with runs_of_this_process():
                 charged = charge_run(config, out_dir, echo=echo)
+        except BaseException:
+            if made_out:
+                # Refused (or failed) before the charge: a --out this run made and left
+                # empty is not left behind.
+                with contextlib.suppress(OSError):
+                    out_dir.rmdir()  # only if empty
+            raise
         finally:
-            owned.record()
+            if out_dir.is_dir():
+                owned.record()
         tracker, run_id, budget = charged.tracker, charged.run_id, charged.budget
         # ----- the run is charged: from here on private data may be read -----
         _close_abandoned_run(previous, tracker, echo)
@@ -336,6 +349,58 @@ def _run_steps(config: RunConfig, out: Path, plan_path: Path, tracker: Tracker,
     state.outputs["metrics"] = str(out / "metrics.json")
     state.begin(None)
     return metrics
+
+
+def refuse_before_preflight(config: RunConfig) -> None:
+    """Raise :class:`BudgetExceededError` for a run the ledger will refuse whatever the
+    data holds, before any expensive work: a configured budget that disagrees with the
+    dataset's recorded lifetime limit (or would mark a charged dataset non-private), and a
+    non-private run (``privacy.epsilon = inf``) on a dataset not marked non-private.
+
+    Only a read of the ledger (nothing recorded) and no accounting. Where the ledger id
+    follows the training files' content (a path-derived source without
+    ``data.dataset_id``), finding it hashes every training file
+    (:mod:`dpsynth.privacy.identity`), which the charge does again: that is done here for
+    a non-private run only (cheaper than the pre-flight's encoder and reads), and a
+    disagreeing limit is left to the charge. Skipped when the ledger cannot be opened or
+    does not exist yet. :func:`~dpsynth.ledger_charge.charge_run` makes the same checks
+    again, in the transaction that charges, and reports what this one skipped."""
+    from dpsynth.privacy.identity import PATH_DERIVED, training_content_digest
+    from dpsynth.privacy.ledger import BudgetExceededError, LedgerEntry, check_budget
+    from dpsynth.privacy.ledger_store import open_ledger, resolve_ledger_uri
+
+    data, budget = config.data, config.privacy.budget
+    by_content = data.source in PATH_DERIVED and not data.dataset_id
+    if by_content and not math.isinf(config.privacy.epsilon):
+        return
+    uri = resolve_ledger_uri(config.privacy.ledger_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return  # no ledger yet: a read must not create one (the charge will)
+    try:
+        with open_ledger(uri) as ledger:
+            dataset_id = data.ledger_id()
+            if by_content:
+                # The id the charge will use: the content's recorded id, else the path's.
+                dataset_id = ledger.known_identity(training_content_digest(data)) or (
+                    dataset_id)
+            history = ledger.history(dataset_id)
+    except Exception:  # noqa: BLE001 - no ledger, unreadable data: later checks say it
+        return
+    if history.nonprivate is not None:
+        return
+    if math.isinf(config.privacy.epsilon):
+        # A zero-noise plan costs nothing to make, nor to account for: the full check.
+        entry = LedgerEntry.from_plan(steps.make_plan(config), dataset_id)
+    elif not (history.limit is None or history.limit.agrees(budget.epsilon, budget.delta)):
+        # The recorded limit disagrees: refused whatever this run asks for, so an empty
+        # request stands in for the plan (whose calibration takes seconds).
+        entry = LedgerEntry(dataset_id, (), 0.0, config.privacy.delta)
+    else:
+        return  # what is left to refuse needs this run's plan: the charge checks it
+    check = check_budget(history.charges, entry, budget.epsilon, budget.delta,
+                         nonprivate=history.nonprivate, recorded=history.limit)
+    if not check.ok:
+        raise BudgetExceededError(check.message())
 
 
 def _budget_line(budget: BudgetCheck, run_delta: float | None) -> str:
