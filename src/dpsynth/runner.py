@@ -389,8 +389,10 @@ def refuse_before_preflight(config: RunConfig) -> None:
     if history.nonprivate is not None:
         return
     if math.isinf(config.privacy.epsilon):
-        # A zero-noise plan costs nothing to make, nor to account for: the full check.
-        entry = LedgerEntry.from_plan(steps.make_plan(config), dataset_id)
+        # Every release of an eps = inf plan has zero noise, so one zero-noise release
+        # stands in for the plan: the check needs no more (making the plan would build
+        # the encoder, for its dimension).
+        entry = LedgerEntry(dataset_id, ((0.0, 1),), math.inf, config.privacy.delta)
     elif not (history.limit is None or history.limit.agrees(budget.epsilon, budget.delta)):
         # The recorded limit disagrees: refused whatever this run asks for, so an empty
         # request stands in for the plan (whose calibration takes seconds).
