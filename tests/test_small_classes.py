@@ -126,7 +126,8 @@ def test_a_run_names_a_class_under_the_threshold_in_summary_metrics_and_report(t
     assert f"about {smallest}+ records needed" in reason
     assert "tiny" in metrics["note"]
 
-    assert f"NO SAMPLES    : class 'tiny': {reason}" in result.stdout
+    tiny = metrics["classes_without_samples"][0]["class"]
+    assert f"NO SAMPLES    : class 'tiny' ({tiny}): {reason}" in result.stdout
     assert result.stdout.count("NO SAMPLES") == 1
 
     report = (out / "evaluation" / "report.html").read_text()

@@ -297,3 +297,12 @@ def test_a_non_private_text_run_on_a_charged_folder_is_refused_before_any_encode
     assert result.exit_code == 2, result.output
     assert "asks for a non-private run" in result.stderr and dataset_id in result.stderr
     assert not out.exists() and charges == []
+
+
+def test_the_summary_names_a_class_without_samples_as_the_warning_does():
+    from dpsynth.runner import summary
+
+    result = _result(1e-5, 1e-5)
+    result.metrics["classes_without_samples"] = [
+        {"class": 4, "name": "love", "reason": "below the noise threshold"}]
+    assert "NO SAMPLES    : class 'love' (4): below the noise threshold" in summary(result)

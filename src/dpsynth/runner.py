@@ -437,7 +437,9 @@ def summary(result: RunResult) -> str:
         lines.append(f"  non-private   : {100 * m['nonprivate_accuracy']:.1f}% (same MLP on the "
                      "real private data; not covered by the guarantee)")
     for gone in m.get("classes_without_samples") or []:
-        lines.append(f"  NO SAMPLES    : class {gone['name']!r}: {gone['reason']}")
+        # Name, then label: as the fit's warning names it.
+        lines.append(f"  NO SAMPLES    : class {gone['name']!r} ({gone['class']}): "
+                     f"{gone['reason']}")
     lines.append(f"  budget        : {_budget_line(result.budget, m.get('delta'))}")
     lines.append(f"  outputs       : {result.out_dir}")
     for key in ("report", "metrics", "synthetic_embeddings", "decoded_grid", "privacy_plan"):
