@@ -71,20 +71,29 @@ def check_out_dir(out_dir: Path, *, overwrite: bool = False) -> None:
             f"--out {out_dir} is not empty and is not a dpsynth output directory (no "
             f"{OWNER_FILE}); choose an empty or new directory, or pass --overwrite to "
             "write into it (files dpsynth did not write are never removed)")
-    # Permission bits do not tell (root passes os.access, a read-only mount fails it
-    # late): try it, the way the run will.
-    created: list[Path] = []
     try:
-        for folder in reversed([out_dir.absolute(), *out_dir.absolute().parents]):
-            if not folder.exists():
-                folder.mkdir()
-                created.append(folder)
-        probe = out_dir / f".dpsynth-probe-{uuid.uuid4().hex}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(out_dir)
     except OSError as exc:
         raise OutputDirError(f"--out {out_dir} is not writable: "
                              f"{exc.strerror or exc} ({exc.filename or out_dir})") from None
+
+
+def probe_writable(root: Path, also: tuple[Path, ...] = ()) -> None:
+    """Write and remove one empty file in ``root`` (and in each existing folder of
+    ``also``), making missing folders on the way and removing those again. Permission bits
+    do not tell (root passes os.access, a read-only mount fails it late): try it, the way
+    the run will. Raises the OSError."""
+    created: list[Path] = []
+    try:
+        for folder in reversed([root.absolute(), *root.absolute().parents]):
+            if not folder.exists():
+                folder.mkdir()
+                created.append(folder)
+        for folder in (root, *also):
+            if folder.is_dir():
+                probe = folder / f".dpsynth-probe-{uuid.uuid4().hex}"
+                probe.write_bytes(b"")
+                probe.unlink()
     finally:
         for folder in reversed(created):
             with contextlib.suppress(OSError):

@@ -14,7 +14,6 @@ fails here raises :class:`PreflightError` and nothing is charged. After the char
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from dpsynth.config import RunConfig
-from dpsynth.outputs import OutputDirError, check_out_dir
-from dpsynth.steps import StepInputError
+from dpsynth.outputs import OutputDirError, check_out_dir, probe_writable
+from dpsynth.steps import CACHE_INDEX, StepInputError
 
 
 class PreflightError(StepInputError):
@@ -356,33 +355,16 @@ def check_cache_dir(config: RunConfig) -> None:
     """The embedding cache must take files: a cache folder that is a file, read-only or
     unwritable stops the run here, named by folder (never by a cache index file, whose
     name is a digest of the data's fingerprint)."""
-    import uuid
-
-    from dpsynth.steps import CACHE_INDEX
-
     root = Path(config.encoder.cache_dir).expanduser()
     for folder in (root, root / CACHE_INDEX):
         if folder.exists() and not folder.is_dir():
             raise PreflightError(f"encoder.cache_dir {root}: {folder} is a file, not a "
                                  "folder; move it away or set encoder.cache_dir")
-    created: list[Path] = []
     try:
-        for folder in reversed([root.absolute(), *root.absolute().parents]):
-            if not folder.exists():
-                folder.mkdir()
-                created.append(folder)
-        for folder in (root, root / CACHE_INDEX):
-            if folder.is_dir():
-                probe = folder / f".dpsynth-probe-{uuid.uuid4().hex}"
-                probe.write_bytes(b"")
-                probe.unlink()
+        probe_writable(root, (root / CACHE_INDEX,))
     except OSError as exc:
         raise PreflightError(f"encoder.cache_dir {root} is not writable: "
                              f"{exc.strerror or type(exc).__name__}") from None
-    finally:
-        for folder in reversed(created):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
 
 
 def check_free_space(config: RunConfig, out_dir: Path | None, dim: int,

@@ -17,11 +17,11 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dpsynth_kfp.components import FAMILIES
 from dpsynth_kfp.pipeline import CLUSTER, ClusterSettings, Toleration
+from dpsynth_kfp.yaml_file import read_yaml_model
 
 #: ``<repository>@sha256:<64 hex>``: an image named by its content, not a movable tag.
 DIGEST_REF = re.compile(r"^[a-z0-9][a-z0-9._:/-]*@sha256:[0-9a-f]{64}$")
@@ -131,22 +131,8 @@ def load_cluster_settings(path: str | Path,
     """The :class:`ClusterSettings` a cluster-settings file describes; ``images``
     (family -> image reference) override the file's."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ClusterSettingsError(f"cannot read cluster settings {path}: "
-                                   f"{exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ClusterSettingsError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ClusterSettingsError(f"{path} must be a mapping of settings, got "
-                                   f"{type(raw).__name__}")
-    try:
-        spec = ClusterSettingsFile.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg']}"
-                             for e in exc.errors())
-        raise ClusterSettingsError(f"{path}: {problems}") from None
+    spec = read_yaml_model(path, ClusterSettingsFile, ClusterSettingsError,
+                           "cluster settings")
     gpu = spec.gpu
     if not gpu.node_selector and not gpu.tolerations:
         # A GPU pool is tainted so other pods stay off it: without a selector or a

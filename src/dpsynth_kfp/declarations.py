@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from dpsynth.privacy.plan import SCOPES, ReleaseSpec
+from dpsynth_kfp.yaml_file import read_yaml_model
 
 #: The declaration's file name, beside the component spec.
 SIDECAR = "releases.yaml"
@@ -80,18 +81,7 @@ def read_declaration(path: str | Path, step: str,
     """The releases a ``releases.yaml`` declares for ``step`` (checked against ``spec``'s
     sha256 when the file names one)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise DeclarationError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise DeclarationError(f"{path} is not valid YAML: {exc}") from None
-    try:
-        declared = _Declaration.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg']}"
-                             for e in exc.errors())
-        raise DeclarationError(f"{path}: {problems}") from None
+    declared = read_yaml_model(path, _Declaration, DeclarationError, "release declarations")
     if declared.component_sha256 and spec is not None \
             and declared.component_sha256 != spec_sha256(spec):
         raise DeclarationError(
