@@ -45,3 +45,21 @@ def tiny_folders(tmp_path: Path) -> Path:
     gray_image_folder(tmp_path / "train")
     gray_image_folder(tmp_path / "test", per_class=3)
     return tmp_path
+
+
+def png_shard(path: Path, keys: list[str], first_value: int = 0) -> Path:
+    """A WebDataset tar shard: per key an 8x8 RGB PNG filled with ``first_value + i`` and a
+    ``.cls`` of class 0."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for i, key in enumerate(keys):
+            buf = io.BytesIO()
+            Image.fromarray(np.full((8, 8, 3), first_value + i, np.uint8)).save(buf,
+                                                                                  format="PNG")
+            for name, data in ((f"{key}.png", buf.getvalue()), (f"{key}.cls", b"0")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path

@@ -117,6 +117,18 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def started_postgres() -> PostgresServer:
+    """A throwaway cluster, started; the calling test is skipped, saying why, where
+    PostgreSQL's binaries are not installed."""
+    import pytest
+
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL binaries (initdb) not found: scripts/setup.sh installs "
+                    "Debian's postgresql")
+    return PostgresServer(bin_dir).start()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from image_folders import gray_image_folder, image_folder_sets
+from image_folders import gray_image_folder, image_folder_sets, png_shard
 from typer.testing import CliRunner
 
 from dpsynth import DPSynthesizer, steps
@@ -348,20 +348,7 @@ def test_a_text_test_folder_of_links_to_training_files_is_refused(tmp_path):
         preflight(config, None, data_only=True)
 
 
-def _shard(path: Path, keys: list[str]) -> None:
-    import io
-    import tarfile
-
-    from PIL import Image
-
-    with tarfile.open(path, "w") as tar:
-        for i, key in enumerate(keys):
-            buf = io.BytesIO()
-            Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(buf, format="PNG")
-            for name, data in ((f"{key}.png", buf.getvalue()), (f"{key}.cls", b"0")):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+_shard = png_shard
 
 
 @pytest.mark.parametrize("test_urls", ["train-000001.tar", "./held-out.tar",

@@ -221,20 +221,10 @@ def test_a_renamed_training_folder_keeps_its_budget(tmp_path):
 
 
 def test_webdataset_shards_spelled_differently_are_one_dataset(tmp_path):
-    import io
-    import tarfile
-
-    import numpy as np
-    from PIL import Image
+    from image_folders import png_shard
 
     for n in range(3):
-        with tarfile.open(tmp_path / f"s-{n:06d}.tar", "w") as tar:
-            buf = io.BytesIO()
-            Image.fromarray(np.full((8, 8, 3), n, np.uint8)).save(buf, format="PNG")
-            for name, data in ((f"k{n}.png", buf.getvalue()), (f"k{n}.cls", b"0")):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+        png_shard(tmp_path / f"s-{n:06d}.tar", [f"k{n}"], first_value=n)
     spellings = [f"{tmp_path}/s-{{000000..000002}}.tar",
                  f"{tmp_path}/s-{{000000,000001,000002}}.tar",
                  f"{tmp_path}/./s-{{000000..000002}}.tar"]

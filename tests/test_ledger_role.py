@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from kubectl_kustomize import container, find, render
-from pg_server import PostgresServer, postgres_bin_dir
+from pg_server import PostgresServer, started_postgres
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
 ROLE_PASSWORD = "ledger-role-test-password"
@@ -26,11 +26,7 @@ def objects():
 
 @pytest.fixture(scope="module")
 def pg(objects):
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL binaries (initdb) not found: scripts/setup.sh installs "
-                    "Debian's postgresql")
-    server = PostgresServer(bin_dir).start()
+    server = started_postgres()
     try:
         _make_databases(server, objects)
         yield server

@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from pg_server import PostgresServer, postgres_bin_dir
+from pg_server import started_postgres
 
 from dpsynth.config import ConfigError, load_config
 from dpsynth.privacy import ReleaseSpec, build_plan
@@ -366,11 +366,7 @@ ROLE, ROLE_PASSWORD = "dpsynth_ledger", "ledger-test-password"
 
 @pytest.fixture(scope="module")
 def pg():
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL binaries (initdb) not found: scripts/setup.sh installs "
-                    "Debian's postgresql")
-    server = PostgresServer(bin_dir).start()
+    server = started_postgres()
     try:
         install_postgres_ledger(server.admin_uri, role=ROLE, password=ROLE_PASSWORD)
         install_postgres_ledger(server.admin_uri, role=ROLE, password=ROLE_PASSWORD)  # again

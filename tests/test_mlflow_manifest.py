@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from kubectl_kustomize import container, find, render
 from mlflow_server import MlflowServer
-from pg_server import PostgresServer, postgres_bin_dir
+from pg_server import started_postgres
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
 #: Process memory the server may use at idle: the Deployment's memory request.
@@ -35,12 +35,8 @@ def _env(c: dict) -> dict[str, str]:
 def servers(tmp_path_factory):
     """(PostgreSQL, MLflow server started with the dev overlay's environment, container)."""
     c, _ = _mlflow("dev")
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL binaries (initdb) not found: scripts/setup.sh installs "
-                    "Debian's postgresql")
     env = _env(c)
-    pg = PostgresServer(bin_dir).start()
+    pg = started_postgres()
     mlflow = None
     try:
         import psycopg

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_server import MlflowServer
-from pg_server import PostgresServer, postgres_bin_dir
+from pg_server import started_postgres
 from typer.testing import CliRunner
 
 from dpsynth import runner
@@ -37,11 +37,7 @@ NAME = model_name(DATASET)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL binaries (initdb) not found: scripts/setup.sh installs "
-                    "Debian's postgresql")
-    pg = PostgresServer(bin_dir).start()
+    pg = started_postgres()
     srv = None
     try:
         backend = pg.uri().replace("postgresql://", "postgresql+psycopg://", 1)
