@@ -106,18 +106,7 @@ def make_plan(config: RunConfig, declared: Sequence[ReleaseSpec] = ()) -> Privac
     ``releases.yaml``, :mod:`dpsynth_kfp.declarations`), calibrated together with the
     configuration's own under the one noise scale and charged with them."""
     encoder = make_encoder(config)
-    synth = build_synthesizer(config, encoder.normalized)
-    plan_ = synth.make_plan(encoder.dim)
-    if not declared:
-        return plan_
-    own = [r.name for r in plan_.releases]
-    if clash := sorted({s.name for s in declared} & set(own)):
-        raise ValueError(f"declared releases {clash} have the names of releases dpsynth's "
-                         f"own plan makes ({', '.join(own)}): a replacement names its own")
-    from dpsynth.privacy.plan import build_plan
-
-    return build_plan([*synth._release_specs(encoder.dim), *declared], plan_.epsilon,
-                      plan_.delta, noise_seeded=plan_.noise_seeded, metadata=plan_.metadata)
+    return build_synthesizer(config, encoder.normalized).make_plan(encoder.dim, declared)
 
 
 def plan(config: RunConfig, out: Path) -> PrivacyPlan:

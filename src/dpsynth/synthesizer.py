@@ -75,6 +75,7 @@ _FITTED_ATTRIBUTES = ("classes_", "mixture_", "subspace_", "class_totals_", "clu
 # whichever module it is imported from.
 
 
+@register_estimator  # params.json holds its constructor arguments (gmm/mixture_file.py)
 class DPSynthesizer(BaseEstimator):
     """Differentially private synthetic embeddings from a per-class Gaussian mixture.
 
@@ -294,13 +295,15 @@ class DPSynthesizer(BaseEstimator):
     def _uses_subspace(self, dim: int) -> bool:
         return uses_subspace(self.covariance, self.subspace_dim, dim)
 
-    def make_plan(self, dim: int) -> PrivacyPlan:
-        """The privacy plan this configuration uses for embeddings of dimension ``dim``.
-
-        Depends only on public configuration: it can be shown before any data is read.
-        """
+    def make_plan(self, dim: int, declared: Sequence[ReleaseSpec] = ()) -> PrivacyPlan:
+        """The privacy plan this configuration uses for embeddings of dimension ``dim``, and
+        ``declared`` releases (a pipeline's replacement components') under the same noise
+        scale. Depends only on public configuration: it can be shown before any data is read."""
         specs = self._release_specs(dim)
-        return build_plan(specs, self.epsilon, self.delta,
+        if clash := sorted({s.name for s in declared} & {s.name for s in specs}):
+            raise ValueError(f"declared releases {clash} have the names of releases dpsynth's "
+                             "own plan makes: a replacement names its own")
+        return build_plan([*specs, *declared], self.epsilon, self.delta,
                           noise_seeded=self.noise_seed is not None,
                           metadata={"embedding_dim": dim, **{
                               k: v for k, v in self.get_params().items()
@@ -694,6 +697,3 @@ class DPSynthesizer(BaseEstimator):
         return dropped_classes(self.classes_, self.class_totals_,
                                self._mixture_field("component_class"), self.privacy_plan_)
 
-
-# params.json holds DPSynthesizer's constructor arguments (dpsynth.gmm.mixture_file).
-register_estimator(DPSynthesizer)
