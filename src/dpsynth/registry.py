@@ -13,6 +13,7 @@ name is one ``invalid configuration`` line listing the available names.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -105,6 +106,7 @@ def name_problem(kind: str, name: object) -> str | None:
     return registry.problem(name, parametrised=parametrised)
 
 
+@functools.cache
 def _options_model(kind: str, name: str, factory: Any):
     """The typed options of a factory, a pydantic model with unknown keys forbidden:
     ``factory.options_model`` if it declares one, else built from the signature of

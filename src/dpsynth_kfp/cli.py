@@ -445,25 +445,20 @@ def declared_in_package(spec: dict) -> tuple:
             yield from tasks(component.get("dag"))
 
     for task in tasks(spec.get("root", {}).get("dag")):
-        if task.get("taskInfo", {}).get("name", "").startswith("Plan") or \
-                task.get("componentRef", {}).get("name") == "comp-plan":
+        if task.get("componentRef", {}).get("name") == "comp-plan":
             value = task.get("inputs", {}).get("parameters", {}).get("declared_releases", {})
             return from_json(value.get("runtimeValue", {}).get("constant", ""))
     return ()
 
 
-def _runway_or_refuse(definitions: dict[str, dict], params: dict[str, object],
-                      ledger_uri: str | None, cron: str, package: Path) -> None:
+def _runway_or_refuse(config, ledger_uri: str | None, cron: str, package: Path) -> None:
+    """Print the budget runway of ``config`` (the run's resolved configuration), or refuse
+    a schedule that cannot run once."""
     import os
 
-    from dpsynth.config import ConfigError
     from dpsynth.privacy.ledger_store import LEDGER_URI_ENV, LedgerUnavailableError
     from dpsynth.privacy.runway import budget_runway
 
-    try:
-        config = _run_config(definitions, params)
-    except ConfigError as exc:
-        _fail(str(exc))
     if not (ledger_uri or config.privacy.ledger_uri or os.environ.get(LEDGER_URI_ENV)):
         _fail("no privacy budget ledger to count the runway in: pass --ledger-uri (the "
               f"cluster's shared ledger; a read-only role is enough) or set {LEDGER_URI_ENV}, "
@@ -549,9 +544,9 @@ def schedule(
     _check_cron(cron)
     params = _parse_params(param, config)
     definitions = _check_package(package, params)
-    _validate_run(definitions, params)
+    run_config = _validate_run(definitions, params)
     if budget_check:
-        _runway_or_refuse(definitions, params, ledger_uri, cron, package)
+        _runway_or_refuse(run_config, ledger_uri, cron, package)
     else:
         typer.echo("budget runway: not checked (--no-budget-check); every run is still "
                    "checked and charged at its plan step")
