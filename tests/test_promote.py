@@ -203,6 +203,20 @@ def test_the_gates_read_the_runs_record_not_its_editable_files(server, run_out, 
     (plan_edit / "privacy_plan.json").write_text(json.dumps(plan))
     refused = _cli("promote", "--out", plan_edit, "--tracking-uri", server.uri)
     assert refused.exit_code == 2 and "privacy_plan.json" in refused.output
+    # ... nor one with a release left out, every number made consistent again: it
+    # recomposes to less epsilon and passes the plan's own accounting check.
+    from dpsynth.privacy.plan import PrivacyPlan, _account
+
+    dropped = _candidate(run_out, tmp_path, seed=304)
+    plan = json.loads((dropped / "privacy_plan.json").read_text())
+    full = PrivacyPlan.from_dict(plan)
+    eps_pld, eps_rdp = _account(full.releases[1:], full.delta)
+    assert eps_pld < full.epsilon_pld
+    plan["releases"] = plan["releases"][1:]
+    plan.update(target_epsilon=eps_pld, epsilon=eps_pld, epsilon_rdp=eps_rdp)
+    (dropped / "privacy_plan.json").write_text(json.dumps(plan))
+    refused = _cli("promote", "--out", dropped, "--tracking-uri", server.uri)
+    assert refused.exit_code == 2 and "it lacks the releases" in refused.output
     # A failed run is never released.
     failed = _candidate(run_out, tmp_path, seed=303)
     run = json.loads((failed / "run.json").read_text())

@@ -525,6 +525,12 @@ def _recorded_candidate(client, out_dir: Path, source_run: str | None) -> dict[s
     except ValueError as exc:
         raise ReleaseError(f"{out_dir / 'privacy_plan.json'}: {exc}") from None
     logged = run.data.params
+    charged = {k.removeprefix("plan.").removesuffix(".sigma") for k in logged
+               if k.startswith("plan.") and k.endswith(".sigma")}
+    if missing := sorted(charged - {r.name for r in plan.releases}):
+        # A release left out of the file would recompose to a smaller epsilon.
+        raise ReleaseError(f"{out_dir / 'privacy_plan.json'} is not the plan run "
+                           f"{source_run} was charged with: it lacks the releases {missing}")
     for r in plan.releases:
         key = f"plan.{r.name}.sigma"
         if key not in logged or not math.isclose(float(logged[key]), r.sigma, rel_tol=1e-9):
