@@ -204,6 +204,16 @@ def overrides(values: Mapping[str, Any]) -> list[str]:
     return out + [str(o) for o in values.get(BY_NAME["extra_overrides"].input_name) or []]
 
 
+def resolve(values: Mapping[str, Any], source: str = "config_yaml") -> RunConfig:
+    """The configuration that the plan task resolves from the parameter values ``values``
+    (by plan input name): ``config_yaml``, the parameters over it, the extra overrides
+    last; validated. Raises :class:`dpsynth.config.ConfigError`."""
+    from dpsynth.config import load_config_text
+
+    return load_config_text(str(values["config_yaml"] or ""), overrides(values),
+                            source=source)
+
+
 def arguments(config: RunConfig) -> dict[str, Any]:
     """Parameter values that reproduce ``config`` exactly: the whole config travels as
     ``config_yaml`` and each named parameter carries the same value (they would win)."""
