@@ -180,16 +180,19 @@ def test_a_shard_is_the_same_for_any_number_of_threads(case, monkeypatch):
                                           ("50000 100000", 1),
                                           ("max 100000", None), ("garbage", None),
                                           (None, None), ("3200000 100000", 8)])
-def test_sampling_threads_follow_the_cgroup_cpu_quota(tmp_path, content, cap):
+def test_sampling_threads_follow_the_cgroup_cpu_quota(tmp_path, monkeypatch, content, cap):
     import os
 
     from dpsynth.gmm.mixture import default_threads
 
+    monkeypatch.delenv("DPSYNTH_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cpu_max = tmp_path / "cpu.max"
     if content is not None:
         cpu_max.write_text(content + "\n")
     cores = min(8, len(os.sched_getaffinity(0)))
-    assert default_threads(cpu_max) == (cores if cap is None else min(cores, cap))
+    # load=0: an idle machine (the load average's share is tests/test_cpu_threads.py's).
+    assert default_threads(cpu_max, load=0.0) == (cores if cap is None else min(cores, cap))
 
 
 def test_shard_class_counts_deal_the_exact_totals():

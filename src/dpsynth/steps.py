@@ -20,6 +20,7 @@ evaluate      synthetic + test EmbeddingSet               metrics.json, plots, r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dpsynth.config import EvaluateConfig, RunConfig
+from dpsynth.cpu_threads import use_torch_threads
 from dpsynth.data.sources import make_source
 from dpsynth.data.store import (
     MANIFEST,
@@ -227,6 +229,44 @@ def _claim_index(file: Path, name: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _content_index(config: RunConfig, key: dict[str, Any]) -> Path:
+    """The index file that names a complete entry holding ``key``'s embeddings under any
+    dataset id: the key less its ``dataset`` is what the embeddings are a function of (the
+    source's content fingerprint, the encoder and its options, the sharding)."""
+    content = {k: v for k, v in key.items() if k != "dataset"}
+    return _cache_root(config) / CACHE_INDEX / f"content-{_key_digest(content)}"
+
+
+def _same_content_entry(config: RunConfig, key: dict[str, Any],
+                        out_dir: Path | None) -> EmbeddingSet | None:
+    """A complete cache entry, other than ``out_dir``, with ``key``'s embeddings under
+    another dataset id (checked, sha256 included), or None. One that no longer is (gone,
+    damaged, or changed) is dropped from the content index, so a complete entry replaces
+    it there."""
+    file = _content_index(config, key)
+    name = _read_index(file)
+    if name is None or (out_dir is not None and name == out_dir.name):
+        return None
+    content = {k: v for k, v in key.items() if k != "dataset"}
+    try:
+        found = EmbeddingSet.open(_cache_root(config) / name)
+        theirs = {k: v for k, v in found.manifest.get("key", {}).items() if k != "dataset"}
+        if theirs == json.loads(json.dumps(content, default=str)):
+            return found
+    except (EmbeddingSetError, OSError, AttributeError):
+        pass  # gone or damaged: its own key's next encode deals with it
+    file.unlink(missing_ok=True)
+    return None
+
+
+def _record_content(config: RunConfig, key: dict[str, Any], entry: Path) -> None:
+    """Name complete ``entry`` in the content index, unless an entry is named there."""
+    file = _content_index(config, key)
+    if not file.exists():
+        with contextlib.suppress(OSError):  # the cache works without it
+            _claim_index(file, entry.name)
+
+
 def _cache_lookup(config: RunConfig, key: dict[str, Any]) -> Path | None:
     """The cache entry directory recorded for ``key``, or None (nothing is created)."""
     name = _read_index(_cache_root(config) / CACHE_INDEX / _key_digest(key))
@@ -289,7 +329,8 @@ def check_cached_encoding(config: RunConfig, split: str, *, part: int = 0,
     """Pre-flight check of a split's embedding cache entry; encodes and decodes nothing.
 
     Returns "absent" (nothing cached, or the cache is off: encode will encode it all),
-    "partial" (encode will resume it) or "complete" (encode will reuse it). A damaged entry
+    "partial" (encode will resume it) or "complete" (encode will reuse it, or take over
+    the shards of the same data's entry under another dataset id). A damaged entry
     is discarded with a :class:`CacheEntryWarning` naming its path and the problem, and
     reported "absent". The source is listed to compute the key (its fingerprint), and the
     entry's files are hashed once: :func:`encode` in the same process reuses the check.
@@ -298,7 +339,10 @@ def check_cached_encoding(config: RunConfig, split: str, *, part: int = 0,
         return "absent"
     key, _ = encoding_key(config, split, part, parts)
     path = _cache_lookup(config, key)
-    return "absent" if path is None else _check_cache_entry(path, key)
+    state = "absent" if path is None else _check_cache_entry(path, key)
+    if state != "complete" and _same_content_entry(config, key, path) is not None:
+        return "complete"
+    return state
 
 
 def progress_unit(encoder: Any) -> str:
@@ -314,6 +358,10 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: 
     source fingerprint, encoder and its options; see :func:`cache_path`): a complete
     cached set is returned without encoding, a partial one is resumed, and a damaged one
     (see :func:`check_cached_encoding`) is discarded with a warning and encoded again.
+    The embeddings are a function of the content alone (the key less its dataset id): a
+    complete entry of the same content under another dataset id gives its shards (hard
+    links) instead of an encode, so a run on the same data under another
+    ``data.dataset_id`` (a public-data ceiling, say) encodes nothing.
     With ``encoder.cache: false`` the set is written afresh to ``out_dir``. Shards already
     written under the same key are never redone, so a crashed encode resumes where it
     stopped.
@@ -331,6 +379,7 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: 
     require_cuda("encode", allow_cpu=config.encoder.allow_cpu)
     key, source = encoding_key(config, split, part, parts)
     checked = False
+    cached = out_dir is None and config.encoder.cache
     if out_dir is None:
         out_dir = cache_path(config, key)
         if config.encoder.cache:
@@ -348,11 +397,22 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: 
         class_names=source.class_names, dataset_id=source.dataset_id, key=key,
         verify=not checked)
     if writer.complete:
+        if cached:
+            _record_content(config, key, out_dir)  # an entry made before the content index
         return EmbeddingSet.open(out_dir, verify=False)  # the writer has just checked it
     rows = config.encoder.shard_rows
     n = len(source)
     mine = np.array_split(np.arange(max(1, -(-n // rows))), parts)[part]
     spans = [(local, int(g) * rows, min(n, (int(g) + 1) * rows)) for local, g in enumerate(mine)]
+    # The same data under another dataset id (e.g. a public copy for a ceiling run) was
+    # encoded already: its shards are taken over, not encoded again. This entry keeps its
+    # own manifest (its dataset id), so every later step reads it as before.
+    same = _same_content_entry(config, key, out_dir) if cached else None
+    for shard in same.manifest["shards"] if same is not None else []:
+        if int(shard["index"]) < len(spans) and not writer.has_shard(int(shard["index"])):
+            writer.adopt_shard(int(shard["index"]), same, shard)
+    if not all(writer.has_shard(local) for local, _, _ in spans):
+        use_torch_threads()  # sized to the cores other work leaves (dpsynth.cpu_threads)
     done_rows = sum(stop - start for local, start, stop in spans if writer.has_shard(local))
     label = f"encode {split}" + (f" part {part + 1}/{parts}" if parts > 1 else "")
     with tqdm(total=sum(stop - start for _, start, stop in spans), initial=done_rows,
@@ -369,7 +429,10 @@ def encode(config: RunConfig, split: str, out_dir: Path | None = None, *, part: 
             # this shard were left out, so a resumed encode lists them all.
             writer.write_shard(local, X, labels, skipped=skipped[already:])
             bar.update(len(skipped) - already)  # left-out images count as done
-    return writer.finish(len(spans))
+    done = writer.finish(len(spans))
+    if cached:
+        _record_content(config, key, out_dir)
+    return done
 
 
 # ---------------------------------------------------------------- dp_cluster, fit_gmm
@@ -568,6 +631,7 @@ def decode(synthetic_dir: Path, out_dir: Path, *, per_class: int = 10,
         return None
     X, y = synthetic.load()
     rows = _first_per_class(y, synthetic.classes, per_class)
+    use_torch_threads()
     images = decoder.decode(X[rows])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -634,6 +698,7 @@ def evaluate_images(synthetic_dir: Path, test_dir: Embeddings, config: RunConfig
                              f"the synthetic set ({synthetic.encoder!r})")
     X, y = synthetic.load()
     rows = _first_per_class(y, synthetic.classes, max(1, max_images // len(synthetic.classes)))
+    use_torch_threads()
     Z = np.empty((len(rows), encoder.dim), np.float32)
     batch = config.encoder.batch_size
     for start in tqdm(range(0, len(rows), batch), disable=not progress, unit="batch",
@@ -686,6 +751,8 @@ def evaluate(synthetic_dir: Path, test_dir: Embeddings, out_dir: Path, *,
     Xs, ys = synthetic.load()
     Xt, yt = test.load()
     stages = ["MLP on synthetic"] + (["MLP on real (non-private)"] if train_dir else [])
+    # torch's default, a thread per core, stalls on a busy machine (see dpsynth.cpu_threads).
+    use_torch_threads()
     with tqdm(stages, disable=not progress, desc="evaluate", unit="model") as bar:
         syn_report = classification_report(
             yt, TwoLayerMLP(**mlp).fit(Xs, ys, classes=classes).predict(Xt), classes)

@@ -513,8 +513,9 @@ class WebDatasetSource(ImageSource):
                              self.image_size, self.color, self.on_bad_image, self.skipped)
 
     def fingerprint(self) -> dict[str, Any]:
+        # rows: data.limit keeps the first samples of the same shards.
         return {"shards": [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                           for p in self.paths], "image_size": self.image_size,
+                           for p in self.paths], "rows": len(self), "image_size": self.image_size,
                 "color": self.color, "class_names": list(self.class_names)}
 
 

@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -455,13 +456,49 @@ class EmbeddingSetWriter:
         stem = f"shard-{index:05d}"
         x_sha, x_bytes = _save_npy_atomic(self.path / f"{stem}.embeddings.npy", X)
         y_sha, y_bytes = _save_npy_atomic(self.path / f"{stem}.labels.npy", y)
-        shards = [s for s in self.manifest["shards"] if s["index"] != index]
         entry = {"index": index, "embeddings": f"{stem}.embeddings.npy",
                  "labels": f"{stem}.labels.npy", "count": len(X),
                  "sha256": {"embeddings": x_sha, "labels": y_sha},
                  "bytes": {"embeddings": x_bytes, "labels": y_bytes}}
         if skipped:
             entry["skipped_unreadable"] = list(skipped)
+        self._record(index, entry, dtype)
+
+    def adopt_shard(self, index: int, source: EmbeddingSet, shard: dict[str, Any]) -> None:
+        """Take shard ``index`` from another complete, checked set (``shard``: its entry in
+        ``source``'s manifest) of the same dimension and dtype, without encoding it: its
+        files are hard-linked in (no second copy on disk; copied where the file system has
+        no hard links), and its checksums and sizes recorded as they are."""
+        if source.dim != self.manifest["dim"]:
+            raise ValueError(f"shard {index}: {source.path} has dimension {source.dim}, "
+                             f"this set {self.manifest['dim']}")
+        dtype = self.manifest["dtype"] or source.manifest["dtype"]
+        if source.manifest["dtype"] != dtype:
+            raise ValueError(f"shard {index}: dtype {source.manifest['dtype']} differs from "
+                             f"the set's {dtype}")
+        if self.complete:
+            raise EmbeddingSetError(f"{self.path} is complete; it takes no more shards")
+        stem = f"shard-{index:05d}"
+        entry = {**shard, "index": index, "embeddings": f"{stem}.embeddings.npy",
+                 "labels": f"{stem}.labels.npy"}
+        for kind in ("embeddings", "labels"):
+            target = self.path / entry[kind]
+            tmp = _tmp_name(target)
+            try:
+                try:
+                    os.link(source.path / shard[kind], tmp)
+                except OSError:  # no hard links here (or across devices): a copy
+                    shutil.copyfile(source.path / shard[kind], tmp)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+        self._record(index, entry, dtype)
+
+    def _record(self, index: int, entry: dict[str, Any], dtype: str) -> None:
+        """Enter a written shard in the manifest, and write the manifest."""
+        shards = [s for s in self.manifest["shards"] if s["index"] != index]
         shards.append(entry)
         shards.sort(key=lambda s: s["index"])
         self.manifest.update(dtype=dtype, shards=shards,

@@ -272,8 +272,10 @@ class TextFileSource(ImageSource):
 
     def fingerprint(self) -> dict[str, Any]:
         stat = self.path.stat()
+        # rows: data.limit keeps the first records of the same file (a folder's listing
+        # shows it; a file's size and time do not).
         return {"file": str(self.path.resolve()), "size": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns, "format": self.format,
+                "mtime_ns": stat.st_mtime_ns, "rows": len(self), "format": self.format,
                 "text_column": self.text_column, "label_column": self.label_column,
                 "class_names": list(self.class_names)}
 

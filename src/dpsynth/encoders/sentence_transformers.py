@@ -165,6 +165,25 @@ class SentenceTransformerEncoder(Encoder):
     def check_inputs(self, inputs) -> list[str]:
         return _check_texts(inputs, self.name)
 
+    def encode(self, texts, batch_size: int = 256, progress: bool = False,
+               on_batch=None) -> np.ndarray:
+        """Encode ``texts`` ``batch_size`` at a time, longest first, rows in input order.
+
+        Each batch is padded to its longest text, so batches of texts in input order pay
+        for the longest text in every one of them (issue 25: 4.3 texts/s at batch 256 on
+        texts of median 27 tokens and longest 263). Batches of neighbours in length order
+        (what sentence-transformers' own ``encode`` does inside one call; dpsynth calls it
+        once per batch, so it cannot) pad little; the output is put back in input order.
+        Embeddings equal the input-order path's up to float rounding: padding is masked.
+        """
+        texts = self.check_inputs(texts)
+        # Longest first, as sentence-transformers orders (its length: characters), stable.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        out[order] = super().encode([texts[i] for i in order], batch_size, progress,
+                                    on_batch)
+        return out
+
     def encode_batch(self, texts) -> np.ndarray:
         texts = _check_texts(texts, self.name)
         if not texts:

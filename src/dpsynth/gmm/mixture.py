@@ -37,8 +37,6 @@ covariances are PSD, residual variances are floored at zero.
 
 from __future__ import annotations
 
-import math
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +47,7 @@ from scipy.linalg import blas
 
 from dpsynth.blas_threads import one_blas_thread
 from dpsynth.clustering.stats import GroupSums, project_to_ball
+from dpsynth.cpu_threads import CPU_MAX, cpu_threads
 from dpsynth.preprocessing import bound_norms
 from dpsynth.privacy import NoiseSource, PrivacyPlan, ReleaseSpec
 from dpsynth.privacy.plan import mechanism_of
@@ -387,25 +386,16 @@ def shard_class_counts(counts_per_class: np.ndarray, sizes: np.ndarray, stop: in
     return out
 
 
-def default_threads(cpu_max: str | Path = "/sys/fs/cgroup/cpu.max") -> int:
-    """Worker threads for sampling: the cores this process may use, at most 8.
+def default_threads(cpu_max: str | Path = CPU_MAX, load: float | None = None) -> int:
+    """Worker threads for sampling: :func:`dpsynth.cpu_threads.cpu_threads`, at most 8.
 
-    A pipeline pod's CPU limit is a cgroup quota, which the affinity mask does not show
-    (a pod limited to 2 CPUs on a 64-core node sees 64): the quota (cgroup v2's
-    ``cpu.max``, "quota period", rounded up) caps the count when there is one. More
-    threads than the quota would only be throttled; the samples do not depend on it.
+    The cores this process may use (its affinity, capped by a pod's cgroup CPU quota,
+    which the affinity does not show) less those other work keeps busy (``load``; the
+    load average when None), or the user's ``DPSYNTH_THREADS``/``OMP_NUM_THREADS``. More
+    threads than that would only be throttled or descheduled; the samples do not depend
+    on it.
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    try:
-        quota, period = Path(cpu_max).read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):  # no cgroup v2 file, or one we cannot read
-        pass
-    return max(1, min(8, cores))
+    return cpu_threads(cap=8, cpu_max=cpu_max, load=load)
 
 
 #: How close to s^2 an eigenvalue of C may be, relative to C's scale, and count as the
