@@ -193,16 +193,16 @@ def test_allow_cpu_is_a_validated_config_key(tmp_path):
 
 
 def test_the_pipeline_parameters_set_the_keys_the_message_names():
-    from dpsynth_kfp.parameters import BY_NAME, PARAMETERS, for_key, overrides
+    from dpsynth_kfp.parameters import BY_NAME, PARAMETERS, for_key, settings
 
     for step_name, (key, parameter) in gpu.ALLOW_CPU.items():
         p = for_key(key)
         assert p.name == parameter and p.type is bool and p.default is False
         assert key in p.description
         values = {q.input_name: q.default for q in PARAMETERS}
-        assert f"{key}=true" not in overrides(values)  # default: the config's own
+        assert key not in settings(values)  # default: the config's own
         values[BY_NAME[parameter].input_name] = True
-        assert f"{key}=true" in overrides(values)
+        assert settings(values)[key] is True
         assert step(step_name).device == "cuda"
 
 

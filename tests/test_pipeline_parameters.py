@@ -1,20 +1,22 @@
-"""The pipeline's parameter table: the overrides the plan task applies, and the arguments
-that reproduce a configuration."""
+"""The pipeline's parameter table: the typed settings the plan task applies, the schema
+they are described by, and the arguments that reproduce a configuration."""
 
 from __future__ import annotations
 
 import inspect
+import math
 
 import pytest
 
-from dpsynth.config import load_config, load_config_text
+from dpsynth.config import field_facts, load_config
 from dpsynth_kfp.components import plan
 from dpsynth_kfp.parameters import (
     PARAMETERS,
     PLAN_PARAMETERS,
     PROMOTE_PARAMETERS,
     arguments,
-    overrides,
+    resolve,
+    settings,
 )
 from dpsynth_kfp.promote_task import promote
 
@@ -25,29 +27,42 @@ def _defaults(**given):
     return values
 
 
-def test_the_overrides_are_those_the_parameters_pod_joined():
-    """Pinned: what the former `parameters` task returned for the same values (in another
-    order: no two set the same key; the extra overrides still come last)."""
-    # The production input size is configs/production.yaml's (config_yaml's default), not
-    # an override: an override would reach every encoder.
-    assert sorted(overrides(_defaults())) == sorted([
-        "data.source=fashion-mnist", "encoder.name=efficientnet-lite0", "privacy.epsilon=1.0",
-        "privacy.delta=1e-05", "model.components_per_class=1", "synthesize.n=60000",
-        "decode.enabled=false"])
-    production = load_config_text(_defaults()["config_yaml"], overrides(_defaults()))
-    assert production.encoder.options == {"image_size": 160}
-    given = overrides(_defaults(
+def test_the_settings_are_typed_values_not_text():
+    """The parameters reach the configuration with their types: no key=value text that
+    is parsed back as YAML (where 'inf', 'yes' or '1e-5' would be read by YAML's rules)."""
+    assert settings(_defaults()) == {
+        "data.source": "fashion-mnist", "encoder.name": "efficientnet-lite0",
+        "privacy.epsilon": 1.0, "privacy.delta": 1e-05, "model.components_per_class": 1,
+        "synthesize.n": 60000, "decode.enabled": False}
+    given = settings(_defaults(
         dataset="image-folder", train_dir="/data/train", test_dir="/data/test",
-        data_image_size=64, decode=True, mlflow_uri="http://mlflow:5000", dataset_id="shop",
-        encoder_image_size=0,
-        noise_seed=0, overrides=["evaluate.steps=30", "data.image_size=32"]))
-    assert given[-2:] == ["evaluate.steps=30", "data.image_size=32"]
-    assert sorted(given[:-2]) == sorted([
-        "data.source=image-folder", "encoder.name=efficientnet-lite0", "privacy.epsilon=1.0",
-        "privacy.delta=1e-05", "model.components_per_class=1", "synthesize.n=60000",
-        "decode.enabled=true", "data.train_dir=/data/train", "data.test_dir=/data/test",
-        "data.image_size=64", "tracking.uri=http://mlflow:5000", "data.dataset_id=shop",
-        "privacy.noise_seed=0"])
+        data_image_size=64, decode=True, mlflow_uri="http://mlflow:5000", dataset_id="yes",
+        encoder_image_size=0, epsilon=math.inf, noise_seed=0,
+        extra_overrides=["evaluate.steps=30"]))
+    assert given["data.dataset_id"] == "yes"  # text stays text (YAML would read True)
+    assert given["privacy.epsilon"] == math.inf and given["privacy.noise_seed"] == 0
+    assert "encoder.options.image_size" not in given  # 0: the config's own
+    assert "evaluate.steps" not in given  # the extra overrides are text, applied last
+    config = resolve(_defaults(dataset_id="yes", extra_overrides=["evaluate.steps=30"]))
+    assert config.data.dataset_id == "yes" and config.evaluate.steps == 30
+    # The production input size is configs/production.yaml's (config_yaml's default), not
+    # a setting: a setting would reach every encoder.
+    assert resolve(_defaults()).encoder.options == {"image_size": 160}
+
+
+def test_the_run_form_is_described_by_the_configuration_schema():
+    """A row with a config key takes its type, default and description from RunConfig:
+    epsilon's default and meaning are written once, in dpsynth.config."""
+    for p in PARAMETERS:
+        if p.key is None or p.key == "encoder.options.image_size":
+            continue
+        annotation, default, description = field_facts(p.key)
+        assert description and description.replace("``", "") in p.description, p.name
+        assert p.key in p.description
+        if default is not None and not isinstance(default, bool):
+            assert p.default == default and type(p.default) is p.type, p.name
+    epsilon = next(p for p in PARAMETERS if p.name == "epsilon")
+    assert (epsilon.type, epsilon.default) == (float, field_facts("privacy.epsilon")[1])
 
 
 @pytest.mark.parametrize("config_file, extra", [
@@ -64,7 +79,7 @@ def test_the_arguments_reproduce_the_configuration(config_file, extra):
     config = load_config(config_file, extra)
     args = arguments(config)
     values = {p.input_name: args.get(p.name, p.default) for p in PARAMETERS}
-    again = load_config_text(args["config_yaml"], overrides(values))
+    again = resolve(values)
     assert again.model_dump(exclude={"decode"}) == config.model_dump(exclude={"decode"})
     # decode.enabled: None (when there is a decoder) becomes the decision, as in `dpsynth run`
     assert again.decode.enabled is (config.decode.enabled
@@ -72,14 +87,17 @@ def test_the_arguments_reproduce_the_configuration(config_file, extra):
                                     config.encoder.name == "pixels")
 
 
-def test_the_plan_component_takes_the_table():
+def test_the_plan_component_is_a_plain_typed_function_taking_the_table():
+    """No generated source: plan's inputs are a written signature, the table's rows with
+    their types, in the table's order."""
+    from dpsynth_kfp import plan_task
+
+    assert plan.python_func is plan_task.plan
     signature = inspect.signature(plan.python_func)
-    taken = {name: (p.annotation, p.default) for name, p in signature.parameters.items()
+    taken = [(name, p.annotation) for name, p in signature.parameters.items()
              if name not in ("config", "privacy_plan", "ledger", "kfp_run_id",
-                             "declared_releases")}
-    assert taken == {p.input_name: (p.type, p.default) for p in PLAN_PARAMETERS}
-    for p in PLAN_PARAMETERS:
-        assert plan.component_spec.inputs[p.input_name].description == p.description
+                             "declared_releases")]
+    assert taken == [(p.input_name, p.type) for p in PLAN_PARAMETERS]
     # Every other parameter goes to the promote task, or says how pods are scheduled
     # (the data claim: a mount, no task input).
     others = [p for p in PARAMETERS if p not in PLAN_PARAMETERS + PROMOTE_PARAMETERS]
@@ -104,13 +122,11 @@ def test_choosing_another_encoder_in_the_run_form_drops_the_configs_options():
     from the run form failed unless the user typed 0. Now the size is an option of the
     production config's EfficientNet, dropped when the form picks another encoder; an
     option given to an encoder that lacks it is one clear error."""
-    values = _defaults(encoder="open_clip")
-    config = load_config_text(values["config_yaml"], overrides(values))
+    config = resolve(_defaults(encoder="open_clip"))
     assert config.encoder.name == "open_clip" and config.encoder.options == {}
     with pytest.raises(ValueError, match="image_size: not an option of this encoder"):
-        load_config_text(values["config_yaml"],
-                         overrides(_defaults(encoder="open_clip", encoder_image_size=224)))
-    same = load_config_text(values["config_yaml"], overrides(_defaults(encoder_image_size=96)))
+        resolve(_defaults(encoder="open_clip", encoder_image_size=224))
+    same = resolve(_defaults(encoder_image_size=96))
     assert same.encoder.options == {"image_size": 96}
 
 

@@ -13,8 +13,21 @@ import typer
 
 from dpsynth.config import DEFAULT_CLASS_BALANCE
 from dpsynth.privacy import PrivacyParameterError
+from dpsynth.promote import Gates
+
+#: The promote gates' defaults: dpsynth.promote.Gates's, written once there.
+_GATES = Gates()
 
 DEFAULT_OUT = Path("dpsynth-out")
+
+
+def _config_help(key: str) -> str:
+    """An option's help, from the run configuration's schema (the option sets ``key``):
+    its description and default, written once, in :mod:`dpsynth.config`."""
+    from dpsynth.config import field_facts
+
+    _, default, description = field_facts(key)
+    return f"{description.replace('``', '')} ({key}; default {default})"
 
 app = typer.Typer(help="dpsynth: differentially private synthetic embeddings.",
                   no_args_is_help=True)
@@ -33,17 +46,16 @@ def plan(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a config key (with --config or alone; repeatable).")] = None,
     epsilon: Annotated[float | None, typer.Option(
-        help="Target epsilon ('inf' for non-private). [default: 1.0]")] = None,
-    delta: Annotated[float | None, typer.Option(
-        help="Target delta (< 1e-3). [default: 1e-05]")] = None,
+        help=_config_help("privacy.epsilon"))] = None,
+    delta: Annotated[float | None, typer.Option(help=_config_help("privacy.delta"))] = None,
     dim: Annotated[int | None, typer.Option(
-        help="Embedding dimension. [default: 1280]", min=1)] = None,
+        help="Embedding dimension (default 1280, the default encoder's).", min=1)] = None,
     components_per_class: Annotated[int | None, typer.Option(
-        help="Mixture components per class. [default: 1]")] = None,
+        help=_config_help("model.components_per_class"))] = None,
     covariance: Annotated[str | None, typer.Option(
-        help="spherical | diagonal | lowrank [default: lowrank]")] = None,
+        help=_config_help("model.covariance"))] = None,
     subspace_dim: Annotated[int | None, typer.Option(
-        help="Shared DP subspace dimension. [default: 64]")] = None,
+        help=_config_help("model.subspace_dim"))] = None,
 ) -> None:
     """Print the privacy plan (every release, its sensitivity and noise) as JSON, with the
     smallest class it can release (``smallest_releasable_class``; also one line on stderr).
@@ -195,14 +207,18 @@ def promote(
         "--version", help="Registered version to promote (with --dataset-id).")] = None,
     tracking_uri: TrackingUriOption = None,
     require_private: Annotated[bool, typer.Option(
-        help="Gate: the release is DP and its noise is not seeded.")] = True,
-    max_epsilon: Annotated[float, typer.Option(help="Gate: epsilon ceiling.")] = 10.0,
-    max_delta: Annotated[float, typer.Option(help="Gate: delta ceiling.")] = 1e-5,
-    min_accuracy: Annotated[float, typer.Option(help="Gate: accuracy floor.")] = 0.1,
+        help="Gate: the release is DP and its noise is not seeded.")] = _GATES.require_private,
+    max_epsilon: Annotated[float, typer.Option(
+        help="Gate: epsilon ceiling.")] = _GATES.max_epsilon,
+    max_delta: Annotated[float, typer.Option(help="Gate: delta ceiling.")] = _GATES.max_delta,
+    min_accuracy: Annotated[float, typer.Option(
+        help="Gate: accuracy floor.")] = _GATES.min_accuracy,
     accuracy_tolerance: Annotated[float, typer.Option(
-        help="Gate: accuracy may be this much below production's.")] = 0.02,
+        help="Gate: accuracy may be this much below production's.")] = (
+        _GATES.accuracy_tolerance),
     frechet_tolerance: Annotated[float, typer.Option(
-        help="Gate: Fréchet distance may be this much above production's.")] = 0.05,
+        help="Gate: Fréchet distance may be this much above production's.")] = (
+        _GATES.frechet_tolerance),
 ) -> None:
     """Register a run's synthetic data and synthesizer as a new version of the MLflow model
     dpsynth-<dataset_id> and, if every gate passes, move the alias 'production' to it.

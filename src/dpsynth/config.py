@@ -11,6 +11,7 @@ import inspect
 import math
 import os
 import typing
+from collections.abc import Mapping, Sequence
 from numbers import Integral
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +48,8 @@ def _numeric(annotation: Any) -> bool:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True,
+                              use_attribute_docstrings=True)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -83,40 +85,44 @@ class DataConfig(_Section):
 
     source: Literal["fashion-mnist", "digits", "image-folder", "webdataset", "text"] = (
         "fashion-mnist")
-    #: fashion-mnist: folder with the IDX files (default: Debian's dataset-fashion-mnist).
+    """Data source: fashion-mnist, digits, image-folder, webdataset or text."""
     root: Path | None = None
-    #: image-folder: ``train_dir/<class name>/*.png|jpg`` (private) and the same for test.
-    #: text: ``train_dir/<class name>/*.txt`` (one UTF-8 text per file), or the files below.
+    """fashion-mnist: folder with the IDX files (default: Debian's
+    dataset-fashion-mnist)."""
     train_dir: Path | None = None
+    """image-folder: ``train_dir/<class name>/*.png|jpg`` (private) and the same for test.
+    text: ``train_dir/<class name>/*.txt`` (one UTF-8 text per file), or the files below."""
     test_dir: Path | None = None
-    #: text: a JSON Lines (.jsonl) or CSV (.csv, with a header row) file, one record per
-    #: line/row, with a text and a label column (labels are class names).
+    """The public test records, laid out as ``train_dir``."""
     train_file: Path | None = None
+    """text: a JSON Lines (.jsonl) or CSV (.csv, with a header row) file, one record per
+    line/row, with a text and a label column (labels are class names)."""
     test_file: Path | None = None
     text_column: str = Field(default="text", min_length=1)
     label_column: str = Field(default="label", min_length=1)
-    #: webdataset: tar shards, brace-expanded ("/data/train-{000000..000099}.tar").
     train_urls: str | None = None
+    """webdataset: tar shards, brace-expanded ("/data/train-{000000..000099}.tar")."""
     test_urls: str | None = None
-    #: The public class list, in label order (image-folder default: train_dir's folders;
-    #: required for webdataset, whose .cls labels index it).
     class_names: list[str] | None = None
-    #: image-folder: images are resized to image_size x image_size.
+    """The public class list, in label order (image-folder default: train_dir's folders;
+    required for webdataset, whose .cls labels index it)."""
     image_size: int | None = Field(default=None, ge=8, le=4096)
+    """image-folder: images are resized to image_size x image_size."""
     color: Literal["gray", "rgb"] = "rgb"
-    #: image-folder: an image that cannot be decoded stops the run ("fail", naming the
-    #: file) or is left out and reported ("skip").
     on_bad_image: Literal["fail", "skip"] = "fail"
-    #: image-folder: threads decoding image files in parallel.
+    """image-folder: an image that cannot be decoded stops the run ("fail", naming the file)
+    or is left out and reported ("skip")."""
     workers: int = Field(default=4, ge=1, le=64)
-    #: Use only the first ``limit`` training records (a quick run); selection by position.
+    """image-folder: threads decoding image files in parallel."""
     limit: int | None = Field(default=None, ge=1)
-    #: The key of the privacy budget ledger (default: derived from the source).
+    """Use only the first ``limit`` training records (a quick run); selection by
+    position."""
     dataset_id: str | None = None
-    #: image-folder: read symlinks (class folders or files) whose real path lies outside
-    #: train_dir/test_dir. Off by default, so that a link cannot quietly pull in records
-    #: from elsewhere; each real file still counts once and in one class only.
+    """The key of the privacy budget ledger (default: derived from the source)."""
     follow_symlinks_outside_root: bool = False
+    """image-folder: read symlinks (class folders or files) whose real path lies outside
+    train_dir/test_dir. Off by default, so that a link cannot quietly pull in records
+    from elsewhere; each real file still counts once and in one class only."""
 
     @field_validator("class_names", mode="before")
     @classmethod
@@ -188,26 +194,27 @@ def default_cache_dir() -> Path:
 
 
 class EncoderConfig(_Section):
-    #: Encoder registry name (built in or a plugin's; ``prefix:spec`` for parametrised ones).
     name: str = "efficientnet-lite0"
+    """Encoder registry name (built in or a plugin's; ``prefix:spec`` for parametrised
+    ones)."""
 
     @field_validator("name")
     @classmethod
     def _known_encoder(cls, name: str) -> str:
         return _registered("encoder", name)
 
-    #: Keyword arguments of the encoder's factory (e.g. ``image_size`` for EfficientNet).
     options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the encoder's factory (e.g. ``image_size`` for EfficientNet)."""
     batch_size: int = Field(default=256, ge=1)
-    #: Rows per EmbeddingSet shard: the unit of resumption after a crash.
     shard_rows: int = Field(default=8192, ge=1)
-    #: Reuse embeddings keyed by (dataset, encoder, preprocessing); ``false`` re-encodes.
+    """Rows per EmbeddingSet shard: the unit of resumption after a crash."""
     cache: bool = True
+    """Reuse embeddings keyed by (dataset, encoder, preprocessing); ``false`` re-encodes."""
     cache_dir: Path = Field(default_factory=default_cache_dir)
-    #: On the CUDA image ($DPSYNTH_REQUIRE_CUDA=1) encode refuses to run without a usable
-    #: GPU (a driver older than torch's CUDA would make it encode on CPU for hours);
-    #: ``true`` lets it run on CPU with a warning. Elsewhere it has no effect.
     allow_cpu: bool = False
+    """On the CUDA image ($DPSYNTH_REQUIRE_CUDA=1) encode refuses to run without a usable
+    GPU (a driver older than torch's CUDA would make it encode on CPU for hours);
+    ``true`` lets it run on CPU with a warning. Elsewhere it has no effect."""
 
     @model_validator(mode="after")
     def _options_of_this_encoder(self) -> EncoderConfig:
@@ -251,14 +258,16 @@ class BudgetConfig(_EpsilonDelta):
 
 class PrivacyConfig(_EpsilonDelta):
     epsilon: float = 1.0
+    """The run's DP epsilon, charged to the dataset's budget (``inf``: non-private)."""
     delta: float = 1e-5
-    #: Test only: seeds the DP noise and marks every output NOT private.
+    """The run's DP delta."""
     noise_seed: int | None = None
+    """Test only: seeds the DP noise and marks every output NOT private."""
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
-    #: Where the budget ledger is: sqlite:////ABS/PATH or postgresql://ROLE@HOST/DB (no
-    #: password here: this config is logged). None: $DPSYNTH_LEDGER_URI, else a per-user
-    #: SQLite file (never under --out, whose reset would reset the budget).
     ledger_uri: str | None = None
+    """Where the budget ledger is: sqlite:////ABS/PATH or postgresql://ROLE@HOST/DB (no
+    password here: this config is logged). None: $DPSYNTH_LEDGER_URI, else a per-user
+    SQLite file (never under --out, whose reset would reset the budget)."""
 
     # A model (not field) validator: the error then shows the privacy section, not the
     # URI, so a password put there by mistake is not echoed into logs.
@@ -373,29 +382,31 @@ DEFAULT_CLASS_BALANCE = "balanced"
 
 
 class SynthesizeConfig(_Section):
-    #: Number of synthetic records (public; not the size of the private set).
     n: int = Field(default=60000, ge=1)
-    #: ``balanced``: the same number of records per released class; ``proportional``: in
-    #: proportion to the noisy class counts. Balanced is the default: it was as good or
-    #: better at every eps of the small-data benchmark, most on imbalanced data (issue 13,
-    #: docs/results.md "Small data"). A class below the noise threshold gets none either way.
+    """Number of synthetic records (public; not the size of the private set)."""
     class_balance: Literal["proportional", "balanced"] = DEFAULT_CLASS_BALANCE
+    """``balanced``: the same number of records per released class; ``proportional``: in
+    proportion to the noisy class counts. Balanced is the default: it was as good or
+    better at every eps of the small-data benchmark, most on imbalanced data (issue 13,
+    docs/results.md "Small data"). A class below the noise threshold gets none either
+    way."""
     random_state: int | None = 0
     shard_rows: int = Field(default=65536, ge=1)
 
 
 class DecodeConfig(_Section):
-    #: ``None``: decode whenever there is a decoder (``decoder`` or one that inverts the
-    #: encoder).
     enabled: bool | None = None
+    """Run the decode step (synthetic embeddings back to images); ``None``: whenever there
+    is a decoder (``decoder`` or one that inverts the encoder)."""
     per_class: int = Field(default=10, ge=1, le=100)
-    #: Decoder registry name (e.g. ``unclip``); ``None``: the one that inverts the encoder.
     decoder: str | None = None
-    #: Keyword arguments of the decoder (for unclip: model, steps, guidance_scale, ...).
+    """Decoder registry name (e.g. ``unclip``); ``None``: the one that inverts the encoder.
+    Decoder registry name (e.g. ``unclip``); ``None``: the one that inverts the encoder."""
     options: dict[str, Any] = Field(default_factory=dict)
-    #: As ``encoder.allow_cpu``, for decode: ``true`` lets decode run on CPU on the CUDA
-    #: image when there is no usable GPU (with a warning) instead of refusing.
+    """Keyword arguments of the decoder (for unclip: model, steps, guidance_scale, ...)."""
     allow_cpu: bool = False
+    """As ``encoder.allow_cpu``, for decode: ``true`` lets decode run on CPU on the CUDA
+    image when there is no usable GPU (with a warning) instead of refusing."""
 
     @field_validator("decoder")
     @classmethod
@@ -414,19 +425,19 @@ class DecodeConfig(_Section):
 
 class EvaluateConfig(_Section):
     hidden: int = Field(default=256, ge=0)
-    #: Optimiser steps, the same whatever the number of rows (a number of epochs
-    #: underfits small data); the default is fixed on public data, see
-    #: ``dpsynth.evaluation.mlp.STEPS``.
     steps: int = Field(default=2000, ge=1)
+    """Optimiser steps, the same whatever the number of rows (a number of epochs underfits
+    small data); the default is fixed on public data, see
+    ``dpsynth.evaluation.mlp.STEPS``."""
     lr: float = Field(default=1e-3, gt=0)
     batch_size: int = Field(default=256, ge=1)
     random_state: int | None = 0
-    #: Train the same MLP on the real private embeddings as a ceiling. NOT covered by the
-    #: DP guarantee: the number is for the data owner and is labelled so everywhere.
     nonprivate_baseline: bool = True
-    #: Also decode synthetic samples, re-encode the images and score an MLP trained on
-    #: them (needs an encoder with a decoder).
+    """Train the same MLP on the real private embeddings as a ceiling. NOT covered by the DP
+    guarantee: the number is for the data owner and is labelled so everywhere."""
     image_level: bool = False
+    """Also decode synthetic samples, re-encode the images and score an MLP trained on them
+    (needs an encoder with a decoder)."""
     image_level_max: int = Field(default=10000, ge=10)
 
     @model_validator(mode="before")
@@ -442,9 +453,9 @@ class EvaluateConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    #: MLflow tracking URI; ``None``: $MLFLOW_TRACKING_URI, else the embedded sqlite store
-    #: in the per-user dpsynth home ($DPSYNTH_HOME; never under --out).
     uri: str | None = None
+    """MLflow tracking URI; ``None``: $MLFLOW_TRACKING_URI, else the embedded sqlite store
+    in the per-user dpsynth home ($DPSYNTH_HOME; never under --out)."""
     experiment: str = "dpsynth"
 
 
@@ -501,31 +512,48 @@ _PLUGIN_OPTIONS = {("encoder", "name"): ("encoder", "options"),
                    ("decode", "decoder"): ("decode", "options")}
 
 
-def _drop_stale_options(data: dict[str, Any], overrides: list[str]) -> None:
-    """An override that switches the encoder (or decoder) drops the options the config
-    gave the one it replaces: an option reaches only the plugin that has it (the run
-    form's encoder field over a config made for EfficientNet, say)."""
-    parsed = [tuple(parse_override(text)[0]) for text in overrides]
+def field_facts(key: str) -> tuple[Any, Any, str]:
+    """(annotation, default, description) of the dotted config ``key`` (``privacy.epsilon``)
+    as :class:`RunConfig` declares it: the one place a run setting is described, read by
+    the pipeline's run form (:mod:`dpsynth_kfp.parameters`) and the CLI's options."""
+    model: type[BaseModel] = RunConfig
+    *sections, name = key.split(".")
+    for section in sections:
+        model = model.model_fields[section].annotation
+    field = model.model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    return field.annotation, default, " ".join((field.description or "").split())
+
+
+def _drop_stale_options(data: dict[str, Any], settings: list[tuple[list[str], Any]]) -> None:
+    """A setting that switches the encoder (or decoder) drops the options the config gave
+    the one it replaces: an option reaches only the plugin that has it (the run form's
+    encoder field over a config made for EfficientNet, say)."""
     for (section, key), (_, options_key) in _PLUGIN_OPTIONS.items():
         node = data.get(section)
         if not isinstance(node, dict) or options_key not in node:
             continue
-        switched = [parse_override(t)[1] for t, p in zip(overrides, parsed, strict=True)
-                    if p == (section, key)]
-        touched = any(p[:2] == (section, options_key) for p in parsed)
+        switched = [value for path, value in settings if tuple(path) == (section, key)]
+        touched = any(tuple(path[:2]) == (section, options_key) for path, _ in settings)
         if switched and switched[-1] != node.get(key) and not touched:
             node.pop(options_key)
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    _drop_stale_options(data, overrides)
-    for text in overrides:
-        path, value = parse_override(text)
+def apply_settings(data: dict[str, Any], settings: Sequence[tuple[str, Any]],
+                   *, labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """Set each dotted key of ``settings`` (``("privacy.epsilon", 2.0)``, in order) to its
+    value, as given: no text round trip, so a run parameter arrives with its type. An
+    error names the setting by its entry in ``labels`` (default: the key)."""
+    paths = [([part.strip() for part in key.split(".")], value) for key, value in settings]
+    _drop_stale_options(data, paths)
+    for i_setting, (key, value) in enumerate(settings):
+        path = paths[i_setting][0]
         node = data
         for i, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {'.'.join(path[:i + 1])} is not a section")
+                where = labels[i_setting] if labels else key
+                raise ConfigError(f"{where}: {'.'.join(path[:i + 1])} is not a section")
             node = child
         node[path[-1]] = value
     return data
@@ -557,8 +585,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def load_config_text(text: str | None, overrides: list[str] | None = None, *,
+                     settings: Mapping[str, Any] | None = None,
                      source: str = "config text") -> RunConfig:
-    """Like :func:`load_config` for YAML given as a string (``None``/empty: defaults)."""
+    """Like :func:`load_config` for YAML given as a string (``None``/empty: defaults).
+    ``settings`` (dotted key -> typed value, the pipeline's run parameters) apply before
+    the ``key=value`` overrides."""
     data: dict[str, Any] = {}
     if text and text.strip():
         try:
@@ -571,9 +602,16 @@ def load_config_text(text: str | None, overrides: list[str] | None = None, *,
         data = loaded or {}
     else:
         source = "defaults"
+    if settings:
+        source += " + run parameters"
     if overrides:
-        data = apply_overrides(data, overrides)
         source += " + --set"
+    # One pass, so a switched plugin's options are dropped as for one list of overrides.
+    texts = list(overrides or [])
+    pairs = [(".".join(path), value) for path, value in map(parse_override, texts)]
+    if settings or pairs:
+        data = apply_settings(data, [*(settings or {}).items(), *pairs],
+                              labels=[*(settings or {}), *(f"--set {t!r}" for t in texts)])
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

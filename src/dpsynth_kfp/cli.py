@@ -419,17 +419,15 @@ def _upload_version(client, package: Path, pipeline_name: str, version_name: str
 
 def _run_config(definitions: dict[str, dict], params: dict[str, object]):
     """The configuration a run of the package with ``params`` resolves at its plan step:
-    the package's defaults, then ``params``, applied to ``config_yaml`` as the plan task
-    does (:mod:`dpsynth_kfp.plan_task`)."""
-    from dpsynth.config import load_config_text
-    from dpsynth_kfp.parameters import PARAMETERS, overrides
+    the package's defaults, then ``params``, as the plan task resolves them
+    (:func:`dpsynth_kfp.parameters.resolve`)."""
+    from dpsynth_kfp.parameters import PARAMETERS, resolve
 
     values = {}
     for p in PARAMETERS:
         default = definitions.get(p.name, {}).get("defaultValue", p.default)
         values[p.input_name] = params.get(p.name, default)
-    return load_config_text(str(values["config_yaml"] or ""), overrides(values),
-                            source="config_yaml")
+    return resolve(values)
 
 
 def declared_in_package(spec: dict) -> tuple:

@@ -20,7 +20,6 @@ the function body. The descriptions of the inputs (``Args:``) and of the outputs
 (``Returns:``, kfp's convention) go into the specs.
 """
 
-import linecache
 import os
 import re
 import tempfile
@@ -43,7 +42,7 @@ from kfp.dsl import (
 from kfp.dsl.base_component import BaseComponent
 
 from dpsynth.step_graph import STEP_NAMES
-from dpsynth.step_graph import step as graph_step
+from dpsynth_kfp import plan_task
 from dpsynth_kfp.parameters import PLAN_PARAMETERS
 
 DEFAULT_REGISTRY = "ghcr.io/dpsynth"
@@ -86,52 +85,27 @@ CPU, CUDA = DEFAULT_IMAGES["cpu"], DEFAULT_IMAGES["cuda"]
 
 
 # ------------------------------------------------------------------------------ plan
-def _plan_component() -> BaseComponent:
-    """The plan component, its inputs generated from the parameter table
-    (:data:`dpsynth_kfp.parameters.PLAN_PARAMETERS`) so that they are written once. The
-    shipped function only forwards its arguments to :func:`dpsynth_kfp.plan_task.run`."""
-    inputs = "".join(f"    {p.input_name}: {p.type.__name__} = {p.default!r},\n"
-                     for p in PLAN_PARAMETERS)
-    args = ("        kfp_run_id: The Kubeflow run's id (the pipeline passes\n"
-            "            dsl.PIPELINE_JOB_ID_PLACEHOLDER): a per-run input, so plan is never\n"
-            "            served from a cache, even when the client enables caching.\n"
-            "        declared_releases: The DP releases that replacement components of\n"
-            "            private steps declare (JSON, fixed when the pipeline is compiled):\n"
-            "            planned and charged with the configuration's own.\n"
-            + "".join(f"        {p.input_name}: {p.description}\n" for p in PLAN_PARAMETERS))
-    source = (
-        "def plan(\n"
-        "    config: Output[Artifact],\n"
-        "    privacy_plan: Output[Artifact],\n"
-        "    ledger: Output[Markdown],\n"
-        "    kfp_run_id: str,\n"
-        "    declared_releases: str = '',\n"
-        f"{inputs}"
-        ") -> str:\n"
-        f'    """{graph_step("plan").summary}\n\n'
-        "    A refusal fails the pipeline here, before any encode task starts. The\n"
-        "    parameters are applied to config_yaml as config overrides\n"
-        "    (dpsynth_kfp.parameters), then overrides.\n\n"
-        "    Args:\n"
-        f"{args}\n"
-        "    Returns:\n"
-        "        config: The validated configuration, the parameters applied (YAML).\n"
-        "        privacy_plan: privacy_plan.json: every noisy release and its noise.\n"
-        "        ledger: The budget check, for the Kubeflow UI.\n"
-        "        Output: The MLflow run id that the evaluate task logs to.\n"
-        '    """\n'
-        "    from dpsynth_kfp.plan_task import run\n\n"
-        "    return run(**locals())\n")
-    # kfp ships the function's source (inspect.getsource): give it a file name to read.
-    filename = "<dpsynth_kfp.components.plan>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace = {"__name__": __name__, "Output": Output, "Artifact": Artifact,
-                 "Markdown": Markdown}
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own template
-    return dsl.component(base_image=CPU, install_kfp_package=False)(namespace["plan"])
+#: Made from a plain typed function (:func:`dpsynth_kfp.plan_task.plan`), whose inputs are
+#: the plan task's run parameters (:data:`dpsynth_kfp.parameters.PLAN_PARAMETERS`).
+plan = dsl.component(base_image=CPU, install_kfp_package=False)(plan_task.plan)
 
 
-plan = _plan_component()
+def _describe_plan_inputs() -> None:
+    """The plan component's input descriptions, from the parameter table (so from the
+    run configuration's schema), not written a second time in plan's docstring."""
+    described = {p.input_name: p.description for p in PLAN_PARAMETERS}
+    described.update(
+        kfp_run_id="The Kubeflow run's id (the pipeline passes "
+        "dsl.PIPELINE_JOB_ID_PLACEHOLDER): a per-run input, so plan is never served from a "
+        "cache, even when the client enables caching.",
+        declared_releases="The DP releases that replacement components of private steps "
+        "declare (JSON, fixed when the pipeline is compiled): planned and charged with the "
+        "configuration's own.")
+    for name, spec in plan.component_spec.inputs.items():
+        spec.description = described[name]
+
+
+_describe_plan_inputs()
 
 
 # ---------------------------------------------------------------------------- encode

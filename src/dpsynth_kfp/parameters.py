@@ -1,21 +1,29 @@
 """The pipeline's run parameters: one table, mapping each to the config key it sets.
 
+A row that sets a config key takes its type, default and description from the run
+configuration's schema (:func:`dpsynth.config.field_facts`): the run form says what
+:class:`dpsynth.config.RunConfig` says, and the default is written once, there. A row only
+adds what the pipeline needs beyond that: the value that means "the config's own" (an
+empty ``train_dir``) and a note for the form.
+
 The table builds the pipeline's signature and the descriptions in the Kubeflow run form
-(:func:`dpsynth_kfp.pipeline.build_pipeline`), the plan component's inputs (the rows
-whose ``task`` is plan; the promote switch and gates go to the promote task)
-(:mod:`dpsynth_kfp.components`), the ``key=value`` overrides that the plan task applies
-(:func:`overrides`) and the arguments that reproduce a configuration for a local run
-(:func:`arguments`). A parameter is added by adding a row here.
+(:func:`dpsynth_kfp.pipeline.build_pipeline`); the plan task (:func:`dpsynth_kfp.plan_task.
+plan`, a plain typed function whose inputs are the rows whose ``task`` is plan) turns its
+arguments into typed settings (:func:`settings`) over ``config_yaml`` (:func:`resolve`);
+:func:`arguments` gives the values that reproduce a configuration for a local run. A
+parameter is added by adding a row here and an argument to the plan task.
 """
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpsynth.config import RunConfig
+from dpsynth.config import RunConfig, field_facts
+from dpsynth.promote import Gates
 from dpsynth.step_graph import config_value
 
 #: The pipeline's production configuration (GPU encode at 160 px, ...): the default of
@@ -45,26 +53,44 @@ def _non_negative(value: Any) -> bool:
     return value >= 0
 
 
-#: A parameter's default when it is the config key's own default (see :func:`_from_config`).
+#: A parameter's default when it is the config key's own default (the schema's).
 FROM_CONFIG: Any = object()
+
+
+def form_type(annotation: Any) -> type:
+    """The run form's type for a config field's annotation: KFP parameters are str, int,
+    float, bool or list (an optional field's form value is its type's; a path or a choice
+    among names is text)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return type(args[0])
+    if args and typing.get_origin(annotation) is not list:
+        return form_type(args[0])
+    if annotation is Path:
+        return str
+    if annotation in (str, int, float, bool, list):
+        return annotation
+    raise TypeError(f"a config field of type {annotation!r} cannot be a run parameter")
 
 
 @dataclass(frozen=True)
 class Parameter:
-    """One pipeline parameter. ``default`` :data:`FROM_CONFIG`: the default of its config
-    key in :class:`dpsynth.config.RunConfig`, so the value is written once."""
+    """One pipeline parameter. With a config ``key``, ``type`` and ``description`` come
+    from the schema (:func:`dpsynth.config.field_facts`) and ``default``
+    :data:`FROM_CONFIG` is the key's own default."""
 
     name: str
-    type: type
-    default: Any
-    description: str
-    #: The config key it overrides; ``None`` for ``config_yaml`` and ``extra_overrides``.
+    #: The config key it sets; ``None`` for the rows with no key. Those, and a key that the
+    #: schema does not type (a plugin's option), give ``type`` and ``description``.
     key: str | None = None
+    default: Any = FROM_CONFIG
+    #: What the form adds to the schema's description (what an unset value means).
+    note: str = ""
+    type: type = field(default=str)
+    description: str = ""
     #: Whether a value is applied; otherwise the config's own value stands (an empty
     #: ``train_dir`` keeps the config's). The default applies every value.
     applies: Callable[[Any], bool] = field(default=_always, repr=False)
-    #: The plan component's name for the input (default: the parameter's name).
-    plan_input: str | None = None
     #: The task that takes it: "plan" (the run's configuration), "promote" (the
     #: production refresh after evaluate; no config key, plan does not take it) or
     #: "cluster" (how pods are scheduled or what they mount: no task input, no config key).
@@ -75,100 +101,84 @@ class Parameter:
 
     @property
     def input_name(self) -> str:
-        return self.plan_input or self.name
+        return self.name
 
     def __post_init__(self) -> None:
+        if self.key is None or self.description:  # a key the schema does not type
+            return
+        annotation, default, described = field_facts(self.key)
+        kind = form_type(annotation)
+        object.__setattr__(self, "type", kind)
+        object.__setattr__(self, "description", " ".join(
+            part for part in (described.replace("``", ""), self.note, f"({self.key})")
+            if part))
         if self.default is FROM_CONFIG:
-            object.__setattr__(self, "default", self.type(config_value(RunConfig(), self.key)))
+            object.__setattr__(self, "default", kind(default))
 
+
+#: The promote gates' defaults (dpsynth.promote.Gates's, written once there).
+_GATES = Gates()
 
 #: In the order of the pipeline's signature. The parameters are applied after
 #: ``config_yaml``, so a parameter wins over the same key there; ``extra_overrides`` last.
 PARAMETERS: tuple[Parameter, ...] = (
-    Parameter("config_yaml", str, _production_yaml(),
-              "A whole run configuration (YAML, as in configs/; the default is "
-              "configs/production.yaml). The parameters below override its keys; empty: "
-              "dpsynth's defaults."),
-    Parameter("dataset", str, FROM_CONFIG,
-              "Data source: fashion-mnist, digits, image-folder or webdataset "
-              "(data.source).", key="data.source"),
-    Parameter("train_dir", str, "",
-              "image-folder: the private training images, a path every pod can read "
-              "(data.train_dir); empty: the config's.", key="data.train_dir", applies=bool),
-    Parameter("test_dir", str, "",
-              "image-folder: the public test images (data.test_dir); empty: the config's.",
-              key="data.test_dir", applies=bool),
-    Parameter("data_image_size", int, 0,
-              "image-folder: images are resized to this square size (data.image_size); "
-              "0: the config's.", key="data.image_size", applies=bool),
-    Parameter("data_pvc", str, "dpsynth-data",
-              "The PersistentVolumeClaim with the private data, mounted at /data on plan "
-              "and encode (image-folder: train_dir=/data/train, test_dir=/data/test). The "
-              "claim must exist in the run's namespace (manifests/ creates dpsynth-data).",
-              task="cluster"),
-    Parameter("encoder", str, FROM_CONFIG,
-              "Encoder registry name (encoder.name).", key="encoder.name"),
-    Parameter("encoder_image_size", int, 0,
-              "efficientnet-lite0: the encoder's input size in px "
+    Parameter("config_yaml", default=_production_yaml(), description=(
+        "A whole run configuration (YAML, as in configs/; the default is "
+        "configs/production.yaml). The parameters below override its keys; empty: "
+        "dpsynth's defaults.")),
+    Parameter("dataset", "data.source"),
+    Parameter("train_dir", "data.train_dir", "", "Form: a path every pod can read; empty "
+              "for the config's.", applies=bool),
+    Parameter("test_dir", "data.test_dir", "", "Form: empty for the config's.", applies=bool),
+    Parameter("data_image_size", "data.image_size", 0, "Form: 0 for the config's.", applies=bool),
+    Parameter("data_pvc", default="dpsynth-data", task="cluster", description=(
+        "The PersistentVolumeClaim with the private data, mounted at /data on plan "
+        "and encode (image-folder: train_dir=/data/train, test_dir=/data/test). The "
+        "claim must exist in the run's namespace (manifests/ creates dpsynth-data).")),
+    Parameter("encoder", "encoder.name"),
+    # A plugin's option, not a RunConfig field: its own row says what it is.
+    Parameter("encoder_image_size", "encoder.options.image_size", 0, type=int,
+              applies=bool, unset=0,
+              description="efficientnet-lite0: the encoder's input size in px "
               "(encoder.options.image_size); 0: the config's own (configs/production.yaml: "
-              "160). Other encoders have no such option.",
-              key="encoder.options.image_size", applies=bool, unset=0),
-    Parameter("encode_allow_cpu", bool, False,
-              "Let encode run on CPU, with a warning, when its GPU node has no usable GPU "
-              "(encoder.allow_cpu). Off: encode stops before reading any image, naming "
-              "torch's CUDA version and the node driver's, since a CPU encode can take "
-              "hours; false also leaves the config's own value.",
-              key="encoder.allow_cpu", applies=bool),
-    Parameter("epsilon", float, FROM_CONFIG,
-              "The run's DP epsilon, charged to the dataset's budget (privacy.epsilon).",
-              key="privacy.epsilon"),
-    Parameter("delta", float, FROM_CONFIG, "The run's DP delta (privacy.delta).",
-              key="privacy.delta"),
-    Parameter("components_per_class", int, FROM_CONFIG,
-              "Gaussian mixture components per class (model.components_per_class).",
-              key="model.components_per_class"),
-    Parameter("n_samples", int, FROM_CONFIG, "Synthetic records to sample (synthesize.n).",
-              key="synthesize.n"),
-    Parameter("decode", bool, False,
-              "Run the decode step; needs an encoder with a decoder (decode.enabled).",
-              key="decode.enabled"),
-    Parameter("decode_allow_cpu", bool, False,
-              "Let decode run on CPU, with a warning, when its GPU node has no usable GPU "
-              "(decode.allow_cpu). Off: decode stops before it starts, as encode does; false "
-              "also leaves the config's own value.",
-              key="decode.allow_cpu", applies=bool),
-    Parameter("mlflow_uri", str, "",
-              "MLflow tracking store (tracking.uri); empty: MLFLOW_TRACKING_URI from the "
-              "dpsynth-mlflow secret. One is required: every run shares the ledger.",
-              key="tracking.uri", applies=bool),
-    Parameter("dataset_id", str, "",
-              "The privacy budget ledger's key for the dataset (data.dataset_id); empty: "
-              "derived from the data source.", key="data.dataset_id", applies=bool),
-    Parameter("noise_seed", int, -1,
-              "Tests only: a value >= 0 seeds the noise and marks every output NOT "
-              "private (privacy.noise_seed); -1: fresh noise.",
-              key="privacy.noise_seed", applies=_non_negative),
-    Parameter("extra_overrides", list, [],
-              "More key=value config overrides (YAML values), applied last.",
-              plan_input="overrides"),
-    Parameter("promote", bool, False,
-              "After evaluate, register the synthetic set and the mixture in the MLflow "
-              "model registry and move the alias production to them if every gate below "
-              "passes (a failed gate fails the run; production stays). Off: no promote "
-              "task.", task="promote"),
-    Parameter("max_epsilon", float, 10.0,
-              "promote gate: the run's epsilon may not exceed this.", task="promote"),
-    Parameter("max_delta", float, 1e-5,
-              "promote gate: the run's delta may not exceed this.", task="promote"),
-    Parameter("min_accuracy", float, 0.1,
-              "promote gate: the synthetic-trained accuracy must reach this.",
-              task="promote"),
-    Parameter("accuracy_tolerance", float, 0.02,
-              "promote gate: accuracy may be at most this much below production's.",
-              task="promote"),
-    Parameter("frechet_tolerance", float, 0.05,
-              "promote gate: the Fréchet distance may be at most this much above "
-              "production's.", task="promote"),
+              "160). Other encoders have no such option."),
+    Parameter("encode_allow_cpu", "encoder.allow_cpu", False,
+              "Form: unchecked leaves the config's own value.", applies=bool),
+    Parameter("epsilon", "privacy.epsilon"),
+    Parameter("delta", "privacy.delta"),
+    Parameter("components_per_class", "model.components_per_class"),
+    Parameter("n_samples", "synthesize.n"),
+    Parameter("decode", "decode.enabled", False,
+              "Form: the box sets it; unchecked is false."),
+    Parameter("decode_allow_cpu", "decode.allow_cpu", False,
+              "Form: unchecked leaves the config's own value.", applies=bool),
+    Parameter("mlflow_uri", "tracking.uri", "", "Form: empty for unset (in a pod, "
+              "MLFLOW_TRACKING_URI from the dpsynth-mlflow secret). One is required: every "
+              "run shares the ledger.",
+              applies=bool),
+    Parameter("dataset_id", "data.dataset_id", "", "Form: empty for unset.",
+              applies=bool),
+    Parameter("noise_seed", "privacy.noise_seed", -1, "Form: -1 for unset (fresh noise).",
+              applies=_non_negative),
+    Parameter("extra_overrides", default=[], type=list,
+              description="More key=value config overrides (YAML values), applied last."),
+    Parameter("promote", default=False, type=bool, task="promote", description=(
+        "After evaluate, register the synthetic set and the mixture in the MLflow "
+        "model registry and move the alias production to them if every gate below "
+        "passes (a failed gate fails the run; production stays). Off: no promote "
+        "task.")),
+    Parameter("max_epsilon", default=_GATES.max_epsilon, type=float, task="promote",
+              description="promote gate: the run's epsilon may not exceed this."),
+    Parameter("max_delta", default=_GATES.max_delta, type=float, task="promote",
+              description="promote gate: the run's delta may not exceed this."),
+    Parameter("min_accuracy", default=_GATES.min_accuracy, type=float, task="promote",
+              description="promote gate: the synthetic-trained accuracy must reach this."),
+    Parameter("accuracy_tolerance", default=_GATES.accuracy_tolerance, type=float, task="promote",
+              description="promote gate: accuracy may be at most this much below "
+              "production's."),
+    Parameter("frechet_tolerance", default=_GATES.frechet_tolerance, type=float, task="promote",
+              description="promote gate: the Fréchet distance may be at most this much "
+              "above production's."),
 )
 
 NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
@@ -192,16 +202,12 @@ def for_key(key: str) -> Parameter:
     return found[0]
 
 
-def _format(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def overrides(values: Mapping[str, Any]) -> list[str]:
-    """The ``key=value`` config overrides for the parameter values ``values`` (by plan
-    input name), the extra overrides last. Pure data: the plan task applies them."""
-    out = [f"{p.key}={_format(values[p.input_name])}" for p in PLAN_PARAMETERS
-           if p.key is not None and p.applies(values[p.input_name])]
-    return out + [str(o) for o in values.get(BY_NAME["extra_overrides"].input_name) or []]
+def settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The typed config settings (dotted key -> value) for the parameter values ``values``
+    (by plan input name): each applied parameter's value as given, no text round trip.
+    Pure data: the plan task applies them (:func:`resolve`)."""
+    return {p.key: values[p.input_name] for p in PLAN_PARAMETERS
+            if p.key is not None and p.applies(values[p.input_name])}
 
 
 def resolve(values: Mapping[str, Any], source: str = "config_yaml") -> RunConfig:
@@ -210,8 +216,9 @@ def resolve(values: Mapping[str, Any], source: str = "config_yaml") -> RunConfig
     last; validated. Raises :class:`dpsynth.config.ConfigError`."""
     from dpsynth.config import load_config_text
 
-    return load_config_text(str(values["config_yaml"] or ""), overrides(values),
-                            source=source)
+    extra = [str(o) for o in values.get(BY_NAME["extra_overrides"].input_name) or []]
+    return load_config_text(str(values["config_yaml"] or ""), extra,
+                            settings=settings(values), source=source)
 
 
 def arguments(config: RunConfig) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""What the pipeline's plan task does (the plan component in
-:mod:`dpsynth_kfp.components` calls :func:`run` with its inputs and outputs).
+"""The pipeline's plan task: :func:`plan`, a plain typed function (the plan component is
+made from it in :mod:`dpsynth_kfp.components`), forwards its inputs and outputs to
+:func:`run`.
 
-It applies the run parameters to ``config_yaml`` (:func:`dpsynth_kfp.parameters.overrides`),
+It applies the run parameters to ``config_yaml`` as typed settings
+(:func:`dpsynth_kfp.parameters.resolve`),
 validates the configuration, builds the privacy plan, checks and charges the dataset's
 budget in the ledger (:func:`dpsynth.ledger_charge.charge_run`, as ``dpsynth run`` does)
 and writes the resolved configuration and the plan for the later tasks. A refusal fails the
@@ -15,8 +17,7 @@ the pre-flight (build the encoder, encode one all-zero image) can be switched of
 weights only the GPU steps' model cache holds; the data is checked either way.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: kfp reads plan's annotations at runtime.
 import os
 import shutil
 import tempfile
@@ -24,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kfp.dsl import Artifact, Markdown, Output
 
-from dpsynth.config import RunConfig, load_config_text
+from dpsynth.config import RunConfig
 from dpsynth.ledger_charge import charge_run
-from dpsynth_kfp.parameters import overrides as parameter_overrides
+from dpsynth_kfp.parameters import resolve
 
 #: "0", "false" or "no" skips the pre-flight's encoder check in plan (the data is checked).
 CHECK_ENCODER_ENV = "DPSYNTH_PLAN_CHECK_ENCODER"
@@ -54,7 +56,7 @@ def run(*, config_yaml: str, config: Any, privacy_plan: Any, ledger: Any,
     from dpsynth_kfp.declarations import from_json
 
     declared = from_json(declared_releases)
-    cfg = load_config_text(config_yaml, parameter_overrides(parameters))
+    cfg = resolve({"config_yaml": config_yaml, **parameters})
     if not (cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")):
         raise ValueError("no MLflow tracking store: set the pipeline parameter mlflow_uri "
                          "or the dpsynth-mlflow secret. The privacy budget ledger needs a "
@@ -86,3 +88,50 @@ def run(*, config_yaml: str, config: Any, privacy_plan: Any, ledger: Any,
         "# Privacy budget\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in budget.items())
         + (f"\n- **Kubeflow run**: {kfp_run_id}" if kfp_run_id else ""))
     return charged.run_id
+
+
+def plan(
+    config: Output[Artifact],
+    privacy_plan: Output[Artifact],
+    ledger: Output[Markdown],
+    kfp_run_id: str,
+    config_yaml: str,
+    dataset: str,
+    train_dir: str,
+    test_dir: str,
+    data_image_size: int,
+    encoder: str,
+    encoder_image_size: int,
+    encode_allow_cpu: bool,
+    epsilon: float,
+    delta: float,
+    components_per_class: int,
+    n_samples: int,
+    decode: bool,
+    decode_allow_cpu: bool,
+    mlflow_uri: str,
+    dataset_id: str,
+    noise_seed: int,
+    extra_overrides: list,
+    declared_releases: str = "",
+) -> str:
+    """Validate the run configuration, make the privacy plan and charge it to the
+    dataset's budget. A refusal fails the pipeline here, before any encode task starts.
+
+    The inputs are the pipeline's run parameters (:data:`dpsynth_kfp.parameters.
+    PARAMETERS` describes each, from the run configuration's schema), applied over
+    ``config_yaml`` with their types; ``kfp_run_id`` (the pipeline passes
+    dsl.PIPELINE_JOB_ID_PLACEHOLDER) makes plan's cache key differ on every run;
+    ``declared_releases`` are the DP releases that replacement components of private steps
+    declare (JSON, fixed when the pipeline is compiled), planned and charged with the
+    configuration's own.
+
+    Returns:
+        config: The validated configuration, the parameters applied (YAML).
+        privacy_plan: privacy_plan.json: every noisy release and its noise.
+        ledger: The budget check, for the Kubeflow UI.
+        Output: The MLflow run id that the evaluate task logs to.
+    """
+    from dpsynth_kfp.plan_task import run
+
+    return run(**locals())
