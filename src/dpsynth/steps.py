@@ -84,8 +84,9 @@ def build_synthesizer(config: RunConfig, normalized_encoder: bool) -> DPSynthesi
 
 def make_encoder(config: RunConfig):
     """The encoder of ``config``, built once per process for the same name and options:
-    the pre-flight, the plan (its dimension) and each split's encode share it (building a
-    pretrained network is most of a small run's start-up)."""
+    the pre-flight, each split's encode and the image-level evaluation share it (building
+    a pretrained network is most of a small run's start-up). The plan builds none
+    (:func:`encoder_facts`)."""
     key = (config.encoder.name, json.dumps(config.encoder.options, sort_keys=True,
                                            default=str))
     if key not in _ENCODERS:
@@ -100,15 +101,27 @@ def make_encoder(config: RunConfig):
 _ENCODERS: dict[tuple[str, str], Any] = {}
 
 
+def encoder_facts(config: RunConfig):
+    """The public facts of the run's encoder (:class:`dpsynth.encoders.EncoderFacts`:
+    dimension, modality, normalisation), as its factory declares them: no network is built
+    and no weight is read. An encoder that declares none (a third-party plugin) is built
+    by :func:`make_encoder`, so the run still builds it once."""
+    from dpsynth.encoders import describe_encoder
+
+    return describe_encoder(config.encoder.name, config.encoder.options,
+                            build=lambda: make_encoder(config))
+
+
 def make_plan(config: RunConfig, declared: Sequence[ReleaseSpec] = ()) -> PrivacyPlan:
-    """The privacy plan of ``config``. Touches no data: the plan depends only on public
-    configuration (the encoder's dimension included).
+    """The privacy plan of ``config``. Touches no data and builds no encoder: the plan
+    depends only on public configuration (the encoder's declared dimension included,
+    :func:`encoder_facts`).
 
     ``declared``: releases that replacement components of the pipeline declared (their
     ``releases.yaml``, :mod:`dpsynth_kfp.declarations`), calibrated together with the
     configuration's own under the one noise scale and charged with them."""
-    encoder = make_encoder(config)
-    return build_synthesizer(config, encoder.normalized).make_plan(encoder.dim, declared)
+    facts = encoder_facts(config)
+    return build_synthesizer(config, facts.normalized).make_plan(facts.dim, declared)
 
 
 def plan(config: RunConfig, out: Path) -> PrivacyPlan:

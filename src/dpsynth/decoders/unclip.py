@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpsynth.decoders.base import Decoder, register_decoder
+from dpsynth.decoders.base import Decoder, DecoderFacts, register_decoder
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-unclip"
 
@@ -97,3 +97,15 @@ def _make_unclip(**kwargs) -> UnclipDecoder:
     return UnclipDecoder(**kwargs)
 #: Its typed options: the class's keyword arguments (dpsynth.registry.options_problem).
 _make_unclip.options_of = UnclipDecoder
+
+
+def _unclip_facts(model: str = DEFAULT_MODEL, *, height: int | None = None,
+                  width: int | None = None, **_: object) -> DecoderFacts:
+    """Its facts without the pipeline: it inverts no registered encoder by name (pair it
+    with ``open_clip:ViT-H-14:<pretrained>``); its image size when ``height`` and
+    ``width`` are given (else the model's, known once it is loaded)."""
+    shape = (int(height), int(width), 3) if height and width else None
+    return DecoderFacts(name="unclip", inverts=None, image_shape=shape)
+
+
+_make_unclip.facts = _unclip_facts

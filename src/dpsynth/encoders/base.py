@@ -2,12 +2,24 @@
 
 An encoder is public and data-independent: its weights were never trained on the private
 set, so encoding is a per-record transform, not a release.
+
+What an encoder is (its dimension, modality, whether it normalises, the options that change
+its output, the decoder that inverts it) is public too, and a registered factory declares it
+as data: ``factory.facts(**options)`` (``spec=`` first for a parametrised name) returns an
+:class:`EncoderFacts` without building a network or loading weights, and
+:func:`describe_encoder` asks it. The plan needs only these facts, so planning a run (and
+the pipeline's plan pod) loads no weights. A factory without ``facts`` (a third-party
+plugin written before them), or whose ``facts`` returns None (a fact it cannot know without
+the weights), still works: :func:`describe_encoder` builds the encoder and reads the facts
+off the instance.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -77,6 +89,39 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
+@dataclass(frozen=True)
+class EncoderFacts:
+    """The public facts of an encoder with given options, known without building it.
+
+    ``name``: the name its embedding sets record (``Encoder.name``); ``dim``, ``modality``
+    and ``normalized`` as on :class:`Encoder`; ``output_options``: the options that change
+    its embeddings, defaults filled in (not the device or a cache folder); ``decoder``: the
+    registered decoder that inverts it, or None (filled in by :func:`describe_encoder` from
+    the decoders' declarations, :func:`dpsynth.decoders.decoder_name_for`)."""
+
+    name: str
+    dim: int
+    modality: str = "image"
+    normalized: bool = False
+    output_options: Mapping[str, Any] = field(default_factory=dict)
+    decoder: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.modality not in ("image", "text"):
+            raise ValueError(f"encoder modality must be 'image' or 'text', got "
+                             f"{self.modality!r}")
+        object.__setattr__(self, "dim", int(self.dim))
+        object.__setattr__(self, "output_options",
+                           MappingProxyType(dict(self.output_options)))
+
+    @classmethod
+    def of(cls, encoder: Encoder) -> EncoderFacts:
+        """The facts of a built encoder (for a factory that declares none)."""
+        return cls(name=encoder.name, dim=encoder.dim,
+                   modality=getattr(encoder, "modality", "image"),
+                   normalized=bool(getattr(encoder, "normalized", False)))
+
+
 ENCODERS = Registry("encoder", "dpsynth.encoders")
 #: Decorator: make an encoder factory available to :func:`get_encoder` by name.
 register_encoder = ENCODERS.register
@@ -86,6 +131,32 @@ available_encoders = ENCODERS.names
 def _factory_name(name: str) -> str:
     prefix, sep, _ = name.partition(":")
     return prefix if sep and name not in ENCODERS and prefix in ENCODERS.names() else name
+
+
+def describe_encoder(name: str, options: Mapping[str, Any] | None = None, *,
+                     build: Callable[[], Encoder] | None = None) -> EncoderFacts:
+    """The public facts of the encoder ``name`` with ``options``, from its factory's
+    declaration (``factory.facts``): no network is built and no weight is read.
+
+    A factory that declares no facts, or whose ``facts`` returns None, is built instead
+    (``build()``, default :func:`get_encoder`; a caller that keeps the built encoder, as
+    :func:`dpsynth.steps.make_encoder` does, passes its own so the run still builds it once)
+    and described from the instance. Unknown names raise the registry's KeyError; options
+    that do not fit raise what building with them would (TypeError, ValueError)."""
+    from dpsynth.decoders import decoder_name_for
+
+    options = dict(options or {})
+    key = _factory_name(name)
+    declare = getattr(ENCODERS.get(key), "facts", None)
+    facts = None
+    if declare is not None:
+        facts = (declare(spec=name.partition(":")[2], **options) if key != name
+                 else declare(**options))
+    if facts is None:
+        facts = EncoderFacts.of(build() if build is not None else get_encoder(name, **options))
+    if facts.decoder is None and (decoder := decoder_name_for(facts.name)) is not None:
+        facts = replace(facts, decoder=decoder)
+    return facts
 
 
 def encoder_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:

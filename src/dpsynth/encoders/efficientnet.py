@@ -12,12 +12,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dpsynth.encoders.base import Encoder, register_encoder
+from dpsynth.encoders.base import Encoder, EncoderFacts, register_encoder
 
 #: The input size (px) when ``image_size`` is not given: the quick local run's, which meets
 #: the 10-minute cold-run target on 2 CPU cores (benchmarks/resolution.py measures the
 #: accuracy each size buys; the pipeline's configuration sets a larger one for GPU encode).
 DEFAULT_IMAGE_SIZE = 64
+#: The width of the network's pooled features: its embedding dimension (a constant of the
+#: architecture, whatever the weights or the input size).
+FEATURES = 1280
 
 
 def _load_weights_file() -> str:
@@ -88,5 +91,16 @@ def _make_efficientnet(**kwargs) -> EfficientNetLite0Encoder:
 
 
 _make_efficientnet.default_options = {"image_size": DEFAULT_IMAGE_SIZE}
+
+
+def _efficientnet_facts(image_size: int = DEFAULT_IMAGE_SIZE, device: str | None = None,
+                        weights: str | None = None) -> EncoderFacts:
+    """Its facts without the network (dpsynth.encoders.base.describe_encoder)."""
+    return EncoderFacts(name="efficientnet-lite0", dim=FEATURES, modality="image",
+                        normalized=True,
+                        output_options={"image_size": int(image_size), "weights": weights})
+
+
+_make_efficientnet.facts = _efficientnet_facts
 #: Its typed options: the class's keyword arguments (dpsynth.registry.options_problem).
 _make_efficientnet.options_of = EfficientNetLite0Encoder

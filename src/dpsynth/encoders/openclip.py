@@ -15,6 +15,7 @@ that says where the weights must be.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dpsynth.encoders.base import Encoder, register_encoder
+from dpsynth.encoders.base import Encoder, EncoderFacts, register_encoder
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
@@ -143,3 +144,33 @@ def _make_open_clip(spec: str = "ViT-B-32:", **kwargs) -> OpenClipEncoder:
     return OpenClipEncoder(spec, **kwargs)
 #: Its typed options: the class's keyword arguments (dpsynth.registry.options_problem).
 _make_open_clip.options_of = OpenClipEncoder
+
+
+def _open_clip_facts(spec: str = "ViT-B-32:", *, cache_dir: str | None = None,
+                     device: str | None = None, precision: str = "auto"
+                     ) -> EncoderFacts | None:
+    """Its facts from the model's configuration, not its weights: ``embed_dim`` of
+    open_clip's config for ``<model>`` (``open_clip.get_model_config``), or of the
+    ``open_clip_config.json`` of a ``local-dir:`` folder. None (so it is built, and building
+    says what is wrong) for a model whose configuration open_clip does not hold here: an
+    unknown name, an ``hf-hub:`` model (its configuration is on the hub), a malformed spec."""
+    model, _, pretrained = spec.partition(":")
+    if not model:
+        return None
+    if pretrained.startswith("local-dir:"):
+        file = Path(pretrained.removeprefix("local-dir:")) / "open_clip_config.json"
+        try:
+            config = json.loads(file.read_text()).get("model_cfg")
+        except (OSError, ValueError, AttributeError):
+            return None
+    else:
+        import open_clip
+
+        config = open_clip.get_model_config(model)
+    if not isinstance(config, dict) or not isinstance(config.get("embed_dim"), int):
+        return None
+    return EncoderFacts(name=f"open_clip:{spec}", dim=config["embed_dim"], modality="image",
+                        normalized=True, output_options={"precision": precision})
+
+
+_make_open_clip.facts = _open_clip_facts

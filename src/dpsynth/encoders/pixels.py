@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dpsynth.encoders.base import Encoder, register_encoder
+from dpsynth.encoders.base import Encoder, EncoderFacts, register_encoder
 
 
 class PixelEncoder(Encoder):
@@ -38,3 +38,13 @@ def _make_pixels(**kwargs) -> PixelEncoder:
     return PixelEncoder(**kwargs)
 #: Its typed options: the class's keyword arguments (dpsynth.registry.options_problem).
 _make_pixels.options_of = PixelEncoder
+
+
+def _pixels_facts(image_shape: tuple[int, ...] = (28, 28)) -> EncoderFacts:
+    """Its facts without building it (dpsynth.encoders.base.describe_encoder)."""
+    shape = tuple(int(s) for s in image_shape)
+    return EncoderFacts(name="pixels", dim=int(np.prod(shape)), modality="image",
+                        normalized=False, output_options={"image_shape": shape})
+
+
+_make_pixels.facts = _pixels_facts

