@@ -14,7 +14,10 @@ reachable from the pods (folders, file lists, IDX and tar headers: metadata, nev
 record's contents), so a run that cannot read its data costs nothing. The encoder check of
 the pre-flight (build the encoder, encode one all-zero image) can be switched off with
 ``DPSYNTH_PLAN_CHECK_ENCODER=0`` (``ClusterSettings.plan_checks_encoder``) for encoders whose
-weights only the GPU steps' model cache holds; the data is checked either way.
+weights only the GPU steps' model cache holds; the data is checked either way. The plan
+itself loads no weights: it takes the encoder's dimension from the facts its plugin
+declares (:func:`dpsynth.steps.encoder_facts`), so with the check off the pod never builds
+the encoder (a plugin that declares no facts is the exception: it is built to learn it).
 """
 
 # No `from __future__ import annotations`: kfp reads plan's annotations at runtime.
