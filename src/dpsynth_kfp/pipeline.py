@@ -540,8 +540,11 @@ def build_resample_pipeline(*, settings: ClusterSettings = CLUSTER):
 
     op = retargeted(resample, settings.images)
 
+    # The run form's default sample size is the run configuration's (synthesize.n).
+    default_n = BY_NAME["n_samples"].default
+
     @dsl.pipeline(name=RESAMPLE_PIPELINE_NAME, description=RESAMPLE_DESCRIPTION)
-    def dpsynth_resample(dataset_id: str, n_samples: int = 60000, mlflow_uri: str = "",
+    def dpsynth_resample(dataset_id: str, n_samples: int = default_n, mlflow_uri: str = "",
                          alias: str = "production", promote: bool = False):
         """Resample-only refresh.
 
