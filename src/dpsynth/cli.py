@@ -49,7 +49,8 @@ def plan(
         help=_config_help("privacy.epsilon"))] = None,
     delta: Annotated[float | None, typer.Option(help=_config_help("privacy.delta"))] = None,
     dim: Annotated[int | None, typer.Option(
-        help="Embedding dimension (default 1280, the default encoder's).", min=1)] = None,
+        help="Embedding dimension (default: the default encoder's, "
+        "encoder.name).", min=1)] = None,
     components_per_class: Annotated[int | None, typer.Option(
         help=_config_help("model.components_per_class"))] = None,
     covariance: Annotated[str | None, typer.Option(
@@ -93,7 +94,11 @@ def plan(
                                        ("subspace_dim", subspace_dim)) if v is not None}
             synth = DPSynthesizer(defaults.epsilon if epsilon is None else epsilon,
                                   defaults.delta if delta is None else delta, **model)
-            made = synth.make_plan(1280 if dim is None else dim)
+            if dim is None:
+                from dpsynth import steps
+
+                dim = steps.encoder_facts(RunConfig()).dim  # declared: no network built
+            made = synth.make_plan(dim)
         threshold = release_threshold(made)
     except (PrivacyParameterError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
