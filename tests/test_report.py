@@ -183,9 +183,9 @@ def EXPECTED(uri: dict[str, str]) -> list[tuple]:  # noqa: N802 (a constant, giv
         ("code", "dpsynth.gmm.subspace:second_moment"),
         ("row", ["subspace_second_moment", "per_class", "2", "3", "3", "second moment & more",
                  "dpsynth.gmm.subspace:second_moment"]),
-        ("p", "smallest releasable class: about 12 records (a class is kept only when its "
+        ("p", "smallest releasable class: about 12 records (a class is released only when its "
               "noisy count reaches 12.0 = max(3 sigma, 2), sigma = 4 in 'class_counts'); 20+ "
-              "records: kept with 97.7% probability. A smaller class likely gets no synthetic "
+              "records: released with 97.7% probability. A smaller class likely gets no synthetic "
               "samples."),
     ]
 

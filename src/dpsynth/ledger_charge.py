@@ -23,6 +23,7 @@ import yaml
 from dpsynth import steps
 from dpsynth.config import RunConfig
 from dpsynth.data.store import write_json_atomic
+from dpsynth.gmm.noise_dominance import describe_plan
 from dpsynth.preflight import check_decoding
 from dpsynth.privacy.identity import resolve_ledger_id
 from dpsynth.privacy.ledger import BudgetCheck, BudgetExceededError, LedgerEntry
@@ -73,7 +74,9 @@ def charge_run(config: RunConfig, out_dir: Path, *,
         raise FileExistsError(f"--out {out_dir} exists and is not a directory")
     plan = steps.make_plan(config, declared)
     # Stated up front, from the plan alone: the classes too small to release.
-    echo(release_threshold(plan).describe())
+    # ... and the records a released class needs not to be mostly noise (same message).
+    echo("\n".join(line for line in (release_threshold(plan).describe(),
+                                     describe_plan(plan)) if line))
     check_decoding(config)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -216,10 +219,16 @@ def _plan_params(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The numbers of ``metrics`` as MLflow metrics (per-class values flattened)."""
+    """The numbers of ``metrics`` as MLflow metrics (per-class values flattened, keyed by
+    class label): accuracies, each released class's ``noise_to_signal`` (left out where
+    no signal is left: None) and ``noise_dominated`` (1 or 0)."""
     out = {k: v for k, v in metrics.items() if isinstance(v, int | float)
            and not isinstance(v, bool)}
-    for prefix in ("per_class_accuracy", "nonprivate_per_class_accuracy"):
+    for prefix in ("per_class_accuracy", "nonprivate_per_class_accuracy", "noise_to_signal"):
         for c, v in (metrics.get(prefix) or {}).items():
-            out[f"{prefix}.{c}"] = v
+            if v is not None or prefix != "noise_to_signal":
+                out[f"{prefix}.{c}"] = v
+    flagged = {str(m["class"]) for m in metrics.get("classes_noise_dominated") or []}
+    for c in metrics.get("noise_to_signal") or {}:
+        out[f"noise_dominated.{c}"] = float(c in flagged)
     return out

@@ -440,6 +440,9 @@ def summary(result: RunResult) -> str:
         # Name, then label: as the fit's warning names it.
         lines.append(f"  NO SAMPLES    : class {gone['name']!r} ({gone['class']}): "
                      f"{gone['reason']}")
+    for noisy in m.get("classes_noise_dominated") or []:
+        lines.append(f"  MOSTLY NOISE  : class {noisy['name']!r} ({noisy['class']}): "
+                     f"{noisy['reason']}")
     lines.append(f"  budget        : {_budget_line(result.budget, m.get('delta'))}")
     lines.append(f"  outputs       : {result.out_dir}")
     for key in ("report", "metrics", "synthetic_embeddings", "decoded_grid", "privacy_plan"):

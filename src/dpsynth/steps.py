@@ -52,6 +52,7 @@ from dpsynth.data.store import (
     write_json_atomic,
 )
 from dpsynth.gmm.mixture import shard_sizes
+from dpsynth.gmm.noise_dominance import assess_model
 from dpsynth.gpu import require_cuda
 from dpsynth.outputs import remove_embedding_set
 from dpsynth.privacy import PrivacyPlan
@@ -577,6 +578,8 @@ def synthesize_part(mixture_dir: Path, out_dir: Path, *, part: int, parts: int, 
     # Classes below the noise threshold get no samples: the set says which and why.
     names = dict(zip(info["classes"], info["class_names"], strict=True))
     dropped = [{**d, "name": names[d["class"]]} for d in synth.dropped_classes_]
+    # Released classes whose samples are mostly noise: which, and why (public releases).
+    noisy = assess_model(synth, names)
     key = {"synthetic_of": info["dataset_id"], "n": n, "class_balance": class_balance,
            "random_state": random_state, "shard_rows": shard_rows}
     out_dir = Path(out_dir)
@@ -590,7 +593,7 @@ def synthesize_part(mixture_dir: Path, out_dir: Path, *, part: int, parts: int, 
         key=key if parts == 1 else {**key, "part": [part, parts]},
         provenance={"private": plan_.private, "epsilon": epsilon_to_json(plan_.epsilon_pld),
                     "delta": plan_.delta, "noise_seeded": plan_.noise_seeded,
-                    "dropped_classes": dropped})
+                    "dropped_classes": dropped, "noise_dominance": noisy})
     # Memory: the shard being drawn only, not the one just written too (hence no
     # enumerate(), whose cached result tuple would keep the last shard alive).
     index = start
@@ -749,7 +752,11 @@ def evaluate(synthetic_dir: Path, test_dir: Embeddings, out_dir: Path, *,
         plot_per_class_accuracy,
         plot_projection,
     )
-    from dpsynth.evaluation.report import classes_without_samples, write_html_report
+    from dpsynth.evaluation.report import (
+        classes_without_samples,
+        noise_dominance_metrics,
+        write_html_report,
+    )
 
     settings = settings or EvaluateConfig()
     synthetic = EmbeddingSet.open(synthetic_dir)
@@ -802,6 +809,7 @@ def evaluate(synthetic_dir: Path, test_dir: Embeddings, out_dir: Path, *,
             for c in syn_report.classes_without_test_records],
         "classes_without_samples": classes_without_samples(
             classes, synthetic.class_names, ys, prov),
+        **noise_dominance_metrics(classes, synthetic.class_names, prov),
         "encoder": synthetic.encoder,
         "encoder_options": synthetic.manifest.get("encoder_options", {}),
         "note": "accuracy: MLP trained only on DP synthetic embeddings, scored on the real "
@@ -815,6 +823,11 @@ def evaluate(synthetic_dir: Path, test_dir: Embeddings, out_dir: Path, *,
     if metrics["classes_without_samples"]:
         metrics["note"] += (" No synthetic samples (see classes_without_samples for why): "
                             + ", ".join(m["name"] for m in metrics["classes_without_samples"])
+                            + ".")
+    if metrics["classes_noise_dominated"]:
+        metrics["note"] += (" Released but noise-dominated, their synthetic samples mostly "
+                            "noise (see classes_noise_dominated for why): "
+                            + ", ".join(m["name"] for m in metrics["classes_noise_dominated"])
                             + ".")
     out_dir = Path(out_dir)
     plots = out_dir / "plots"

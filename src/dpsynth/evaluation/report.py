@@ -1,5 +1,6 @@
 """A self-contained HTML report of a run: headline numbers, the classes that got no
-synthetic samples and why, the privacy plan, the pictures.
+synthetic samples and those released but noise-dominated, and why, the privacy plan, the
+pictures.
 
 Images are embedded (base64) so that the one file can be opened from MLflow, a Kubeflow
 artifact viewer or a mail attachment, and a relative link to each PNG is kept beside it.
@@ -54,14 +55,60 @@ def classes_without_samples(classes: Sequence[Any], class_names: Sequence[str],
     return out
 
 
+def noise_dominance_metrics(classes: Sequence[Any], class_names: Sequence[str],
+                            provenance: dict[str, Any]) -> dict[str, Any]:
+    """The ``metrics.json`` keys of the released classes' noise-to-signal ratios, from the
+    synthetic set's provenance (``noise_dominance``, written by the synthesize step with
+    :func:`dpsynth.gmm.noise_dominance.assess_model`; public: DP releases and the plan):
+
+    ``noise_to_signal`` (keyed by class label, as a string) and ``noise_to_signal_by_name``
+    (by name): rho of each released class, None where no signal is left above the noise;
+    ``classes_noise_dominated``: each released class whose synthetic data is mostly noise,
+    as ``class``, ``name``, ``noise_to_signal``, ``records_needed`` and ``reason``;
+    ``noise_dominated_count``; ``noise_dominance``: the limit, the records a class needs
+    not to be noise-dominated, sigma, d and the typical mean norm. For a set without that
+    provenance (an older one) the ratios are empty and the count and summary None.
+    """
+    assessed = provenance.get("noise_dominance")
+    if not isinstance(assessed, dict):
+        return {"noise_to_signal": {}, "noise_to_signal_by_name": {},
+                "classes_noise_dominated": [], "noise_dominated_count": None,
+                "noise_dominance": None}
+    names = {(c.item() if hasattr(c, "item") else c): str(n)
+             for c, n in zip(list(classes), list(class_names), strict=True)}
+    entries = [c for c in assessed.get("classes") or [] if isinstance(c, dict)]
+    flagged = [{"class": c["class"], "name": names.get(c["class"], str(c["class"])),
+                "noise_to_signal": c.get("noise_to_signal"),
+                "records_needed": assessed.get("records_needed"),
+                "reason": str(c.get("reason", ""))}
+               for c in entries if c.get("noise_dominated")]
+    return {
+        "noise_to_signal": {str(c["class"]): c.get("noise_to_signal") for c in entries},
+        "noise_to_signal_by_name": {names.get(c["class"], str(c["class"])):
+                                    c.get("noise_to_signal") for c in entries},
+        "classes_noise_dominated": flagged,
+        "noise_dominated_count": len(flagged),
+        "noise_dominance": {k: v for k, v in assessed.items() if k != "classes"},
+    }
+
+
 def _threshold_line(plan: dict[str, Any]) -> str | None:
-    """The plan's smallest releasable class, or None for a plan without count releases."""
+    """The plan's smallest releasable class and the records a released class needs not
+    to be noise-dominated, or None for a plan without count releases."""
+    from dpsynth.gmm.noise_dominance import describe_plan
     from dpsynth.privacy.plan import PrivacyPlan, release_threshold
 
     try:
-        return release_threshold(PrivacyPlan.from_dict(plan)).describe()
+        made = PrivacyPlan.from_dict(plan)
+        return " ".join(line for line in (release_threshold(made).describe(),
+                                          describe_plan(made)) if line)
     except (KeyError, ValueError, TypeError):
         return None
+
+
+def _ratio(x: float | None) -> str:
+    """A noise-to-signal ratio as the report shows it (None: no signal left)."""
+    return "no signal left" if x is None else f"{x:.2f}"
 
 
 def _pct(x: float | None) -> str:
@@ -122,6 +169,9 @@ def render_html_report(path: Path, metrics: dict[str, Any], plan: dict[str, Any]
         rows=rows, note=str(metrics.get("note", "")), private=private,
         missing=[{"name": m.get("name"), "reason": m.get("reason")}
                  for m in metrics.get("classes_without_samples") or []],
+        noisy=[{"name": m.get("name"), "ratio": _ratio(m.get("noise_to_signal")),
+                "needed": m.get("records_needed"), "reason": m.get("reason")}
+               for m in metrics.get("classes_noise_dominated") or []],
         images=pictures, plan=plan_view, threshold=_threshold_line(plan) if plan else None)
 
 

@@ -409,9 +409,9 @@ class ReleaseThreshold:
                     f"{self.smallest_class}+ records{where} is released (a {unit} needs "
                     f"{self.smallest_class} records for a covariance).")
         return (f"smallest releasable class: about {self.smallest_class} records{where} "
-                f"(a {unit} is kept only when its noisy count reaches {self.threshold:.1f} = "
+                f"(a {unit} is released only when its noisy count reaches {self.threshold:.1f} = "
                 f"max(3 sigma, 2), sigma = {self.sigma:.3g} in {self.release!r}); "
-                f"{self.reliable_class}+ records{where}: kept with "
+                f"{self.reliable_class}+ records{where}: released with "
                 f"{100 * RELIABLE_PROBABILITY:.1f}% probability. A smaller class likely gets "
                 "no synthetic samples.")
 
