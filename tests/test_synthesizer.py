@@ -573,7 +573,7 @@ def test_clusters_stage_model_round_trips(shard_data, tmp_path):
     for a, b in zip(loaded.clusters_.centres, halves.clusters_.centres, strict=True):
         np.testing.assert_array_equal(a, b)
     whole = _shard_synth(3).fit(X, y, classes=SHARD_CLASSES)
-    _assert_same_fit(loaded.fit_mixture([(X, y)]), whole)
+    _assert_same_fit(loaded.fit_gmm([(X, y)]), whole)
 
 
 # ----------------------------------------------------------------------- invalid input
@@ -1005,7 +1005,7 @@ def test_a_clusters_stage_model_is_not_fitted(shard_data):
     half = _shard_synth(1).fit_clusters([(X, y)], classes=SHARD_CLASSES)
     with pytest.raises(NotFittedError):
         check_is_fitted(half)
-    check_is_fitted(half.fit_mixture([(X, y)]))
+    check_is_fitted(half.fit_gmm([(X, y)]))
 
 
 @pytest.mark.parametrize("field", ["weights", "means", "covariances", "residual_var",
@@ -1048,7 +1048,7 @@ def test_a_recorded_plan_is_drawn_as_recorded_and_must_be_the_configurations():
     calibrated = synth().fit(X, y, classes=[0, 1])
     recorded = synth().fit_clusters([(X, y)], classes=[0, 1],
                                     plan=calibrated.privacy_plan_)
-    recorded.fit_mixture([(X, y)], plan=calibrated.privacy_plan_)
+    recorded.fit_gmm([(X, y)], plan=calibrated.privacy_plan_)
     np.testing.assert_array_equal(recorded.mixture_.means, calibrated.mixture_.means)
     assert recorded.privacy_plan_ == calibrated.privacy_plan_
     # Another split of the same budget is drawn as recorded, not re-derived.
@@ -1058,7 +1058,7 @@ def test_a_recorded_plan_is_drawn_as_recorded_and_must_be_the_configurations():
         heavier.release("class_sums").sigma
     with pytest.raises(PlanMismatchError, match="has noise_multiplier .* in the plan the "
                                                 "clusters were released under"):
-        reweighted.fit_mixture([(X, y)], plan=calibrated.privacy_plan_)
+        reweighted.fit_gmm([(X, y)], plan=calibrated.privacy_plan_)
     # Not this configuration's plan: refused before any release, naming what differs.
     for other, match in ((synth(covariance="spherical").make_plan(6),
                           r"release 'subspace_second_moment' \(.*\) is not in the plan"),

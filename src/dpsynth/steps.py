@@ -522,7 +522,7 @@ def fit_gmm(embeddings_dir: Embeddings, clusters_dir: Path, plan_path: Path,
         # class labels; the one below names the classes as a person reads them.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_NO_COMPONENT_WARNING)
-            synth.fit_mixture(embeddings.shards(), plan=plan_)
+            synth.fit_gmm(embeddings.shards(), plan=plan_)
     except PlanMismatchError as exc:
         raise _plan_mismatch(plan_path, exc) from None
     if dropped := synth.dropped_classes_:

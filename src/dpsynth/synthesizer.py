@@ -160,7 +160,7 @@ class DPSynthesizer(BaseEstimator):
         in this process, not by :meth:`load`).
     mixture_ : MixtureParams
         The released, repaired mixture (all classes, components flattened); set by
-        :meth:`fit` / :meth:`fit_mixture`. The views below read it.
+        :meth:`fit` / :meth:`fit_gmm`. The views below read it.
     weights_ : ndarray of shape (n_components,)
         Released (noisy) record count of each component, > 0; divided by their sum
         within a class they are that class's mixing proportions.
@@ -368,10 +368,10 @@ class DPSynthesizer(BaseEstimator):
         rounding for float64 input; float32 input is summed in float32 within a chunk (half
         the memory traffic), so results then agree to float32 rounding (~1e-5 relative).
 
-        Equivalent to :meth:`fit_clusters` followed by :meth:`fit_mixture` on the same
+        Equivalent to :meth:`fit_clusters` followed by :meth:`fit_gmm` on the same
         shards: the pipeline runs those two halves as separate steps.
         """
-        return self.fit_clusters(shards, classes=classes).fit_mixture(shards)
+        return self.fit_clusters(shards, classes=classes).fit_gmm(shards)
 
     def fit_clusters(self, shards: Sequence[Shard], *, classes: Sequence | None = None,
                      plan: PrivacyPlan | None = None) -> DPSynthesizer:
@@ -404,10 +404,10 @@ class DPSynthesizer(BaseEstimator):
         self._adopt_plan(plan, dim)
         return self
 
-    def fit_mixture(self, shards: Sequence[Shard], *,
-                    plan: PrivacyPlan | None = None) -> DPSynthesizer:
-        """Second half of the fit: per-component weights, means and covariances, given
-        the releases of :meth:`fit_clusters` (made here or loaded from disk).
+    def fit_gmm(self, shards: Sequence[Shard], *,
+                plan: PrivacyPlan | None = None) -> DPSynthesizer:
+        """Second half of the fit (the ``fit_gmm`` step): per-component weights, means and
+        covariances, given the releases of :meth:`fit_clusters` (made here or loaded).
 
         ``plan``: a recorded plan (the plan step's file) to draw the noise from, checked
         like :meth:`fit_clusters`'s and against the plan the clusters were released under
@@ -415,7 +415,7 @@ class DPSynthesizer(BaseEstimator):
         :class:`~dpsynth.privacy.plan.PlanMismatchError` names the release that differs.
         """
         if not hasattr(self, "clusters_"):
-            raise NotFittedError("fit_mixture needs the cluster releases: call fit_clusters "
+            raise NotFittedError("fit_gmm needs the cluster releases: call fit_clusters "
                                  "first (or load a model saved after it)")
         self.__dict__.pop("mixture_", None)
         shards = check_shards(shards)
