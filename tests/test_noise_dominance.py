@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from dpsynth import DPSynthesizer
 from dpsynth.cli import app
 from dpsynth.data.datasets import FASHION_MNIST_DIR
+from dpsynth.evaluation.report import noise_dominance_metrics
 from dpsynth.gmm.mixture import CLASS_SUMS
 from dpsynth.gmm.noise_dominance import (
     NOISE_TO_SIGNAL_LIMIT,
@@ -132,6 +133,29 @@ def test_eps_inf_flags_nothing():
     assert result.records_needed == 0 and describe_plan(plan) is None
 
 
+def test_any_mixture_is_assessed_and_one_without_its_class_release_is_not():
+    """More than one component per class: the class release is there all the same (the
+    class's ratio is a lower bound on its components'). A mixture file written without
+    the cluster arrays has no class sums: nothing is assessed, and the metrics say so
+    with empty ratios and no count (not 0)."""
+    rng = np.random.default_rng(4)
+    X = np.concatenate([rng.normal(c, 0.3, (n, 8)) for c, n in ((0, 500), (1, 500), (2, 60))])
+    y = np.repeat([0, 1, 2], [500, 500, 60])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # seeded noise
+        synth = DPSynthesizer(4.0, 1e-5, components_per_class=2, subspace_dim=4,
+                              noise_seed=1, random_state=0).fit(X, y, classes=[0, 1, 2])
+    assessed = assess_model(synth, {0: "a", 1: "b", 2: "c"})
+    released = sorted(set(synth.component_class_.tolist()))
+    assert [c["class"] for c in assessed["classes"]] == released
+    assert {c["name"] for c in assessed["classes"]} <= {"a", "b", "c"}
+    del synth.clusters_
+    assert assess_model(synth) is None
+    metrics = noise_dominance_metrics([0, 1, 2], ["a", "b", "c"], {"noise_dominance": None})
+    assert metrics["noise_to_signal"] == {} and metrics["classes_noise_dominated"] == []
+    assert metrics["noise_dominated_count"] is None and metrics["noise_dominance"] is None
+
+
 # ------------------------------------------------------------------------- the run
 def test_a_run_names_a_noise_dominated_class_in_summary_metrics_report_and_mlflow(tmp_path):
     """Three classes of 400 records and one of 45 at eps = 4, 32 x 32 pixels (d = 1024):
@@ -194,7 +218,7 @@ SMALL = (0, 2, 3, 4, 6)  # T-shirt/top, Pullover, Dress, Coat, Shirt
 CHANCE = 0.1
 
 
-def fashion_subset(per_test_class: int = 100):
+def fashion_subset(per_test_class: int = 60):
     """EfficientNet-Lite0 (64 px) embeddings of the subset: (X, y) train, (Xt, yt) test."""
     from dpsynth.data import load_fashion_mnist
     from dpsynth.encoders import get_encoder
