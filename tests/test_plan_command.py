@@ -39,3 +39,24 @@ def test_plan_refuses_quick_options_beside_a_config_and_a_bad_config():
     assert code == 2 and "--epsilon with --config/--set" in output
     code, _, output = _plan("--set", "privacy.epsilon=-1")
     assert code == 2 and "invalid configuration" in output and "epsilon must be > 0" in output
+
+
+def test_plan_prints_the_records_a_class_needs_not_to_be_mostly_noise():
+    """From the plan alone: ceil(sigma sqrt(d) / (sqrt(2) R)) records, more at a smaller
+    eps; none at eps = inf (no noise)."""
+    import math
+
+    bounds = {}
+    for eps in ("1", "4"):
+        code, printed, output = _plan("--epsilon", eps)
+        assert code == 0
+        bound = printed["noise_dominated_below"]
+        sigma = next(r["sigma"] for r in printed["releases"] if r["name"] == "class_sums")
+        dim, radius = printed["metadata"]["embedding_dim"], printed["metadata"]["clip_norm"]
+        assert bound["records"] == math.ceil(sigma * math.sqrt(dim) / (math.sqrt(2) * radius))
+        assert f"noise-dominated below about {bound['records']} records" in output
+        bounds[eps] = bound["records"]
+    assert bounds["1"] > bounds["4"] > 2
+    code, printed, output = _plan("--epsilon", "inf")
+    assert code == 0 and printed["noise_dominated_below"] is None
+    assert "noise-dominated" not in output

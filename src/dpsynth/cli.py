@@ -103,10 +103,16 @@ def plan(
     except (PrivacyParameterError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    from dpsynth.gmm.noise_dominance import plan_bound
+
+    bound = plan_bound(made)
     result = {**made.to_dict(), "smallest_releasable_class": {
-        **threshold.to_dict(), "note": threshold.describe()}}
+        **threshold.to_dict(), "note": threshold.describe()},
+        "noise_dominated_below": bound}
     typer.echo(json.dumps(result, indent=2))
     typer.echo(threshold.describe(), err=True)
+    if bound is not None:
+        typer.echo(bound["note"], err=True)
 
 
 @app.command()

@@ -278,6 +278,7 @@ def evaluate(synthetic: Input[Dataset], test: Input[Dataset],
     from dpsynth.config import load_config
     from dpsynth.ledger_charge import finish_run
     from dpsynth.tracking import Tracker
+    from dpsynth_kfp.summary import summary_markdown
 
     cfg = load_config(config.path)
     out = Path(evaluation.path)
@@ -292,13 +293,7 @@ def evaluate(synthetic: Input[Dataset], test: Input[Dataset],
     metrics.log_metric("delta", m["delta"])
     classification.log_confusion_matrix(m["class_names"], m["confusion_matrix"])
     shutil.copyfile(out / "report.html", report.path)
-    lines = [f"- **accuracy (synthetic-trained MLP)**: {100 * m['accuracy']:.1f}%",
-             f"- **guarantee**: (eps={m['epsilon']}, delta={m['delta']})"
-             + ("" if m["private"] else " NOT PRIVATE")]
-    if m.get("nonprivate_accuracy") is not None:
-        lines.append(f"- **non-private ceiling**: {100 * m['nonprivate_accuracy']:.1f}% "
-                     "(not covered by the guarantee)")
-    Path(summary.path).write_text("# dpsynth\n\n" + "\n".join(lines) + "\n")
+    Path(summary.path).write_text(summary_markdown(m))
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment).open()
     tracker.log_artifact(run_id, out, "evaluation")
     finish_run(tracker, run_id, m, out / "metrics.json")

@@ -220,11 +220,12 @@ def assess_model(model: Any, names: dict[Any, str] | None = None) -> dict[str, A
     return out
 
 
-def describe_plan(plan: PrivacyPlan) -> str | None:
-    """One line for the run's first lines, from the plan alone: the fewest records a
-    released class needs not to be noise-dominated (:func:`fewest_records_needed`, at the
-    largest mean norm R). None without noise (eps = inf) or without a ``class_sums``
-    release and the plan's dimension and R."""
+def plan_bound(plan: PrivacyPlan) -> dict[str, object] | None:
+    """From the plan alone: the fewest records a released class needs not to be
+    noise-dominated (:func:`fewest_records_needed`, at the largest mean norm R), with the
+    quantities it follows from and a one-line ``note`` for the run's first lines and
+    ``dpsynth plan``. None without noise (eps = inf) or without a ``class_sums`` release
+    and the plan's dimension and R."""
     meta = plan.metadata
     if CLASS_SUMS not in plan or "embedding_dim" not in meta or "clip_norm" not in meta:
         return None
@@ -233,9 +234,17 @@ def describe_plan(plan: PrivacyPlan) -> str | None:
         return None
     dim, radius = int(meta["embedding_dim"]), float(meta["clip_norm"])
     needed = fewest_records_needed(plan, dim, radius)
-    return (f"noise-dominated below about {needed} records: a released class of fewer "
+    note = (f"noise-dominated below about {needed} records: a released class of fewer "
             f"records has over {NOISE_TO_SIGNAL_LIMIT:.2f} times as much noise as signal in "
             f"its synthetic mean (sigma = {sigma:.3g} in {CLASS_SUMS!r} over d = {dim} "
             f"coordinates, against a mean norm of at most {radius:g}; a class whose mean is "
             "shorter needs more records), so its synthetic samples are mostly noise: the "
             "run names such classes (MOSTLY NOISE).")
+    return {"records": needed, "noise_to_signal_limit": NOISE_TO_SIGNAL_LIMIT,
+            "sigma": sigma, "dim": dim, "radius": radius, "note": note}
+
+
+def describe_plan(plan: PrivacyPlan) -> str | None:
+    """:func:`plan_bound`'s one line, or None where it has none."""
+    bound = plan_bound(plan)
+    return None if bound is None else str(bound["note"])
