@@ -97,9 +97,25 @@ def test_the_sampler_takes_the_same_count(fresh):
     assert default_threads(load=1000.0) == 1
 
 
-def test_evaluate_sizes_torch_threads_before_training(tmp_path, fresh):
-    calls = []
-    fresh.setattr(steps, "use_torch_threads", lambda: calls.append(torch.get_num_threads()))
+def test_evaluate_sizes_torch_and_blas_threads_and_restores_blas(tmp_path, fresh):
+    from threadpoolctl import threadpool_info
+
+    from dpsynth.config import EvaluateConfig
+    from dpsynth.evaluation import fidelity
+
+    def blas():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    seen = {}
+    real = fidelity.frechet_distance
+
+    def recording(*args):
+        seen["torch"], seen["blas"] = torch.get_num_threads(), blas()
+        return real(*args)
+
+    fresh.setattr(fidelity, "frechet_distance", recording)
+    fresh.setenv(cpu_threads.ENV, "1")
+    before = blas()
     rng = np.random.default_rng(0)
     meta = {"encoder": "pixels", "normalized": False, "classes": [0, 1],
             "class_names": ["a", "b"], "key": {}}
@@ -107,8 +123,7 @@ def test_evaluate_sizes_torch_threads_before_training(tmp_path, fresh):
     X = (rng.normal(size=(40, 4)) + y[:, None]).astype(np.float32)
     write_embedding_set(tmp_path / "syn", X, y, dataset_id="s", synthetic=True, **meta)
     write_embedding_set(tmp_path / "test", X, y, dataset_id="t", **meta)
-    from dpsynth.config import EvaluateConfig
-
     steps.evaluate(tmp_path / "syn", tmp_path / "test", tmp_path / "out",
                    settings=EvaluateConfig(steps=2), progress=False)
-    assert len(calls) == 1
+    assert seen == {"torch": 1, "blas": [1] * len(before)}
+    assert blas() == before

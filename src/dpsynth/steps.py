@@ -37,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dpsynth.config import EvaluateConfig, RunConfig
-from dpsynth.cpu_threads import use_torch_threads
+from dpsynth.cpu_threads import sized_threads, use_torch_threads
 from dpsynth.data.sources import make_source
 from dpsynth.data.store import (
     MANIFEST,
@@ -692,6 +692,9 @@ def write_png_index(images: np.ndarray, labels: np.ndarray, classes: list[int],
     return out_dir / "index.csv"
 
 
+# torch's and BLAS's default, a thread per core, stalls on a busy machine: the evaluation's
+# threads are sized to the cores other work leaves (dpsynth.cpu_threads).
+@sized_threads
 def evaluate_images(synthetic_dir: Path, test_dir: Embeddings, config: RunConfig, *,
                     max_images: int = 10000, progress: bool = True) -> dict[str, Any]:
     """Image-level utility: decode synthetic samples, re-encode the *images* with the
@@ -714,7 +717,6 @@ def evaluate_images(synthetic_dir: Path, test_dir: Embeddings, config: RunConfig
                              f"the synthetic set ({synthetic.encoder!r})")
     X, y = synthetic.load()
     rows = _first_per_class(y, synthetic.classes, max(1, max_images // len(synthetic.classes)))
-    use_torch_threads()
     Z = np.empty((len(rows), encoder.dim), np.float32)
     batch = config.encoder.batch_size
     for start in tqdm(range(0, len(rows), batch), disable=not progress, unit="batch",
@@ -735,6 +737,7 @@ def _by_name(per_class: dict[str, Any], classes: np.ndarray,
     return {names[k]: v for k, v in per_class.items()}
 
 
+@sized_threads
 def evaluate(synthetic_dir: Path, test_dir: Embeddings, out_dir: Path, *,
              settings: EvaluateConfig | None = None, train_dir: Embeddings | None = None,
              plan_path: Path | None = None, decoded_dir: Path | None = None,
@@ -771,8 +774,6 @@ def evaluate(synthetic_dir: Path, test_dir: Embeddings, out_dir: Path, *,
     Xs, ys = synthetic.load()
     Xt, yt = test.load()
     stages = ["MLP on synthetic"] + (["MLP on real (non-private)"] if train_dir else [])
-    # torch's default, a thread per core, stalls on a busy machine (see dpsynth.cpu_threads).
-    use_torch_threads()
     with tqdm(stages, disable=not progress, desc="evaluate", unit="model") as bar:
         syn_report = classification_report(
             yt, TwoLayerMLP(**mlp).fit(Xs, ys, classes=classes).predict(Xt), classes)
