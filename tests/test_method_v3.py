@@ -110,10 +110,14 @@ def test_eps_switch_reads_eps_alone():
     assert mv3.switch_params(1.0) == mv3.switch_params(math.inf) == {}
 
 
-@pytest.mark.parametrize("name", sorted(mv3.DESIGN_ROWS))
+ROWS = {**mv3.DESIGN_ROWS, "teacher-relabel": mv3.teacher_row(0.5, "relabel"),
+        "teacher-lda": mv3.teacher_row(0.5, "lda")}
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
 def test_design_rows_return_synthetic_sets(name):
     X, y = blobs(n_per=300, d=80)  # the default subspace has r = 64
-    X_syn, y_syn = mv3.DESIGN_ROWS[name](X, y, 4.0, 1e-5, 0)
+    X_syn, y_syn = ROWS[name](X, y, 4.0, 1e-5, 0)
     assert X_syn.shape == X.shape and y_syn.shape == y.shape
     assert set(np.unique(y_syn)) <= set(range(10))
     assert np.allclose(np.linalg.norm(X_syn, axis=1), 1.0, atol=1e-4)
