@@ -100,8 +100,8 @@ def test_released_class_counts_have_the_planned_noise():
         synth = DPSynthesizer(1.0, DELTA, components_per_class=1, covariance="lowrank",
                               subspace_dim=4, random_state=0, noise_seed=seed)
         synth.fit(X, y, classes=list(range(n_classes)))
-        # class_totals_ = max(noisy count, 0): with 500 records and sigma ~ 37 (eps = 1) the
-        # clip at zero is 13 sigma away, so it never acts and the deviations are the noise.
+        # class_totals_ = max(noisy count, 0): with 500 records and sigma ~ 19 (eps = 1) the
+        # clip at zero is 26 sigma away, so it never acts and the deviations are the noise.
         assert (synth.class_totals_ > 0).all()
         deviations.append(synth.class_totals_ - per_class)
         sigma = synth.privacy_plan_.release("class_counts").sigma

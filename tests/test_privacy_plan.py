@@ -546,7 +546,7 @@ def test_the_budget_module_only_assembles():
                 and getattr(n.func, "id", None) == "ReleaseSpec"]
     # Today's defaults, assembled from their owners.
     assert budget.DEFAULT_WEIGHTS == {
-        "subspace_second_moment": 0.5, "class_counts": 4.0, "class_sums": 1.0,
+        "subspace_second_moment": 0.5, "class_counts": 2.0, "class_sums": 1.0,
         "lsh_level_counts": 4.0, "lsh_leaf_sums": 1.0, "lloyd_counts": 4.0,
         "lloyd_sums": 1.0, "component_counts": 4.0, "component_sums": 1.0,
         "second_moments": 1.0}

@@ -62,10 +62,13 @@ COMPONENT_SUMS = "component_sums"
 SECOND_MOMENTS = "second_moments"
 
 #: Default budget weights (relative noise multipliers): counts need far less precision
-#: than sums and second moments, so they get four times the noise multiplier (DESIGN.md's
-#: measured hints).
+#: than sums and second moments, so they get a larger noise multiplier (DESIGN.md's
+#: measured hints): four times for component counts; twice for class counts (issue 25:
+#: at eps = 1 four times put the noise threshold at ~110 records and dropped most classes
+#: of 100; twice puts it at ~56 for 1.5% more noise elsewhere; docs/results.md "Small
+#: data", tests/test_count_weight.py).
 DEFAULT_WEIGHTS: dict[str, float] = {
-    CLASS_COUNTS: 4.0,
+    CLASS_COUNTS: 2.0,
     CLASS_SUMS: 1.0,
     COMPONENT_COUNTS: 4.0,
     COMPONENT_SUMS: 1.0,
