@@ -14,6 +14,7 @@ steps, not n):
         .venv/bin/python benchmarks/small_data.py --datasets $g --designs counts4,counts2 \
             --out /tmp/sd-$g.json &
     done; wait
+    # the same two groups again with --designs spherical --baselines '' (two processes)
     for d in counts4 counts2; do
         .venv/bin/python benchmarks/small_data.py --datasets fmnist-54k --designs $d \
             --eps 1 --baselines '' --out /tmp/sd-54k-$d.json &
