@@ -31,7 +31,7 @@ The argument
     is small in high dimension: Var ||s||^2 = 4 sigma^2 n^2 ||m||^2 + 2 sigma^4 d, which at
     d = 1280 puts rho_hat within about 10% of rho for a class of 60 records at eps = 4
     (rho about 2) and within 5% for 400 records at eps = 1 (rho about 1.1). The noisy count
-    is not used: its noise (sigma 10.7 at eps = 4, 36.8 at eps = 1) would add more spread.
+    is not used: its noise (sigma 5.41 at eps = 4, 18.7 at eps = 1) would add more spread.
 
 The limit
     A class is *noise-dominated* when rho_hat > :data:`NOISE_TO_SIGNAL_LIMIT` = sqrt(2):
