@@ -487,6 +487,13 @@ def run_ceiling(args, mlp: dict) -> None:
              "subspace_dim": ["full" if r is None else r for r in CEIL_R],
              "draws": {"inf": 1, "8.0": args.ceiling_draws},
              "command": "python benchmarks/method_v3.py " + " ".join(sys.argv[1:])}
+    if args.real and ("real-data-mlp", "inf", 0) not in done:
+        t = time.perf_counter()
+        row = {"config": "real-data-mlp", "k": None, "r": None, "epsilon": "inf", "draw": 0,
+               "accuracy": mlp_score(X_tr, y_tr, X_val, y_val, 0, mlp),
+               "seconds": round(time.perf_counter() - t, 1)}
+        rows.append(row)
+        print(f"[{time.perf_counter() - t0:5.0f}s] {row}", flush=True)
     for eps, draw in plan:
         for k, r in configs:
             name = config_name(k, r)
@@ -534,6 +541,8 @@ def main() -> None:
                     help="ceiling: only these configurations (e.g. k10-r64)")
     ap.add_argument("--ceiling-eps", nargs="+", type=float, default=None,
                     help="ceiling: only these eps (inf or 8)")
+    ap.add_argument("--real", action="store_true",
+                    help="ceiling: also the same MLP on the real training rows (reference)")
     ap.add_argument("--skip-big", action="store_true", help="ceiling: skip (k=30, full)")
     ap.add_argument("--resume", action="store_true", help="keep the rows --out holds")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
