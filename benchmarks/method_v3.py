@@ -525,6 +525,27 @@ def run_ceiling(args, mlp: dict) -> None:
     print(table(json.loads(out.read_text())))
 
 
+def merge(out: Path, parts: list[Path]) -> None:
+    """--merge: one ceiling file from the files of processes that ran parts of the grid
+    (rows deduplicated by configuration, eps and draw; the first file's setup, with the
+    parts' commands added)."""
+    result = json.loads(out.read_text())
+    seen = {(r["config"], r["epsilon"], r["draw"]) for r in result["rows"]}
+    commands = [result["setup"]["command"]]
+    for part in parts:
+        other = json.loads(part.read_text())
+        commands.append(other["setup"]["command"])
+        for r in other["rows"]:
+            if (r["config"], r["epsilon"], r["draw"]) not in seen:
+                seen.add((r["config"], r["epsilon"], r["draw"]))
+                result["rows"].append(r)
+    result["summary"], _ = summarise(result["rows"], key="config")
+    result["setup"]["command"] = " ; ".join(commands)
+    result["setup"]["merged_from"] = [p.name for p in parts]
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(table(result))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--designs", nargs="+", choices=DESIGNS, default=list(DESIGNS))
@@ -547,10 +568,16 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="keep the rows --out holds")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--table", action="store_true", help="print the Markdown table of --out")
+    ap.add_argument("--merge", nargs="+", metavar="FILE",
+                    help="ceiling: add the rows of these files (other processes' --out) to "
+                         "--out and re-summarise")
     ap.add_argument("--diffs", action="store_true",
                     help="--table: per-draw differences from the default")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.merge:
+        merge(Path(args.out or RESULTS / "ceiling.json"), [Path(f) for f in args.merge])
+        return
     if args.table:
         out = Path(args.out or RESULTS / ("ceiling.json" if args.ceiling else "method_v3.json"))
         print(table(json.loads(out.read_text()), diffs=args.diffs))
