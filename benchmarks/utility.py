@@ -1,6 +1,18 @@
 """Utility benchmark on Fashion-MNIST / EfficientNet-Lite0 embeddings (issue 2).
 
+utility.json is made by two committed commands: the full run (every row, one noise draw;
+issue 15, 2026-12-01) and then the peer run of issue 26 (2026-12-07), which measures the
+peer rows and re-measures dpsynth and the DP-LS / DP-FC tuning-accounted rows with 3 noise
+draws each and merges them into the file (each row says which command and date made it;
+``n_draws`` how many draws it holds):
+
     .venv/bin/python benchmarks/utility.py            # full run (~1 h on 2 cores)
+    nice -n 10 .venv/bin/python benchmarks/utility.py --methods dpsynth-default peers \
+        accounted --eps 0.25 0.5 1 2 4 --draws 3 --jobs 2 --merge
+                                # issue 26: peers + dpsynth + tuning-accounted, 3 draws
+                                # (add ``designs`` for method_v3's rows; an interrupted run
+                                # continues with --resume, or merges what finished with
+                                # --resume merge-only)
     .venv/bin/python benchmarks/utility.py --quick    # smoke run on a subset
     .venv/bin/python benchmarks/utility.py --image-size 160 --eps 0.25 0.5 1 2 inf
                                 # the pipeline's encoder size (issue 16): utility-160px.json
@@ -44,6 +56,30 @@ Methods, all on the same embeddings, the same two-layer MLP and delta = 1e-5:
                             the dpsynth row (the MLP on its samples).
   nonprivate-mlp            the MLP on real training embeddings (ceiling).
 
+Issue 26's draw groups (``--draws`` independent noise draws per cell, the draw index seeding
+the public randomness and the MLP; a row holds the mean as ``accuracy`` and ``std``, ``min``,
+``max``, ``draws``), run in ``--jobs`` worker processes, one torch thread each:
+  dpsynth-default           the ``dpsynth`` row (DPSynthesizer defaults) with draws.
+  peers                     the peer synthesizers, same split, same MLP, same delta, all
+                            hyperparameters fixed before the run (no private tuning, so no
+                            tuning to account); privacy arguments in
+                            src/dpsynth/evaluation/peer_synthesizers.py:
+    dp-merf                 DP-MERF (Harder et al., AISTATS 2021): generator fitted to a DP
+                            class-conditional random-Fourier-feature mean embedding (PEER_MERF).
+    private-evolution       Private Evolution (Lin et al., ICLR 2024) in embedding space,
+                            public-data-free: Gaussian variation, DP nearest-neighbour votes
+                            composed over T iterations (PEER_PE).
+    dpsynth-kmeans          the seed paper's many-cluster form: DPSynthesizer with
+                            components_per_class = k from the public eps (kmeans_k: 5 below
+                            eps 1, 10 below eps 4, else 20), its DP k-means (LSH coreset +
+                            DP Lloyd) feeding the mixture; the rest of the defaults.
+  accounted                 dp-ls-tuning-accounted and dp-fc-tuning-accounted with draws.
+  designs                   benchmarks/method_v3.py's ``DESIGN_ROWS`` (issue 26 items 2/3),
+                            each callable(X_train, y_train, eps, delta, seed) -> (X_syn, y_syn)
+                            scored by this module's MLP; rows only when that module exposes it.
+``--merge`` replaces the rows this run measured in the existing --out file and keeps the
+others, adding to each older row the command and date that made it.
+
 Hyperparameters are chosen on a validation split carved from the training set (6,000
 records, stratified, seed 0); the test split is only used for the reported accuracy.
 Writes benchmarks/results/utility.json, docs/utility.png and docs/many_models.png (at
@@ -54,9 +90,12 @@ docs/utility-<size>px.png and docs/many_models-<size>px.png. ``--methods`` runs 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
+import multiprocessing
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -89,6 +128,7 @@ from dpsynth.evaluation.baselines import (  # noqa: E402
     selection_sigma_records,
     train_dpsgd,
 )
+from dpsynth.evaluation.peer_synthesizers import DPMERF, PrivateEvolution  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EPSILONS = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, math.inf]
@@ -122,6 +162,203 @@ MANY_MODELS = (1, 4, 16)
 MANY_MODELS_TRAINED = 4
 METHODS = ("dpsynth", "dp-class-means", "dp-sgd", "dp-ls", "dp-fc", "many-models",
            "diagnostic")
+#: Issue 26's groups, measured with --draws noise draws per cell (module docstring).
+DRAW_GROUPS = ("dpsynth-default", "peers", "accounted", "designs")
+#: DP-MERF's constants, fixed before the run. lengthscale ~ the median pairwise distance
+#: (1.10) of 1,000 TEST-split embeddings at 64 px: the paper's median heuristic, taken on
+#: the held-out split (public by DESIGN.md), never on the private one.
+PEER_MERF = {"n_frequencies": 1000, "lengthscale": 1.0, "steps": 400, "batch_per_class": 64}
+#: Private Evolution's constants, fixed before the run.
+PEER_PE = {"population": 200, "iterations": 10, "variation_start": 0.6,
+           "variation_end": 0.1, "threshold": 2.0}
+
+
+def kmeans_k(eps: float) -> int:
+    """Components per class of the dpsynth-kmeans row, from the public eps alone: more
+    budget affords more clusters (5 below eps 1, 10 below eps 4, else 20)."""
+    return 5 if eps < 1 else 10 if eps < 4 else 20
+
+
+def design_rows() -> dict:
+    """benchmarks/method_v3.py's DESIGN_ROWS, or {} when it is absent or does not expose
+    them (an import guarded so that this benchmark never depends on that one)."""
+    try:
+        import method_v3
+    except Exception as exc:  # noqa: BLE001 - any failure means: no design rows
+        print(f"no design rows: method_v3 not importable ({exc!r})", flush=True)
+        return {}
+    return dict(getattr(method_v3, "DESIGN_ROWS", {}) or {})
+
+
+def draw_methods(groups: set[str]) -> list[str]:
+    """The rows the draw groups make (one task per row, eps and draw)."""
+    out = []
+    if "dpsynth-default" in groups:
+        out.append("dpsynth")
+    if "peers" in groups:
+        out += ["dpsynth-kmeans", "dp-merf", "private-evolution"]
+    if "designs" in groups:
+        out += list(design_rows())
+    if "accounted" in groups:
+        out.append("accounted")
+    return out
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(image_size: int, quick: bool) -> None:
+    torch.set_num_threads(1)
+    X_all, y_all = load_embeddings("train", image_size)
+    X_test, y_test = load_embeddings("test", image_size)
+    if quick:
+        X_all, y_all, X_test, y_test = X_all[:6000], y_all[:6000], X_test[:2000], y_test[:2000]
+    X_tr, X_val, y_tr, y_val = train_test_split(X_all, y_all, test_size=0.1, random_state=0,
+                                                stratify=y_all)
+    _WORKER.update(X_tr=X_tr, X_val=X_val, y_tr=y_tr, y_val=y_val, X_test=X_test,
+                   y_test=y_test)
+
+
+def run_draw(task: tuple[str, float, int]) -> list[dict]:
+    """One (row, eps, draw) cell: fit, sample len(X_train) rows, train the MLP (seeded by
+    the draw), score on test. The DP noise is from OS entropy: every draw is fresh."""
+    method, eps, draw = task
+    w = _WORKER
+    X_tr, y_tr, X_test, y_test = w["X_tr"], w["y_tr"], w["X_test"], w["y_test"]
+    classes = np.arange(10)
+    t0 = time.perf_counter()
+    extra: dict = {}
+
+    def mlp_score(X_syn, y_syn) -> float:
+        model = TwoLayerMLP(random_state=draw, **MLP).fit(X_syn, y_syn, classes=classes)
+        return model.score(X_test, y_test)
+
+    if method == "accounted":
+        out = []
+        for name, fn, grid in (("dp-ls-tuning-accounted", dp_least_squares, DPLS_RIDGE_SCALES),
+                               ("dp-fc-tuning-accounted", dp_fc, DPFC_GRID)):
+            sel = fn(X_tr, y_tr, 10, eps, DELTA, grid, w["X_val"], w["y_val"],
+                     account_tuning=True,
+                     selection_sigma_records=selection_sigma_records(eps, DELTA, len(grid)))
+            out.append({"method": name, "epsilon": eps, "draw": draw,
+                        "accuracy": float((linear_predict(sel.weights, X_test)
+                                           == y_test).mean()),
+                        "seconds": round(time.perf_counter() - t0)})
+        return out
+    if method == "dpsynth":
+        synth = DPSynthesizer(eps, DELTA, random_state=draw).fit(X_tr, y_tr, classes=classes)
+        X_syn, y_syn = synth.sample(len(X_tr))
+    elif method == "dpsynth-kmeans":
+        k = kmeans_k(eps)
+        synth = DPSynthesizer(eps, DELTA, random_state=draw, components_per_class=k).fit(
+            X_tr, y_tr, classes=classes)
+        X_syn, y_syn = synth.sample(len(X_tr))
+        extra = {"components_per_class": k,
+                 "components_kept": int(len(np.asarray(synth.weights_)))}
+    elif method == "dp-merf":
+        synth = DPMERF(eps, DELTA, random_state=draw, **PEER_MERF).fit(X_tr, y_tr, classes)
+        X_syn, y_syn = synth.sample(len(X_tr))
+        extra = {"final_loss": round(synth.final_loss_, 5),
+                 "epsilon_pld": round(synth.privacy_plan_.epsilon_pld, 4)}
+    elif method == "private-evolution":
+        synth = PrivateEvolution(eps, DELTA, random_state=draw, **PEER_PE).fit(
+            X_tr, y_tr, classes)
+        X_syn, y_syn = synth.sample(len(X_tr))
+        extra = {"kept_last": synth.history_[-1]["kept"],
+                 "epsilon_pld": round(synth.privacy_plan_.epsilon_pld, 4)}
+    else:
+        X_syn, y_syn = design_rows()[method](X_tr, y_tr, eps, DELTA, draw)
+        extra = {"design": "benchmarks/method_v3.py DESIGN_ROWS"}
+    acc = mlp_score(X_syn, y_syn)
+    return [{"method": method, "epsilon": eps, "draw": draw, "accuracy": acc,
+             "seconds": round(time.perf_counter() - t0), **extra}]
+
+
+def run_draw_groups(groups: set[str], epsilons: list[float], draws: int, jobs: int,
+                    image_size: int, quick: bool, log: Path, resume: str | None
+                    ) -> list[dict]:
+    """Every (row, eps, draw) cell of the draw groups, in ``jobs`` processes; each result
+    is appended to ``log`` (JSON lines) as it comes, so that an interrupted run resumes
+    with ``--resume`` instead of starting over."""
+    done = []
+    if resume and log.exists():
+        done = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    elif log.exists():
+        log.unlink()
+    wanted = set(draw_methods(groups))
+    done = [r for r in done if r["epsilon"] in epsilons and r["draw"] < draws
+            and (r["method"] in wanted or r["method"].endswith("-tuning-accounted")
+                 and "accounted" in wanted)]
+    have = {(r["method"], r["epsilon"], r["draw"]) for r in done}
+    have |= {("accounted", r["epsilon"], r["draw"]) for r in done
+             if r["method"].endswith("-tuning-accounted")}
+    tasks = [(m, eps, d) for d in range(draws) for eps in epsilons if not math.isinf(eps)
+             for m in draw_methods(groups) if (m, eps, d) not in have]
+    # Cells the file has no single-draw row for come first (the peers, the designs), the
+    # central eps first: an interrupted run has the new rows at every eps before repeats.
+    order = {e: i for i, e in enumerate(sorted(epsilons, key=lambda e: abs(math.log(e))))}
+    tasks.sort(key=lambda t: (t[2], t[0] in ("dpsynth", "accounted"), order[t[1]]))
+    if resume == "merge-only":
+        tasks = []
+    print(f"{len(tasks)} cells to run ({len(have)} resumed) in {jobs} processes", flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(jobs, initializer=_worker_init, initargs=(image_size, quick)) as pool:
+        for rows in pool.imap_unordered(run_draw, tasks):
+            with log.open("a") as f:
+                for r in rows:
+                    f.write(json.dumps(r) + "\n")
+                    print(f"[{time.perf_counter() - t0:6.0f}s] {r}", flush=True)
+            done += rows
+    return done
+
+
+def aggregate_draws(results: list[dict], command: str, date: str) -> list[dict]:
+    """One row per (method, eps): mean accuracy over the draws and their spread."""
+    cells: dict = {}
+    for r in results:
+        cells.setdefault((r["method"], r["epsilon"]), []).append(r)
+    rows = []
+    for (method, eps), cell in cells.items():
+        cell.sort(key=lambda r: r["draw"])
+        accs = np.array([r["accuracy"] for r in cell])
+        extra = {k: v for k, v in cell[0].items()
+                 if k not in ("method", "epsilon", "draw", "accuracy", "seconds")}
+        rows.append({"method": method, "epsilon": eps, "accuracy": round(float(accs.mean()), 4),
+                     "std": round(float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, 4),
+                     "min": round(float(accs.min()), 4), "max": round(float(accs.max()), 4),
+                     "draws": [round(float(a), 4) for a in accs], "n_draws": len(accs),
+                     **extra, "command": command, "date": date})
+    return rows
+
+
+def file_date(path: Path) -> str:
+    """The date of the last commit that touched ``path`` (the provenance of its rows)."""
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%ad %h", "--date=short", "--",
+                              str(path)], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        out = ""
+    return out.replace(" ", " (commit ") + ")" if out else "unknown"
+
+
+def merge_rows(path: Path, new_rows: list[dict], run_setup: dict) -> dict:
+    """The results file at ``path`` with ``new_rows`` replacing the rows of the same
+    (method, eps) and every older row carrying the command and date that made it."""
+    old = json.loads(path.read_text())
+    setup = old["setup"]
+    older_command, older_date = setup.get("command", "unknown"), file_date(path)
+    replaced = {(r["method"], str(r["epsilon"])) for r in new_rows}
+    rows = []
+    for r in old["rows"]:
+        if (r["method"], str(r["epsilon"])) in replaced:
+            continue
+        rows.append({**r, "command": r.get("command", older_command),
+                     "date": r.get("date", older_date)})
+    setup.setdefault("merged_runs", []).append(run_setup)
+    return {**old, "rows": rows + new_rows, "setup": setup}
 
 
 def dpsgd_tuning_free(eps: float, X, y, X_val, y_val, n_classes: int, on_config=None):
@@ -197,23 +434,71 @@ def main() -> None:
                     help="EfficientNet-Lite0 input size in px (the pipeline encodes at 160)")
     ap.add_argument("--eps", type=float, nargs="+", default=EPSILONS,
                     help="epsilons to run ('inf' for the non-private dpsynth rows)")
-    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                    help="run only these groups of rows (nonprivate-mlp always runs)")
+    ap.add_argument("--methods", nargs="+", choices=METHODS + DRAW_GROUPS,
+                    default=list(METHODS),
+                    help="run only these groups of rows (nonprivate-mlp runs unless only "
+                         "draw groups are run with --merge)")
+    ap.add_argument("--draws", type=int, default=1,
+                    help="noise draws per cell of the draw groups (issue 26: 3)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="worker processes for the draw groups (one torch thread each)")
+    ap.add_argument("--merge", action="store_true",
+                    help="replace this run's rows in the existing --out file, keep the rest")
+    ap.add_argument("--resume", choices=("run", "merge-only"), nargs="?", const="run",
+                    help="reuse the draw groups' finished cells of an interrupted run "
+                         "(benchmarks/cache/<out stem>-draws.jsonl); 'merge-only' runs no "
+                         "new cell (rows then hold the draws that finished: see n_draws)")
     ap.add_argument("--out", default=None,
                     help="default: benchmarks/results/utility.json at 64 px, utility-<size>px"
                          ".json at other sizes (utility-quick.json with --quick, so a smoke "
                          "run never overwrites the committed results)")
+    ap.add_argument("--table", action="store_true",
+                    help="print docs/results.md's peer table (Markdown) of --out, run nothing")
     ap.add_argument("--plot-only", action="store_true",
                     help="redraw the plots of --out from its rows, running nothing")
     args = ap.parse_args()
     stem = "utility" if args.image_size == 64 else f"utility-{args.image_size}px"
     args.out = args.out or str(ROOT / "benchmarks/results" /
                                ("utility-quick.json" if args.quick else f"{stem}.json"))
+    if args.table:
+        print(peer_table(json.loads(Path(args.out).read_text())["rows"]))
+        return
     if args.plot_only:
         saved = json.loads(Path(args.out).read_text())["rows"]
         plot(saved, ROOT / "docs" / f"{Path(args.out).stem}.png", args.image_size)
         if any(r["method"].startswith("dp-sgd-m") for r in saved):
             plot_many_models(saved, many_models_path(args.image_size))
+        return
+    methods = set(args.methods)
+    groups = methods & set(DRAW_GROUPS)
+    methods -= groups
+    command = "python " + " ".join(["benchmarks/utility.py", *sys.argv[1:]])
+    today = datetime.date.today().isoformat()
+    draw_results = []
+    t_draws = time.perf_counter()
+    if groups:
+        eps_draws = [1.0] if args.quick else [e for e in args.eps if not math.isinf(e)]
+        draw_results = run_draw_groups(
+            groups, eps_draws, args.draws, args.jobs, args.image_size, args.quick,
+            ROOT / "benchmarks/cache" / f"{Path(args.out).stem}-draws.jsonl", args.resume)
+    draw_rows = aggregate_draws(draw_results, command, today)
+    if args.merge and not methods:
+        if not Path(args.out).exists():
+            raise SystemExit(f"--merge: {args.out} does not exist")
+        run_setup = {"command": command, "date": today, "methods": sorted(groups),
+                     "epsilons": sorted({r["epsilon"] for r in draw_rows}),
+                     "draws": args.draws, "peer_merf": PEER_MERF, "peer_pe": PEER_PE,
+                     "kmeans_k": {str(e): kmeans_k(e) for e in args.eps
+                                  if not math.isinf(e)},
+                     "design_rows": sorted(design_rows()) if "designs" in groups else [],
+                     "machine": f"{platform.machine()}, {args.jobs} processes x 1 torch "
+                                f"thread, {platform.python_version()}",
+                     "seconds": round(time.perf_counter() - t_draws)}
+        result = merge_rows(Path(args.out), draw_rows, run_setup)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        if not args.quick:
+            plot(result["rows"], ROOT / "docs" / f"{Path(args.out).stem}.png", args.image_size)
+        print(f"merged {len(draw_rows)} rows into {args.out}")
         return
     torch.set_num_threads(2)
     X_all, y_all = load_embeddings("train", args.image_size)
@@ -234,7 +519,6 @@ def main() -> None:
         rows.append(row)
         print(f"[{time.perf_counter() - t0:6.0f}s] {row}", flush=True)
 
-    methods = set(args.methods)
     n_trained = 1 if args.quick else MANY_MODELS_TRAINED
     clf = TwoLayerMLP(random_state=0, **MLP).fit(X_tr, y_tr, classes=classes)
     add("nonprivate-mlp", math.inf, clf.score(X_test, y_test))
@@ -320,6 +604,9 @@ def main() -> None:
                                                      y_test, 10)
                     add(f"dp-sgd-m{m}", eps, acc, config=cfg.label(), trained=k,
                         noise_multiplier=round(sigma_m, 3))
+    if draw_rows:  # the draw groups' rows replace the single-draw rows of the same cell
+        replaced = {(r["method"], r["epsilon"]) for r in draw_rows}
+        rows = [r for r in rows if (r["method"], r["epsilon"]) not in replaced] + draw_rows
     result = {
         "rows": rows,
         "grid": grid_log,
@@ -338,7 +625,7 @@ def main() -> None:
             "many_models_trained": n_trained, "methods": sorted(methods),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
                        f"{platform.python_version()}",
-            "command": "python " + " ".join(["benchmarks/utility.py", *sys.argv[1:]]),
+            "command": command, "date": today,
             "seconds": round(time.perf_counter() - t0),
         },
     }
@@ -358,6 +645,47 @@ def main() -> None:
                                     if r["method"] == "dpsynth"]
             plot_many_models(reference, many_models_path(args.image_size))
     print(f"wrote {args.out}")
+
+
+#: The peer table's rows: dpsynth, the peers, the tuning-accounted baselines.
+PEER_TABLE = ("dpsynth", "dpsynth-kmeans", "dp-merf", "private-evolution",
+              "dp-ls-tuning-accounted", "dp-fc-tuning-accounted", "dp-sgd-tuning-accounted")
+
+
+def peer_table(rows: list[dict], epsilons=(0.25, 0.5, 1.0, 2.0, 4.0)) -> str:
+    """Markdown: test accuracy (%) per eps, mean +- std over the draws (range in brackets),
+    dpsynth against every peer and tuning-accounted baseline, and dpsynth's margin to the
+    best of them. Single-draw cells say so (no spread)."""
+    cell = {(r["method"], float(r["epsilon"])): r for r in rows if r["epsilon"] != "inf"}
+    design = sorted({r["method"] for r in rows if "design" in r})
+    names = [m for m in (*PEER_TABLE, *design) if any((m, e) in cell for e in epsilons)]
+    out = ["| method | " + " | ".join(f"eps={e:g}" for e in epsilons) + " |",
+           "|---|" + "---|" * len(epsilons)]
+
+    def fmt(r: dict | None) -> str:
+        if r is None:
+            return "-"
+        if r.get("n_draws", 1) > 1:
+            return (f"{100 * r['accuracy']:.1f} ± {100 * r['std']:.1f} "
+                    f"[{100 * r['min']:.1f}, {100 * r['max']:.1f}]")
+        return f"{100 * r['accuracy']:.1f} (1 draw)"
+
+    for m in names:
+        label = f"**{m}**" if m == "dpsynth" else m
+        out.append(f"| {label} | " + " | ".join(fmt(cell.get((m, e))) for e in epsilons)
+                   + " |")
+    margins = []
+    for e in epsilons:
+        ours = cell.get(("dpsynth", e))
+        others = [cell[(m, e)] for m in names if m != "dpsynth" and (m, e) in cell]
+        if ours is None or not others:
+            margins.append("-")
+            continue
+        best = max(others, key=lambda r: r["accuracy"])
+        margins.append(f"{100 * (ours['accuracy'] - best['accuracy']):+.1f} "
+                       f"(vs {best['method']})")
+    out.append("| dpsynth - best other | " + " | ".join(margins) + " |")
+    return "\n".join(out)
 
 
 def many_models_path(image_size: int) -> Path:
@@ -387,15 +715,17 @@ def plot(rows: list[dict], path: Path, image_size: int = 64) -> None:
     # colour cycle alone repeats).
     families = list(dict.fromkeys(method_family(m) for m in methods))
     for method in methods:
-        pts = sorted((r["epsilon"], r["accuracy"]) for r in rows
+        pts = sorted((r["epsilon"], r["accuracy"], r.get("std", 0.0)) for r in rows
                      if r["method"] == method and r["epsilon"] != "inf")
         family = method_family(method)
         style = {"color": "k" if family == "dpsynth" else f"C{families.index(family) % 10}",
                  "ls": ":" if method.startswith("diagnostic") else
                        "--" if method != family else "-",
                  "lw": 2.5 if method == "dpsynth" else 1.3}
-        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", ms=4,
-                label=method, **style)
+        # Rows measured over several noise draws: the mean, bars of +- one std.
+        ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts],
+                    yerr=[100 * p[2] for p in pts], marker="o", ms=4, capsize=2,
+                    label=method, **style)
     for r in rows:
         if r["method"] == "nonprivate-mlp":
             ax.axhline(100 * r["accuracy"], color="grey", ls="-.", lw=1,
