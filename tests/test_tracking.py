@@ -328,12 +328,14 @@ def test_the_pipeline_plan_step_refuses_without_a_shared_ledger(monkeypatch):
     """In a pod, the default ledger file would vanish with the pod: every pipeline run
     would find a fresh budget. The plan step must be given the shared ledger."""
     from dpsynth_kfp.components import COMPONENTS
+    from dpsynth_kfp.parameters import PLAN_PARAMETERS
 
     monkeypatch.delenv("DPSYNTH_LEDGER_URI")
     plan = COMPONENTS["plan"].python_func
+    values = {p.input_name: p.default for p in PLAN_PARAMETERS}
+    values.update(config_yaml="", mlflow_uri="http://127.0.0.1:1")
     with pytest.raises(ValueError, match="no privacy budget ledger: set DPSYNTH_LEDGER_URI"):
-        plan(config_yaml="", overrides=["tracking.uri=http://127.0.0.1:1"], config=None,
-             privacy_plan=None, ledger=None, kfp_run_id="test-run")
+        plan(**values, config=None, privacy_plan=None, ledger=None, kfp_run_id="test-run")
 
 
 def test_a_charge_is_kept_when_the_mlflow_run_cannot_be_created(cache, tmp_path, monkeypatch):
