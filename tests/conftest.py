@@ -81,3 +81,22 @@ def charges(monkeypatch):
 
     monkeypatch.setattr(runner, "charge_run", recording)
     return calls
+
+
+@pytest.fixture
+def counting_encoder(monkeypatch):
+    """The run's encoder replaced by ``pixels`` that counts its ``encode_batch`` calls
+    (``counting_encoder.calls``), for tests that check what is encoded and what is reused."""
+    from dpsynth import steps
+    from dpsynth.encoders.pixels import PixelEncoder
+
+    class CountingPixels(PixelEncoder):
+        calls = 0
+
+        def encode_batch(self, images):
+            type(self).calls += 1
+            return super().encode_batch(images)
+
+    monkeypatch.setattr(steps, "make_encoder",
+                        lambda config: CountingPixels(**config.encoder.options))
+    return CountingPixels

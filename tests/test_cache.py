@@ -25,22 +25,6 @@ def _config(tmp_path, *extra):
                         "encoder.batch_size=100", *extra])
 
 
-class CountingPixels(PixelEncoder):
-    """1437 rows in shards of 300 and batches of 100: five shards of three batches."""
-
-    calls = 0
-
-    def encode_batch(self, images):
-        type(self).calls += 1
-        return super().encode_batch(images)
-
-
-@pytest.fixture
-def encoder(monkeypatch):
-    CountingPixels.calls = 0
-    monkeypatch.setattr(steps, "make_encoder",
-                        lambda config: CountingPixels(**config.encoder.options))
-    return CountingPixels
 
 
 def _fresh(config):
@@ -74,25 +58,25 @@ DAMAGE = {"zeroed": (_zero_data, "corrupt"), "truncated": (_truncate, "truncated
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_a_damaged_cache_entry_is_reported_discarded_and_encoded_again(
-        tmp_path, encoder, damage):
+        tmp_path, counting_encoder, damage):
     config = _config(tmp_path)
     first = steps.encode(config, "train", progress=False)
     stranger = first.path / "notes.txt"  # not dpsynth's: must survive the discard
     stranger.write_text("mine")
     file = first.path / first.manifest["shards"][2]["embeddings"]
     DAMAGE[damage][0](file)
-    encoder.calls = 0
+    counting_encoder.calls = 0
     with pytest.warns(steps.CacheEntryWarning, match=DAMAGE[damage][1]) as caught:
         again = steps.encode(config, "train", progress=False)
     message = str(caught[0].message)
     assert str(first.path) in message and "discarded" in message
-    assert encoder.calls == 5 * 3  # every shard encoded again
+    assert counting_encoder.calls == 5 * 3  # every shard encoded again
     assert again.path == first.path and stranger.read_text() == "mine"
     np.testing.assert_array_equal(EmbeddingSet.open(again.path).load()[0], _fresh(config))
 
 
-def test_preflight_check_reports_without_encoding_or_reading_images(tmp_path, encoder,
-                                                                     monkeypatch):
+def test_preflight_check_reports_without_encoding_or_reading_images(
+        tmp_path, counting_encoder, monkeypatch):
     config = _config(tmp_path)
     assert steps.check_cached_encoding(config, "train") == "absent"
     steps.encode(config, "test", progress=False)
@@ -111,7 +95,8 @@ def test_preflight_check_reports_without_encoding_or_reading_images(tmp_path, en
                                        "test") == "absent"
 
 
-def test_preflight_check_sees_a_partial_entry_and_discards_a_corrupt_one(tmp_path, encoder):
+def test_preflight_check_sees_a_partial_entry_and_discards_a_corrupt_one(
+        tmp_path, counting_encoder):
     config = _config(tmp_path)
     key, _ = steps.encoding_key(config, "train")
     path = steps.cache_path(config, key)
@@ -126,13 +111,13 @@ def test_preflight_check_sees_a_partial_entry_and_discards_a_corrupt_one(tmp_pat
         assert steps.check_cached_encoding(config, "train") == "absent"
     assert not path.exists()  # only dpsynth's files were there
     assert steps.check_cached_encoding(config, "train") == "absent"
-    encoder.calls = 0
+    counting_encoder.calls = 0
     assert steps.encode(config, "train", progress=False).path == path
-    assert encoder.calls == 5 * 3
+    assert counting_encoder.calls == 5 * 3
 
 
-def test_encode_after_the_preflight_check_does_not_hash_the_set_again(tmp_path, encoder,
-                                                                       monkeypatch):
+def test_encode_after_the_preflight_check_does_not_hash_the_set_again(
+        tmp_path, counting_encoder, monkeypatch):
     config = _config(tmp_path)
     steps.encode(config, "train", progress=False)
     monkeypatch.setattr(store, "_SETTLE_NS", 0)  # as if the entry were written long ago
@@ -204,8 +189,8 @@ def test_a_damaged_index_file_is_replaced_with_a_warning_naming_no_digest(tmp_pa
     assert steps._key_digest(key)[:8] not in str(caught[0].message)
 
 
-def test_a_full_disk_mid_encode_leaves_whole_shards_and_no_temporary_files(tmp_path, encoder,
-                                                                           monkeypatch):
+def test_a_full_disk_mid_encode_leaves_whole_shards_and_no_temporary_files(
+        tmp_path, counting_encoder, monkeypatch):
     config = _config(tmp_path)
     real_write = store._HashingWriter.write
     written = {"npy": 0}
@@ -227,9 +212,9 @@ def test_a_full_disk_mid_encode_leaves_whole_shards_and_no_temporary_files(tmp_p
     assert [s["index"] for s in manifest["shards"]] == [0, 1] and not manifest["complete"]
     assert steps.check_cached_encoding(config, "train") == "partial"
     monkeypatch.setattr(store._HashingWriter, "write", real_write)  # space freed
-    encoder.calls = 0
+    counting_encoder.calls = 0
     es = steps.encode(config, "train", progress=False)
-    assert encoder.calls == 3 * 3  # resumed with shard 2
+    assert counting_encoder.calls == 3 * 3  # resumed with shard 2
     np.testing.assert_array_equal(es.load()[0], _fresh(config))
 
 

@@ -13,23 +13,6 @@ from image_folders import gray_image_folder
 from dpsynth import steps
 from dpsynth.config import load_config
 from dpsynth.data.store import EmbeddingSet
-from dpsynth.encoders.pixels import PixelEncoder
-
-
-class CountingPixels(PixelEncoder):
-    calls = 0
-
-    def encode_batch(self, images):
-        type(self).calls += 1
-        return super().encode_batch(images)
-
-
-@pytest.fixture
-def encoder(monkeypatch):
-    CountingPixels.calls = 0
-    monkeypatch.setattr(steps, "make_encoder",
-                        lambda config: CountingPixels(**config.encoder.options))
-    return CountingPixels
 
 
 @pytest.fixture
@@ -51,14 +34,14 @@ def _entries(tmp_path):
     return sorted(p.name for p in (tmp_path / "cache").iterdir() if p.name != "index")
 
 
-def test_same_data_under_another_dataset_id_is_encoded_once(folders, encoder):
+def test_same_data_under_another_dataset_id_is_encoded_once(folders, counting_encoder):
     first = steps.encode(_config(folders, "private-a"), "train", progress=False)
-    assert encoder.calls == 5  # 90 rows: shards of 40, 40, 10 in batches of 20
+    assert counting_encoder.calls == 5  # 90 rows: shards of 40, 40, 10 in batches of 20
     config_b = _config(folders, "public-copy-b")
     assert steps.check_cached_encoding(config_b, "train") == "complete"
-    encoder.calls = 0
+    counting_encoder.calls = 0
     second = steps.encode(config_b, "train", progress=False)
-    assert encoder.calls == 0
+    assert counting_encoder.calls == 0
     # Its own entry and manifest (its dataset id, which later steps read) ...
     assert second.path != first.path and len(_entries(folders)) == 2
     assert first.manifest["dataset_id"] == "private-a/train"
@@ -73,13 +56,13 @@ def test_same_data_under_another_dataset_id_is_encoded_once(folders, encoder):
     # And the next run under either id is a plain hit.
     steps.encode(_config(folders, "public-copy-b"), "train", progress=False)
     steps.encode(_config(folders, "private-a"), "train", progress=False)
-    assert encoder.calls == 0
+    assert counting_encoder.calls == 0
 
 
 @pytest.mark.parametrize("change", ["data", "limit", "encoder options", "shard rows"])
-def test_changed_data_or_encoder_options_encode_again(folders, encoder, change):
+def test_changed_data_or_encoder_options_encode_again(folders, counting_encoder, change):
     steps.encode(_config(folders, "a"), "train", progress=False)
-    encoder.calls = 0
+    counting_encoder.calls = 0
     extra: tuple[str, ...] = ()
     if change == "data":
         from PIL import Image
@@ -90,12 +73,12 @@ def test_changed_data_or_encoder_options_encode_again(folders, encoder, change):
     elif change == "encoder options":
         # image_shape (8, 8, 1): the same pixels, another output shape option.
         extra = ("encoder.options={image_shape: [8, 8, 1]}",)
-        steps_encode_batch = CountingPixels.encode_batch
+        steps_encode_batch = counting_encoder.encode_batch
 
         def reshaped(self, images):
             return steps_encode_batch(self, images[..., None])
 
-        CountingPixels.encode_batch = reshaped
+        counting_encoder.encode_batch = reshaped
     else:
         extra = ("encoder.shard_rows=30",)
     try:
@@ -104,8 +87,8 @@ def test_changed_data_or_encoder_options_encode_again(folders, encoder, change):
         steps.encode(config, "train", progress=False)
     finally:
         if change == "encoder options":
-            CountingPixels.encode_batch = steps_encode_batch
-    assert encoder.calls > 0
+            counting_encoder.encode_batch = steps_encode_batch
+    assert counting_encoder.calls > 0
 
 
 def test_a_text_file_limit_changes_the_key(tmp_path):
@@ -122,26 +105,26 @@ def test_a_text_file_limit_changes_the_key(tmp_path):
     assert key["source"]["rows"] == 20 and limited["source"]["rows"] == 10
 
 
-def test_entries_made_before_the_content_index_still_hit_and_then_serve_others(folders,
-                                                                               encoder):
+def test_entries_made_before_the_content_index_still_hit_and_then_serve_others(
+        folders, counting_encoder):
     config_a = _config(folders, "a")
     first = steps.encode(config_a, "train", progress=False)
     key = steps.encoding_key(config_a, "train")[0]
     steps._content_index(config_a, key).unlink()  # as an entry written before it existed
-    encoder.calls = 0
+    counting_encoder.calls = 0
     assert steps.encode(config_a, "train", progress=False).path == first.path
-    assert encoder.calls == 0 and steps._content_index(config_a, key).is_file()
+    assert counting_encoder.calls == 0 and steps._content_index(config_a, key).is_file()
     steps.encode(_config(folders, "b"), "train", progress=False)
-    assert encoder.calls == 0
+    assert counting_encoder.calls == 0
 
 
-def test_a_damaged_same_content_entry_is_not_used(folders, encoder):
+def test_a_damaged_same_content_entry_is_not_used(folders, counting_encoder):
     first = steps.encode(_config(folders, "a"), "train", progress=False)
     shard = first.path / first.manifest["shards"][1]["embeddings"]
     shard.write_bytes(shard.read_bytes()[:-8])  # truncated
-    encoder.calls = 0
+    counting_encoder.calls = 0
     second = steps.encode(_config(folders, "b"), "train", progress=False)
-    assert encoder.calls == 5
+    assert counting_encoder.calls == 5
     np.testing.assert_array_equal(second.load()[0][:40], np.load(
         first.path / first.manifest["shards"][0]["embeddings"]))
     # The content index now names the whole entry.
