@@ -80,6 +80,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from embeddings import utility_split, write_result  # noqa: E402
+from release_designs import GATE_EPS, beats_default  # noqa: E402
 from resolution import mlp_params  # noqa: E402
 
 from dpsynth import DPSynthesizer  # noqa: E402
@@ -98,7 +99,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results"
 DELTA = 1e-5
 N_CLASSES = 10
-GATE_EPS = [0.25, 0.5, 1.0, 2.0]
 SWITCH_EPS = 0.75
 POOLED_EPS = 0.375
 RIDGE = 1.0
@@ -337,20 +337,7 @@ def summarise(rows: list[dict], key: str = "design") -> tuple[list[dict], list[d
             s.update(diff_mean=round(float(np.mean(diffs)), 4),
                      diff_min=round(min(diffs), 4), diff_max=round(max(diffs), 4))
         summary.append(s)
-    verdicts = []
-    if key == "design":
-        for d in dict.fromkeys(r["design"] for r in rows):
-            if d == "default":
-                continue
-            wins, compared = [], 0
-            for e in GATE_EPS:
-                mine, base = cells.get((d, e)), cells.get(("default", e))
-                if mine and base:
-                    compared += 1
-                    if min(mine) > max(base):
-                        wins.append(e)
-            verdicts.append({"design": d, "beats_default_at": wins, "compared": compared,
-                             "beats": len(wins) >= 3})
+    verdicts = beats_default(cells, [r["design"] for r in rows]) if key == "design" else []
     return summary, verdicts
 
 

@@ -451,8 +451,15 @@ def summarise(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     summary = [{"design": d, "epsilon": e, "mean": round(float(np.mean(v)), 4),
                 "min": min(v), "max": max(v), "draws": len(v)}
                for (d, e), v in cells.items()]
+    return summary, beats_default(cells, [r["design"] for r in rows])
+
+
+def beats_default(cells: dict, designs: list[str]) -> list[dict]:
+    """Per design but the default, from ``cells`` ((design, eps) -> accuracies over draws):
+    at which eps of :data:`GATE_EPS` its worst draw is above the default's best, and
+    whether that holds at 3 of them (the gate a design must pass to replace the default)."""
     verdicts = []
-    for d in dict.fromkeys(r["design"] for r in rows):
+    for d in dict.fromkeys(designs):
         if d == "default":
             continue
         wins, compared = [], 0
@@ -464,7 +471,7 @@ def summarise(rows: list[dict]) -> tuple[list[dict], list[dict]]:
                     wins.append(e)
         verdicts.append({"design": d, "beats_default_at": wins, "compared": compared,
                          "beats": len(wins) >= 3})
-    return summary, verdicts
+    return verdicts
 
 
 def table(result: dict) -> str:
