@@ -199,9 +199,9 @@ def test_the_pipeline_parameters_set_the_keys_the_message_names():
         p = for_key(key)
         assert p.name == parameter and p.type is bool and p.default is False
         assert key in p.description
-        values = {q.input_name: q.default for q in PARAMETERS}
+        values = {q.name: q.default for q in PARAMETERS}
         assert key not in settings(values)  # default: the config's own
-        values[BY_NAME[parameter].input_name] = True
+        values[BY_NAME[parameter].name] = True
         assert settings(values)[key] is True
         assert step(step_name).device == "cuda"
 

@@ -22,7 +22,7 @@ from dpsynth_kfp.promote_task import promote
 
 
 def _defaults(**given):
-    values = {p.input_name: p.default for p in PARAMETERS}
+    values = {p.name: p.default for p in PARAMETERS}
     values.update(given)
     return values
 
@@ -78,7 +78,7 @@ def test_the_run_form_is_described_by_the_configuration_schema():
 def test_the_arguments_reproduce_the_configuration(config_file, extra):
     config = load_config(config_file, extra)
     args = arguments(config)
-    values = {p.input_name: args.get(p.name, p.default) for p in PARAMETERS}
+    values = {p.name: args.get(p.name, p.default) for p in PARAMETERS}
     again = resolve(values)
     assert again.model_dump(exclude={"decode"}) == config.model_dump(exclude={"decode"})
     # decode.enabled: None (when there is a decoder) becomes the decision, as in `dpsynth run`
@@ -97,7 +97,7 @@ def test_the_plan_component_is_a_plain_typed_function_taking_the_table():
     taken = [(name, p.annotation) for name, p in signature.parameters.items()
              if name not in ("config", "privacy_plan", "ledger", "kfp_run_id",
                              "declared_releases")]
-    assert taken == [(p.input_name, p.type) for p in PLAN_PARAMETERS]
+    assert taken == [(p.name, p.type) for p in PLAN_PARAMETERS]
     # Every other parameter goes to the promote task, or says how pods are scheduled
     # (the data claim: a mount, no task input).
     others = [p for p in PARAMETERS if p not in PLAN_PARAMETERS + PROMOTE_PARAMETERS]
@@ -113,8 +113,8 @@ def test_the_promote_gates_are_the_promote_components_defaults():
         if p.name == "promote":
             assert p.default is False
             continue
-        assert signature.parameters[p.input_name].default == p.default, p.name
-        assert signature.parameters[p.input_name].annotation is p.type, p.name
+        assert signature.parameters[p.name].default == p.default, p.name
+        assert signature.parameters[p.name].annotation is p.type, p.name
 
 
 def test_choosing_another_encoder_in_the_run_form_drops_the_configs_options():
@@ -143,7 +143,7 @@ def test_open_clip_from_the_run_form_passes_the_plan_steps_checks(tmp_path):
     outputs = {name: SimpleNamespace(path=str(tmp_path / name))
                for name in ("config", "privacy_plan", "ledger")}
     values = _defaults(encoder="open_clip", mlflow_uri=f"sqlite:///{tmp_path / 'm.db'}")
-    run_id = run(**outputs, **{p.input_name: values[p.input_name] for p in PLAN_PARAMETERS})
+    run_id = run(**outputs, **{p.name: values[p.name] for p in PLAN_PARAMETERS})
     assert run_id
     plan_file = json.loads((tmp_path / "privacy_plan").read_text())
     assert plan_file["metadata"]["embedding_dim"] == 512  # ViT-B-32's, not EfficientNet's

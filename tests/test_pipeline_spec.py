@@ -241,7 +241,7 @@ def test_the_run_form_shows_one_described_parameter_per_table_row():
     assert {name: i.component_input_parameter.removeprefix("pipelinechannel--")
             for name, i in plan_inputs.items()
             if name not in ("kfp_run_id", "declared_releases")} == \
-        {p.input_name: p.name for p in PLAN_PARAMETERS}
+        {p.name: p.name for p in PLAN_PARAMETERS}
     # What replacement components declare is a constant of the compiled pipeline.
     assert plan_inputs["declared_releases"].runtime_value.constant.string_value == "[]"
 
@@ -470,7 +470,7 @@ def test_promote_runs_after_evaluate_only_when_its_parameter_is_true():
     inputs = task.inputs.parameters
     for p in PROMOTE_PARAMETERS:
         if p.name != "promote":
-            assert inputs[p.input_name].component_input_parameter == \
+            assert inputs[p.name].component_input_parameter == \
                 f"pipelinechannel--{p.name}"
     assert inputs["tracking_uri"].component_input_parameter == "pipelinechannel--mlflow_uri"
     assert inputs["run_id"].component_input_parameter == "pipelinechannel--plan-Output"

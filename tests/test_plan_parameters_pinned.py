@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _values(given: dict) -> dict:
-    values = {p.input_name: p.default for p in PARAMETERS}
+    values = {p.name: p.default for p in PARAMETERS}
     given = dict(given)
     if "config_yaml_file" in given:
         given["config_yaml"] = (ROOT / given.pop("config_yaml_file")).read_text()

@@ -332,7 +332,7 @@ def test_the_pipeline_plan_step_refuses_without_a_shared_ledger(monkeypatch):
 
     monkeypatch.delenv("DPSYNTH_LEDGER_URI")
     plan = COMPONENTS["plan"].python_func
-    values = {p.input_name: p.default for p in PLAN_PARAMETERS}
+    values = {p.name: p.default for p in PLAN_PARAMETERS}
     values.update(config_yaml="", mlflow_uri="http://127.0.0.1:1")
     with pytest.raises(ValueError, match="no privacy budget ledger: set DPSYNTH_LEDGER_URI"):
         plan(**values, config=None, privacy_plan=None, ledger=None, kfp_run_id="test-run")

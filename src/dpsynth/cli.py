@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from dpsynth.config import DEFAULT_CLASS_BALANCE
+from dpsynth.config import DEFAULT_CLASS_BALANCE, field_facts
 from dpsynth.privacy import PrivacyParameterError
 from dpsynth.promote import Gates
 
@@ -24,8 +24,6 @@ DEFAULT_OUT = Path("dpsynth-out")
 def _config_help(key: str) -> str:
     """An option's help, from the run configuration's schema (the option sets ``key``):
     its description and default, written once, in :mod:`dpsynth.config`."""
-    from dpsynth.config import field_facts
-
     _, default, description = field_facts(key)
     return f"{description.replace('``', '')} ({key}; default {default})"
 

@@ -546,13 +546,12 @@ def apply_settings(data: dict[str, Any], settings: Sequence[tuple[str, Any]],
     error names the setting by its entry in ``labels`` (default: the key)."""
     paths = [([part.strip() for part in key.split(".")], value) for key, value in settings]
     _drop_stale_options(data, paths)
-    for i_setting, (key, value) in enumerate(settings):
-        path = paths[i_setting][0]
+    for (path, value), where in zip(paths, labels or [key for key, _ in settings],
+                                    strict=True):
         node = data
         for i, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                where = labels[i_setting] if labels else key
                 raise ConfigError(f"{where}: {'.'.join(path[:i + 1])} is not a section")
             node = child
         node[path[-1]] = value

@@ -426,7 +426,7 @@ def _run_config(definitions: dict[str, dict], params: dict[str, object]):
     values = {}
     for p in PARAMETERS:
         default = definitions.get(p.name, {}).get("defaultValue", p.default)
-        values[p.input_name] = params.get(p.name, default)
+        values[p.name] = params.get(p.name, default)
     return resolve(values)
 
 

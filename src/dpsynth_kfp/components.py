@@ -93,7 +93,7 @@ plan = dsl.component(base_image=CPU, install_kfp_package=False)(plan_task.plan)
 def _describe_plan_inputs() -> None:
     """The plan component's input descriptions, from the parameter table (so from the
     run configuration's schema), not written a second time in plan's docstring."""
-    described = {p.input_name: p.description for p in PLAN_PARAMETERS}
+    described = {p.name: p.description for p in PLAN_PARAMETERS}
     described.update(
         kfp_run_id="The Kubeflow run's id (the pipeline passes "
         "dsl.PIPELINE_JOB_ID_PLACEHOLDER): a per-run input, so plan is never served from a "

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpsynth.config import RunConfig, field_facts
+from dpsynth.config import RunConfig, field_facts, load_config_text
 from dpsynth.promote import Gates
 from dpsynth.step_graph import config_value
 
@@ -98,10 +98,6 @@ class Parameter:
     #: The value that leaves the config's own value standing, which :func:`arguments`
     #: passes when the config has none (default: the parameter's default).
     unset: Any = None
-
-    @property
-    def input_name(self) -> str:
-        return self.name
 
     def __post_init__(self) -> None:
         if self.key is None or self.description:  # a key the schema does not type
@@ -184,7 +180,7 @@ PARAMETERS: tuple[Parameter, ...] = (
 NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
 #: The parameters the plan task takes (its inputs); the others go to the promote task.
 PLAN_PARAMETERS: tuple[Parameter, ...] = tuple(p for p in PARAMETERS if p.task == "plan")
-#: The promote task's parameters, by its input name (the gates' and the switch).
+#: The promote task's parameters (the gates and the switch).
 PROMOTE_PARAMETERS: tuple[Parameter, ...] = tuple(p for p in PARAMETERS
                                                   if p.task == "promote")
 
@@ -204,19 +200,17 @@ def for_key(key: str) -> Parameter:
 
 def settings(values: Mapping[str, Any]) -> dict[str, Any]:
     """The typed config settings (dotted key -> value) for the parameter values ``values``
-    (by plan input name): each applied parameter's value as given, no text round trip.
-    Pure data: the plan task applies them (:func:`resolve`)."""
-    return {p.key: values[p.input_name] for p in PLAN_PARAMETERS
-            if p.key is not None and p.applies(values[p.input_name])}
+    (by parameter name, as the plan task takes them): each applied parameter's value as
+    given, no text round trip. Pure data: the plan task applies them (:func:`resolve`)."""
+    return {p.key: values[p.name] for p in PLAN_PARAMETERS
+            if p.key is not None and p.applies(values[p.name])}
 
 
 def resolve(values: Mapping[str, Any], source: str = "config_yaml") -> RunConfig:
     """The configuration that the plan task resolves from the parameter values ``values``
-    (by plan input name): ``config_yaml``, the parameters over it, the extra overrides
+    (by parameter name): ``config_yaml``, the parameters over it, the extra overrides
     last; validated. Raises :class:`dpsynth.config.ConfigError`."""
-    from dpsynth.config import load_config_text
-
-    extra = [str(o) for o in values.get(BY_NAME["extra_overrides"].input_name) or []]
+    extra = [str(o) for o in values.get("extra_overrides") or []]
     return load_config_text(str(values["config_yaml"] or ""), extra,
                             settings=settings(values), source=source)
 

@@ -407,7 +407,7 @@ def _assemble(ops: Mapping[str, BaseComponent], values: Mapping[str, Any], encod
         # are fixed at compile time), composed into the plan and charged with it.
         publish(plan_step, bind(plan_step, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                                 declared_releases=declarations_json(declared),
-                                **{p.input_name: values[p.name] for p in PLAN_PARAMETERS}))
+                                **{p.name: values[p.name] for p in PLAN_PARAMETERS}))
         _assemble_later(later, values, encode_parts, bind, publish, made,
                         {"synthesize": synthesize_parts}, settings, ops)
         _assemble_promote(values, made, settings)
@@ -424,7 +424,7 @@ def _assemble_promote(values, made, settings: ClusterSettings) -> None:
     """promote after evaluate, only when the ``promote`` parameter is true. The gates are
     run parameters; the tracking URI is ``mlflow_uri`` (empty: the secret's)."""
     switch = values[BY_NAME["promote"].name]
-    gates = {p.input_name: values[p.name] for p in PROMOTE_PARAMETERS if p.name != "promote"}
+    gates = {p.name: values[p.name] for p in PROMOTE_PARAMETERS if p.name != "promote"}
     with dsl.If(switch == True, name="promote-enabled"):  # noqa: E712 - kfp
         task = promote_component(settings.images)(
             tracking_uri=values[for_key("tracking.uri").name],
