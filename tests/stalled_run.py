@@ -10,6 +10,9 @@ process writes MARKER and sleeps, so the test can SIGKILL it exactly there.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,6 +54,28 @@ def main() -> None:
     from dpsynth.cli import app
 
     app(["run", *args])
+
+
+def kill_when_reached(where: str, marker: Path, run_args: list[str],
+                      timeout: float = 300) -> int:
+    """Start ``dpsynth run run_args`` stalling at WHERE (its own process group), wait until
+    it writes ``marker``, then SIGKILL it there; returns its pid. Fails if the run ends
+    first or does not get there within ``timeout`` seconds."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, where, str(marker), "--", *run_args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before {where}"
+            assert time.monotonic() < deadline, f"the run never reached {where}"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    return proc.pid
 
 
 if __name__ == "__main__":

@@ -12,20 +12,17 @@ import errno
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from stalled_run import kill_when_reached
 from typer.testing import CliRunner
 
 from dpsynth.cli import app
 from dpsynth.privacy.ledger_store import open_ledger
 
-HERE = Path(__file__).parent
 cli = CliRunner()
 DATASET = "digits-faults"
 
@@ -69,23 +66,7 @@ def _finished_run_is_consistent(out: Path, result) -> dict:
 def test_a_run_killed_inside_a_step_is_finished_by_the_next(tmp_path, where):
     out = tmp_path / "out"
     marker = tmp_path / "reached"
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "stalled_run.py"), where, str(marker), "--",
-         "--out", str(out), *_args(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
-        start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before {where}"
-            assert time.monotonic() < deadline, f"the run never reached {where}"
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+    kill_when_reached(where, marker, ["--out", str(out), *_args(tmp_path)])
     killed = json.loads((out / "run.json").read_text())
     assert killed["status"] == "running" and _charges() == 1
 
@@ -104,19 +85,7 @@ def test_an_encode_killed_midway_resumes_from_its_whole_shards(tmp_path, monkeyp
 
     marker = tmp_path / "reached"
     # Kill the encode after its first shard (of 3) and count what the rerun encodes.
-    child = subprocess.Popen(
-        [sys.executable, str(HERE / "stalled_run.py"), "encode", str(marker), "--",
-         "--out", str(tmp_path / "out"), *_args(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
-        start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not marker.exists() and time.monotonic() < deadline and child.poll() is None:
-            time.sleep(0.2)
-    finally:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait(timeout=30)
-    assert marker.exists()
+    kill_when_reached("encode", marker, ["--out", str(tmp_path / "out"), *_args(tmp_path)])
     encoded: list[int] = []
     real = Encoder.encode
 

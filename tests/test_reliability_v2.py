@@ -12,16 +12,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from image_folders import tiny_folders, tiny_run_args
+from stalled_run import kill_when_reached
 from typer.testing import CliRunner
 
 from dpsynth.cli import app
 
-HERE = Path(__file__).parent
 cli = CliRunner()
 
 
@@ -220,28 +219,14 @@ def test_a_run_killed_outright_is_marked_killed_by_any_later_run_on_the_host(tmp
 
     marker = tmp_path / "reached"
     killed_out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "stalled_run.py"), "synthesize", str(marker), "--",
-         "--out", str(killed_out), *_digits_args(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
-        start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists():
-            assert proc.poll() is None, f"the run ended (rc {proc.returncode}) too early"
-            assert time.monotonic() < deadline, "the run never reached synthesize"
-            time.sleep(0.2)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    pid = kill_when_reached("synthesize", marker,
+                            ["--out", str(killed_out), *_digits_args(tmp_path)], timeout=240)
     dead = json.loads((killed_out / "run.json").read_text())
     assert dead["status"] == "running"
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # a file-based store
     run = client.get_run(dead["run_id"])
     assert run.info.status == "RUNNING"
-    assert run.data.tags[tracking.HOST_TAG] and run.data.tags[tracking.PID_TAG] == str(
-        proc.pid)
+    assert run.data.tags[tracking.HOST_TAG] and run.data.tags[tracking.PID_TAG] == str(pid)
     experiment = run.info.experiment_id
     # Two more RUNNING runs of this host: one of a live process (this one: left alone),
     # one whose pid now belongs to another process (another start time: ended).
@@ -252,10 +237,10 @@ def test_a_run_killed_outright_is_marked_killed_by_any_later_run_on_the_host(tmp
     result = cli.invoke(app, ["run", "--out", str(tmp_path / "elsewhere"),
                               *_digits_args(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert f"MLflow run {dead['run_id']} (process {proc.pid} on this host)" in result.output
+    assert f"MLflow run {dead['run_id']} (process {pid} on this host)" in result.output
     ended = client.get_run(dead["run_id"])
     assert ended.info.status == "KILLED"
-    assert f"process {proc.pid} that ran it is gone" in ended.data.tags[tracking.ENDED_BY_TAG]
+    assert f"process {pid} that ran it is gone" in ended.data.tags[tracking.ENDED_BY_TAG]
     steps_of_dead = client.search_runs(
         [experiment], f"tags.`mlflow.parentRunId` = '{dead['run_id']}'")
     status = {r.data.tags["dpsynth.step"]: r.info.status for r in steps_of_dead}
