@@ -17,15 +17,25 @@ def utility_table(name: str = "utility") -> str:
     """The table of a utility.py results file: utility.json (64 px) or another --out."""
     data = json.loads((RESULTS / f"{name}.json").read_text())
     rows = data["rows"]
-    eps = list(dict.fromkeys(str(r["epsilon"]) for r in rows if r["method"] != "nonprivate-mlp"))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    acc = {(r["method"], str(r["epsilon"])): r["accuracy"] for r in rows}
+    finite = sorted({float(r["epsilon"]) for r in rows if r["epsilon"] != "inf"})
+    eps = [str(e) for e in finite] + (["inf"] if any(r["epsilon"] == "inf" for r in rows
+                                                     if r["method"] != "nonprivate-mlp") else [])
+    # dpsynth first, then the rows in the order the file first has them.
+    methods = sorted(dict.fromkeys(r["method"] for r in rows), key=lambda m: m != "dpsynth")
+    cell = {(r["method"], str(r["epsilon"])): r for r in rows}
     lines = ["| method | " + " | ".join(f"eps={e}" for e in eps) + " |",
              "|---|" + "---|" * len(eps)]
+
+    def fmt(r: dict) -> str:
+        # Rows measured over several noise draws (issue 26) show the spread.
+        if r.get("n_draws", 1) > 1:
+            return f"{100 * r['accuracy']:.1f} ± {100 * r['std']:.1f}"
+        return f"{100 * r['accuracy']:.1f}"
+
     for m in methods:
         if m == "nonprivate-mlp":
             continue
-        cells = [f"{100 * acc[(m, e)]:.1f}" if (m, e) in acc else "-" for e in eps]
+        cells = [fmt(cell[(m, e)]) if (m, e) in cell else "-" for e in eps]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     nonpriv = [r for r in rows if r["method"] == "nonprivate-mlp"]
     if nonpriv:

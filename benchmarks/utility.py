@@ -73,12 +73,16 @@ the public randomness and the MLP; a row holds the mean as ``accuracy`` and ``st
                             components_per_class = k from the public eps (kmeans_k: 5 below
                             eps 1, 10 below eps 4, else 20), its DP k-means (LSH coreset +
                             DP Lloyd) feeding the mixture; the rest of the defaults.
-  accounted                 dp-ls-tuning-accounted and dp-fc-tuning-accounted with draws.
+  accounted                 dp-ls-tuning-accounted and dp-fc-tuning-accounted (one task,
+                            ``accounted``) and dp-sgd-tuning-accounted (its own task), with
+                            draws; each DP-SGD draw seeds its models' torch noise apart.
   designs                   benchmarks/method_v3.py's ``DESIGN_ROWS`` (issue 26 items 2/3),
                             each callable(X_train, y_train, eps, delta, seed) -> (X_syn, y_syn)
                             scored by this module's MLP; rows only when that module exposes it.
-``--merge`` replaces the rows this run measured in the existing --out file and keeps the
-others, adding to each older row the command and date that made it.
+``--only TASK ...`` runs only those tasks of the groups (e.g. one new design row without
+re-running the others). ``--merge`` replaces the rows this run measured in the existing
+--out file and keeps the others, adding to each older row the command and date that made
+it.
 
 Hyperparameters are chosen on a validation split carved from the training set (6,000
 records, stratified, seed 0); the test split is only used for the reported accuracy.
@@ -200,7 +204,7 @@ def draw_methods(groups: set[str]) -> list[str]:
     if "designs" in groups:
         out += list(design_rows())
     if "accounted" in groups:
-        out.append("accounted")
+        out += ["accounted", "dp-sgd-tuning-accounted"]
     return out
 
 
@@ -245,6 +249,11 @@ def run_draw(task: tuple[str, float, int]) -> list[dict]:
                                            == y_test).mean()),
                         "seconds": round(time.perf_counter() - t0)})
         return out
+    if method == "dp-sgd-tuning-accounted":
+        acc = dpsgd_accounted(eps, X_tr, y_tr, w["X_val"], w["y_val"], X_test, y_test, 10,
+                              draw=draw)
+        return [{"method": method, "epsilon": eps, "draw": draw, "accuracy": acc,
+                 "seconds": round(time.perf_counter() - t0)}]
     if method == "dpsynth":
         synth = DPSynthesizer(eps, DELTA, random_state=draw).fit(X_tr, y_tr, classes=classes)
         X_syn, y_syn = synth.sample(len(X_tr))
@@ -275,8 +284,8 @@ def run_draw(task: tuple[str, float, int]) -> list[dict]:
 
 
 def run_draw_groups(groups: set[str], epsilons: list[float], draws: int, jobs: int,
-                    image_size: int, quick: bool, log: Path, resume: str | None
-                    ) -> list[dict]:
+                    image_size: int, quick: bool, log: Path, resume: str | None,
+                    only: list[str] | None = None) -> list[dict]:
     """Every (row, eps, draw) cell of the draw groups, in ``jobs`` processes; each result
     is appended to ``log`` (JSON lines) as it comes, so that an interrupted run resumes
     with ``--resume`` instead of starting over."""
@@ -285,19 +294,26 @@ def run_draw_groups(groups: set[str], epsilons: list[float], draws: int, jobs: i
         done = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     elif log.exists():
         log.unlink()
-    wanted = set(draw_methods(groups))
+    methods = [m for m in draw_methods(groups) if not only or m in only]
+    if only and not methods:
+        raise SystemExit(f"--only {' '.join(only)}: none of these is a task of the groups "
+                         f"{sorted(groups)} ({', '.join(draw_methods(groups))})")
+    wanted = set(methods)
     done = [r for r in done if r["epsilon"] in epsilons and r["draw"] < draws
-            and (r["method"] in wanted or r["method"].endswith("-tuning-accounted")
-                 and "accounted" in wanted)]
+            and (r["method"] in wanted or "accounted" in wanted and r["method"] in (
+                "dp-ls-tuning-accounted", "dp-fc-tuning-accounted"))]
     have = {(r["method"], r["epsilon"], r["draw"]) for r in done}
     have |= {("accounted", r["epsilon"], r["draw"]) for r in done
-             if r["method"].endswith("-tuning-accounted")}
+             if r["method"] in ("dp-ls-tuning-accounted", "dp-fc-tuning-accounted")}
     tasks = [(m, eps, d) for d in range(draws) for eps in epsilons if not math.isinf(eps)
-             for m in draw_methods(groups) if (m, eps, d) not in have]
+             for m in methods if (m, eps, d) not in have]
     # Cells the file has no single-draw row for come first (the peers, the designs), the
     # central eps first: an interrupted run has the new rows at every eps before repeats.
     order = {e: i for i, e in enumerate(sorted(epsilons, key=lambda e: abs(math.log(e))))}
     tasks.sort(key=lambda t: (t[2], t[0] in ("dpsynth", "accounted"), order[t[1]]))
+    # The slowest tasks (DP-SGD trains every grid model) start first, so that the pool's
+    # last minutes are not one process finishing a long cell alone.
+    tasks.sort(key=lambda t: t[0] != "dp-sgd-tuning-accounted")
     if resume == "merge-only":
         tasks = []
     print(f"{len(tasks)} cells to run ({len(have)} resumed) in {jobs} processes", flush=True)
@@ -378,8 +394,11 @@ def dpsgd_tuning_free(eps: float, X, y, X_val, y_val, n_classes: int, on_config=
     return (*best, sigma)
 
 
-def dpsgd_accounted(eps: float, X, y, X_val, y_val, X_test, y_test, n_classes: int) -> float:
-    """All grid configs trained + noisy-max selection, composed to (eps, delta)."""
+def dpsgd_accounted(eps: float, X, y, X_val, y_val, X_test, y_test, n_classes: int,
+                    draw: int = 0) -> float:
+    """All grid configs trained + noisy-max selection, composed to (eps, delta). Opacus
+    draws its noise from torch's generator, which ``train_dpsgd`` seeds: ``draw`` moves
+    every model's seed, so that draws are independent (draw 0: the full run's seeds)."""
     m = len(DPSGD_GRID)
     cfg0 = DPSGD_GRID[0]
     q, steps = cfg0.schedule(len(X))
@@ -387,7 +406,7 @@ def dpsgd_accounted(eps: float, X, y, X_val, y_val, X_test, y_test, n_classes: i
     selection = dp_accounting.GaussianDpEvent(selection_multiplier(m, SELECTION_SIGMA_RECORDS))
     sigma = (0.0 if math.isinf(eps) else
              dpsgd_noise_multiplier(q, steps, eps, DELTA, runs=m, extra_event=selection))
-    models = [train_dpsgd(X, y, n_classes, cfg, sigma, seed=i)
+    models = [train_dpsgd(X, y, n_classes, cfg, sigma, seed=i + 1000 * draw)
               for i, cfg in enumerate(DPSGD_GRID)]
     best = noisy_argmax([model_accuracy(mo, X_val, y_val) * len(y_val) for mo in models],
                         0.0 if math.isinf(eps) else SELECTION_SIGMA_RECORDS,
@@ -442,6 +461,10 @@ def main() -> None:
                     help="noise draws per cell of the draw groups (issue 26: 3)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="worker processes for the draw groups (one torch thread each)")
+    ap.add_argument("--only", nargs="+", metavar="TASK",
+                    help="run only these tasks of the draw groups (dpsynth, dpsynth-kmeans, "
+                         "dp-merf, private-evolution, the design rows, accounted, "
+                         "dp-sgd-tuning-accounted)")
     ap.add_argument("--merge", action="store_true",
                     help="replace this run's rows in the existing --out file, keep the rest")
     ap.add_argument("--resume", choices=("run", "merge-only"), nargs="?", const="run",
@@ -480,12 +503,14 @@ def main() -> None:
         eps_draws = [1.0] if args.quick else [e for e in args.eps if not math.isinf(e)]
         draw_results = run_draw_groups(
             groups, eps_draws, args.draws, args.jobs, args.image_size, args.quick,
-            ROOT / "benchmarks/cache" / f"{Path(args.out).stem}-draws.jsonl", args.resume)
+            ROOT / "benchmarks/cache" / f"{Path(args.out).stem}-draws.jsonl", args.resume,
+            args.only)
     draw_rows = aggregate_draws(draw_results, command, today)
     if args.merge and not methods:
         if not Path(args.out).exists():
             raise SystemExit(f"--merge: {args.out} does not exist")
         run_setup = {"command": command, "date": today, "methods": sorted(groups),
+                     "only": args.only,
                      "epsilons": sorted({r["epsilon"] for r in draw_rows}),
                      "draws": args.draws, "peer_merf": PEER_MERF, "peer_pe": PEER_PE,
                      "kmeans_k": {str(e): kmeans_k(e) for e in args.eps
@@ -647,15 +672,41 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-#: The peer table's rows: dpsynth, the peers, the tuning-accounted baselines.
-PEER_TABLE = ("dpsynth", "dpsynth-kmeans", "dp-merf", "private-evolution",
-              "dp-ls-tuning-accounted", "dp-fc-tuning-accounted", "dp-sgd-tuning-accounted")
+#: The peer table's rows: dpsynth, the peer synthesizers, the tuning-accounted baselines
+#: (then method_v3's design rows, found by their ``design`` key).
+PEER_SYNTHESIZERS = ("dpsynth-kmeans", "dp-merf", "private-evolution")
+ACCOUNTED_BASELINES = ("dp-ls-tuning-accounted", "dp-fc-tuning-accounted",
+                       "dp-sgd-tuning-accounted")
+PEER_TABLE = ("dpsynth", *PEER_SYNTHESIZERS, *ACCOUNTED_BASELINES)
 
 
-def peer_table(rows: list[dict], epsilons=(0.25, 0.5, 1.0, 2.0, 4.0)) -> str:
+def table_epsilons(rows: list[dict]) -> tuple[float, ...]:
+    """The finite eps at which the dpsynth row has several draws (all its finite eps when
+    none has): the columns of the peer table."""
+    ours = [r for r in rows if r["method"] == "dpsynth" and r["epsilon"] != "inf"]
+    drawn = [r for r in ours if r.get("n_draws", 1) > 1]
+    return tuple(sorted({float(r["epsilon"]) for r in (drawn or ours)}))
+
+
+def margin(ours: dict, other: dict) -> str:
+    """dpsynth's margin over ``other`` in points, and whether it is beyond the draw spread
+    (every draw of one above every draw of the other); single-draw cells cannot say."""
+    diff = 100 * (ours["accuracy"] - other["accuracy"])
+    if ours.get("n_draws", 1) < 2 or other.get("n_draws", 1) < 2:
+        verdict = "1 draw"
+    elif ours["min"] > other["max"] or other["min"] > ours["max"]:
+        verdict = "beyond spread"
+    else:
+        verdict = "within spread"
+    return f"{diff:+.1f} vs {other['method']} ({verdict})"
+
+
+def peer_table(rows: list[dict], epsilons: tuple[float, ...] | None = None) -> str:
     """Markdown: test accuracy (%) per eps, mean +- std over the draws (range in brackets),
     dpsynth against every peer and tuning-accounted baseline, and dpsynth's margin to the
-    best of them. Single-draw cells say so (no spread)."""
+    best peer synthesizer and to the best tuning-accounted baseline, each marked beyond or
+    within the draw spread. Single-draw cells say so (no spread)."""
+    epsilons = epsilons or table_epsilons(rows)
     cell = {(r["method"], float(r["epsilon"])): r for r in rows if r["epsilon"] != "inf"}
     design = sorted({r["method"] for r in rows if "design" in r})
     names = [m for m in (*PEER_TABLE, *design) if any((m, e) in cell for e in epsilons)]
@@ -674,17 +725,15 @@ def peer_table(rows: list[dict], epsilons=(0.25, 0.5, 1.0, 2.0, 4.0)) -> str:
         label = f"**{m}**" if m == "dpsynth" else m
         out.append(f"| {label} | " + " | ".join(fmt(cell.get((m, e))) for e in epsilons)
                    + " |")
-    margins = []
-    for e in epsilons:
-        ours = cell.get(("dpsynth", e))
-        others = [cell[(m, e)] for m in names if m != "dpsynth" and (m, e) in cell]
-        if ours is None or not others:
-            margins.append("-")
-            continue
-        best = max(others, key=lambda r: r["accuracy"])
-        margins.append(f"{100 * (ours['accuracy'] - best['accuracy']):+.1f} "
-                       f"(vs {best['method']})")
-    out.append("| dpsynth - best other | " + " | ".join(margins) + " |")
+    for label, group in (("dpsynth - best peer synthesizer", PEER_SYNTHESIZERS),
+                         ("dpsynth - best tuning-accounted baseline", ACCOUNTED_BASELINES)):
+        margins = []
+        for e in epsilons:
+            ours = cell.get(("dpsynth", e))
+            others = [cell[(m, e)] for m in group if (m, e) in cell]
+            margins.append(margin(ours, max(others, key=lambda r: r["accuracy"]))
+                           if ours and others else "-")
+        out.append(f"| {label} | " + " | ".join(margins) + " |")
     return "\n".join(out)
 
 

@@ -110,7 +110,7 @@ def test_eps_switch_reads_eps_alone():
     assert mv3.switch_params(1.0) == mv3.switch_params(math.inf) == {}
 
 
-ROWS = {**mv3.DESIGN_ROWS, "teacher-relabel": mv3.teacher_row(0.5, "relabel"),
+ROWS = {**mv3.DESIGN_ROWS,
         "teacher-lda": mv3.teacher_row(0.5, "lda")}
 
 
