@@ -1,21 +1,25 @@
 """Utility benchmark on Fashion-MNIST / EfficientNet-Lite0 embeddings (issue 2).
 
-utility.json is made by two committed commands: the full run (every row, one noise draw;
-issue 15, 2026-12-01) and then the peer run of issue 26 (2026-12-07), which measures the
-peer rows and re-measures dpsynth and the DP-LS / DP-FC tuning-accounted rows with 3 noise
-draws each and merges them into the file (each row says which command and date made it;
-``n_draws`` how many draws it holds):
+utility.json is made by two commands: the full run (every row, one noise draw; issue 15,
+2026-12-01) and then issue 26's draw run, which measures the peer and design rows and
+re-measures dpsynth and the tuning-accounted baselines with 3 noise draws each and merges
+them into the file (each row says which command and date made it; ``n_draws`` how many
+draws it holds). The 160 px file is made the same way at eps 0.5 / 1 / 2:
 
     .venv/bin/python benchmarks/utility.py            # full run (~1 h on 2 cores)
     nice -n 10 .venv/bin/python benchmarks/utility.py --methods dpsynth-default peers \
-        accounted --eps 0.25 0.5 1 2 4 --draws 3 --jobs 2 --merge
-                                # issue 26: peers + dpsynth + tuning-accounted, 3 draws
-                                # (add ``designs`` for method_v3's rows; an interrupted run
-                                # continues with --resume, or merges what finished with
-                                # --resume merge-only)
+        accounted designs --eps 0.25 0.5 1 2 4 --draws 3 --jobs 2 --merge
+                                # issue 26: every draw row, 3 draws (run in pieces:
+                                # setup.merged_runs has each piece's command and time;
+                                # an interrupted run continues with --resume, or merges
+                                # what finished with --resume merge-only; --only re-runs
+                                # chosen tasks, e.g. one new design row)
     .venv/bin/python benchmarks/utility.py --quick    # smoke run on a subset
     .venv/bin/python benchmarks/utility.py --image-size 160 --eps 0.25 0.5 1 2 inf
                                 # the pipeline's encoder size (issue 16): utility-160px.json
+    nice -n 10 .venv/bin/python benchmarks/utility.py --image-size 160 --methods \
+        dpsynth-default peers accounted designs --eps 0.5 1 2 --draws 3 --jobs 2 --merge
+                                # issue 26's draw rows at 160 px
 
 Methods, all on the same embeddings, the same two-layer MLP and delta = 1e-5:
   dpsynth                   DPSynthesizer with its default configuration, fixed before
@@ -754,20 +758,22 @@ def plot(rows: list[dict], path: Path, image_size: int = 64) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
     # The dp-sgd-m<M> rows have their own plot (plot_many_models).
     methods = [m for m in dict.fromkeys(r["method"] for r in rows)
                if m != "nonprivate-mlp" and not m.startswith("dp-sgd-m")]
     finite = sorted({r["epsilon"] for r in rows if r["epsilon"] != "inf"})
     # One colour per family; the tuning-accounted row dashed in its family's colour, the
-    # closed-form diagnostics dotted, dpsynth's default thickest (11 rows: the default
-    # colour cycle alone repeats).
+    # closed-form diagnostics dotted, dpsynth's default thickest (with the peers and designs
+    # there are more than 10 families: tab20, so that no two share a colour).
     families = list(dict.fromkeys(method_family(m) for m in methods))
+    colours = plt.get_cmap("tab20").colors
     for method in methods:
         pts = sorted((r["epsilon"], r["accuracy"], r.get("std", 0.0)) for r in rows
                      if r["method"] == method and r["epsilon"] != "inf")
         family = method_family(method)
-        style = {"color": "k" if family == "dpsynth" else f"C{families.index(family) % 10}",
+        style = {"color": "k" if family == "dpsynth"
+                 else colours[2 * families.index(family) % 20 + families.index(family) // 10 % 2],
                  "ls": ":" if method.startswith("diagnostic") else
                        "--" if method != family else "-",
                  "lw": 2.5 if method == "dpsynth" else 1.3}
@@ -785,7 +791,7 @@ def plot(rows: list[dict], path: Path, image_size: int = 64) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Fashion-MNIST, EfficientNet-Lite0 at {image_size} px, two-layer MLP")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
