@@ -488,7 +488,8 @@ def main() -> None:
     args.out = args.out or str(ROOT / "benchmarks/results" /
                                ("utility-quick.json" if args.quick else f"{stem}.json"))
     if args.table:
-        print(peer_table(json.loads(Path(args.out).read_text())["rows"]))
+        saved = json.loads(Path(args.out).read_text())["rows"]
+        print(peer_table(saved) + "\n\n" + margin_table(saved))
         return
     if args.plot_only:
         saved = json.loads(Path(args.out).read_text())["rows"]
@@ -692,7 +693,7 @@ def table_epsilons(rows: list[dict]) -> tuple[float, ...]:
     return tuple(sorted({float(r["epsilon"]) for r in (drawn or ours)}))
 
 
-def margin(ours: dict, other: dict) -> str:
+def margin(ours: dict, other: dict) -> tuple[float, str]:
     """dpsynth's margin over ``other`` in points, and whether it is beyond the draw spread
     (every draw of one above every draw of the other); single-draw cells cannot say."""
     diff = 100 * (ours["accuracy"] - other["accuracy"])
@@ -702,7 +703,7 @@ def margin(ours: dict, other: dict) -> str:
         verdict = "beyond spread"
     else:
         verdict = "within spread"
-    return f"{diff:+.1f} vs {other['method']} ({verdict})"
+    return diff, verdict
 
 
 def peer_table(rows: list[dict], epsilons: tuple[float, ...] | None = None) -> str:
@@ -735,9 +736,36 @@ def peer_table(rows: list[dict], epsilons: tuple[float, ...] | None = None) -> s
         for e in epsilons:
             ours = cell.get(("dpsynth", e))
             others = [cell[(m, e)] for m in group if (m, e) in cell]
-            margins.append(margin(ours, max(others, key=lambda r: r["accuracy"]))
-                           if ours and others else "-")
+            if not (ours and others):
+                margins.append("-")
+                continue
+            best = max(others, key=lambda r: r["accuracy"])
+            diff, verdict = margin(ours, best)
+            margins.append(f"{diff:+.1f} vs {best['method']} ({verdict})")
         out.append(f"| {label} | " + " | ".join(margins) + " |")
+    return "\n".join(out)
+
+
+def margin_table(rows: list[dict], epsilons: tuple[float, ...] | None = None) -> str:
+    """Markdown: dpsynth minus each other row of the peer table, per eps, in points, with
+    "beyond" when the two rows' draw ranges are disjoint and "within" when they overlap."""
+    epsilons = epsilons or table_epsilons(rows)
+    cell = {(r["method"], float(r["epsilon"])): r for r in rows if r["epsilon"] != "inf"}
+    design = sorted({r["method"] for r in rows if "design" in r})
+    out = ["| dpsynth minus | " + " | ".join(f"eps {e:g}" for e in epsilons) + " |",
+           "|---|" + "---|" * len(epsilons)]
+    for m in (*PEER_TABLE[1:], *design):
+        if not any((m, e) in cell for e in epsilons):
+            continue
+        cells = []
+        for e in epsilons:
+            ours, other = cell.get(("dpsynth", e)), cell.get((m, e))
+            if ours is None or other is None:
+                cells.append("-")
+                continue
+            diff, verdict = margin(ours, other)
+            cells.append(f"{diff:+.1f} ({verdict.removesuffix(' spread')})")
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 

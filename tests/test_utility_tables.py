@@ -33,10 +33,9 @@ def test_accounted_group_runs_dpsgd_as_its_own_task():
     ([0.80, 0.81, 0.82], [0.70], "1 draw"),
 ])
 def test_margin_says_whether_the_draws_overlap(ours, other, verdict):
-    text = utility.margin(row("dpsynth", 1.0, ours), row("dp-merf", 1.0, other))
-    assert text.endswith(f"({verdict})")
-    expected = 100 * (sum(ours) / len(ours) - sum(other) / len(other))
-    assert text.startswith(f"{expected:+.1f} vs dp-merf")
+    diff, said = utility.margin(row("dpsynth", 1.0, ours), row("dp-merf", 1.0, other))
+    assert said == verdict
+    assert diff == pytest.approx(100 * (sum(ours) / len(ours) - sum(other) / len(other)))
 
 
 def test_peer_table_has_a_column_per_drawn_eps_and_both_margins():
@@ -55,3 +54,8 @@ def test_peer_table_has_a_column_per_drawn_eps_and_both_margins():
     peer, accounted = lines[-2], lines[-1]
     assert peer.endswith("| +7.3 vs dp-merf (beyond spread) | +9.7 vs dp-merf (beyond spread) |")
     assert accounted.endswith("| - | -2.0 vs dp-fc-tuning-accounted (beyond spread) |")
+    margins = utility.margin_table(rows).splitlines()
+    assert margins[0] == "| dpsynth minus | eps 0.5 | eps 1 |"
+    assert margins[2:] == ["| dp-merf | +7.3 (beyond) | +9.7 (beyond) |",
+                           "| dp-fc-tuning-accounted | - | -2.0 (beyond) |",
+                           "| dpsynth-teacher-relabel | - | +1.0 (within) |"]
