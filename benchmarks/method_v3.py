@@ -530,7 +530,12 @@ def merge(out: Path, parts: list[Path]) -> None:
                 result["rows"].append(r)
     result["summary"], _ = summarise(result["rows"], key="config")
     result["setup"]["command"] = " ; ".join(commands)
-    result["setup"]["merged_from"] = [p.name for p in parts]
+    result["setup"]["merged_from"] = [*result["setup"].get("merged_from", []),
+                                      *(p.name for p in parts)]
+    have = {(r["config"], r["epsilon"]) for r in result["rows"]}
+    result["setup"]["not_run"] = [f"{config_name(*c)} at eps {eps_key(e)}"
+                                  for c in ceiling_configs(False) for e in CEIL_EPS
+                                  if (config_name(*c), eps_key(e)) not in have]
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
 
