@@ -706,15 +706,22 @@ def margin(ours: dict, other: dict) -> tuple[float, str]:
     return diff, verdict
 
 
+def peer_cells(rows: list[dict], epsilons: tuple[float, ...] | None
+               ) -> tuple[tuple[float, ...], dict, list[str]]:
+    """(columns, (method, eps) -> row, the peer table's row names present in them)."""
+    epsilons = epsilons or table_epsilons(rows)
+    cell = {(r["method"], float(r["epsilon"])): r for r in rows if r["epsilon"] != "inf"}
+    design = sorted({r["method"] for r in rows if "design" in r})
+    names = [m for m in (*PEER_TABLE, *design) if any((m, e) in cell for e in epsilons)]
+    return epsilons, cell, names
+
+
 def peer_table(rows: list[dict], epsilons: tuple[float, ...] | None = None) -> str:
     """Markdown: test accuracy (%) per eps, mean +- std over the draws (range in brackets),
     dpsynth against every peer and tuning-accounted baseline, and dpsynth's margin to the
     best peer synthesizer and to the best tuning-accounted baseline, each marked beyond or
     within the draw spread. Single-draw cells say so (no spread)."""
-    epsilons = epsilons or table_epsilons(rows)
-    cell = {(r["method"], float(r["epsilon"])): r for r in rows if r["epsilon"] != "inf"}
-    design = sorted({r["method"] for r in rows if "design" in r})
-    names = [m for m in (*PEER_TABLE, *design) if any((m, e) in cell for e in epsilons)]
+    epsilons, cell, names = peer_cells(rows, epsilons)
     out = ["| method | " + " | ".join(f"eps={e:g}" for e in epsilons) + " |",
            "|---|" + "---|" * len(epsilons)]
 
@@ -749,14 +756,10 @@ def peer_table(rows: list[dict], epsilons: tuple[float, ...] | None = None) -> s
 def margin_table(rows: list[dict], epsilons: tuple[float, ...] | None = None) -> str:
     """Markdown: dpsynth minus each other row of the peer table, per eps, in points, with
     "beyond" when the two rows' draw ranges are disjoint and "within" when they overlap."""
-    epsilons = epsilons or table_epsilons(rows)
-    cell = {(r["method"], float(r["epsilon"])): r for r in rows if r["epsilon"] != "inf"}
-    design = sorted({r["method"] for r in rows if "design" in r})
+    epsilons, cell, names = peer_cells(rows, epsilons)
     out = ["| dpsynth minus | " + " | ".join(f"eps {e:g}" for e in epsilons) + " |",
            "|---|" + "---|" * len(epsilons)]
-    for m in (*PEER_TABLE[1:], *design):
-        if not any((m, e) in cell for e in epsilons):
-            continue
+    for m in (n for n in names if n != "dpsynth"):
         cells = []
         for e in epsilons:
             ours, other = cell.get(("dpsynth", e)), cell.get((m, e))
