@@ -172,6 +172,14 @@ METHODS = ("dpsynth", "dp-class-means", "dp-sgd", "dp-ls", "dp-fc", "many-models
            "diagnostic")
 #: Issue 26's groups, measured with --draws noise draws per cell (module docstring).
 DRAW_GROUPS = ("dpsynth-default", "peers", "accounted", "designs")
+#: The peers group's rows (one task each).
+PEER_SYNTHESIZERS = ("dpsynth-kmeans", "dp-merf", "private-evolution")
+#: The rows the ``accounted`` task makes, each with its fit and its grid (one task: each
+#: takes seconds, against DP-SGD's minutes).
+ACCOUNTED_TASK = {"dp-ls-tuning-accounted": (dp_least_squares, DPLS_RIDGE_SCALES),
+                  "dp-fc-tuning-accounted": (dp_fc, DPFC_GRID)}
+#: The accounted group's rows: the ``accounted`` task's and DP-SGD's (its own task).
+ACCOUNTED_BASELINES = (*ACCOUNTED_TASK, "dp-sgd-tuning-accounted")
 #: DP-MERF's constants, fixed before the run. lengthscale ~ the median pairwise distance
 #: (1.10) of 1,000 TEST-split embeddings at 64 px: the paper's median heuristic, taken on
 #: the held-out split (public by DESIGN.md), never on the private one.
@@ -198,13 +206,18 @@ def design_rows() -> dict:
     return dict(getattr(method_v3, "DESIGN_ROWS", {}) or {})
 
 
+def task_of(method: str) -> str:
+    """The draw task that makes the row ``method``."""
+    return "accounted" if method in ACCOUNTED_TASK else method
+
+
 def draw_methods(groups: set[str]) -> list[str]:
     """The rows the draw groups make (one task per row, eps and draw)."""
     out = []
     if "dpsynth-default" in groups:
         out.append("dpsynth")
     if "peers" in groups:
-        out += ["dpsynth-kmeans", "dp-merf", "private-evolution"]
+        out += list(PEER_SYNTHESIZERS)
     if "designs" in groups:
         out += list(design_rows())
     if "accounted" in groups:
@@ -243,8 +256,7 @@ def run_draw(task: tuple[str, float, int]) -> list[dict]:
 
     if method == "accounted":
         out = []
-        for name, fn, grid in (("dp-ls-tuning-accounted", dp_least_squares, DPLS_RIDGE_SCALES),
-                               ("dp-fc-tuning-accounted", dp_fc, DPFC_GRID)):
+        for name, (fn, grid) in ACCOUNTED_TASK.items():
             sel = fn(X_tr, y_tr, 10, eps, DELTA, grid, w["X_val"], w["y_val"],
                      account_tuning=True,
                      selection_sigma_records=selection_sigma_records(eps, DELTA, len(grid)))
@@ -304,20 +316,17 @@ def run_draw_groups(groups: set[str], epsilons: list[float], draws: int, jobs: i
                          f"{sorted(groups)} ({', '.join(draw_methods(groups))})")
     wanted = set(methods)
     done = [r for r in done if r["epsilon"] in epsilons and r["draw"] < draws
-            and (r["method"] in wanted or "accounted" in wanted and r["method"] in (
-                "dp-ls-tuning-accounted", "dp-fc-tuning-accounted"))]
-    have = {(r["method"], r["epsilon"], r["draw"]) for r in done}
-    have |= {("accounted", r["epsilon"], r["draw"]) for r in done
-             if r["method"] in ("dp-ls-tuning-accounted", "dp-fc-tuning-accounted")}
+            and task_of(r["method"]) in wanted]
+    have = {(task_of(r["method"]), r["epsilon"], r["draw"]) for r in done}
     tasks = [(m, eps, d) for d in range(draws) for eps in epsilons if not math.isinf(eps)
              for m in methods if (m, eps, d) not in have]
-    # Cells the file has no single-draw row for come first (the peers, the designs), the
-    # central eps first: an interrupted run has the new rows at every eps before repeats.
-    order = {e: i for i, e in enumerate(sorted(epsilons, key=lambda e: abs(math.log(e))))}
-    tasks.sort(key=lambda t: (t[2], t[0] in ("dpsynth", "accounted"), order[t[1]]))
     # The slowest tasks (DP-SGD trains every grid model) start first, so that the pool's
-    # last minutes are not one process finishing a long cell alone.
-    tasks.sort(key=lambda t: t[0] != "dp-sgd-tuning-accounted")
+    # last minutes are not one process finishing a long cell alone. Then cells the file has
+    # no single-draw row for (the peers, the designs), the central eps first: an
+    # interrupted run has the new rows at every eps before repeats.
+    order = {e: i for i, e in enumerate(sorted(epsilons, key=lambda e: abs(math.log(e))))}
+    tasks.sort(key=lambda t: (t[0] != "dp-sgd-tuning-accounted", t[2],
+                              t[0] in ("dpsynth", "accounted"), order[t[1]]))
     if resume == "merge-only":
         tasks = []
     print(f"{len(tasks)} cells to run ({len(have)} resumed) in {jobs} processes", flush=True)
@@ -679,9 +688,6 @@ def main() -> None:
 
 #: The peer table's rows: dpsynth, the peer synthesizers, the tuning-accounted baselines
 #: (then method_v3's design rows, found by their ``design`` key).
-PEER_SYNTHESIZERS = ("dpsynth-kmeans", "dp-merf", "private-evolution")
-ACCOUNTED_BASELINES = ("dp-ls-tuning-accounted", "dp-fc-tuning-accounted",
-                       "dp-sgd-tuning-accounted")
 PEER_TABLE = ("dpsynth", *PEER_SYNTHESIZERS, *ACCOUNTED_BASELINES)
 
 

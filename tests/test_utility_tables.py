@@ -24,6 +24,9 @@ def row(method, eps, draws):
 def test_accounted_group_runs_dpsgd_as_its_own_task():
     assert utility.draw_methods({"accounted"}) == ["accounted", "dp-sgd-tuning-accounted"]
     assert "dpsynth" not in utility.draw_methods({"peers", "accounted"})
+    # a resumed log's rows count for the task that made them
+    assert utility.task_of("dp-fc-tuning-accounted") == "accounted"
+    assert utility.task_of("dp-sgd-tuning-accounted") == "dp-sgd-tuning-accounted"
 
 
 @pytest.mark.parametrize("ours, other, verdict", [
