@@ -23,13 +23,12 @@ def _controller() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def one_blas_thread() -> AbstractContextManager:
-    """Context manager: numpy's and scipy's BLAS use one thread inside it (process-wide,
-    like any BLAS limit), and their previous thread counts after it."""
-    return _controller().limit(limits=1, user_api="blas")
-
-
 def blas_threads(n: int) -> AbstractContextManager:
-    """Context manager: numpy's and scipy's BLAS use ``n`` threads inside it (process-wide),
-    and their previous thread counts after it."""
+    """Context manager: numpy's and scipy's BLAS use ``n`` threads inside it (process-wide,
+    like any BLAS limit), and their previous thread counts after it."""
     return _controller().limit(limits=int(n), user_api="blas")
+
+
+def one_blas_thread() -> AbstractContextManager:
+    """:func:`blas_threads` at one thread (the skinny products' setting)."""
+    return blas_threads(1)
